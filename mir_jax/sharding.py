@@ -1,0 +1,127 @@
+"""Device mesh and the one table that maps logical axis names to mesh axes.
+
+Every parameter in `mir_jax.models` declares *logical* axis names
+(``nnx.with_partitioning(init, ("embed", "mlp"))``) and activations are
+constrained with logical names too (`constrain`). Nothing else in the code base
+names a mesh axis: to change how a model is laid out over devices, edit
+`LOGICAL_AXIS_RULES` (or pass other rules), never the model.
+
+The mesh has three named axes, as in maxtext:
+  data:   pure data parallelism (parameters replicated).
+  fsdp:   data parallelism whose parameters/optimizer state are sharded (ZeRO-3).
+  tensor: tensor (model) parallelism inside matmuls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated).
+# Order matters only for names that appear twice (first match wins).
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # Activations.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    # Parameters of the language model.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    # Parameters of the vision tower and connector.
+    ("vision_embed", "fsdp"),
+    ("vision_mlp", "tensor"),
+    ("vision_heads", "tensor"),
+    ("patch", None),
+    ("channels", None),
+    ("conv_height", None),
+    ("conv_width", None),
+    ("queries", None),
+    ("positions", None),
+)
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a (data, fsdp, tensor) mesh; one entry of `shape` may be -1 (= the rest).
+
+    Raises a ValueError naming the numbers when the shape does not divide the devices,
+    before anything is compiled.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {tuple(shape)} must have {len(MESH_AXES)} entries {MESH_AXES}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {tuple(shape)}: at most one entry may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if known <= 0 or len(devices) % known:
+        raise ValueError(
+            f"mesh shape {tuple(shape)} does not divide the {len(devices)} available devices"
+        )
+    shape = [len(devices) // known if s == -1 else s for s in shape]
+    if math.prod(shape) != len(devices):
+        raise ValueError(
+            f"mesh shape {tuple(shape)} uses {math.prod(shape)} devices but {len(devices)} are available"
+        )
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def logical_to_mesh_spec(logical: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+    """Maps a tuple of logical axis names to a PartitionSpec over mesh axes."""
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in logical:
+        mesh_axes = table.get(name) if name is not None else None
+        if mesh_axes is None:
+            out.append(None)
+            continue
+        mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+        # A mesh axis may shard only one dimension of an array.
+        mesh_axes = tuple(a for a in mesh_axes if a not in used)
+        used.update(mesh_axes)
+        out.append(mesh_axes if len(mesh_axes) > 1 else (mesh_axes[0] if mesh_axes else None))
+    return PartitionSpec(*out)
+
+
+def logical_sharding(mesh: Mesh, logical: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_mesh_spec(logical, rules))
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> jax.Array:
+    """Sharding constraint in logical names; a no-op when no mesh is active."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_mesh_spec(logical, rules))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """Activates `mesh` and the logical-axis rules for model creation and jitted steps."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        yield mesh
+
+
+def state_shardings(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """NamedSharding tree for an `nnx.State` whose Variables carry logical `out_sharding`."""
+    with nnx.logical_axis_rules(rules):
+        specs = nnx.get_partition_spec(state)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
