@@ -1,0 +1,131 @@
+"""Llama-family decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention, optional
+qkv bias (Qwen2) and tied embeddings; MoCa (modality calibration) after each layer when enabled.
+
+Layers are stacked and scanned (`layers.run_stack`). A KV cache, when given, is a pair of arrays
+[L, B, T, KVH, Dh]; the new keys/values are written at `cache_index` and the queries attend to the
+whole cache under the caller's mask.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mir_jax.models.config import TextConfig
+from mir_jax.models.layers import (
+    Dense,
+    RMSNorm,
+    activation,
+    apply_rope,
+    attention,
+    make_stack,
+    normal,
+    param,
+    rope_cos_sin,
+    run_stack,
+)
+from mir_jax.models.moca import MoCa
+from mir_jax.sharding import constrain
+
+ACT = ("batch", "length", "act_embed")
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = Dense(d, (h, hd), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.k_proj = Dense(d, (kvh, hd), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.v_proj = Dense(d, (kvh, hd), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
+        self.o_proj = Dense((h, hd), d, ("heads", "head_dim", "embed"), bias=cfg.o_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
+        q = apply_rope(self.q_proj(x), cos, sin)
+        k = apply_rope(self.k_proj(x), cos, sin)
+        v = self.v_proj(x)
+        q = constrain(q, ("batch", "length", "act_heads", None))
+        if cache is not None:
+            ck, cv = cache
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            cache = (k, v)
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        return self.o_proj(out), cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.act = activation(cfg.hidden_act)
+        self.gate_proj = Dense(d, f, ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.up_proj = Dense(d, f, ("embed", "mlp"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+        self.down_proj = Dense(f, d, ("mlp", "embed"), bias=cfg.mlp_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.act(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(constrain(h, ("batch", "length", "act_mlp")))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs, moca_std: float | None = None):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+        self.moca = MoCa(cfg.hidden_size, moca_std, rngs=rngs) if moca_std is not None else None
+
+    def __call__(self, x, cos, sin, mask, modality_mask, cache=None, cache_index=None):
+        """x [B, S, D] -> ([B, S, D], updated cache)."""
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        if self.moca is not None:
+            x = self.moca(x, modality_mask)
+        return constrain(x, ACT), cache
+
+
+class LlamaModel(nnx.Module):
+    """Token embedding, stacked decoder layers, final norm and LM head."""
+
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs, moca_std: float | None = None,
+                 remat: str = "none", scan_layers: bool = True):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.remat, self.scan_layers = remat, scan_layers
+        self.embed_tokens = param(rngs, normal(0.02), (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        self.layers = make_stack(
+            cfg.num_layers, lambda r: DecoderLayer(cfg, dtype=dtype, rngs=r, moca_std=moca_std), rngs)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = param(rngs, normal(0.02), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+    def embed(self, ids: jax.Array) -> jax.Array:
+        """ids [B, S] (must be in the vocabulary) -> [B, S, D] in the compute dtype."""
+        x = jnp.take(self.embed_tokens[...], ids, axis=0, mode="clip").astype(self.dtype)
+        return constrain(x, ACT)
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """h [B, S, D] (after the final norm) -> float32 logits [B, S, V]."""
+        w = self.embed_tokens[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+        out = jnp.einsum("bsd,dv->bsv", h, w.astype(self.dtype), preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "act_vocab"))
+
+    def decode(self, x, positions, mask, modality_mask, *, collect: bool = False,
+               cache=None, cache_index=None):
+        """Runs the decoder layers and the final norm.
+
+        x [B, S, D] input embeddings; positions [B, S]; mask bool [B, S, T]; modality_mask bool
+        [B, S]. Returns (normed [B, S, D], per-layer outputs [L, B, S, D] or None, new cache).
+        """
+        cfg = self.cfg
+        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+
+        def body(layer, h, layer_cache):
+            h, new_cache = layer(h, cos, sin, mask, modality_mask, layer_cache, cache_index)
+            return h, ((h if collect else None), new_cache)
+
+        last, (ys, new_cache) = run_stack(self.layers, body, x, cache, scan=self.scan_layers,
+                                          remat=self.remat if cache is None else "none")
+        return self.norm(last), ys, new_cache
