@@ -1,0 +1,141 @@
+"""Bad-input accounting for the data pipeline.
+
+Two kinds of bad input are distinguished:
+
+* A *bad sample* (missing or corrupt image, empty conversation, ``<image>`` tag
+  without an image or the reverse, a sample longer than the maximum length, ...)
+  is skipped and counted per source and reason; the first few are logged with
+  their file and id, and the run goes on. Processing code signals one by raising
+  :class:`SkipSample`; the pipeline turns it into a :class:`BadSample` marker that
+  travels through grain (possibly from a worker process) to the main process,
+  where :class:`BadSampleStats` counts it. Counting in the main process keeps the
+  numbers exact and part of the checkpointable iterator state.
+* A *broken input* (a malformed JSON line, a file that cannot be read at all) is
+  a :class:`DataError` that stops the run, naming the file and line.
+
+If more than ``max_bad_fraction`` of a source's samples are bad, the run stops
+with :class:`BadSampleFractionError` naming the source and its commonest reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+logger = logging.getLogger("mir_jax.data")
+
+# Reasons a sample is skipped (the keys of the per-source counters).
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"
+EMPTY_CONVERSATION = "empty_conversation"
+IMAGE_TAG_WITHOUT_IMAGE = "image_tag_without_image"
+IMAGE_WITHOUT_TAG = "image_without_tag"
+TOO_LONG = "too_long"
+TOO_MANY_IMAGES = "too_many_images"
+EMPTY_TEXT = "empty_text"
+BAD_RECORD = "bad_record"
+UNREADABLE_TEXT = "unreadable_text"
+
+
+class DataError(Exception):
+    """Input that cannot be skipped sample by sample (e.g. a malformed JSON line)."""
+
+
+class BadSampleFractionError(DataError):
+    """Too large a fraction of one source's samples failed."""
+
+
+class SkipSample(Exception):  # noqa: N818 -- a control-flow signal, not an error report
+    """Raised while processing one sample to skip it, with a reason from this module."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class BadSample:
+    """Marker element standing in for a skipped sample inside the grain pipeline."""
+
+    source: int
+    reason: str
+    file: str = ""
+    id: str = ""
+    detail: str = ""
+
+
+class BadSampleStats:
+    """Per-source counts of seen and skipped samples, by reason.
+
+    Args:
+      source_names: one name per source index.
+      max_bad_fraction: per source (a float for all, or one per source); more
+        than this fraction of bad samples stops the run.
+      min_seen: the fraction is only judged once a source has produced this many
+        samples, so that one early bad sample does not read as 100%.
+      log_first: how many bad samples to log per source.
+    """
+
+    def __init__(self, source_names, max_bad_fraction=0.1, min_seen: int = 50, log_first: int = 5):
+        self.names = list(source_names)
+        n = len(self.names)
+        if isinstance(max_bad_fraction, (int, float)):
+            max_bad_fraction = [float(max_bad_fraction)] * n
+        self.max_bad_fraction = [float(f) for f in max_bad_fraction]
+        self.min_seen = int(min_seen)
+        self.log_first = int(log_first)
+        self.seen = [0] * n
+        self.bad: list[dict[str, int]] = [{} for _ in range(n)]
+
+    # -- counting ---------------------------------------------------------
+    def count_good(self, source: int) -> None:
+        self.seen[source] += 1
+
+    def count_bad(self, marker: BadSample) -> None:
+        s = marker.source
+        self.seen[s] += 1
+        reasons = self.bad[s]
+        reasons[marker.reason] = reasons.get(marker.reason, 0) + 1
+        if sum(reasons.values()) <= self.log_first:
+            logger.warning(
+                "skipping sample from source %r (file %s, id %s): %s%s",
+                self.names[s], marker.file or "?", marker.id or "?", marker.reason,
+                f" ({marker.detail})" if marker.detail else "",
+            )
+        self.check(s)
+
+    def num_bad(self, source: int) -> int:
+        return sum(self.bad[source].values())
+
+    def check(self, source: int, final: bool = False) -> None:
+        """Raise BadSampleFractionError if the source is over its bad fraction."""
+        seen, bad = self.seen[source], self.num_bad(source)
+        if seen == 0 or (seen < self.min_seen and not final):
+            return
+        if bad / seen > self.max_bad_fraction[source]:
+            reason, count = max(self.bad[source].items(), key=lambda kv: kv[1])
+            raise BadSampleFractionError(
+                f"data source {self.names[source]!r}: {bad} of {seen} samples failed "
+                f"(more than the allowed {self.max_bad_fraction[source]:.1%}); "
+                f"commonest reason: {reason} ({count} samples)"
+            )
+
+    def check_all(self, final: bool = False) -> None:
+        for s in range(len(self.names)):
+            self.check(s, final=final)
+
+    # -- reporting and checkpointing -------------------------------------
+    def summary(self) -> dict[str, dict]:
+        """{source name: {"seen": n, "bad": n, "reasons": {reason: n}}}."""
+        return {
+            name: {"seen": self.seen[i], "bad": self.num_bad(i), "reasons": dict(self.bad[i])}
+            for i, name in enumerate(self.names)
+        }
+
+    def get_state(self) -> dict:
+        return {"seen": list(self.seen), "bad": [dict(b) for b in self.bad]}
+
+    def set_state(self, state: dict) -> None:
+        self.seen = [int(x) for x in state["seen"]]
+        self.bad = [{str(k): int(v) for k, v in b.items()} for b in state["bad"]]
