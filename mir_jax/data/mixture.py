@@ -115,6 +115,12 @@ def _finish(ds, names, fractions, cfg, bcfg: BatchConfig):
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(cfg["num_threads"]),
                                               prefetch_buffer_size=int(cfg["prefetch_buffer_size"])))
     if int(cfg["num_workers"]) > 0:
+        from absl import flags
+
+        # grain's worker processes read absl flags; outside an absl app (tests,
+        # notebooks) they are unparsed, so mark them parsed with their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=int(cfg["num_workers"]),
             per_worker_buffer_size=int(cfg["per_worker_buffer_size"])))
@@ -178,6 +184,8 @@ def make_train_iterator(data_config=None, *, tokenizer=None, image_size: int = 6
     ``tokenizer``: None/"byte" (built-in), an HF tokenizer directory, or a
     tokenizer object. The iterator's ``get_state()`` / ``set_state()`` round-trip:
     a restored iterator yields exactly the batch that would have come next.
+    The state is JSON-serializable; with ``num_workers > 0`` it holds one entry
+    per worker (grain's format), so resume with the same ``num_workers``.
     ``shard_index``/``shard_count`` (e.g. ``jax.process_index()``/``jax.process_count()``)
     give each host a disjoint slice of every source.
     """

@@ -88,8 +88,8 @@ def render(scene: list[dict], size: int, rng: np.random.Generator) -> np.ndarray
         r = cell * (0.42 if g["size"] == "large" else 0.24)
         colour = np.array(COLOURS[g["colour"]], np.uint8)
         for row, col in g["cells"]:
-            cy = (row + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
-            cx = (col + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+            cy = (row + 0.5) * cell + rng.uniform(-0.05, 0.05) * cell
+            cx = (col + 0.5) * cell + rng.uniform(-0.05, 0.05) * cell
             dy, dx = yy - cy, xx - cx
             if g["kind"] == "circle":
                 mask = dy * dy + dx * dx <= r * r
