@@ -2,6 +2,7 @@
 
 from mir_jax.models.config import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
 from mir_jax.models.connectors import Connector
+from mir_jax.models.generate import generate, init_cache
 from mir_jax.models.llama import LlamaModel
 from mir_jax.models.llava import (
     LlavaModel,
@@ -25,6 +26,8 @@ __all__ = [
     "VisionConfig",
     "VisionTower",
     "expand_image_tokens",
+    "generate",
+    "init_cache",
     "flops_per_token",
     "image_flops",
 ]

@@ -1,0 +1,106 @@
+"""Autoregressive generation with a KV cache: one jitted prefill, one jitted step per token.
+
+Batched prompts must be LEFT-padded (as for HF `generate`), so every row's next token goes to the
+same cache slot. Positions follow HF `generate`: the count of earlier real tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mir_jax.models.layers import default_positions
+from mir_jax.models.llava import LlavaModel
+
+
+def init_cache(model: LlavaModel, batch: int, length: int):
+    """Zero KV cache: (k, v), each [L, B, length, KVH, Dh] in the compute dtype."""
+    t = model.config.text
+    shape = (t.num_layers, batch, length, t.num_kv_heads, t.head_dim)
+    z = jnp.zeros(shape, model.config.compute_dtype)
+    return (z, z)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _prefill(graphdef, state, input_ids, pixel_values, image_mask, key_valid, cache):
+    model = nnx.merge(graphdef, state)
+    b, s = input_ids.shape
+    x, modality = model.embed_inputs(input_ids, pixel_values, image_mask)
+    positions = default_positions(key_valid[:, :s], None, b, s)
+    t = key_valid.shape[1]
+    mask = key_valid[:, None, :] & (jnp.arange(t)[None, None, :] <= jnp.arange(s)[None, :, None])
+    lm = model.language_model
+    normed, _, cache = lm.decode(x, positions, mask, modality, cache=cache, cache_index=0)
+    return lm.logits(normed[:, -1:])[:, 0], positions[:, -1], cache
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(5,))
+def _step(graphdef, state, tokens, positions, key_valid, cache, index):
+    """tokens, positions [B]; index: the cache slot being written (scalar)."""
+    model = nnx.merge(graphdef, state)
+    lm = model.language_model
+    x = lm.embed(tokens[:, None])
+    t = key_valid.shape[1]
+    mask = (key_valid & (jnp.arange(t)[None, :] <= index))[:, None, :]
+    no_image = jnp.zeros(tokens.shape + (1,), bool)
+    normed, _, cache = lm.decode(x, positions[:, None], mask, no_image, cache=cache, cache_index=index)
+    return lm.logits(normed)[:, 0], cache
+
+
+def _sample(logits, temperature: float, top_k: int | None, key):
+    if temperature <= 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, attention_mask=None, *,
+             max_new_tokens: int, eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+             temperature: float = 0.0, top_k: int | None = None, rng: jax.Array | None = None) -> np.ndarray:
+    """Greedy (temperature 0) or temperature / top-k sampling.
+
+    input_ids [B, S] left-padded, with image tokens already expanded; pixel_values
+    [B, N, H, W, C]; attention_mask [B, S]. Returns the new tokens [B, max_new_tokens] int32;
+    after a row emits EOS (included) the rest of the row is `pad_token_id`. Stops early when
+    every row has finished.
+    """
+    cfg = model.config
+    eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
+    eos = np.atleast_1d(np.asarray([] if eos is None else eos, np.int32))
+    pad = cfg.pad_token_id if pad_token_id is None else pad_token_id
+    input_ids = np.asarray(input_ids, np.int32)
+    b, s = input_ids.shape
+    am = np.ones((b, s), bool) if attention_mask is None else np.asarray(attention_mask) != 0
+    if np.any(am[:, :-1] & ~am[:, 1:]):
+        raise ValueError("generate needs left padding: a row has padding after a real token")
+    if temperature > 0 and rng is None:
+        raise ValueError("sampling (temperature > 0) needs rng=")
+    total = s + max_new_tokens
+    key_valid = jnp.asarray(np.concatenate([am, np.ones((b, max_new_tokens), bool)], axis=1))
+    graphdef, state = nnx.split(model)
+    cache = init_cache(model, b, total)
+    logits, pos, cache = _prefill(graphdef, state, jnp.asarray(input_ids),
+                                  None if pixel_values is None else jnp.asarray(pixel_values),
+                                  None if image_mask is None else jnp.asarray(image_mask), key_valid, cache)
+    out = np.full((b, max_new_tokens), pad, np.int32)
+    done = np.zeros(b, bool)
+    for i in range(max_new_tokens):
+        key = None
+        if temperature > 0:
+            rng, key = jax.random.split(rng)
+        tok = np.asarray(_sample(logits, temperature, top_k, key))
+        tok = np.where(done, pad, tok)
+        out[:, i] = tok
+        done |= np.isin(tok, eos)
+        if done.all() or i == max_new_tokens - 1:
+            break
+        pos = pos + 1
+        logits, cache = _step(graphdef, state, jnp.asarray(tok), pos, key_valid, cache, jnp.int32(s + i))
+    return out
