@@ -1,0 +1,131 @@
+"""The embedded corpus (determinism, captions match pixels) and the MIR evaluation batches."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from mir_jax.data import (
+    VICUNA_SYSTEM,
+    ByteTokenizer,
+    SyntheticSource,
+    make_mir_batches,
+)
+from mir_jax.data.synthetic import COLOURS
+
+NUM = {"one": 1, "two": 2, "three": 3}
+GROUP = r"(one|two|three) (small|large) (\w+) (circle|square|triangle)s?( on the (left|right))?"
+CAPTION = re.compile(rf"^{GROUP}( and {GROUP})?\.$")
+
+
+def test_synthetic_is_deterministic_and_split_dependent():
+    a = SyntheticSource("caption", seed=3, image_size=32)
+    b = SyntheticSource("caption", seed=3, image_size=32)
+    c = SyntheticSource("caption", seed=3, image_size=32, split="eval")
+    for i in (0, 7, 99_999):
+        assert a[i]["caption"] == b[i]["caption"]
+        np.testing.assert_array_equal(a[i]["images"][0], b[i]["images"][0])
+    assert [a[i]["caption"] for i in range(20)] != [c[i]["caption"] for i in range(20)]
+    assert [a[i]["caption"] for i in range(20)] != [SyntheticSource("caption", seed=4)[i]["caption"]
+                                                    for i in range(20)]
+
+
+@pytest.mark.parametrize("index", range(25))
+def test_caption_describes_the_pixels(index):
+    """Parse the caption and check colour, count (connected blobs) and side in the image."""
+    rec = SyntheticSource("caption", image_size=64)[index]
+    m = CAPTION.match(rec["caption"])
+    assert m, rec["caption"]
+    img = rec["images"][0]
+    groups = [m.group(1, 3, 6)] + ([m.group(8, 10, 13)] if m.group(7) else [])
+    for count, colour, side in groups:
+        mask = np.all(img == np.array(COLOURS[colour], np.uint8), axis=-1)
+        _, n_blobs = ndimage.label(mask)
+        assert n_blobs == NUM[count], (rec["caption"], colour)
+        cols = np.nonzero(mask)[1]
+        if side == "left":
+            assert cols.max() < 32
+        elif side == "right":
+            assert cols.min() >= 32
+    # No pixel of a colour the caption does not mention.
+    others = set(COLOURS) - {g[1] for g in groups}
+    for colour in others:
+        assert not np.any(np.all(img == np.array(COLOURS[colour], np.uint8), axis=-1))
+
+
+def test_qa_answers_match_the_scene():
+    src = SyntheticSource("qa", image_size=16)
+    checked = 0
+    for i in range(60):
+        rec = src[i]
+        scene = src.scene(i)
+        assert rec["turns"][0][1].startswith("<image>\n")
+        for (_, q), (_, a) in zip(rec["turns"][::2], rec["turns"][1::2]):
+            m = re.match(r"How many (\w+) (\w+)s are there\?", q.replace("<image>\n", ""))
+            if m:
+                (g,) = [g for g in scene if g["colour"] == m.group(1)]
+                assert g["kind"] == m.group(2)
+                assert a == ["One.", "Two.", "Three."][g["count"] - 1]
+                checked += 1
+    assert checked > 5
+
+
+def test_text_and_interleaved_records():
+    t = SyntheticSource("text")[0]
+    assert t["kind"] == "text" and t["text"].endswith(".") and len(t["text"]) > 20
+    d = SyntheticSource("interleaved", image_size=16)[0]
+    n = len(d["images"])
+    assert 2 <= n <= 3 and [s["image"] for s in d["segments"] if "image" in s] == list(range(n))
+
+
+def test_mir_batches_exact_vicuna_layout(tmp_path):
+    img_dir, txt_dir = tmp_path / "images", tmp_path / "stories"
+    img_dir.mkdir()
+    txt_dir.mkdir()
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    for i, c in enumerate(colours):
+        Image.new("RGB", (10, 10), c).save(img_dir / f"im{i}.png")
+    stories = ["Alpha story.", "Beta.", "Gamma goes on."]
+    for i, s in enumerate(stories):
+        (txt_dir / f"s{i}.story").write_text(f"{s}\n\n@highlight\n\nnot this\n\n@highlight\n\nnor this")
+    k, seq = 4, 300
+    batches = make_mir_batches(str(img_dir), str(txt_dir), tokenizer=ByteTokenizer(),
+                               num_samples=3, image_size=8, num_image_tokens=k, batch_size=2,
+                               seq_len=seq, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert len(batches) == 2
+    rows = [(b, r) for b in batches for r in range(2)][:3]
+    for i, (b, r) in enumerate(rows):
+        def enc(s):
+            return [x + 4 for x in s.encode()]
+        prompt = [1] + enc(VICUNA_SYSTEM + " USER: ") + [3] * k + enc("\n ASSISTANT: ")
+        answer = enc(stories[i]) + [2]
+        want = prompt + answer
+        n = len(want)
+        assert b["input_ids"][r, :n].tolist() == want
+        assert b["labels"][r, :n].tolist() == [-100] * len(prompt) + answer
+        assert b["attention_mask"][r].tolist() == [1] * n + [0] * (seq - n)
+        assert b["image_mask"][r].tolist() == [True]
+        # Pure-colour image, normalized with mean = std = 0.5: channel 255 -> 1, 0 -> -1.
+        want_px = np.array(colours[i], np.float32) / 255 * 2 - 1
+        np.testing.assert_allclose(b["pixel_values"][r, 0], np.broadcast_to(want_px, (8, 8, 3)),
+                                   atol=1e-6)
+    assert batches[1]["attention_mask"][1].sum() == 0  # padding row
+
+
+def test_mir_needs_enough_samples(tmp_path):
+    with pytest.raises(ValueError, match="needs 5 samples"):
+        make_mir_batches([np.zeros((4, 4, 3), np.uint8)] * 2, ["a", "b", "c"], num_samples=5)
+
+
+def test_mir_long_story_truncated_image_kept():
+    story = "word " * 100
+    (b,) = make_mir_batches(["/nonexistent.png", np.zeros((4, 4, 3), np.uint8)], [story, story],
+                            num_samples=2, image_size=4, num_image_tokens=4, batch_size=2,
+                            seq_len=64, max_bad_fraction=0.5, system="S")
+    # The missing image is skipped (counted), the other pair is truncated to 64 tokens:
+    # [bos] "S USER: " (8) + 4 image tokens + "\n ASSISTANT: " (13) + 38 story bytes.
+    assert b["attention_mask"].sum(1).tolist() == [64, 0]
+    assert b["labels"][0].tolist() == [-100] * 26 + [x + 4 for x in story[:38].encode()]
+    assert int((b["input_ids"][0] == 3).sum()) == 4
