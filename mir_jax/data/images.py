@@ -119,8 +119,24 @@ def load_and_preprocess(ref, cfg: ImageConfig) -> np.ndarray:
     return preprocess(load_image(ref, cfg.size, cfg.jpeg_draft), cfg)
 
 
-def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 [..., 3] -> float32 ``(x / 255 - mean) / std``."""
-    scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
-    shift = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).astype(np.float32)
-    return pixels.astype(np.float32) * scale + shift
+def normalize(pixels: np.ndarray, mean, std, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [..., 3] -> float32 ``(x / 255 - mean) / std`` (into ``out`` when given).
+
+    Computed as one fused ``x * a + b`` with a = 1 / (255 std), b = -mean / std,
+    writing in place: no float64 or full-size temporaries.
+    """
+    scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
+    shift = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
+    if out is None:
+        out = np.empty(pixels.shape, np.float32)
+    elif not out.flags.c_contiguous:  # the row view below must alias ``out``
+        out[...] = normalize(pixels, mean, std)
+        return out
+    out[...] = pixels  # the cast alone: a mixed uint8/float32 multiply is much slower
+    # Broadcasting a 3-vector gives numpy an inner loop of length 3 (slow); view the
+    # array as rows of W*3 values and tile mean/std along a row instead.
+    w3 = pixels.shape[-2] * 3 if pixels.ndim >= 2 else 3
+    rows = out.reshape(-1, w3)
+    rows *= np.tile(scale, w3 // 3)
+    rows += np.tile(shift, w3 // 3)
+    return out

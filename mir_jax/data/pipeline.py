@@ -193,7 +193,7 @@ def collate(rows: list[list[dict]], cfg: BatchConfig) -> dict[str, np.ndarray]:
     segment_ids = np.zeros((b, s), np.int32)
     positions = np.zeros((b, s), np.int32)
     image_mask = np.zeros((b, m), bool)
-    raw = np.zeros((b, m, h, h, 3), np.uint8)
+    pixel_values = np.zeros((b, m, h, h, 3), np.float32)
     for r, row in enumerate(rows):
         off = slot = 0
         for k, ex in enumerate(row):
@@ -204,12 +204,9 @@ def collate(rows: list[list[dict]], cfg: BatchConfig) -> dict[str, np.ndarray]:
             positions[r, off:off + n] = np.arange(n, dtype=np.int32)
             off += n
             for img in ex["images"]:
-                raw[r, slot] = img
+                normalize(img, cfg.mean, cfg.std, out=pixel_values[r, slot])
                 image_mask[r, slot] = True
                 slot += 1
-    pixel_values = np.zeros((b, m, h, h, 3), np.float32)
-    if image_mask.any():
-        pixel_values[image_mask] = normalize(raw[image_mask], cfg.mean, cfg.std)
     return {
         "input_ids": input_ids,
         "labels": labels,
