@@ -119,6 +119,8 @@ def index_safetensors(path: str) -> dict[str, TensorRef]:
 
 
 def _read_json(path: str, name: str = "config.json") -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
     file = os.path.join(path, name) if os.path.isdir(path) else path
     if not os.path.exists(file):
         raise FileNotFoundError(f"{file} not found")
@@ -249,7 +251,7 @@ def config_to_hf(cfg: LlavaConfig) -> dict:
 # ==============================================================================================
 # The parameter table: canonical HF name -> (our path, kind)
 #   kinds: linear (HF [out, in] -> kernel [*in, *out]), conv (HF [D, C, p, p] -> [p, p, C, D]),
-#          head (lm_head [V, D] -> [D, V]), copy (same values, reshaped to our shape).
+#          head (lm_head [V, D] -> [D, V]), bias (flat in HF), copy (same values and shape).
 # "{i}" marks a stacked layer index (our leading "layers" axis).
 # ==============================================================================================
 def _param_table(cfg: LlavaConfig) -> dict[str, tuple[tuple, str]]:
@@ -258,7 +260,7 @@ def _param_table(cfg: LlavaConfig) -> dict[str, tuple[tuple, str]]:
     def lin(hf, ours, bias=True):
         t[f"{hf}.weight"] = ((*ours, "kernel"), "linear")
         if bias:
-            t[f"{hf}.bias"] = ((*ours, "bias"), "copy")
+            t[f"{hf}.bias"] = ((*ours, "bias"), "bias")
 
     def norm(hf, ours, bias=True):
         t[f"{hf}.weight"] = ((*ours, "scale"), "copy")
@@ -373,6 +375,8 @@ def _from_ours(arr: np.ndarray, kind: str, hf_shape_in_out: tuple[int, int] | No
         return arr.transpose(3, 2, 0, 1)
     if kind == "head":
         return arr.T
+    if kind == "bias":  # HF biases are flat ([H*Dh] for attention)
+        return arr.reshape(-1)
     return arr
 
 
