@@ -190,3 +190,40 @@ def test_two_workers_match_in_process_and_resume():
     fresh = make_train_iterator(cfg, **args)
     fresh.set_state(state)
     assert_same(take(fresh, 2), ref[2:])
+
+
+def test_images_fill_slots_in_token_order_and_pack_across_examples(tmp_path):
+    from PIL import Image
+
+    colours = {"r": (255, 0, 0), "g": (0, 255, 0), "b": (0, 0, 255)}
+    for name, c in colours.items():
+        Image.new("RGB", (4, 4), c).save(tmp_path / f"{name}.png")
+    docs = [{"segments": [{"text": "x"}, {"image": "b.png"}, {"text": "y"}, {"image": "r.png"}]},
+            {"segments": [{"image": "g.png"}, {"text": "z"}]}]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in docs))
+    cfg = {"sources": [{"type": "interleaved", "path": str(path), "image_folder": str(tmp_path)}],
+           "pack": True, "max_images": 3, "num_threads": 0}
+    (b,) = list(make_eval_iterator(cfg, tokenizer=ByteTokenizer(), image_size=4,
+                                   num_image_tokens=2, batch_size=1, seq_len=32, num_samples=None,
+                                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    x, y, z = (ord(c) + OFF for c in "xyz")
+    # Doc 1: [bos x img img y img img eos] (8); doc 2: [bos img img z eos] (5).
+    assert b["input_ids"][0, :13].tolist() == [BOS, x, IMG, IMG, y, IMG, IMG, EOS,
+                                               BOS, IMG, IMG, z, EOS]
+    assert b["segment_ids"][0, :14].tolist() == [1] * 8 + [2] * 5 + [0]
+    assert b["image_mask"][0].tolist() == [True, True, True]
+    # Slots in token order: blue, red, green; pure colours map to +-1 with mean = std = 0.5.
+    for slot, name in enumerate("brg"):
+        want = np.array(colours[name], np.float32) / 255 * 2 - 1
+        np.testing.assert_allclose(b["pixel_values"][0, slot, 0, 0], want, atol=1e-6)
+
+
+def test_image_config_from_hf_preprocessor(tmp_path):
+    from mir_jax.data import image_config_from_hf
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"crop_size": {"height": 336, "width": 336}, "image_mean": [0.1, 0.2, 0.3],
+         "image_std": [0.4, 0.5, 0.6], "size": {"shortest_edge": 336}}))
+    cfg = image_config_from_hf(str(tmp_path))
+    assert (cfg.size, cfg.mean, cfg.std, cfg.mode) == (336, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "pad")

@@ -137,6 +137,9 @@ def build_dataset(data_config=None, *, tokenizer=None, image_size: int = 64, mea
     tokenizer = load_tokenizer(tokenizer)
     train = split == "train"
     specs = cfg["sources"] if train else cfg["eval_sources"]
+    specs = [s for s in specs if float(s.get("weight", 1.0)) > 0]  # weight 0 switches a source off
+    if not specs:
+        raise ValueError("data config has no source with a positive weight")
     max_images = _max_images(cfg, specs, seq_len, num_image_tokens)
     image_cfg = ImageConfig(size=image_size, mean=tuple(mean), std=tuple(std),
                             mode=cfg["image_mode"], jpeg_draft=bool(cfg["jpeg_draft"]))
