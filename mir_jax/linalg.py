@@ -1,0 +1,300 @@
+"""Matrix routines behind the MIR kernel: masked statistics, exact order statistics,
+and the trace of the square root of a product of two covariances.
+
+All routines take leading batch dimensions (one per LLM layer in `mir_jax.mir`), so
+one compiled program serves every layer. Everything is float32 unless the caller
+passes float64; matmuls ask for full precision so accelerators do not silently use
+bf16/tf32 passes for statistics.
+
+The Fréchet distance needs ``tr((Σ_a Σ_b)^{1/2})``. Its exact value is the sum of
+the square roots of the eigenvalues of Σ_a Σ_b, which are real and non-negative;
+they equal the eigenvalues of the symmetric ``Lᵀ Σ_b L`` for any factor Σ_a = L Lᵀ.
+Three exact routes are here:
+
+* `trace_sqrt_product_factored`: factors Σ_a = F_a F_aᵀ and Σ_b = F_b F_bᵀ
+  (Cholesky after equilibration to unit diagonal; an eigendecomposition when a
+  covariance is singular), then the nuclear norm of F_aᵀ F_b: its singular values
+  are the square roots of the eigenvalues of Lᵀ Σ_b L, obtained without squaring
+  the condition number (see that function for why this matters in float32).
+* `trace_sqrt_product_gram`: with few rows, the same trace is the nuclear norm of
+  A_c B_cᵀ / sqrt((n_a-1)(n_b-1)) (centered rows), an n×n problem instead of D×D.
+* `trace_sqrt_product_newton_schulz`: a coupled Newton–Schulz iteration that uses
+  only matmuls (for TPU-style hardware); approximate, with a tested tolerance.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+HIGHEST = lax.Precision.HIGHEST
+
+
+def _eps(dtype) -> float:
+    return float(jnp.finfo(dtype).eps)
+
+
+# --------------------------------------------------------------------------------------
+# Masked statistics.
+# --------------------------------------------------------------------------------------
+
+
+def masked_mean_and_centered(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mean of the valid rows and the centered rows (padding rows set to zero).
+
+    Args:
+      x: [..., N, D] rows.
+      mask: [..., N] bool, True for valid rows.
+    Returns:
+      count [...] (float), mean [..., D], centered [..., N, D].
+    """
+    m = mask.astype(x.dtype)[..., None]
+    count = jnp.sum(m, axis=(-2, -1))
+    mean = jnp.sum(x * m, axis=-2) / jnp.maximum(count, 1.0)[..., None]
+    centered = (x - mean[..., None, :]) * m
+    return count, mean, centered
+
+
+def covariance_from_centered(centered: jax.Array, count: jax.Array) -> jax.Array:
+    """Unbiased covariance [..., D, D] from centered rows [..., N, D] (divide by N-1)."""
+    gram = jnp.einsum("...nd,...ne->...de", centered, centered, precision=HIGHEST)
+    return gram / jnp.maximum(count - 1.0, 1.0)[..., None, None]
+
+
+def symmetrize(a: jax.Array) -> jax.Array:
+    return 0.5 * (a + jnp.swapaxes(a, -1, -2))
+
+
+# --------------------------------------------------------------------------------------
+# Exact order statistics without sorting.
+# --------------------------------------------------------------------------------------
+
+
+def _float_to_ordered_uint(x: jax.Array) -> jax.Array:
+    """Bijection float32 -> uint32 that preserves order (negative floats flip all bits)."""
+    u = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where((u >> 31) == 1, ~u, u | jnp.uint32(0x80000000))
+
+
+def _ordered_uint_to_float(k: jax.Array) -> jax.Array:
+    u = jnp.where((k >> 31) == 1, k & jnp.uint32(0x7FFFFFFF), ~k)
+    return lax.bitcast_convert_type(u, jnp.float32)
+
+
+def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Lower median over axis -2 of the valid rows, exactly as torch.median does.
+
+    torch.median returns the lower of the two middle values for an even count
+    (the element of rank (n-1)//2 in sorted order), not their average.
+
+    A full sort of every column costs more than the whole eigenvalue problem at
+    N = 4096, D = 2048, so this is a selection instead: a bisection over the 2^32
+    float32 bit patterns (mapped to order-preserving uint32), counting how many
+    valid entries are <= the midpoint. 32 vectorised count passes give the exact
+    order statistic (about 18x faster than jnp.sort on the CPU here).
+
+    Args:
+      x: [..., N, D] values (computed in float32).
+      mask: [..., N] bool.
+    Returns:
+      [..., D] lower median per column, float32. Undefined (but finite) when no row is valid.
+    """
+    keys = _float_to_ordered_uint(x)
+    keys = jnp.where(mask[..., None], keys, jnp.uint32(0xFFFFFFFF))
+    count = jnp.sum(mask.astype(jnp.int32), axis=-1)
+    rank = jnp.maximum(count - 1, 0) // 2  # [...]
+    lo = jnp.zeros(keys.shape[:-2] + keys.shape[-1:], jnp.uint32)
+    hi = jnp.full_like(lo, 0xFFFFFFFF)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        n_le = jnp.sum((keys <= mid[..., None, :]).astype(jnp.int32), axis=-2)
+        enough = n_le >= (rank + 1)[..., None]
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo, _ = lax.fori_loop(0, 32, step, (lo, hi))
+    return _ordered_uint_to_float(lo)
+
+
+# --------------------------------------------------------------------------------------
+# Factors and singular values.
+# --------------------------------------------------------------------------------------
+
+
+def _sum_singular_values(c: jax.Array) -> jax.Array:
+    """Σ_i σ_i(c) over the last two axes (the nuclear norm); differentiable."""
+    return jnp.sum(jnp.linalg.svd(c, compute_uv=False), axis=-1)
+
+
+def _equilibration(cov: jax.Array) -> jax.Array:
+    """d = diag(Σ)^{-1/2} (1 where the variance is 0), so d Σ d has unit diagonal."""
+    diag = jnp.diagonal(cov, axis1=-2, axis2=-1)
+    return lax.rsqrt(jnp.where(diag > 0, diag, 1.0))
+
+
+def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A factor F with Σ = F Fᵀ for a batch of PSD covariances [..., D, D].
+
+    Σ is equilibrated first (Σ = S⁻¹ (S Σ S) S⁻¹ with S = diag(Σ)^{-1/2}) because
+    Cholesky of a unit-diagonal matrix loses only what its true conditioning
+    forces, whatever the scale of each dimension (hidden states have a few
+    dimensions 10-1000x larger than the rest). If any batch element's Cholesky
+    breaks down or has a pivot below D·eps (Σ singular to working precision, as
+    whenever rows < D), the whole batch takes an eigendecomposition instead, with
+    numerically-zero eigenvalues dropped. The switch is one scalar `lax.cond`, so
+    the healthy case pays for a Cholesky only.
+
+    Returns:
+      (F [..., D, D], healthy: bool scalar, True when the Cholesky route was taken).
+    """
+    dim = cov.shape[-1]
+    scale = _equilibration(cov)
+    unit = symmetrize(cov * scale[..., :, None] * scale[..., None, :])
+    rel_floor = dim * _eps(cov.dtype)
+    chol = jnp.linalg.cholesky(unit)
+    pivots = jnp.diagonal(chol, axis1=-2, axis2=-1)
+    healthy = jnp.all(jnp.isfinite(chol)) & jnp.all(pivots * pivots > rel_floor)
+
+    def via_cholesky(unit, chol):
+        return chol
+
+    def via_eigh(unit, chol):
+        w, v = jnp.linalg.eigh(unit)
+        keep = w > rel_floor * jnp.max(w, axis=-1, keepdims=True)
+        root = jnp.where(keep, jnp.sqrt(jnp.where(keep, w, 1.0)), 0.0)
+        return v * root[..., None, :]
+
+    factor = lax.cond(healthy, via_cholesky, via_eigh, unit, chol)
+    return factor / scale[..., :, None], healthy
+
+
+# --------------------------------------------------------------------------------------
+# tr((Σ_a Σ_b)^{1/2}).
+# --------------------------------------------------------------------------------------
+
+
+def trace_sqrt_product_factored(cov_a: jax.Array, cov_b: jax.Array) -> jax.Array:
+    """tr((Σ_a Σ_b)^{1/2}) for PSD [..., D, D] covariances (exact).
+
+    With Σ_a = F_a F_aᵀ and Σ_b = F_b F_bᵀ, the eigenvalues of Σ_a Σ_b (equal to
+    those of F_aᵀ Σ_b F_a) are the squared singular values of C = F_aᵀ F_b, so the
+    trace is C's nuclear norm. Taking singular values of C instead of eigenvalues
+    of F_aᵀ Σ_b F_a matters in float32: eigenvalues carry an absolute error
+    eps·λ_max, which swamps the small ones when the spectrum spans many decades
+    (it does for LLM hidden states: 1-30% error in the trace in our tests);
+    singular values carry eps·sqrt(λ_max), and the trace agrees with float64 to 1e-7.
+    """
+    factor_a, _ = _covariance_factor(cov_a)
+    factor_b, _ = _covariance_factor(cov_b)
+    cross = jnp.einsum("...ki,...kj->...ij", factor_a, factor_b, precision=HIGHEST)
+    return _sum_singular_values(cross)
+
+
+def trace_sqrt_product_gram(
+    centered_a: jax.Array, count_a: jax.Array, centered_b: jax.Array, count_b: jax.Array
+) -> jax.Array:
+    """tr((Σ_a Σ_b)^{1/2}) from centered rows, exact, for few rows (n_a or n_b < D).
+
+    With Σ_a = A_cᵀA_c/(n_a-1) and Σ_b = B_cᵀB_c/(n_b-1), the trace is the nuclear
+    norm of C = A_c B_cᵀ / sqrt((n_a-1)(n_b-1)) (n_a×n_b). When the larger set has
+    more rows than D, B_c is replaced by a D×D factor of Σ_b (C = A_c F_b/sqrt(n_a-1)),
+    which keeps the problem at min(n_a, n_b) × D.
+
+    Args:
+      centered_a: [..., Na, D] centered rows, padding rows zero. count_a: [...].
+      centered_b: [..., Nb, D], count_b: [...].
+    """
+    na, nb, dim = centered_a.shape[-2], centered_b.shape[-2], centered_a.shape[-1]
+    if na > nb:  # Work on the side with fewer rows.
+        centered_a, centered_b, count_a, count_b = centered_b, centered_a, count_b, count_a
+        na, nb = nb, na
+    denom_a = jnp.sqrt(jnp.maximum(count_a - 1.0, 1.0))[..., None, None]
+    if nb > dim:
+        factor_b, _ = _covariance_factor(covariance_from_centered(centered_b, count_b))
+        cross = jnp.einsum("...id,...dj->...ij", centered_a, factor_b, precision=HIGHEST)
+        return _sum_singular_values(cross / denom_a)
+    denom_b = jnp.sqrt(jnp.maximum(count_b - 1.0, 1.0))[..., None, None]
+    cross = jnp.einsum("...id,...jd->...ij", centered_a, centered_b, precision=HIGHEST)
+    return _sum_singular_values(cross / (denom_a * denom_b))
+
+
+def _newton_schulz_sqrt(a: jax.Array, num_iters: int) -> jax.Array:
+    """Principal square root of symmetric PSD a [..., D, D] by coupled Newton–Schulz.
+
+    Y₀ = a/c, Z₀ = I, T = (3I − Z Y)/2, Y ← Y T, Z ← T Z, with c = ||a||_F so the
+    spectrum lies in [0, 1]; Y → (a/c)^{1/2}. Matmuls only. On a singular matrix
+    the iteration converges and then amplifies rounding noise in the null space,
+    so each batch element stops updating once its residual ||I − Z Y||_F no longer
+    decreases.
+    """
+    dim = a.shape[-1]
+    norm = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1)))
+    norm = jnp.where(norm > 0, norm, 1.0)[..., None, None]
+    eye = jnp.broadcast_to(jnp.eye(dim, dtype=a.dtype), a.shape)
+
+    def step(_, carry):
+        y, z, best, frozen = carry
+        zy = jnp.matmul(z, y, precision=HIGHEST)
+        residual = jnp.sqrt(jnp.sum((eye - zy) ** 2, axis=(-2, -1)))
+        frozen = frozen | (residual > best)
+        t = 0.5 * (3.0 * eye - zy)
+        y_new = jnp.matmul(y, t, precision=HIGHEST)
+        z_new = jnp.matmul(t, z, precision=HIGHEST)
+        keep = frozen[..., None, None]
+        return (jnp.where(keep, y, y_new), jnp.where(keep, z, z_new),
+                jnp.minimum(best, residual), frozen)
+
+    inf = jnp.full(a.shape[:-2], jnp.inf, a.dtype)
+    init = (a / norm, eye, inf, jnp.zeros(a.shape[:-2], bool))
+    y, _, _, _ = lax.fori_loop(0, num_iters, step, init)
+    return y * jnp.sqrt(norm)
+
+
+def _newton_schulz_nuclear_norm(c: jax.Array, num_iters: int) -> jax.Array:
+    """Σσ_i(c) = tr(Uᵀ c), U the polar factor of c by the Newton–Schulz iteration.
+
+    X₀ = c/||c||_F, X ← 1.5 X − 0.5 X XᵀX. Singular values grow 1.5x per step until
+    they reach 1, then converge quadratically; a singular value that has not
+    converged is underestimated, by at most itself.
+    """
+    norm = jnp.sqrt(jnp.sum(c * c, axis=(-2, -1)))
+    x = c / jnp.where(norm > 0, norm, 1.0)[..., None, None]
+
+    def step(_, x):
+        xtx = jnp.matmul(jnp.swapaxes(x, -1, -2), x, precision=HIGHEST)
+        return 1.5 * x - 0.5 * jnp.matmul(x, xtx, precision=HIGHEST)
+
+    polar = lax.fori_loop(0, num_iters, step, x)
+    return jnp.sum(polar * c, axis=(-2, -1))
+
+
+def trace_sqrt_product_newton_schulz(
+    cov_a: jax.Array, cov_b: jax.Array, num_iters: int = 30
+) -> jax.Array:
+    """tr((Σ_a Σ_b)^{1/2}) with matmuls only (for TPU-style hardware).
+
+    Equilibrate both covariances by a common diagonal similarity, take
+    P_a = Σ_a^{1/2}, P_b = Σ_b^{1/2} by Newton–Schulz, and return the nuclear norm of
+    P_a P_b (its singular values are the square roots of the eigenvalues of
+    Σ_a Σ_b) through the Newton–Schulz polar iteration. `num_iters` steps resolve
+    eigenvalue ratios down to about 2.25^-num_iters (square-root stage) and
+    singular-value ratios to 1.5^-num_iters (polar stage).
+
+    Tolerance (tested in tests/test_mir.py): 1e-3 relative on the Fréchet distance
+    in float32 for well-conditioned data. For spectra spanning many decades use an
+    exact method.
+    """
+    scale_a = _equilibration(cov_a)
+    a = cov_a * scale_a[..., :, None] * scale_a[..., None, :]
+    b = cov_b / scale_a[..., :, None] / scale_a[..., None, :]
+    root_a = _newton_schulz_sqrt(symmetrize(a), num_iters)
+    root_b = _newton_schulz_sqrt(symmetrize(b), num_iters)
+    cross = jnp.matmul(root_a, root_b, precision=HIGHEST)
+    return _newton_schulz_nuclear_norm(cross, 2 * num_iters)
+
+
+def trace_product(cov_a: jax.Array, cov_b: jax.Array) -> jax.Array:
+    """tr(Σ_a Σ_b) for symmetric inputs: the published "fast" mode's stand-in for the root."""
+    return jnp.sum(cov_a * cov_b, axis=(-2, -1))
