@@ -172,7 +172,10 @@ def frechet_distance(x, y, *, x_mask=None, y_mask=None, method: str = "auto") ->
       x_mask: optional [N] bool, False for padding rows; y_mask: [M] likewise.
       method: see the module docstring ("legacy_fast" is not a Fréchet distance).
     Returns:
-      scalar float32. Differentiable (eigh, gram) with jax.grad.
+      scalar float32. Differentiable with jax.grad for "gram" always and for "eigh"
+      when both covariances are nonsingular (rows > D); with fewer rows than
+      dimensions, differentiate "gram" ("auto" picks it): an eigendecomposition of a
+      singular covariance has repeated zero eigenvalues, whose derivative is undefined.
     """
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
