@@ -1,0 +1,295 @@
+"""The loss, the optimizer, and the jitted, sharded train and eval steps.
+
+State layout (a plain pytree, checkpointed as is):
+  state = {"step": int32[], "params": {key: array} (trainable only, see `partition`),
+           "opt_state": optax state of the trainable params, "skipped": int32[] (non-finite
+           updates skipped so far), "bad_streak": int32[] (of them, in a row)}
+  frozen = {key: array}: the frozen parameters, an input to every step that is never updated.
+
+Batches follow `mir_jax.data.pipeline`: input_ids / labels / segment_ids / positions [B, S]
+int32, pixel_values [B, M, H, W, 3] float32, image_mask [B, M] bool; labels are unshifted with
+-100 where no loss applies. Every array is sharded on its leading (batch) axis over the mesh's
+("data", "fsdp") axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mir_jax.models import LlavaConfig, LlavaModel
+from mir_jax.partition import ParamPartition
+from mir_jax.sharding import LOGICAL_AXIS_RULES, use_mesh
+
+IGNORE_INDEX = -100
+BATCH_KEYS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Next-token cross entropy. logits [B, S, V] float32, labels [B, S] unshifted.
+
+    Position t predicts labels[t+1]. Returns (ce [B, S-1], log-partition [B, S-1], valid [B, S-1]
+    float32 1/0).
+    """
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = labels[:, 1:]
+    valid = targets != IGNORE_INDEX
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    return (lse - picked), lse, valid.astype(jnp.float32)
+
+
+def loss_sums(logits, labels, z_loss: float = 0.0) -> dict[str, jax.Array]:
+    """Sums over valid tokens (divided by the *global* count only after all micro-batches and
+    devices are summed, so the loss is a mean over the global batch's tokens, not a mean of means)."""
+    ce, lse, valid = token_losses(logits, labels)
+    out = {"ce_sum": jnp.sum(ce * valid), "tokens": jnp.sum(valid)}
+    out["z_sum"] = jnp.sum(jnp.square(lse) * valid) if z_loss else jnp.zeros((), jnp.float32)
+    return out
+
+
+def _forward(model: LlavaModel, batch: Mapping, *, hidden: bool = False):
+    return model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
+                 segment_ids=batch["segment_ids"], positions=batch["positions"],
+                 output_hidden_states=hidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------------------------
+def learning_rate_schedule(opt: Mapping, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `lr` over `warmup_steps`, cosine decay to `lr * end_factor`."""
+    lr, warmup = float(opt["lr"]), int(opt["warmup_steps"])
+    decay = max(int(total_steps) - warmup, 1)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, warmup + decay,
+                                              end_value=lr * float(opt.get("end_factor", 0.0)))
+
+
+def make_optimizer(opt: Mapping, total_steps: int, decay_mask: Mapping[str, bool]):
+    """Global-norm clipping, then AdamW with decay masked off for norms/biases/MoCa."""
+    parts = []
+    if opt.get("clip_norm"):
+        parts.append(optax.clip_by_global_norm(float(opt["clip_norm"])))
+    parts.append(optax.adamw(learning_rate_schedule(opt, total_steps), b1=float(opt["b1"]),
+                             b2=float(opt["b2"]), eps=float(opt["eps"]),
+                             weight_decay=float(opt["weight_decay"]), mask=dict(decay_mask)))
+    return optax.chain(*parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    num_micro_batches: int = 1
+    z_loss: float = 0.0
+
+
+class Stepper:
+    """Builds the model's functional pieces and the jitted train/eval steps on a mesh.
+
+    Args:
+      model_config: LlavaConfig (or dict).
+      recipe: the trainable recipe (see `partition`).
+      opt: optimizer config (lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, clip_norm).
+      total_steps: the schedule's length.
+      mesh: the device mesh; step: StepConfig.
+    """
+
+    def __init__(self, model_config, recipe, opt: Mapping, total_steps: int, mesh: Mesh,
+                 step: StepConfig = StepConfig(), rules=LOGICAL_AXIS_RULES):
+        self.config = LlavaConfig.from_dict(model_config) if not isinstance(model_config, LlavaConfig) else model_config
+        self.mesh, self.rules, self.step_config = mesh, rules, step
+        # Built without an active mesh: parameters only get their sharding from `out_shardings`
+        # below (no eager per-variable placement, no full copy on one device).
+        abstract = nnx.eval_shape(lambda: LlavaModel(self.config, rngs=nnx.Rngs(0)))
+        self.graphdef, abstract_params, abstract_rest = nnx.split(abstract, nnx.Param, ...)
+        if jax.tree.leaves(abstract_rest):
+            raise NotImplementedError("the model holds non-Param state; the train step only carries Params")
+        self.partition = ParamPartition(abstract_params, recipe,
+                                        num_vision_layers=self.config.vision.num_layers,
+                                        num_llm_layers=self.config.text.num_layers)
+        self.tx = make_optimizer(opt, total_steps, self.partition.decay_mask())
+        self.param_shardings, self.frozen_shardings = self.partition.shardings(mesh, rules)
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        abstract_train, _ = jax.eval_shape(self.partition.split, abstract_params)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_train)
+        opt_shardings = optax.tree_map_params(
+            self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
+            transform_non_params=lambda _: self.replicated)
+        self.state_shardings = {"step": self.replicated, "params": self.param_shardings,
+                                "opt_state": opt_shardings, "skipped": self.replicated,
+                                "bad_streak": self.replicated}
+        self._train_step = self._eval_step = None
+
+    # ----- shapes and shardings ------------------------------------------------------------
+    @property
+    def batch_axes(self) -> tuple[str, ...]:
+        return ("data", "fsdp")
+
+    @property
+    def data_parallel(self) -> int:
+        return math.prod(self.mesh.shape[a] for a in self.batch_axes)
+
+    def batch_sharding(self, ndim: int) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(self.batch_axes, *([None] * (ndim - 1))))
+
+    def check_batch_size(self, global_batch: int) -> None:
+        """Clear error (before compiling) when the batch does not split over the mesh."""
+        n = self.step_config.num_micro_batches
+        if n < 1 or global_batch % n:
+            raise ValueError(f"batch size {global_batch} is not divisible by num_micro_batches {n}")
+        micro = global_batch // n
+        if micro % self.data_parallel:
+            raise ValueError(
+                f"micro-batch of {micro} rows (batch {global_batch} / {n} micro-batches) is not "
+                f"divisible by the {self.data_parallel} data-parallel shards of mesh "
+                f"{dict(self.mesh.shape)} (data x fsdp)")
+
+    def abstract_state(self) -> tuple[Any, Any]:
+        """(state, frozen) as ShapeDtypeStructs carrying their shardings (for restoring)."""
+        state, frozen = jax.eval_shape(self._init_fn(0))
+        add = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+        return (jax.tree.map(add, state, self.state_shardings),
+                jax.tree.map(add, frozen, self.frozen_shardings))
+
+    # ----- init ------------------------------------------------------------------------------
+    def _init_fn(self, seed: int):
+        def init():
+            model = LlavaModel(self.config, rngs=nnx.Rngs(seed))
+            params = nnx.state(model, nnx.Param)
+            trainable, frozen = self.partition.split(params)
+            state = {"step": jnp.zeros((), jnp.int32), "params": trainable,
+                     "opt_state": self.tx.init(trainable), "skipped": jnp.zeros((), jnp.int32),
+                     "bad_streak": jnp.zeros((), jnp.int32)}
+            return state, frozen
+        return init
+
+    def init(self, seed: int, params: nnx.State | None = None):
+        """Fresh (state, frozen), created directly in their shardings. `params` (a Param State,
+        e.g. from `hf.load_pretrained`) replaces the random initialization."""
+        out_sh = (self.state_shardings, self.frozen_shardings)
+        if params is None:
+            return jax.jit(self._init_fn(seed), out_shardings=out_sh)()
+
+        def from_params(p):
+            trainable, frozen = self.partition.split(p)
+            state = {"step": jnp.zeros((), jnp.int32), "params": trainable,
+                     "opt_state": self.tx.init(trainable), "skipped": jnp.zeros((), jnp.int32),
+                     "bad_streak": jnp.zeros((), jnp.int32)}
+            return state, frozen
+        return jax.jit(from_params, out_shardings=out_sh)(params)
+
+    def model(self, state, frozen) -> LlavaModel:
+        """An nnx model view of (state, frozen) (inside or outside jit)."""
+        return nnx.merge(self.graphdef, self.partition.combine(state["params"], frozen))
+
+    # ----- train step --------------------------------------------------------------------------
+    def _loss_and_grads(self, params, frozen, batch):
+        z = self.step_config.z_loss
+
+        def loss_fn(p):
+            out = _forward(nnx.merge(self.graphdef, self.partition.combine(p, frozen)), batch)
+            sums = loss_sums(out.logits, batch["labels"], z)
+            return sums["ce_sum"] + z * sums["z_sum"], sums
+
+        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return sums, grads
+
+    def _train_step_fn(self, state, frozen, batch):
+        n = self.step_config.num_micro_batches
+        params = state["params"]
+        if n == 1:
+            sums, grads = self._loss_and_grads(params, frozen, batch)
+        else:
+            # Micro-batch j takes rows j, j+n, j+2n, ...: each device's contiguous block of the
+            # batch holds rows of every micro-batch, so no data moves between devices.
+            def split(x):
+                x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+                spec = PartitionSpec(None, self.batch_axes, *([None] * (x.ndim - 2)))
+                return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+            micro = jax.tree.map(split, batch)
+
+            def body(carry, mb):
+                sums, grads = self._loss_and_grads(params, frozen, mb)
+                return jax.tree.map(jnp.add, carry, (sums, grads)), None
+
+            zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                lambda: self._loss_and_grads(params, frozen, jax.tree.map(lambda x: x[0], micro))))
+            (sums, grads), _ = jax.lax.scan(body, zero, micro)
+        count = jnp.maximum(sums["tokens"], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        loss = sums["ce_sum"] / count
+        z_term = sums["z_sum"] / count
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_term)
+        updates, new_opt = self.tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = {
+            "step": state["step"] + 1,
+            "params": keep(new_params, params),
+            "opt_state": keep(new_opt, state["opt_state"]),
+            "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+            "bad_streak": jnp.where(finite, 0, state["bad_streak"] + 1),
+        }
+        metrics = {"loss": loss, "z_loss": z_term, "grad_norm": grad_norm, "tokens": sums["tokens"],
+                   "finite": finite, "param_norm": optax.global_norm(new_state["params"])}
+        return new_state, metrics
+
+    def train_step(self, state, frozen, batch):
+        """One optimizer step on a global batch (host dict of arrays or global jax.Arrays).
+        Returns (new state, metrics dict of scalars). The old state is donated."""
+        if self._train_step is None:
+            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in BATCH_KEYS}
+            self._train_step = jax.jit(
+                self._train_step_fn,
+                in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
+                out_shardings=(self.state_shardings, self.replicated),
+                donate_argnums=(0,))
+        with use_mesh(self.mesh, self.rules):
+            return self._train_step(state, frozen, {k: batch[k] for k in BATCH_KEYS})
+
+    # ----- eval step ----------------------------------------------------------------------------
+    def _eval_step_fn(self, state, frozen, batch, with_hidden: bool):
+        from mir_jax.mir_tokens import mir_rows, mir_token_masks
+
+        out = _forward(self.model(state, frozen), batch, hidden=with_hidden)
+        sums = loss_sums(out.logits, batch["labels"])
+        if not with_hidden:
+            return sums, None
+        vmask, tmask = mir_token_masks(out.modality_mask, batch["segment_ids"])
+        return sums, mir_rows(out.hidden_states, vmask, tmask)
+
+    def eval_step(self, state, frozen, batch, *, with_hidden: bool = False):
+        """Loss sums of a batch; with_hidden also returns MIR rows ([L, B*S, D], vision mask,
+        text mask) for `MIRAccumulator.update`."""
+        if self._eval_step is None:
+            self._eval_step = {}
+        if with_hidden not in self._eval_step:
+            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in BATCH_KEYS}
+            self._eval_step[with_hidden] = jax.jit(
+                lambda s, f, b: self._eval_step_fn(s, f, b, with_hidden),
+                in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh))
+        with use_mesh(self.mesh, self.rules):
+            return self._eval_step[with_hidden](state, frozen, {k: batch[k] for k in BATCH_KEYS})
+
+
+def global_batch(local: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str, jax.Array]:
+    """This process's rows -> global jax.Arrays sharded over (data, fsdp) (multi-host safe)."""
+    return {k: jax.make_array_from_process_local_data(stepper.batch_sharding(np.ndim(local[k])),
+                                                      np.asarray(local[k]))
+            for k in BATCH_KEYS}
