@@ -30,6 +30,9 @@ from mir_jax.models.layers import (
 from mir_jax.sharding import constrain
 
 OUT = ("batch", "length", "act_embed")
+# vision width -> LLM width. Both "vision_embed" and "embed" map to the fsdp mesh axis, and one
+# array may use a mesh axis once, so the output side is named "mlp" (tensor-parallel).
+PROJ = ("vision_embed", "mlp")
 
 
 def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -59,7 +62,7 @@ def _grid(x: jax.Array) -> jax.Array:
 
 class LinearConnector(nnx.Module):
     def __init__(self, d_vis, d_llm, cfg: ConnectorConfig, *, dtype, rngs):
-        self.proj = Dense(d_vis, d_llm, ("vision_embed", "embed"), bias=cfg.bias, dtype=dtype, rngs=rngs)
+        self.proj = Dense(d_vis, d_llm, PROJ, bias=cfg.bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.proj(x)
@@ -70,7 +73,7 @@ class MLPConnector(nnx.Module):
 
     def __init__(self, d_vis, d_llm, cfg: ConnectorConfig, *, dtype, rngs):
         self.act = activation(cfg.hidden_act)
-        layers = [Dense(d_vis, d_llm, ("vision_embed", "embed"), bias=cfg.bias, dtype=dtype, rngs=rngs)]
+        layers = [Dense(d_vis, d_llm, PROJ, bias=cfg.bias, dtype=dtype, rngs=rngs)]
         for _ in range(cfg.mlp_depth - 1):
             layers.append(Dense(d_llm, d_llm, ("mlp", "embed"), bias=cfg.bias, dtype=dtype, rngs=rngs))
         self.layers = nnx.List(layers)
@@ -85,7 +88,7 @@ class MLPConnector(nnx.Module):
 class AvgPoolConnector(nnx.Module):
     def __init__(self, d_vis, d_llm, cfg: ConnectorConfig, *, dtype, rngs):
         self.out = math.isqrt(cfg.num_tokens)
-        self.proj = Dense(d_vis, d_llm, ("vision_embed", "embed"), bias=cfg.bias, dtype=dtype, rngs=rngs)
+        self.proj = Dense(d_vis, d_llm, PROJ, bias=cfg.bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         pooled = adaptive_avg_pool_grid(_grid(x), self.out)
@@ -100,7 +103,7 @@ class AttnPoolConnector(nnx.Module):
         self.queries = param(rngs, normal(d_vis**-0.5), (cfg.num_tokens, d_vis), ("queries", "vision_embed"))
         self.norm = LayerNorm(d_vis, 1e-5, rngs=rngs)
         self.attn = MultiHeadAttention(d_vis, cfg.num_heads, dtype=dtype, rngs=rngs)
-        self.proj = Dense(d_vis, d_llm, ("vision_embed", "embed"), bias=cfg.bias, dtype=dtype, rngs=rngs)
+        self.proj = Dense(d_vis, d_llm, PROJ, bias=cfg.bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         q = jnp.broadcast_to(self.queries[...].astype(x.dtype), (x.shape[0], *self.queries.shape))

@@ -101,7 +101,7 @@ def _check_image_tokens(input_ids, image_mask, image_token_id: int, k: int, n_sl
     """Host-side check (skipped under jit) that every row has K image tokens per real image."""
     if isinstance(input_ids, jax.core.Tracer) or isinstance(image_mask, jax.core.Tracer):
         return
-    counts = np.asarray(input_ids == image_token_id).sum(1)
+    counts = (np.asarray(input_ids) == image_token_id).sum(1)  # numpy: nothing gets staged
     if np.any(counts % k):
         raise ValueError(f"image token counts per row {counts.tolist()} are not multiples of K={k}; "
                          "expand placeholders with expand_image_tokens()")
