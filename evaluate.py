@@ -1,6 +1,202 @@
-"""MIR evaluation entry point (placeholder until issue 6 lands the end-to-end evaluator)."""
+r"""MIR of one or several models, layer by layer, on images paired with unrelated texts.
 
+Examples:
+  # Any Hugging Face LLaVA directory, the embedded corpus:
+  python evaluate.py --hf_model=/path/to/llava-1.5-7b-hf
+  # Our training workdir (config read from its checkpoint), real data:
+  python evaluate.py --checkpoint=/tmp/mir_jax_runlocal \
+      --images=/data/textvqa/val_images --texts=/data/cnn/stories --num_samples=100
+  # Several models in one table and one plot:
+  python evaluate.py --compare=/ckpt/a,/ckpt/b,/hf/llava
+
+Outputs (in --output_dir): mir.json (config, data spec, per-layer values, overall,
+method, LM loss/perplexity, timings), mir_per_layer.png, and a table on stdout.
+Files are written only once an evaluation has completed (never partial results
+that look complete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
 import sys
 
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("hf_model", None, "Hugging Face LLaVA directory (HF or original LLaVA layout).")
+flags.DEFINE_string("checkpoint", None, "mir-jax training workdir (latest checkpoint is used).")
+flags.DEFINE_list("compare", [], "Several models (workdirs or HF directories) in one table and plot.")
+flags.DEFINE_string("images", "synthetic", "Image folder, caption JSONL / LLaVA JSON, or 'synthetic'.")
+flags.DEFINE_string("texts", "synthetic",
+                    "Folder/file of .story, .txt or JSONL {'text'} documents, a TFDS name as "
+                    "'tfds:NAME' (with --tfds_data_dir), or 'synthetic'.")
+flags.DEFINE_string("tfds_data_dir", None, "data_dir for TFDS text sources (no download).")
+flags.DEFINE_integer("num_samples", 100, "Number of (image, text) pairs.")
+flags.DEFINE_string("template", "vicuna_v1", "Prompt template (the MIR paper uses vicuna_v1).")
+flags.DEFINE_enum("method", "auto", ["auto", "eigh", "gram", "newton_schulz", "legacy_fast"],
+                  "MIR method; legacy_fast is the published fast mode, NOT a Fréchet distance.")
+flags.DEFINE_enum("mode", "streaming", ["streaming", "exact"],
+                  "streaming: constant memory (two passes); exact: hold all tokens.")
+flags.DEFINE_integer("batch_size", 8, "Samples per forward pass.")
+flags.DEFINE_integer("seq_len", 0, "Sequence length (0: image tokens + 448).")
+flags.DEFINE_string("mesh_shape", "-1,1,1", "Device mesh (data,fsdp,tensor); -1 = the rest.")
+flags.DEFINE_enum("image_mode", None, ["pad", "crop", "resize"],
+                  "Image preprocessing (default: the checkpoint's own).")
+flags.DEFINE_integer("seed", 0, "Seed for the synthetic corpus.")
+flags.DEFINE_string("output_dir", "mir_eval", "Where mir.json and the plot go.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def _fail(message: str) -> None:
+    print(f"evaluate.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _load(path: str):
+    """(name, model, preprocessing dict) for an HF directory or a mir-jax workdir."""
+    from mir_jax import hf
+    from mir_jax.data import ByteTokenizer, load_tokenizer
+
+    if not os.path.exists(path):
+        _fail(f"model path {path!r} does not exist")
+    name = os.path.basename(os.path.normpath(path))
+    if os.path.exists(os.path.join(path, "config.json")):
+        cfg, model = hf.load_pretrained(path)
+        try:
+            proc = hf.load_image_processing(path)
+        except FileNotFoundError:
+            proc = None
+        tokenizer_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+        if any(os.path.exists(os.path.join(path, f)) for f in tokenizer_files):
+            tokenizer = load_tokenizer(path)
+        else:
+            tokenizer = ByteTokenizer()
+            print(f"[{name}] no tokenizer files; using the built-in byte tokenizer")
+        image_size = cfg.vision.image_size
+        pre = dict(tokenizer=tokenizer, image_size=image_size,
+                   mean=proc.image_mean if proc else None, std=proc.image_std if proc else None,
+                   image_mode=("pad" if proc is None or proc.pad_to_square
+                               else "crop" if proc.do_center_crop else "resize"))
+        return name, cfg, model, pre
+    from mir_jax import checkpoint
+
+    try:
+        cfg, model, pre = checkpoint.load_for_evaluation(path)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    return name, cfg, model, pre
+
+
+def _text_source(spec: str):
+    if spec.startswith("tfds:"):
+        from mir_jax.data import TFDSSource
+
+        if not FLAGS.tfds_data_dir:
+            _fail("--texts=tfds:NAME needs --tfds_data_dir (nothing is downloaded)")
+        return TFDSSource(spec[5:], data_dir=FLAGS.tfds_data_dir, split="test")
+    if spec != "synthetic" and not os.path.exists(spec):
+        _fail(f"--texts {spec!r} does not exist")
+    return spec
+
+
+def _evaluate_one(path: str, mesh):
+    from mir_jax.data import make_mir_iterator
+    from mir_jax.data.errors import DataError
+    from mir_jax.data.images import CLIP_MEAN, CLIP_STD
+    from mir_jax.evaluator import evaluate_mir
+
+    name, cfg, model, pre = _load(path)
+    if FLAGS.template != "vicuna_v1":
+        _fail(f"--template={FLAGS.template!r}: MIR evaluation batches support vicuna_v1 only")
+    if FLAGS.images != "synthetic" and not os.path.exists(FLAGS.images):
+        _fail(f"--images {FLAGS.images!r} does not exist")
+    texts = _text_source(FLAGS.texts)
+    num_image_tokens = cfg.num_image_tokens
+    seq_len = FLAGS.seq_len or num_image_tokens + 448
+    data_kwargs = dict(
+        tokenizer=pre["tokenizer"], num_samples=FLAGS.num_samples, image_size=pre["image_size"],
+        mean=pre["mean"] or CLIP_MEAN, std=pre["std"] or CLIP_STD,
+        num_image_tokens=num_image_tokens, batch_size=FLAGS.batch_size, seq_len=seq_len,
+        image_mode=FLAGS.image_mode or pre["image_mode"])
+    try:
+        make_mir_iterator(FLAGS.images, texts, **data_kwargs)  # Validate the data up front.
+    except ValueError as e:
+        _fail(str(e))
+    num_batches = -(-FLAGS.num_samples // FLAGS.batch_size)
+    try:
+        result = evaluate_mir(
+            model, lambda: make_mir_iterator(FLAGS.images, texts, **data_kwargs),
+            method=FLAGS.method, mode=FLAGS.mode, mesh=mesh, progress=FLAGS.progress,
+            num_batches=num_batches)
+    except (DataError, ValueError) as e:
+        _fail(f"{name}: {e}")
+    spec = dict(images=FLAGS.images, texts=FLAGS.texts, num_samples=FLAGS.num_samples,
+                template=FLAGS.template, seq_len=seq_len, num_image_tokens=num_image_tokens,
+                image_size=pre["image_size"], image_mode=data_kwargs["image_mode"])
+    return name, result, spec
+
+
+def main(argv):
+    del argv
+    import jax
+    import numpy as np
+
+    from mir_jax import mir
+    from mir_jax.evaluator import plot_per_layer
+    from mir_jax.sharding import make_mesh
+
+    paths = list(FLAGS.compare)
+    paths += [p for p in (FLAGS.hf_model, FLAGS.checkpoint) if p]
+    if not paths:
+        _fail("give a model: --hf_model=DIR, --checkpoint=WORKDIR or --compare=A,B,...")
+    try:
+        shape = tuple(int(s) for s in FLAGS.mesh_shape.split(","))
+        mesh = make_mesh(shape) if jax.device_count() > 1 or shape != (-1, 1, 1) else None
+    except ValueError as e:
+        _fail(f"--mesh_shape: {e}")
+    if mesh is not None and FLAGS.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        _fail(f"--batch_size={FLAGS.batch_size} is not divisible by the data axes "
+              f"{mesh.shape['data']}x{mesh.shape['fsdp']}")
+
+    results, records = {}, {}
+    for path in paths:
+        name, result, spec = _evaluate_one(path, mesh)
+        if name in results:
+            name = path
+        results[name] = result
+        records[name] = dict(model=path, data=spec, **result.to_json())
+        print(f"\n== {name}: MIR over {result.num_samples} samples "
+              f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens), "
+              f"method={result.method}, mode={result.mode}")
+        print(mir.format_mir(mir.MIRResult(result.per_layer, result.overall), result.method))
+        print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
+              f"{result.timings['total_s']:.1f} s")
+
+    if len(results) > 1:
+        names = list(results)
+        depth = max(len(r.per_layer) for r in results.values())
+        print("\nlayer  " + "  ".join(f"{n[:14]:>14}" for n in names))
+        for layer in range(depth):
+            row = [results[n].per_layer[layer] if layer < len(results[n].per_layer) else np.nan for n in names]
+            print(f"{layer + 1:>5}  " + "  ".join(f"{v:>14.6g}" for v in row))
+        print("  MIR  " + "  ".join(f"{results[n].overall:>14.6f}" for n in names))
+
+    # Written only now that every evaluation finished: no partial results that look complete.
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    out_json = os.path.join(FLAGS.output_dir, "mir.json")
+    tmp = out_json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(flags={k: FLAGS[k].value for k in FLAGS if k in _OUR_FLAGS},
+                       results=records), f, indent=2)
+    os.replace(tmp, out_json)
+    plot_per_layer(results, os.path.join(FLAGS.output_dir, "mir_per_layer.png"))
+    print(f"\nwrote {out_json} and {os.path.join(FLAGS.output_dir, 'mir_per_layer.png')}")
+
+
+_OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "texts", "tfds_data_dir", "num_samples",
+              "template", "method", "mode", "batch_size", "seq_len", "mesh_shape", "image_mode",
+              "seed", "output_dir")
+
 if __name__ == "__main__":
-    sys.exit("evaluate.py: end-to-end MIR evaluation is not implemented yet (see issue 6).")
+    app.run(main)

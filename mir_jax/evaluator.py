@@ -1,0 +1,216 @@
+"""MIR of a model on image + unrelated-text batches, end to end (the MIR paper's use case).
+
+The published tool runs one forward pass per sample, copies every layer's hidden
+states to the host and loops over layers with SciPy. Here a jitted forward pass
+runs on whole batches and hands device-resident hidden states to either
+
+  mode="streaming": `MIRAccumulator` (per-layer statistics only; memory does not grow
+      with the number of samples; two passes over the data when outliers are
+      removed, because the 3-sigma rule needs global statistics), or
+  mode="exact": the selected vision/text rows of all samples are kept (on the host)
+      and `compute_mir` runs once at the end (memory grows with the samples).
+
+Batches follow the data-pipeline contract (`mir_jax.data.pipeline`): input_ids with
+each image expanded into K image tokens, labels (-100 where no loss), attention_mask,
+positions, pixel_values [B, 1, H, W, 3], image_mask [B, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from mir_jax import mir, sharding
+from mir_jax.mir_tokens import mir_rows, mir_token_masks
+
+MODES = ("streaming", "exact")
+MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "attention_mask", "positions")
+
+
+@dataclasses.dataclass
+class MIREvaluation:
+    """Everything one MIR evaluation measured.
+
+    per_layer: [L] Fréchet distance per decoder layer; overall: log10(sum(per_layer)).
+    lm_loss: mean next-token NLL on the text (label) tokens; perplexity: exp(lm_loss).
+    """
+
+    per_layer: np.ndarray
+    overall: float
+    method: str
+    mode: str
+    num_samples: int
+    num_vision_tokens: int
+    num_text_tokens: int
+    lm_loss: float
+    perplexity: float
+    timings: dict
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["per_layer"] = [float(x) for x in self.per_layer]
+        if self.method == "legacy_fast":
+            d["note"] = mir.LEGACY_NOTE
+        return d
+
+
+def make_forward(model: nnx.Module, mesh: Mesh | None = None):
+    """A jitted function batch -> (rows, vision_mask, text_mask, nll_sum, nll_count).
+
+    rows [L, B*S, D] float32 are layers 1..L of the hidden states (the embeddings are
+    not a layer); the masks [B*S] select MIR's vision and text tokens; the NLL sums
+    are over label positions, for the language-model loss on the texts.
+    """
+    graphdef, state = nnx.split(model)
+    if mesh is not None:
+        state = jax.device_put(state, sharding.state_shardings(state, mesh))
+
+    def forward(state, batch):
+        model = nnx.merge(graphdef, state)
+        out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
+                    attention_mask=batch["attention_mask"], positions=batch["positions"],
+                    output_hidden_states=True)
+        vision_mask, text_mask = mir_token_masks(out.modality_mask, batch["attention_mask"])
+        rows, vision_rows, text_rows = mir_rows(out.hidden_states.astype(jnp.float32),
+                                                vision_mask, text_mask)
+        labels = batch["labels"][:, 1:]
+        valid = labels >= 0
+        nll = optax.softmax_cross_entropy_with_integer_labels(
+            out.logits[:, :-1].astype(jnp.float32), jnp.where(valid, labels, 0))
+        return rows, vision_rows, text_rows, jnp.sum(nll * valid), jnp.sum(valid)
+
+    jitted = jax.jit(forward)
+    batch_sharding = None
+    if mesh is not None:
+        batch_sharding = NamedSharding(mesh, sharding.logical_to_mesh_spec(("batch",)))
+
+    def run(batch: dict) -> tuple:
+        inputs = {k: np.asarray(batch[k]) for k in (*MODEL_INPUTS, "labels")}
+        if batch_sharding is not None:
+            inputs = {k: jax.device_put(v, NamedSharding(mesh, PartitionSpec(
+                batch_sharding.spec[0], *([None] * (v.ndim - 1))))) for k, v in inputs.items()}
+        return jitted(state, inputs)
+
+    return run
+
+
+def evaluate_mir(
+    model: nnx.Module,
+    batches: Callable[[], Iterable[dict]],
+    *,
+    method: str = "auto",
+    mode: str = "streaming",
+    mesh: Mesh | None = None,
+    normalize: bool = True,
+    remove_outliers: bool = True,
+    progress: bool = True,
+    num_batches: int | None = None,
+) -> MIREvaluation:
+    """MIR (per layer and overall) and the LM loss of `model` on MIR evaluation batches.
+
+    Args:
+      model: a `mir_jax.models.LlavaModel` (or anything with its call signature).
+      batches: callable returning a fresh iterable of batches (called once per pass).
+      method: MIR method (see `mir_jax.mir`); "legacy_fast" is not a Fréchet distance.
+      mode: "streaming" (constant memory) or "exact" (holds all selected tokens).
+      mesh: optional device mesh: batches are sharded over (data, fsdp), parameters by
+        the logical-axis rules, and streaming statistics are combined with a psum.
+      num_batches: for the progress bar only.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    forward = make_forward(model, mesh)
+    timings = {"forward_s": 0.0, "mir_s": 0.0}
+    counts = {"samples": 0, "vision": 0, "text": 0, "nll": 0.0, "nll_tokens": 0}
+    start = time.perf_counter()
+
+    def sweep(consume, description, count_tokens):
+        for batch in tqdm(batches(), desc=description, total=num_batches, disable=not progress,
+                          unit="batch", leave=False):
+            t0 = time.perf_counter()
+            rows, vision_mask, text_mask, nll, nll_count = forward(batch)
+            jax.block_until_ready(rows)
+            timings["forward_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            consume(rows, vision_mask, text_mask)
+            timings["mir_s"] += time.perf_counter() - t0
+            if count_tokens:
+                counts["samples"] += int(np.sum(np.any(np.asarray(batch["attention_mask"]) != 0, axis=1)))
+                counts["vision"] += int(jnp.sum(vision_mask))
+                counts["text"] += int(jnp.sum(text_mask))
+                counts["nll"] += float(nll)
+                counts["nll_tokens"] += int(nll_count)
+
+    if mode == "streaming":
+        accumulator = mir.MIRAccumulator(method=method, normalize=normalize,
+                                         remove_outliers=remove_outliers, mesh=mesh)
+        for index in range(accumulator.num_passes):
+            sweep(lambda r, v, t: accumulator.update(r, r, v, t),
+                  f"MIR pass {index + 1}/{accumulator.num_passes}", count_tokens=index == 0)
+            accumulator.end_pass()
+        t0 = time.perf_counter()
+        result = accumulator.result()
+        resolved = accumulator.method
+    else:
+        vision_rows, text_rows = [], []
+
+        def keep(rows, vision_mask, text_mask):
+            rows = np.asarray(rows)
+            vision_rows.append(rows[:, np.asarray(vision_mask)])
+            text_rows.append(rows[:, np.asarray(text_mask)])
+
+        sweep(keep, "MIR (exact)", count_tokens=True)
+        t0 = time.perf_counter()
+        vision = np.concatenate(vision_rows, axis=1)
+        text = np.concatenate(text_rows, axis=1)
+        if vision.shape[1] < 2 or text.shape[1] < 2:
+            raise ValueError(f"too few tokens for MIR: {vision.shape[1]} vision, {text.shape[1]} text")
+        resolved = mir.resolve_method(method, vision.shape[1], text.shape[1], vision.shape[2])
+        result = mir.compute_mir(vision, text, method=resolved, normalize=normalize,
+                                 remove_outliers=remove_outliers)
+    per_layer = np.asarray(jax.block_until_ready(result.per_layer))
+    timings["mir_s"] += time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
+    if counts["vision"] < 2 or counts["text"] < 2:
+        raise ValueError(f"too few tokens for MIR: {counts['vision']} vision, {counts['text']} text "
+                         "(do the batches contain images followed by text?)")
+    lm_loss = counts["nll"] / max(counts["nll_tokens"], 1)
+    return MIREvaluation(
+        per_layer=per_layer, overall=float(result.overall), method=resolved, mode=mode,
+        num_samples=counts["samples"], num_vision_tokens=counts["vision"],
+        num_text_tokens=counts["text"], lm_loss=lm_loss, perplexity=float(np.exp(lm_loss)),
+        timings=timings)
+
+
+def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> None:
+    """One PNG: per-layer FD (log scale) of one or several models, overall MIR in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, res in results.items():
+        layers = np.arange(1, len(res.per_layer) + 1)
+        label = f"{name} (MIR {res.overall:.3f})"
+        if res.method == "legacy_fast":
+            label += " [legacy_fast: not a Fréchet distance]"
+        ax.plot(layers, res.per_layer, marker="o", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("Fréchet distance (vision vs text)")
+    ax.set_title("Modality Integration Rate per layer")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,180 @@
+"""End-to-end MIR evaluation against HF PyTorch hidden states + a float64 spec transcription."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import reference_mir as ref
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from mir_jax import hf  # noqa: E402
+from mir_jax.data import ByteTokenizer, make_mir_batches  # noqa: E402
+from mir_jax.data.images import CLIP_MEAN, CLIP_STD  # noqa: E402
+from mir_jax.evaluator import evaluate_mir  # noqa: E402
+from mir_jax.mir_tokens import mir_token_masks  # noqa: E402
+from mir_jax.sharding import make_mesh  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SIZE, PATCH = 28, 7  # 16 patches -> K = 16 image tokens (CLIP drops its class token)
+TOKENIZER = ByteTokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    """A random HF LlavaForConditionalGeneration (CLIP + Llama) saved in HF's own format."""
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH)
+    text = transformers.LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                    num_attention_heads=4, num_key_value_heads=2,
+                                    vocab_size=TOKENIZER.vocab_size, pad_token_id=TOKENIZER.pad_id,
+                                    eos_token_id=TOKENIZER.eos_id, bos_token_id=TOKENIZER.bos_id)
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text,
+                                      image_token_id=TOKENIZER.image_token_id)
+    torch.manual_seed(0)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # unit-scale weights: HF's 0.02 init makes every layer look alike
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=generator)
+            if p.ndim == 1:
+                p.copy_(1 + 0.2 * r if name.endswith("weight") else 0.2 * r)
+            else:
+                p.copy_(r / math.sqrt(math.prod(p.shape[1:])))
+    path = str(tmp_path_factory.mktemp("tiny_llava"))
+    model.save_pretrained(path)
+    return path, model
+
+
+def _batches(num_samples=8, batch_size=8):
+    return make_mir_batches("synthetic", "synthetic", tokenizer=TOKENIZER, num_samples=num_samples,
+                            image_size=IMAGE_SIZE, mean=CLIP_MEAN, std=CLIP_STD, num_image_tokens=16,
+                            batch_size=batch_size, seq_len=256)
+
+
+def _reference_from_hf(hf_model, batches):
+    """Spec transcription (float64) on HF PyTorch's own hidden states, tokens chosen by hand."""
+    vision_layers, text_layers = None, None
+    for batch in batches:
+        ids = np.asarray(batch["input_ids"])
+        attention = np.asarray(batch["attention_mask"])
+        real = attention.any(axis=1)
+        pixels = np.asarray(batch["pixel_values"])[:, 0].transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            out = hf_model(input_ids=torch.from_numpy(ids[real]).long(),
+                           attention_mask=torch.from_numpy(attention[real]).long(),
+                           pixel_values=torch.from_numpy(pixels[real]).float(),
+                           output_hidden_states=True)
+        states = [h.double().numpy() for h in out.hidden_states[1:]]
+        if vision_layers is None:
+            vision_layers, text_layers = [[] for _ in states], [[] for _ in states]
+        for row, (row_ids, row_attention) in enumerate(zip(ids[real], attention[real])):
+            image_positions = np.flatnonzero(row_ids == TOKENIZER.image_token_id)
+            last = image_positions.max()
+            text_positions = [p for p in range(last + 1, len(row_ids)) if row_attention[p]]
+            for layer, h in enumerate(states):
+                vision_layers[layer].append(h[row, image_positions])
+                text_layers[layer].append(h[row, text_positions])
+    vision_layers = [np.concatenate(v) for v in vision_layers]
+    text_layers = [np.concatenate(t) for t in text_layers]
+    return ref.mir(vision_layers, text_layers)
+
+
+def test_mir_matches_float64_reference_on_hf_hidden_states(tiny_llava):
+    path, hf_model = tiny_llava
+    batches = _batches(num_samples=8, batch_size=4)
+    expected_layers, expected_overall = _reference_from_hf(hf_model, batches)
+    _, model = hf.load_pretrained(path)
+    for mode in ("exact", "streaming"):
+        result = evaluate_mir(model, lambda: iter(batches), mode=mode, progress=False)
+        assert result.per_layer.shape == (3,)
+        np.testing.assert_allclose(result.per_layer, expected_layers, rtol=1e-3)
+        assert abs(result.overall / expected_overall - 1) < 1e-3
+        assert result.num_samples == 8
+        assert result.num_vision_tokens == 8 * 16
+        assert np.isfinite(result.lm_loss) and result.perplexity > 1
+
+
+def test_one_device_equals_eight(tiny_llava):
+    path, _ = tiny_llava
+    assert jax.device_count() == 8
+    batches = _batches(num_samples=8, batch_size=8)
+    _, model = hf.load_pretrained(path)
+    single = evaluate_mir(model, lambda: iter(batches), progress=False)
+    sharded = evaluate_mir(model, lambda: iter(batches), mesh=make_mesh((8, 1, 1)), progress=False)
+    np.testing.assert_allclose(sharded.per_layer, single.per_layer, rtol=1e-4)
+    assert abs(sharded.lm_loss - single.lm_loss) < 1e-4
+
+
+def test_token_selection_on_hand_built_batch():
+    image = [False, True, True, True, False, False, False]
+    modality = np.array([
+        [False, True, True, False, False, False, False],  # text after image, then 2 pads
+        [False, False, False, False, False, False, False],  # no image: nothing selected
+        [True, True, False, True, True, False, False],  # two images: text after the last one
+        image,
+    ])
+    attention = np.array([
+        [1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1],
+        [0, 0, 1, 1, 1, 1, 1],  # left padding: image position 1 is padding
+    ])
+    vision, text = map(np.asarray, mir_token_masks(modality, attention))
+    np.testing.assert_array_equal(vision, [
+        [0, 1, 1, 0, 0, 0, 0], [0] * 7, [1, 1, 0, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(text, [
+        [0, 0, 0, 1, 1, 0, 0], [0] * 7, [0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1]])
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_cli_writes_table_json_and_plot(tiny_llava, tmp_path):
+    path, _ = tiny_llava
+    out = tmp_path / "out"
+    run = _cli(f"--compare={path},{path}", "--num_samples=4", "--batch_size=4", "--seq_len=256",
+               "--method=legacy_fast", "--mode=exact", f"--output_dir={out}", "--noprogress")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "legacy_fast" in run.stdout and "NOT a Fréchet distance" in run.stdout
+    assert "MIR overall" in run.stdout and "LM loss" in run.stdout
+    record = json.loads((out / "mir.json").read_text())
+    assert len(record["results"]) == 2
+    first = next(iter(record["results"].values()))
+    assert len(first["per_layer"]) == 3 and first["method"] == "legacy_fast" and "note" in first
+    assert (out / "mir_per_layer.png").stat().st_size > 1000
+
+
+def test_cli_bad_inputs_are_clear_and_write_nothing(tiny_llava, tmp_path):
+    path, _ = tiny_llava
+    out = tmp_path / "out"
+    missing = _cli(f"--checkpoint={tmp_path / 'nope'}", f"--output_dir={out}")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(2):
+        (texts / f"{i}.txt").write_text(f"story number {i}")
+    few = _cli(f"--hf_model={path}", f"--texts={texts}", "--num_samples=5", f"--output_dir={out}")
+    assert few.returncode != 0 and "needs 5 samples" in few.stderr
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 50, 100, 200)).save(images / f"{i}.png")
+    (images / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    corrupt = _cli(f"--hf_model={path}", f"--images={images}", "--num_samples=4", "--batch_size=4",
+                   f"--output_dir={out}")
+    assert corrupt.returncode != 0
+    assert "error:" in corrupt.stderr and "corrupt_image" in corrupt.stderr
+    assert "3.png" in corrupt.stderr  # the bad file is named in the log
+    assert not out.exists() or not (out / "mir.json").exists()
