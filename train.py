@@ -1,6 +1,102 @@
-"""Training entry point (placeholder until issue 5 lands the sharded train loop)."""
+r"""Train a LLaVA-style model; MIR is tracked as a training curve.
 
+    python train.py --config=configs/mm1_mix.py:runlocal --workdir=/tmp/mir_jax_runlocal
+
+--config=FILE[:ARG] picks a recipe (configs/*.py, ARG e.g. "runlocal"); --config.a.b=VALUE
+overrides any key (an unknown key is an error). Rerunning the same command resumes from the
+latest checkpoint in --workdir. In the workdir: checkpoints/, metrics.jsonl, tensorboard/,
+loss_mir.png, config.json.
+
+Multi-host (TPU pods, GPU clusters): launch the same command on every host;
+`jax.distributed.initialize()` is called when the environment describes several processes
+(or with --distributed=true).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
 import sys
 
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: configs/X.py[:arg].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "true", "false"],
+                                 "Call jax.distributed.initialize() (auto: when launched as several processes).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def _launched_as_several_processes() -> bool:
+    if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
+        return True
+    for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES"):
+        if int(os.environ.get(k, "1") or 1) > 1:
+            return True
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Exits with a clear message when a --config.KEY override names a key the recipe lacks
+    (before flag parsing, which would otherwise fail with a bare AttributeError)."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return
+    path, _, arg = spec.partition(":")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        from ml_collections.config_flags import config_flags as _cf
+
+        module = _cf._LoadConfigModule("config", path)  # what config_flags itself runs
+        config = module.get_config(arg) if arg else module.get_config()
+    except Exception:  # let config_flags report problems with the file itself
+        return
+    for a in argv:
+        if not a.startswith("--config.") or "=" not in a:
+            continue
+        key = a[len("--config."):].split("=", 1)[0]
+        node, walked = config, []
+        for part in key.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = ".".join(walked) or "the top level"
+                sys.exit(f"train.py: unknown config key {key!r} in {a!r}: {where} has no {part!r}; "
+                         f"known: {sorted(keys)}")
+            node, walked = node[part], walked + [part]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _launched_as_several_processes()):
+        jax.distributed.initialize()
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    logging.getLogger("mir_jax").setLevel(logging.INFO)
+    from mir_jax.trainer import NonFiniteError, train_and_evaluate
+
+    try:
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except NonFiniteError as e:
+        sys.exit(f"train.py: {e}")
+    if jax.process_index() == 0:
+        ev = result.get("eval") or {}
+        parts = [f"step {result['step']}"]
+        if result.get("loss") is not None:
+            parts.append(f"train loss {result['loss']:.4f}")
+        if "loss" in ev:
+            parts.append(f"held-out loss {ev['loss']:.4f}")
+        if "mir" in ev:
+            parts.append(f"MIR {ev['mir']:.4f}")
+        print("done: " + ", ".join(parts) + (f"; plot {result['plot']}" if result.get("plot") else ""))
+
+
 if __name__ == "__main__":
-    sys.exit("train.py: the training loop is not implemented yet (see issue 5).")
+    check_overrides(sys.argv)
+    app.run(main)

@@ -121,6 +121,7 @@ class Stepper:
         self.partition = ParamPartition(abstract_params, recipe,
                                         num_vision_layers=self.config.vision.num_layers,
                                         num_llm_layers=self.config.text.num_layers)
+        self.schedule = learning_rate_schedule(opt, total_steps)
         self.tx = make_optimizer(opt, total_steps, self.partition.decay_mask())
         self.param_shardings, self.frozen_shardings = self.partition.shardings(mesh, rules)
         self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -132,7 +133,7 @@ class Stepper:
         self.state_shardings = {"step": self.replicated, "params": self.param_shardings,
                                 "opt_state": opt_shardings, "skipped": self.replicated,
                                 "bad_streak": self.replicated}
-        self._train_step = self._eval_step = None
+        self._train_step = self._eval_step = self._init = None
 
     # ----- shapes and shardings ------------------------------------------------------------
     @property
@@ -160,37 +161,34 @@ class Stepper:
 
     def abstract_state(self) -> tuple[Any, Any]:
         """(state, frozen) as ShapeDtypeStructs carrying their shardings (for restoring)."""
-        state, frozen = jax.eval_shape(self._init_fn(0))
+        state, frozen = jax.eval_shape(self._init_fn, jnp.uint32(0))
         add = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
         return (jax.tree.map(add, state, self.state_shardings),
                 jax.tree.map(add, frozen, self.frozen_shardings))
 
     # ----- init ------------------------------------------------------------------------------
-    def _init_fn(self, seed: int):
-        def init():
-            model = LlavaModel(self.config, rngs=nnx.Rngs(seed))
-            params = nnx.state(model, nnx.Param)
-            trainable, frozen = self.partition.split(params)
-            state = {"step": jnp.zeros((), jnp.int32), "params": trainable,
-                     "opt_state": self.tx.init(trainable), "skipped": jnp.zeros((), jnp.int32),
-                     "bad_streak": jnp.zeros((), jnp.int32)}
-            return state, frozen
-        return init
+    def _fresh(self, trainable, frozen):
+        return {"step": jnp.zeros((), jnp.int32), "params": trainable,
+                "opt_state": self.tx.init(trainable), "skipped": jnp.zeros((), jnp.int32),
+                "bad_streak": jnp.zeros((), jnp.int32)}, frozen
+
+    def _init_fn(self, seed):
+        model = LlavaModel(self.config, rngs=nnx.Rngs(jax.random.key(seed)))
+        return self._fresh(*self.partition.split(nnx.state(model, nnx.Param)))
 
     def init(self, seed: int, params: nnx.State | None = None):
         """Fresh (state, frozen), created directly in their shardings. `params` (a Param State,
         e.g. from `hf.load_pretrained`) replaces the random initialization."""
         out_sh = (self.state_shardings, self.frozen_shardings)
-        if params is None:
-            return jax.jit(self._init_fn(seed), out_shardings=out_sh)()
-
-        def from_params(p):
-            trainable, frozen = self.partition.split(p)
-            state = {"step": jnp.zeros((), jnp.int32), "params": trainable,
-                     "opt_state": self.tx.init(trainable), "skipped": jnp.zeros((), jnp.int32),
-                     "bad_streak": jnp.zeros((), jnp.int32)}
-            return state, frozen
-        return jax.jit(from_params, out_shardings=out_sh)(params)
+        if params is not None:
+            return jax.jit(lambda p: self._fresh(*self.partition.split(p)), out_shardings=out_sh)(params)
+        if self._init is None:
+            lowered = jax.jit(self._init_fn, out_shardings=out_sh).lower(jnp.uint32(0))
+            # XLA:CPU spends ~10 s optimizing the random-init program of even a tiny model;
+            # it runs once, so skip the backend optimizations there.
+            cpu = self.mesh.devices.flat[0].platform == "cpu"
+            self._init = lowered.compile(compiler_options={"xla_backend_optimization_level": 0} if cpu else None)
+        return self._init(jnp.uint32(seed))
 
     def model(self, state, frozen) -> LlavaModel:
         """An nnx model view of (state, frozen) (inside or outside jit)."""
@@ -247,7 +245,8 @@ class Stepper:
             "bad_streak": jnp.where(finite, 0, state["bad_streak"] + 1),
         }
         metrics = {"loss": loss, "z_loss": z_term, "grad_norm": grad_norm, "tokens": sums["tokens"],
-                   "finite": finite, "param_norm": optax.global_norm(new_state["params"])}
+                   "finite": finite, "param_norm": optax.global_norm(new_state["params"]),
+                   "skipped": new_state["skipped"], "bad_streak": new_state["bad_streak"]}
         return new_state, metrics
 
     def train_step(self, state, frozen, batch):

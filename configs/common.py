@@ -1,0 +1,119 @@
+"""Shared config pieces. Configs are Python (big_vision style): `get_config(arg)` returns an
+ml_collections ConfigDict; `arg` is a comma list of options, e.g. "runlocal" or
+"runlocal,moca". Every key can be overridden from the command line
+(`--config.optimizer.lr=3e-4`); an unknown key is an error.
+
+Top-level keys (all read by `mir_jax.trainer`):
+  seed, total_steps, batch_size (global), num_micro_batches, seq_len, z_loss, max_bad_steps,
+  log_every, peak_flops (0 = from the device kind), init_from (HF/original LLaVA checkpoint dir
+  or ""), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
+  mesh: (data, fsdp, tensor), one entry may be -1 (= the remaining devices),
+  model: `LlavaConfig` fields (vision, connector, text, ..., dtype, remat, scan_layers),
+  data: the data config of `mir_jax.data.mixture` (sources, pack, ...),
+  trainable: {connector, vision: none|all|from:K, llm: none|all|until:K, moca} (see partition.py),
+  optimizer: {lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, clip_norm},
+  checkpoint: {every, keep, async_save},
+  eval: {every, at_end, batch_size, num_samples, mir_samples, mir_images, mir_texts, mir_method,
+         mir_seq_len (0 = seq_len), sample_captions}.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mir_jax.data import CLIP_MEAN, CLIP_STD
+from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
+
+
+def parse_arg(arg: str | None, known=("runlocal",)) -> set[str]:
+    opts = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    unknown = opts - set(known)
+    if unknown:
+        raise ValueError(f"unknown config option(s) {sorted(unknown)}; known: {list(known)}")
+    return opts
+
+
+def llava15_7b_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
+    """CLIP ViT-L/14-336 + Vicuna-7B (LLaVA-1.5-7B's shapes), bf16 compute, remat."""
+    cfg = LlavaConfig(
+        vision=VisionConfig(kind="clip", image_size=336, patch_size=14, hidden_size=1024,
+                            intermediate_size=4096, num_layers=24, num_heads=16),
+        connector=connector,
+        text=TextConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_layers=32,
+                        num_heads=32, num_kv_heads=32, max_position_embeddings=4096),
+        image_token_id=32000, pad_token_id=0, eos_token_id=2, moca=moca,
+        dtype="bfloat16", remat="dots_no_batch")
+    return cfg.to_dict()
+
+
+def tiny_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
+    """A ~0.7M-parameter model for CPU runs with the byte tokenizer (vocab 264, image id 3):
+    a 2-layer CLIP-style ViT on 32x32 images (4x4 patches of 8 px) and a 3-layer decoder."""
+    cfg = LlavaConfig(
+        vision=VisionConfig(kind="clip", image_size=32, patch_size=8, hidden_size=64,
+                            intermediate_size=128, num_layers=2, num_heads=4),
+        connector=connector,
+        text=TextConfig(vocab_size=264, hidden_size=128, intermediate_size=384, num_layers=3,
+                        num_heads=4, num_kv_heads=2, max_position_embeddings=512),
+        image_token_id=3, pad_token_id=0, eos_token_id=2, moca=moca, dtype="float32",
+        remat="none")
+    return cfg.to_dict()
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256
+    c.num_micro_batches = 1
+    c.seq_len = 2048
+    c.z_loss = 0.0
+    c.max_bad_steps = 20
+    c.log_every = 50
+    c.peak_flops = 0.0
+    c.init_from = ""
+    c.tokenizer = "byte"
+    c.image_mean = CLIP_MEAN
+    c.image_std = CLIP_STD
+    c.mesh = (-1, 1, 1)
+    c.model = {}
+    c.data = ml_collections.ConfigDict({"sources": [], "pack": False})
+    c.trainable = ml_collections.ConfigDict({"connector": True, "vision": "none", "llm": "none", "moca": True})
+    c.optimizer = ml_collections.ConfigDict({
+        "lr": 1e-3, "warmup_steps": 0, "end_factor": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+        "weight_decay": 0.0, "clip_norm": 1.0})
+    c.checkpoint = ml_collections.ConfigDict({"every": 1000, "keep": 3, "async_save": True})
+    c.eval = ml_collections.ConfigDict({
+        "every": 1000, "at_end": True, "batch_size": 16, "num_samples": 256, "mir_samples": 100,
+        "mir_images": "synthetic", "mir_texts": "synthetic", "mir_method": "auto", "mir_seq_len": 0,
+        "sample_captions": 0})
+    return c
+
+
+def apply_runlocal(c: ml_collections.ConfigDict, connector: ConnectorConfig, *, moca: bool = False,
+                   sources=None) -> ml_collections.ConfigDict:
+    """The CPU recipe: tiny model, embedded corpus, a few hundred steps (minutes on 2 cores)."""
+    c.model = tiny_model(connector, moca=moca)
+    c.init_from = ""
+    c.tokenizer = "byte"
+    c.total_steps = 300
+    c.batch_size = 16
+    c.seq_len = 128
+    c.log_every = 10
+    c.data = ml_collections.ConfigDict({"sources": sources or [], "pack": True})
+    c.optimizer.lr = 3e-3
+    c.optimizer.warmup_steps = 20
+    c.optimizer.end_factor = 0.1
+    c.optimizer.b2 = 0.98
+    c.optimizer.weight_decay = 0.01
+    c.checkpoint.every = 100
+    c.checkpoint.keep = 2
+    c.eval.every = 100
+    c.eval.batch_size = 16
+    c.eval.num_samples = 64
+    c.eval.mir_samples = 32
+    # vicuna_v1's system prompt alone is ~190 byte tokens: MIR samples need longer rows.
+    c.eval.mir_seq_len = 384
+    c.eval.sample_captions = 3
+    c.mesh = (-1, 1, 1)
+    return c

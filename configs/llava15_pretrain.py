@@ -1,0 +1,37 @@
+"""LLaVA-1.5 stage 1 (feature alignment): LCS-558K captions with the "plain" template,
+mlp2x_gelu connector, only the connector trains; lr 1e-3, global batch 256, one epoch
+(558,128 / 256 = 2,180 steps), warmup 3%, cosine, no weight decay.
+
+Set `init_from` to a stage-1 start (`mir_jax.hf.build_stage1(clip, vicuna)` saved with
+`hf.save_pretrained`) and `data.sources[0].path` / `image_folder` to the LCS-558K layout
+(blip_laion_cc_sbu_558k.json + images/).
+"""
+
+from configs import common
+from mir_jax.models import ConnectorConfig
+
+
+def get_config(arg=None):
+    opts = common.parse_arg(arg)
+    c = common.base_config()
+    c.model = common.llava15_7b_model(ConnectorConfig(name="mlp2x_gelu"))
+    c.data.sources = [{"type": "llava", "path": "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
+                       "image_folder": "LLaVA-Pretrain/images", "template": "plain"}]
+    c.trainable.connector = True
+    c.trainable.llm = "none"
+    c.trainable.vision = "none"
+    c.batch_size = 256
+    c.seq_len = 2048
+    c.total_steps = 2180
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 65
+    c.optimizer.weight_decay = 0.0
+    c.checkpoint.every = 500
+    c.eval.every = 500
+    c.mesh = (1, -1, 1)
+    if "runlocal" in opts:
+        common.apply_runlocal(c, ConnectorConfig(name="mlp2x_gelu"),
+                              sources=[{"type": "synthetic", "kind": "caption", "template": "plain"}])
+        c.optimizer.lr = 1e-2
+        c.optimizer.weight_decay = 0.0
+    return c

@@ -1,0 +1,147 @@
+"""Run metrics: a JSONL log, TensorBoard event files (tensorboardX: no TensorFlow), a PNG plot of
+the loss and MIR curves, and throughput/MFU estimates.
+
+Only process 0 writes (`MetricWriter(active=jax.process_index() == 0)`); other hosts get a
+writer whose methods do nothing. `metrics.jsonl` holds one JSON object per line:
+{"step": int, "split": "train" | "eval", ...scalars}. On resume the file is appended to and
+lines at or beyond the resumed step are dropped, so the log matches the restored state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+# Peak dense bf16 (TPU/GPU) or float32 (CPU) FLOP/s per device, for MFU. CPU: cores x 2 FMA
+# units x 8 float32 lanes (AVX2) x 2 FLOPs x ~2.5 GHz, a generous upper bound.
+PEAK_FLOPS = {
+    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
+    "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+    "h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12, "v100": 125e12,
+}
+
+
+def peak_flops_per_device(device=None) -> float:
+    """Best-known peak FLOP/s of one device (see PEAK_FLOPS); CPU: from the core count."""
+    import jax
+
+    device = device or jax.devices()[0]
+    kind = getattr(device, "device_kind", "").lower()
+    for name, flops in PEAK_FLOPS.items():
+        if name in kind:
+            return flops
+    if device.platform == "cpu":
+        # Host devices share the machine's cores (fake multi-device CPU runs included).
+        return (os.cpu_count() or 1) * 2 * 8 * 2 * 2.5e9 / max(jax.local_device_count(), 1)
+    return float("nan")
+
+
+def model_flops_per_token(model_config, seq_len: int, images_per_token: float) -> float:
+    """Training FLOPs per LLM token: the LLM's (`models.flops_per_token`) plus the vision tower's
+    and connector's share (`models.image_flops` x images per token)."""
+    from mir_jax.models import flops_per_token, image_flops
+
+    return flops_per_token(model_config, seq_len) + image_flops(model_config) * images_per_token
+
+
+class MetricWriter:
+    """JSONL + TensorBoard writer (no-ops where inactive)."""
+
+    def __init__(self, workdir: str, *, active: bool = True, resume_step: int | None = None):
+        self.active = active
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not active:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if resume_step is not None and os.path.exists(self.path):
+            self._truncate(resume_step)
+        elif resume_step is None and os.path.exists(self.path):
+            os.replace(self.path, self.path + ".old")  # a fresh run: keep, but start anew
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+        self._file = open(self.path, "a")
+
+    def _truncate(self, step: int) -> None:
+        kept = [ln for ln in read_jsonl(self.path) if ln.get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        row = {"step": int(step), "split": split}
+        row.update({k: _plain(v) for k, v in scalars.items()})
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        for k, v in row.items():
+            if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v):
+                self._tb.add_scalar(f"{split}/{k}", v, step)
+
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        if self.active:
+            self._tb.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if self.active:
+            self._file.flush()
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self._file.close()
+            self._tb.close()
+
+
+def _plain(v):
+    v = np.asarray(v)
+    if v.ndim == 0:
+        return v.item()
+    return v.tolist()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """All complete rows of a metrics.jsonl (a torn last line from a crash is ignored)."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def plot_metrics(jsonl_path: str, png_path: str) -> str:
+    """Plots train loss (and eval loss) and MIR against the step into a PNG; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(jsonl_path)
+    train = [r for r in rows if r.get("split") == "train" and "loss" in r]
+    evals = [r for r in rows if r.get("split") == "eval"]
+    fig, (ax_loss, ax_mir) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
+    ev = [r for r in evals if "loss" in r]
+    if ev:
+        ax_loss.plot([r["step"] for r in ev], [r["loss"] for r in ev], "o-", label="held-out")
+    ax_loss.set(xlabel="step", ylabel="next-token loss", title="Loss")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    mir = [r for r in evals if r.get("mir") is not None]
+    if mir:
+        ax_mir.plot([r["step"] for r in mir], [r["mir"] for r in mir], "o-", color="C2")
+    ax_mir.set(xlabel="step", ylabel="MIR = log10(sum_l FD_l)", title="Modality Integration Rate (lower = better aligned)")
+    ax_mir.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

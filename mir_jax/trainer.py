@@ -1,0 +1,315 @@
+"""The flat training loop behind `train.py` (big_vision style: one function, no callbacks).
+
+    train_and_evaluate(config, workdir)
+
+1. mesh from `config.mesh`, the Stepper (model, partition, optimizer, jitted steps), the data
+   iterator of this host's slice; every shape/divisibility check before anything compiles;
+2. resume from the latest checkpoint in `workdir/checkpoints` if there is one (params, optimizer,
+   step, data position), else initialize (randomly or from `config.init_from`);
+3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, held-out loss
+   and MIR every `eval.every` steps, checkpoint every `checkpoint.every` steps and on SIGTERM;
+4. at the end: final evaluation (MIR), a checkpoint, the plot, a few greedy captions.
+
+Config keys: see `configs/common.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from mir_jax import metrics as metrics_lib
+from mir_jax.checkpoint import Checkpointer, StopSignal
+from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
+from mir_jax.data.tokenizer import load_tokenizer
+from mir_jax.mir import MIRAccumulator, format_mir
+from mir_jax.models import LlavaConfig
+from mir_jax.sharding import make_mesh
+from mir_jax.train_step import StepConfig, Stepper, global_batch
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many non-finite updates in a row."""
+
+
+def _plain_config(config) -> dict:
+    return json.loads(config.to_json_best_effort() if hasattr(config, "to_json_best_effort") else json.dumps(config))
+
+
+def _check_tokenizer(tokenizer, model_cfg: LlavaConfig) -> None:
+    if tokenizer.vocab_size > model_cfg.text.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is "
+                         f"{model_cfg.text.vocab_size} (config.model.text.vocab_size)")
+    if tokenizer.image_token_id != model_cfg.image_token_id:
+        raise ValueError(f"tokenizer's image token id {tokenizer.image_token_id} != "
+                         f"config.model.image_token_id {model_cfg.image_token_id}")
+
+
+class Setup:
+    """Everything the loop needs, built and validated before any compilation."""
+
+    def __init__(self, config, workdir: str):
+        self.config, self.workdir = config, workdir
+        self.model_config = LlavaConfig.from_dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
+        self.mesh = make_mesh(tuple(config.mesh))
+        self.stepper = Stepper(self.model_config, config.trainable, config.optimizer, config.total_steps,
+                               self.mesh, StepConfig(int(config.num_micro_batches), float(config.z_loss)))
+        self.stepper.check_batch_size(int(config.batch_size))
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        if config.batch_size % self.process_count:
+            raise ValueError(f"batch size {config.batch_size} does not split over {self.process_count} hosts")
+        eval_bs = int(config.eval.batch_size)
+        if eval_bs % self.stepper.data_parallel or eval_bs % self.process_count:
+            raise ValueError(f"eval batch size {eval_bs} is not divisible by the {self.stepper.data_parallel} "
+                             f"data-parallel shards and {self.process_count} hosts")
+        self.tokenizer = load_tokenizer(config.tokenizer or None)
+        _check_tokenizer(self.tokenizer, self.model_config)
+        self.local_batch = int(config.batch_size) // self.process_count
+        mc = self.model_config
+        self.data_kwargs = dict(tokenizer=self.tokenizer, image_size=mc.vision.image_size,
+                                mean=tuple(config.image_mean), std=tuple(config.image_std),
+                                num_image_tokens=mc.num_image_tokens, seq_len=int(config.seq_len))
+        self.train_iter = make_train_iterator(
+            config.data, batch_size=self.local_batch, seed=int(config.seed),
+            shard_index=self.process_index, shard_count=self.process_count, **self.data_kwargs)
+        self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                         keep=int(config.checkpoint.keep),
+                                         every=int(config.checkpoint.every),
+                                         async_save=bool(config.checkpoint.get("async_save", True)))
+
+    # ----- state ------------------------------------------------------------------------------
+    def initial_state(self):
+        """(start step, state, frozen): restored from the latest checkpoint, else fresh."""
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            abstract_state, abstract_frozen = self.stepper.abstract_state()
+            step, state, frozen, _ = self.checkpointer.restore(abstract_state, abstract_frozen, self.train_iter)
+            log.info("resumed from %s at step %d", self.checkpointer.directory, step)
+            return step, state, frozen
+        params = None
+        if self.config.get("init_from"):
+            from flax import nnx
+
+            from mir_jax import hf
+
+            model = hf.load_pretrained(self.config.init_from)
+            if model.config.to_dict() != self.model_config.to_dict():
+                raise ValueError(f"init_from {self.config.init_from}: its config differs from config.model")
+            params = nnx.state(model, nnx.Param)
+        state, frozen = self.stepper.init(int(self.config.seed), params)
+        return 0, state, frozen
+
+    # ----- evaluation -------------------------------------------------------------------------
+    def eval_batches(self) -> tuple[list[dict], list[dict]]:
+        """Fixed held-out loss batches and MIR batches (image + unrelated text), on the host."""
+        cfg, ev = self.config, self.config.eval
+        kw = dict(self.data_kwargs, batch_size=int(ev.batch_size) // self.process_count,
+                  shard_index=self.process_index, shard_count=self.process_count)
+        loss_batches = list(make_eval_iterator(cfg.data, num_samples=int(ev.num_samples), seed=int(cfg.seed), **kw)) \
+            if ev.num_samples else []
+        mir_batches = []
+        if ev.mir_samples:
+            if self.process_count > 1:
+                log.warning("MIR evaluation batches are read whole on every host (no per-host slice)")
+            mkw = {k: v for k, v in kw.items() if k not in ("shard_index", "shard_count")}
+            mkw["batch_size"] = int(ev.batch_size)
+            mkw["seq_len"] = int(ev.get("mir_seq_len") or cfg.seq_len)
+            mir_batches = make_mir_batches(ev.mir_images, ev.mir_texts, num_samples=int(ev.mir_samples), **mkw)
+        return loss_batches, mir_batches
+
+    def evaluate(self, state, frozen, loss_batches, mir_batches) -> dict[str, Any]:
+        st = self.stepper
+        out: dict[str, Any] = {}
+        if loss_batches:
+            ce = tokens = 0.0
+            for b in loss_batches:
+                sums, _ = st.eval_step(state, frozen, global_batch(b, st))
+                ce, tokens = ce + float(sums["ce_sum"]), tokens + float(sums["tokens"])
+            out["loss"] = ce / max(tokens, 1.0)
+            out["tokens"] = tokens
+        if mir_batches:
+            acc = MIRAccumulator(method=self.config.eval.mir_method, mesh=self.mesh)
+
+            def rows():
+                for b in mir_batches:
+                    # Hidden states are reduced to row masks in-graph; the accumulator keeps only
+                    # per-layer statistics (constant memory in the number of samples).
+                    _, (hs, vmask, tmask) = st.eval_step(state, frozen, global_batch(b, st), with_hidden=True)
+                    yield hs, hs, vmask, tmask
+
+            res = acc.run(rows)
+            out["mir"] = float(res.overall)
+            out["mir_per_layer"] = np.asarray(res.per_layer).tolist()
+        return out
+
+
+def _mfu_numbers(setup: Setup, batch: dict) -> tuple[int, float]:
+    """(tokens per step, model FLOPs per token) for a batch (LLM positions, images included)."""
+    b, s = batch["input_ids"].shape
+    tokens = b * s * setup.process_count
+    images_per_token = float(np.sum(batch["image_mask"])) / (b * s)
+    return tokens, metrics_lib.model_flops_per_token(setup.model_config, s, images_per_token)
+
+
+def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]]:
+    """Greedy continuations of the first `n` held-out caption prompts: [(target, generated)]."""
+    from mir_jax.models import generate
+
+    ex = next(make_eval_iterator({"sources": [{"type": "synthetic", "kind": "caption"}]},
+                                 num_samples=n, batch_size=n, **setup.data_kwargs))
+    prompts, targets = [], []
+    for ids, labels in zip(ex["input_ids"], ex["labels"]):
+        sup = np.nonzero(labels != -100)[0]
+        if not len(sup):
+            continue
+        start = sup[0]
+        prompts.append(ids[:start])
+        targets.append(setup.tokenizer.decode(labels[sup]))
+    width = max(len(p) for p in prompts)
+    pad = setup.tokenizer.pad_id
+    ids = np.full((len(prompts), width), pad, np.int32)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+    model = setup.stepper.model(jax.device_get(state), jax.device_get(frozen))
+    new = generate(model, ids, ex["pixel_values"][: len(prompts)], ex["image_mask"][: len(prompts)], mask,
+                   max_new_tokens=int(setup.config.seq_len) - width, eos_token_id=setup.tokenizer.eos_id,
+                   pad_token_id=pad)
+    return [(t, setup.tokenizer.decode(g)) for t, g in zip(targets, np.asarray(new))]
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) training; returns the final metrics {"step", "loss", "eval": {...}}."""
+    setup = Setup(config, workdir)
+    st = setup.stepper
+    main = setup.process_index == 0
+    total = int(config.total_steps)
+    start, state, frozen = setup.initial_state()
+    writer = metrics_lib.MetricWriter(workdir, active=main, resume_step=start if start else None)
+    if main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(_plain_config(config), f, indent=1)
+        tr, fr = st.partition.counts()
+        log.info("mesh %s; parameters: %s trainable, %s frozen", dict(setup.mesh.shape), f"{tr:,}", f"{fr:,}")
+    loss_batches, mir_batches = setup.eval_batches()
+    stop = StopSignal()
+    ev_cfg = config.eval
+    peak = float(config.get("peak_flops") or 0) or metrics_lib.peak_flops_per_device()
+    n_dev = jax.device_count()
+    max_bad = int(config.max_bad_steps)
+    result: dict[str, Any] = {"step": start}
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, disable=not main, dynamic_ncols=True, desc="train")
+    pending = None  # metrics of the last dispatched step, read one step late (keeps dispatch async)
+    window = {"loss": [], "tokens": 0, "flops": 0.0, "t0": time.perf_counter(), "steps": 0}
+    last_eval_step = None
+
+    def drain(step_metrics, step):
+        m = jax.device_get(step_metrics)
+        if not bool(m["finite"]):
+            log.warning("step %d: non-finite loss/gradient (loss=%s, grad_norm=%s); update skipped",
+                        step, m["loss"], m["grad_norm"])
+        else:
+            window["loss"].append(float(m["loss"]))
+        return m
+
+    def flush_window(step, extra):
+        dt = time.perf_counter() - window["t0"]
+        if not window["steps"] or dt <= 0:
+            return
+        tps = window["tokens"] / dt
+        scalars = {"loss": float(np.mean(window["loss"])) if window["loss"] else float("nan"),
+                   "tokens_per_s": tps, "steps_per_s": window["steps"] / dt,
+                   "mfu": window["flops"] / dt / (peak * n_dev), **extra}
+        writer.write(step, "train", scalars)
+        bar.set_postfix_str(f"loss {scalars['loss']:.3f}  tok/s {tps:,.0f}  MFU {scalars['mfu']:.1%}")
+        result.update(step=step, loss=scalars["loss"])
+        window.update(loss=[], tokens=0, flops=0.0, t0=time.perf_counter(), steps=0)
+
+    def run_eval(step):
+        nonlocal last_eval_step
+        t = time.perf_counter()
+        ev = setup.evaluate(state, frozen, loss_batches, mir_batches)
+        if ev:
+            writer.write(step, "eval", ev)
+            msg = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if isinstance(v, float))
+            bar.write(f"step {step}: eval {msg} ({time.perf_counter() - t:.1f}s)")
+        result["eval"] = ev
+        last_eval_step = step
+        window["t0"] += time.perf_counter() - t  # evaluation time is not training throughput
+
+    try:
+        step = start
+        while step < total:
+            batch = next(setup.train_iter)
+            tokens, fpt = _mfu_numbers(setup, batch)
+            state, step_metrics = st.train_step(state, frozen, global_batch(batch, st))
+            step += 1
+            if pending is not None:
+                m = drain(*pending)
+                if int(m["bad_streak"]) >= max_bad > 0:
+                    raise NonFiniteError(
+                        f"{int(m['bad_streak'])} non-finite updates in a row (config.max_bad_steps="
+                        f"{max_bad}) at step {pending[1]}; stopping. The last checkpoint "
+                        f"(step {setup.checkpointer.latest_step()}) is intact and holds no skipped update.")
+            pending = (step_metrics, step)
+            window["tokens"] += tokens
+            window["flops"] += tokens * fpt
+            window["steps"] += 1
+            bar.update(1)
+            if step % int(config.log_every) == 0 or step == total:
+                m = drain(*pending)
+                pending = None
+                flush_window(step, {"grad_norm": float(m["grad_norm"]), "skipped": int(m["skipped"]),
+                                    "lr": float(st.schedule(step - 1)), "param_norm": float(m["param_norm"])})
+                if int(m["bad_streak"]) >= max_bad > 0:
+                    raise NonFiniteError(f"{int(m['bad_streak'])} non-finite updates in a row at step {step}")
+            if ev_cfg.every and step % int(ev_cfg.every) == 0 and step < total:
+                run_eval(step)
+            preempted = bool(stop) or (setup.process_count > 1 and setup.checkpointer.reached_preemption(step))
+            t = time.perf_counter()
+            setup.checkpointer.save(step, state, frozen, setup.train_iter, _plain_config(config), force=preempted)
+            window["t0"] += time.perf_counter() - t
+            if preempted:
+                setup.checkpointer.wait()
+                bar.write(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
+                result.update(step=step, preempted=True)
+                return result
+        bar.close()
+        if last_eval_step != total and (config.eval.at_end or ev_cfg.every):
+            run_eval(total)
+        setup.checkpointer.save(total, state, frozen, setup.train_iter, _plain_config(config), force=True)
+        setup.checkpointer.wait()
+        if main:
+            writer.flush()
+            png = metrics_lib.plot_metrics(writer.path, os.path.join(workdir, "loss_mir.png"))
+            result["plot"] = png
+            ev = result.get("eval") or {}
+            if "mir_per_layer" in ev:
+                import jax.numpy as jnp
+
+                from mir_jax.mir import MIRResult
+
+                print(format_mir(MIRResult(jnp.asarray(ev["mir_per_layer"]), jnp.asarray(ev["mir"])),
+                                 config.eval.mir_method))
+        if int(config.eval.get("sample_captions", 0)) and main:
+            for target, got in sample_captions(setup, state, frozen, int(config.eval.sample_captions)):
+                print(f"  target:    {target}\n  generated: {got}")
+        result["step"] = total
+        return result
+    finally:
+        bar.close()
+        stop.restore()
+        writer.close()
+        setup.checkpointer.close()

@@ -1,0 +1,63 @@
+"""Shared pieces of the training tests: a very small model and fixed batches of the embedded
+corpus (byte tokenizer: vocab 264, image token id 3)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # the configs package lives at the repository root
+
+from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig  # noqa: E402
+
+OPT = {"lr": 3e-3, "warmup_steps": 2, "end_factor": 0.1, "b1": 0.9, "b2": 0.98, "eps": 1e-8,
+       "weight_decay": 0.1, "clip_norm": 1.0}
+SEQ_LEN = 128
+
+
+def tiny_model_config(**overrides) -> LlavaConfig:
+    """Every sharded dimension is even, so the model lays out on data=2 x fsdp=2 x tensor=2."""
+    base = dict(
+        vision=VisionConfig(kind="clip", image_size=32, patch_size=8, hidden_size=32,
+                            intermediate_size=64, num_layers=2, num_heads=2),
+        connector=ConnectorConfig(name="mlp2x_gelu"),
+        text=TextConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_layers=2,
+                        num_heads=2, num_kv_heads=2, max_position_embeddings=512),
+        image_token_id=3, pad_token_id=0, eos_token_id=2)
+    base.update(overrides)
+    return LlavaConfig.from_dict(base)
+
+
+@functools.lru_cache(maxsize=4)
+def batches(n: int = 6, batch_size: int = 8, seed: int = 0) -> tuple[dict, ...]:
+    """n packed training batches of the embedded MM1 mixture (host NumPy)."""
+    from mir_jax.data import make_train_iterator
+
+    it = make_train_iterator({"pack": True}, image_size=32, num_image_tokens=16,
+                             batch_size=batch_size, seq_len=SEQ_LEN, seed=seed)
+    return tuple(next(it) for _ in range(n))
+
+
+def tiny_train_config(**top):
+    """A full trainer config (configs/common.py) around the tiny model, evaluation off."""
+    from configs import common
+
+    c = common.apply_runlocal(common.base_config(), ConnectorConfig(name="mlp2x_gelu"))
+    c.model = tiny_model_config().to_dict()
+    c.total_steps = 6
+    c.batch_size = 8
+    c.seq_len = SEQ_LEN
+    c.log_every = 1
+    c.checkpoint.every = 3
+    c.checkpoint.async_save = False
+    c.eval.every = 0
+    c.eval.at_end = False
+    c.eval.sample_captions = 0
+    c.trainable.llm = "all"
+    c.data.num_threads = 1
+    for k, v in top.items():
+        c[k] = v
+    return c
