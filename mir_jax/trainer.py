@@ -186,8 +186,11 @@ def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]
     return [(t, setup.tokenizer.decode(g)) for t, g in zip(targets, np.asarray(new))]
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) training; returns the final metrics {"step", "loss", "eval": {...}}."""
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict[str, Any]:
+    """Runs (or resumes) training; returns the final metrics {"step", "loss", "eval": {...}}.
+
+    `stop_at_step` behaves like a preemption notice arriving at that step (checkpoint, return):
+    for tests and time-boxed jobs."""
     setup = Setup(config, workdir)
     st = setup.stepper
     main = setup.process_index == 0
@@ -277,7 +280,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     raise NonFiniteError(f"{int(m['bad_streak'])} non-finite updates in a row at step {step}")
             if ev_cfg.every and step % int(ev_cfg.every) == 0 and step < total:
                 run_eval(step)
-            preempted = bool(stop) or (setup.process_count > 1 and setup.checkpointer.reached_preemption(step))
+            preempted = (bool(stop) or step == stop_at_step
+                         or (setup.process_count > 1 and setup.checkpointer.reached_preemption(step)))
             t = time.perf_counter()
             setup.checkpointer.save(step, state, frozen, setup.train_iter, _plain_config(config), force=preempted)
             window["t0"] += time.perf_counter() - t
