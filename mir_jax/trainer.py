@@ -100,7 +100,7 @@ class Setup:
 
             from mir_jax import hf
 
-            model = hf.load_pretrained(self.config.init_from)
+            _, model = hf.load_pretrained(self.config.init_from)
             if model.config.to_dict() != self.model_config.to_dict():
                 raise ValueError(f"init_from {self.config.init_from}: its config differs from config.model")
             params = nnx.state(model, nnx.Param)
