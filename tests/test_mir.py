@@ -32,6 +32,14 @@ def llm_like_rows(rng, n, d, shift, rotation, massive_rows=True, decay=0.5):
     return x.astype(np.float32)
 
 
+def llm_like_layers(rng, layers, n, m, d):
+    """Vision [L, n, D] and text [L, m, D] LLM-like rows, each layer in its own rotation."""
+    rotations = [np.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(2 * layers)]
+    vision = np.stack([llm_like_rows(rng, n, d, 0.5, rotations[i]) for i in range(layers)])
+    text = np.stack([llm_like_rows(rng, m, d, 0.0, rotations[layers + i]) for i in range(layers)])
+    return vision, text
+
+
 def rel(a, b):
     return np.abs(np.asarray(a, np.float64) / np.asarray(b, np.float64) - 1)
 
@@ -74,9 +82,7 @@ def test_fd_llm_like_spectrum_matches_float64():
 def test_compute_mir_per_layer_and_overall_match_reference():
     rng = np.random.default_rng(3)
     layers, n, m, d = 3, 400, 300, 32
-    q = [np.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(2 * layers)]
-    vision = np.stack([llm_like_rows(rng, n, d, 0.5, q[i]) for i in range(layers)])
-    text = np.stack([llm_like_rows(rng, m, d, 0.0, q[layers + i]) for i in range(layers)])
+    vision, text = llm_like_layers(rng, layers, n, m, d)
     expected_layers, expected_overall = ref.mir(list(vision), list(text))
     for method in ("eigh", "auto"):
         result = mir.compute_mir(vision, text, method=method)
@@ -262,9 +268,7 @@ def test_gradient_finite_with_singular_covariance_under_auto():
 def _stream_fixture():
     rng = np.random.default_rng(14)
     layers, n, m, d = 2, 640, 480, 24
-    q = [np.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(2 * layers)]
-    vision = np.stack([llm_like_rows(rng, n, d, 0.5, q[i]) for i in range(layers)])
-    text = np.stack([llm_like_rows(rng, m, d, 0.0, q[layers + i]) for i in range(layers)])
+    vision, text = llm_like_layers(rng, layers, n, m, d)
     vision_mask = np.ones(n, bool)
     vision_mask[::9] = False
 
