@@ -40,12 +40,13 @@ BATCH_KEYS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values",
 def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Next-token cross entropy. logits [B, S, V] float32, labels [B, S] unshifted.
 
-    Position t predicts labels[t+1]. Returns (ce [B, S-1], log-partition [B, S-1], valid [B, S-1]
-    float32 1/0).
+    Position t predicts labels[t+1]; the last position predicts nothing. The labels are shifted
+    rather than the logits, so the [B, S, V] array is never sliced (a full copy, and another in
+    the backward pass). Returns (ce [B, S], log-partition [B, S], valid [B, S] float32 1/0).
     """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
+    targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
     valid = targets != IGNORE_INDEX
+    logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
     return (lse - picked), lse, valid.astype(jnp.float32)

@@ -246,7 +246,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         ev = setup.evaluate(state, frozen, loss_batches, mir_batches)
         if ev:
             writer.write(step, "eval", ev)
-            msg = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if isinstance(v, float))
+            msg = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if k in ("loss", "mir"))
             bar.write(f"step {step}: eval {msg} ({time.perf_counter() - t:.1f}s)")
         result["eval"] = ev
         last_eval_step = step
