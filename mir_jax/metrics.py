@@ -16,8 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-# Peak dense bf16 (TPU/GPU) or float32 (CPU) FLOP/s per device, for MFU. CPU: cores x 2 FMA
-# units x 8 float32 lanes (AVX2) x 2 FLOPs x ~2.5 GHz, a generous upper bound.
+# Peak dense bf16 FLOP/s per accelerator, for MFU. CPUs: see `_cpu_peak_flops`.
 PEAK_FLOPS = {
     "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
     "tpu v6 lite": 918e12, "tpu v6e": 918e12,
@@ -36,8 +35,25 @@ def peak_flops_per_device(device=None) -> float:
             return flops
     if device.platform == "cpu":
         # Host devices share the machine's cores (fake multi-device CPU runs included).
-        return (os.cpu_count() or 1) * 2 * 8 * 2 * 2.5e9 / max(jax.local_device_count(), 1)
+        return _cpu_peak_flops() / max(jax.local_device_count(), 1)
     return float("nan")
+
+
+def _cpu_peak_flops() -> float:
+    """float32 peak of this machine: cores x 2 FMA units x SIMD lanes (16 with AVX-512, else 8)
+    x 2 FLOPs x clock (from /proc/cpuinfo, else 2.5 GHz)."""
+    lanes, ghz = 8, 2.5
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        if " avx512f" in info:
+            lanes = 16
+        mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+        if mhz:
+            ghz = max(mhz) / 1000
+    except (OSError, ValueError):
+        pass
+    return (os.cpu_count() or 1) * 2 * lanes * 2 * ghz * 1e9
 
 
 def model_flops_per_token(model_config, seq_len: int, images_per_token: float) -> float:
