@@ -123,9 +123,30 @@ def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
+def per_matrix(fn, *arrays):
+    """fn applied to one matrix at a time (lax.map) on CPU; batched on other backends.
+
+    Why: on CPU, jaxlib runs a batched LAPACK call (Cholesky, eigh, SVD) through a
+    parallel map over the batch on XLA's intra-op thread pool and blocks until it
+    finishes. When two such calls run at once (the vision and the text covariance)
+    each blocks a pool thread, and on a small pool (2 cores) no thread is left to
+    run their tasks: the program deadlocks. Unbatched calls never take that path.
+    Still one compiled program for all layers.
+
+    arrays: [..., m, n] with the same leading batch shape; fn maps one [m, n] set.
+    """
+    batch = arrays[0].shape[:-2]
+    if not batch or jax.default_backend() != "cpu":
+        return fn(*arrays)
+    flat = tuple(a.reshape((-1,) + a.shape[len(batch):]) for a in arrays)
+    out = lax.map(lambda xs: fn(*xs), flat)
+    return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+
+
 def _sum_singular_values(c: jax.Array) -> jax.Array:
     """Σ_i σ_i(c) over the last two axes (the nuclear norm); differentiable."""
-    return jnp.sum(jnp.linalg.svd(c, compute_uv=False), axis=-1)
+    singular_values = per_matrix(lambda m: jnp.linalg.svd(m, compute_uv=False), c)
+    return jnp.sum(singular_values, axis=-1)
 
 
 def _equilibration(cov: jax.Array) -> jax.Array:
@@ -153,7 +174,7 @@ def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
     scale = _equilibration(cov)
     unit = symmetrize(cov * scale[..., :, None] * scale[..., None, :])
     rel_floor = dim * _eps(cov.dtype)
-    chol = jnp.linalg.cholesky(unit)
+    chol = per_matrix(jnp.linalg.cholesky, unit)
     pivots = jnp.diagonal(chol, axis1=-2, axis2=-1)
     healthy = jnp.all(jnp.isfinite(chol)) & jnp.all(pivots * pivots > rel_floor)
 
@@ -161,7 +182,7 @@ def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
         return chol
 
     def via_eigh(unit, chol):
-        w, v = jnp.linalg.eigh(unit)
+        w, v = per_matrix(jnp.linalg.eigh, unit)
         keep = w > rel_floor * jnp.max(w, axis=-1, keepdims=True)
         root = jnp.where(keep, jnp.sqrt(jnp.where(keep, w, 1.0)), 0.0)
         return v * root[..., None, :]

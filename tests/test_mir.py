@@ -344,3 +344,32 @@ def test_auto_picks_by_shape():
     assert mir.resolve_method("auto", 100, 1000, 64) == "eigh"
     assert mir.resolve_method("auto", 10, 1000, 64) == "gram"
     assert mir.resolve_method("legacy_fast", 10, 10, 64) == "legacy_fast"
+
+
+def test_no_deadlock_with_several_layers_on_cpu():
+    """Regression: batched LAPACK calls for the vision and text covariances used to deadlock
+    XLA's CPU thread pool (2 cores, L >= 2; here constant vision rows, normalized). Runs in a
+    subprocess so that a hang fails the test instead of stalling the suite."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import numpy as np
+        from mir_jax import mir
+        rng = np.random.default_rng(0)
+        text = rng.standard_normal((4, 4000, 128)).astype(np.float32)
+        vision = np.ones((4, 256, 128), np.float32)
+        for _ in range(3):
+            r = mir.compute_mir(vision, text, method="eigh", remove_outliers=False)
+            assert np.all(np.isfinite(np.asarray(r.per_layer)))
+        print("done")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as users run it
+    try:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=90, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("compute_mir hung (thread-pool deadlock)")
+    assert run.returncode == 0 and "done" in run.stdout, run.stderr[-2000:]
