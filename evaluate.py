@@ -61,7 +61,8 @@ def _load(path: str):
     if not os.path.exists(path):
         _fail(f"model path {path!r} does not exist")
     name = os.path.basename(os.path.normpath(path))
-    if os.path.exists(os.path.join(path, "config.json")):
+    is_workdir = os.path.isdir(os.path.join(path, "checkpoints"))
+    if not is_workdir and os.path.exists(os.path.join(path, "config.json")):
         cfg, model = hf.load_pretrained(path)
         try:
             proc = hf.load_image_processing(path)
@@ -84,7 +85,7 @@ def _load(path: str):
     try:
         cfg, model, pre = checkpoint.load_for_evaluation(path)
     except FileNotFoundError as e:
-        _fail(str(e))
+        _fail(f"{e} (and no HF config.json + *.safetensors either)")
     return name, cfg, model, pre
 
 
@@ -139,6 +140,12 @@ def _evaluate_one(path: str, mesh):
 
 def main(argv):
     del argv
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it touches at INFO
+    logging.getLogger("orbax").setLevel(logging.WARNING)
     import jax
     import numpy as np
 

@@ -117,3 +117,48 @@ class StopSignal:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
+
+
+def load_for_evaluation(workdir: str, step: int | None = None):
+    """(LlavaConfig, model, preprocessing) from a training workdir's checkpoint (latest by default).
+
+    The run's config is read from the checkpoint itself; parameters are restored straight into
+    single-host shardings (trainable and frozen parts merged back into one model). The
+    preprocessing dict holds what the data pipeline needs to feed this model as it was trained:
+    tokenizer, image_size, mean, std, image_mode.
+    """
+    import os
+
+    import jax
+    import ml_collections
+
+    from mir_jax.data import load_tokenizer
+    from mir_jax.sharding import make_mesh
+    from mir_jax.train_step import StepConfig, Stepper
+
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: not a mir-jax training workdir")
+    manager = ocp.CheckpointManager(directory, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "frozen": ocp.StandardCheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler()})
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    config = ml_collections.ConfigDict(
+        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    mesh = make_mesh((jax.device_count(), 1, 1))
+    stepper = Stepper(config.model, config.trainable, config.optimizer, int(config.total_steps), mesh,
+                      StepConfig(int(config.num_micro_batches), float(config.z_loss)))
+    abstract_state, abstract_frozen = stepper.abstract_state()
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        frozen=ocp.args.StandardRestore(abstract_frozen)))
+    manager.close()
+    model = stepper.model(out["state"], out["frozen"])
+    log.info("loaded %s at step %d", directory, step)
+    preprocessing = dict(tokenizer=load_tokenizer(config.tokenizer or None),
+                         image_size=stepper.config.vision.image_size,
+                         mean=tuple(config.image_mean), std=tuple(config.image_std),
+                         image_mode=config.data.get("image_mode", "pad") if "data" in config else "pad")
+    return stepper.config, model, preprocessing

@@ -178,3 +178,31 @@ def test_cli_bad_inputs_are_clear_and_write_nothing(tiny_llava, tmp_path):
     assert "error:" in corrupt.stderr and "corrupt_image" in corrupt.stderr
     assert "3.png" in corrupt.stderr  # the bad file is named in the log
     assert not out.exists() or not (out / "mir.json").exists()
+
+
+def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
+    """Train a tiny model for 6 steps (MIR evaluated in the loop on the final parameters), then
+    load the workdir the way `evaluate.py --checkpoint` does: same MIR on the same batches."""
+    import train_fixtures
+
+    from mir_jax.checkpoint import load_for_evaluation
+    from mir_jax.trainer import train_and_evaluate
+
+    config = train_fixtures.tiny_train_config()
+    config.eval.at_end = True
+    config.eval.num_samples = 0
+    config.eval.mir_samples = 8
+    config.eval.batch_size = 8
+    config.eval.mir_seq_len = 256
+    result = train_and_evaluate(config, str(tmp_path))
+    in_loop = result["eval"]["mir"]
+
+    model_config, model, pre = load_for_evaluation(str(tmp_path))
+    assert model_config.text.num_layers == 2 and pre["image_size"] == 32
+    batches = make_mir_batches(config.eval.mir_images, config.eval.mir_texts, tokenizer=pre["tokenizer"],
+                               num_samples=8, image_size=32, mean=pre["mean"], std=pre["std"],
+                               num_image_tokens=model_config.num_image_tokens, batch_size=8, seq_len=256)
+    reloaded = evaluate_mir(model, lambda: iter(batches), method=config.eval.mir_method, progress=False)
+    assert abs(reloaded.overall - in_loop) < 1e-4
+    with pytest.raises(FileNotFoundError, match="not a mir-jax training workdir"):
+        load_for_evaluation(str(tmp_path / "nothing"))
