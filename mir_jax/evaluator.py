@@ -18,6 +18,7 @@ positions, pixel_values [B, 1, H, W, 3], image_mask [B, 1].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable
 
@@ -63,42 +64,42 @@ class MIREvaluation:
         return d
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, batch):
+    """Model forward + MIR token selection + label NLL sums (see `make_forward`)."""
+    model = nnx.merge(graphdef, state)
+    out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
+                attention_mask=batch["attention_mask"], positions=batch["positions"],
+                output_hidden_states=True)
+    vision_mask, text_mask = mir_token_masks(out.modality_mask, batch["attention_mask"])
+    rows, vision_rows, text_rows = mir_rows(out.hidden_states.astype(jnp.float32),
+                                            vision_mask, text_mask)
+    labels = batch["labels"][:, 1:]
+    valid = labels >= 0
+    nll = optax.softmax_cross_entropy_with_integer_labels(
+        out.logits[:, :-1].astype(jnp.float32), jnp.where(valid, labels, 0))
+    return rows, vision_rows, text_rows, jnp.sum(nll * valid), jnp.sum(valid)
+
+
 def make_forward(model: nnx.Module, mesh: Mesh | None = None):
-    """A jitted function batch -> (rows, vision_mask, text_mask, nll_sum, nll_count).
+    """A function batch -> (rows, vision_mask, text_mask, nll_sum, nll_count), jitted.
 
     rows [L, B*S, D] float32 are layers 1..L of the hidden states (the embeddings are
     not a layer); the masks [B*S] select MIR's vision and text tokens; the NLL sums
-    are over label positions, for the language-model loss on the texts.
+    are over label positions, for the language-model loss on the texts. The compiled
+    program is shared by every model with the same structure (graphdef) and shapes.
     """
     graphdef, state = nnx.split(model)
     if mesh is not None:
         state = jax.device_put(state, sharding.state_shardings(state, mesh))
-
-    def forward(state, batch):
-        model = nnx.merge(graphdef, state)
-        out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
-                    attention_mask=batch["attention_mask"], positions=batch["positions"],
-                    output_hidden_states=True)
-        vision_mask, text_mask = mir_token_masks(out.modality_mask, batch["attention_mask"])
-        rows, vision_rows, text_rows = mir_rows(out.hidden_states.astype(jnp.float32),
-                                                vision_mask, text_mask)
-        labels = batch["labels"][:, 1:]
-        valid = labels >= 0
-        nll = optax.softmax_cross_entropy_with_integer_labels(
-            out.logits[:, :-1].astype(jnp.float32), jnp.where(valid, labels, 0))
-        return rows, vision_rows, text_rows, jnp.sum(nll * valid), jnp.sum(valid)
-
-    jitted = jax.jit(forward)
-    batch_sharding = None
-    if mesh is not None:
-        batch_sharding = NamedSharding(mesh, sharding.logical_to_mesh_spec(("batch",)))
+        batch_axes = sharding.logical_to_mesh_spec(("batch",))[0]
 
     def run(batch: dict) -> tuple:
         inputs = {k: np.asarray(batch[k]) for k in (*MODEL_INPUTS, "labels")}
-        if batch_sharding is not None:
+        if mesh is not None:
             inputs = {k: jax.device_put(v, NamedSharding(mesh, PartitionSpec(
-                batch_sharding.spec[0], *([None] * (v.ndim - 1))))) for k, v in inputs.items()}
-        return jitted(state, inputs)
+                batch_axes, *([None] * (v.ndim - 1))))) for k, v in inputs.items()}
+        return _forward(graphdef, state, inputs)
 
     return run
 

@@ -157,7 +157,7 @@ def _init_ranges(x, mask, axes):
     }
 
 
-def _outlier_pass_update(state, x, mask, axes, median_bins):
+def _outlier_pass_update(x, mask, state, axes, median_bins):
     """Adds one batch of rows x [L, n, D] to the pass-1 statistics."""
     norms = jnp.linalg.norm(x, axis=-1)
     moments = _merge_moments(state["norm_moments"], _row_moments(norms, mask, axes))
@@ -206,7 +206,7 @@ def _outlier_rule(state):
     return median_norm, std, median_row
 
 
-def _moment_pass_update(state, x, mask, rule, axes):
+def _moment_pass_update(x, mask, state, axes, rule=None):
     """Adds one batch of rows x [L, n, D] (outliers replaced by `rule`) to the moments."""
     if rule is not None:
         median_norm, std, median_row = rule
@@ -214,6 +214,10 @@ def _moment_pass_update(state, x, mask, rule, axes):
         outlier = _mir.outlier_rows(norms, mask, median_norm, std)
         x = jnp.where(outlier[..., None], median_row[:, None, :], x)
     return _merge_moments(state, _row_moments(x, mask, axes))
+
+
+def _moment_pass_update_replaced(x, mask, state, rule, axes):
+    return _moment_pass_update(x, mask, state, axes, rule)
 
 
 def _text_norm_sum(text, mask, axes):
@@ -226,6 +230,27 @@ def _zero_moments(layers, dim=None):
     m2_shape = (layers,) if dim is None else (layers, dim, dim)
     return (jnp.zeros((layers,), jnp.float32), jnp.zeros(shape, jnp.float32),
             jnp.zeros(m2_shape, jnp.float32))
+
+
+_outlier_rule_jit = jax.jit(_outlier_rule)
+
+
+@functools.cache
+def _compiled(fn, n_sharded, n_replicated, mesh, static):
+    """jit(fn), wrapped in shard_map over the rows when a mesh is given; one per (fn, mesh).
+
+    The first n_sharded arguments are [L, n, ...] rows / [L, n] masks, sharded on n; the next
+    n_replicated are pytrees (states, rules), replicated. Cached at module level so that every
+    accumulator (one per evaluation, e.g. every in-loop MIR evaluation) reuses the programs.
+    """
+    axes = tuple(mesh.axis_names) if mesh is not None else ()
+    body = functools.partial(fn, axes=axes, **dict(static))
+    if mesh is not None:
+        row = PartitionSpec(None, axes)
+        body = jax.shard_map(body, mesh=mesh,
+                             in_specs=(row,) * n_sharded + (PartitionSpec(),) * n_replicated,
+                             out_specs=PartitionSpec(), check_vma=False)
+    return jax.jit(body)
 
 
 # --------------------------------------------------------------------------------------
@@ -263,30 +288,15 @@ class MIRAccumulator:
         self._moments = None
         self._text_norms = None
         self._shape = None
-        self._jitted = {}
 
     # ----- plumbing -------------------------------------------------------------------
 
     def _axes(self):
         return tuple(self.mesh.axis_names) if self.mesh is not None else ()
 
-    def _compile(self, name, fn, n_sharded, n_replicated):
-        """jit(fn), wrapped in shard_map over the rows when a mesh is set.
-
-        The first n_sharded arguments are [L, n, ...] rows / [L, n] masks, sharded on n;
-        the next n_replicated are pytrees (states, rules), replicated.
-        """
-        if name in self._jitted:
-            return self._jitted[name]
-        axes = self._axes()
-        body = functools.partial(fn, axes=axes)
-        if self.mesh is not None:
-            row = PartitionSpec(None, axes)
-            body = jax.shard_map(body, mesh=self.mesh,
-                                 in_specs=(row,) * n_sharded + (PartitionSpec(),) * n_replicated,
-                                 out_specs=PartitionSpec(), check_vma=False)
-        self._jitted[name] = jax.jit(body)
-        return self._jitted[name]
+    def _compile(self, fn, n_sharded, n_replicated, **static):
+        """The compiled form of module-level `fn` for this accumulator's mesh (cached)."""
+        return _compiled(fn, n_sharded, n_replicated, self.mesh, tuple(sorted(static.items())))
 
     def _prepare(self, rows, mask, name):
         rows = jnp.asarray(rows, jnp.float32)
@@ -327,7 +337,7 @@ class MIRAccumulator:
     def _update_outlier_pass(self, vision, vision_mask, text, text_mask, layers):
         bins = self.median_bins
         if self._outlier_state is None:
-            init = self._compile("init", lambda x, m, axes: _init_ranges(x, m, axes), 2, 0)
+            init = self._compile(_init_ranges, 2, 0)
             self._outlier_state = {}
             for key, x, m in (("vision", vision, vision_mask), ("text", text, text_mask)):
                 dim = x.shape[2]
@@ -341,8 +351,7 @@ class MIRAccumulator:
                     col_under=jnp.zeros((layers, dim)),
                     col_over=jnp.zeros((layers, dim)),
                 )
-        step = self._compile(
-            "outliers", lambda x, m, s, axes: _outlier_pass_update(s, x, m, axes, bins), 2, 1)
+        step = self._compile(_outlier_pass_update, 2, 1, median_bins=bins)
         for key, x, m in (("vision", vision, vision_mask), ("text", text, text_mask)):
             self._outlier_state[key] = step(x, m, self._outlier_state[key])
 
@@ -351,17 +360,14 @@ class MIRAccumulator:
             self._moments = {"vision": _zero_moments(layers, dim), "text": _zero_moments(layers, dim)}
             self._text_norms = (jnp.zeros((layers,)), jnp.zeros((layers,)))
         if self._rules is None:
-            step = self._compile(
-                "moments", lambda x, m, s, axes: _moment_pass_update(s, x, m, None, axes), 2, 1)
+            step = self._compile(_moment_pass_update, 2, 1)
             args = {"vision": (), "text": ()}
         else:
-            step = self._compile(
-                "moments_replaced",
-                lambda x, m, s, r, axes: _moment_pass_update(s, x, m, r, axes), 2, 2)
+            step = self._compile(_moment_pass_update_replaced, 2, 2)
             args = {k: (self._rules[k],) for k in ("vision", "text")}
         for key, x, m in (("vision", vision, vision_mask), ("text", text, text_mask)):
             self._moments[key] = step(x, m, self._moments[key], *args[key])
-        norm_step = self._compile("text_norms", lambda x, m, axes: _text_norm_sum(x, m, axes), 2, 0)
+        norm_step = self._compile(_text_norm_sum, 2, 0)
         total, count = norm_step(text, text_mask)
         self._text_norms = (self._text_norms[0] + total, self._text_norms[1] + count)
 
@@ -372,7 +378,7 @@ class MIRAccumulator:
         if self.current_pass == 0 and self.remove_outliers:
             if self._outlier_state is None:
                 raise RuntimeError("pass 1 saw no batches")
-            self._rules = {k: jax.jit(_outlier_rule)(s) for k, s in self._outlier_state.items()}
+            self._rules = {k: _outlier_rule_jit(s) for k, s in self._outlier_state.items()}
             self._outlier_state = None  # Free the histograms.
         elif self._moments is None:
             raise RuntimeError("the moment pass saw no batches")
