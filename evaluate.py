@@ -27,13 +27,18 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_model", None, "Hugging Face LLaVA directory (HF or original LLaVA layout).")
 flags.DEFINE_string("checkpoint", None, "mir-jax training workdir (latest checkpoint is used).")
 flags.DEFINE_list("compare", [], "Several models (workdirs or HF directories) in one table and plot.")
-flags.DEFINE_string("images", "synthetic", "Image folder, caption JSONL / LLaVA JSON, or 'synthetic'.")
+flags.DEFINE_string("images", "synthetic",
+                    "Image folder, caption JSONL / LLaVA JSON, a TFDS name as 'tfds:NAME' "
+                    "(with --tfds_data_dir), or 'synthetic'.")
 flags.DEFINE_string("texts", "synthetic",
                     "Folder/file of .story, .txt or JSONL {'text'} documents, a TFDS name as "
                     "'tfds:NAME' (with --tfds_data_dir), or 'synthetic'.")
-flags.DEFINE_string("tfds_data_dir", None, "data_dir for TFDS text sources (no download).")
+flags.DEFINE_string("tfds_data_dir", None, "data_dir for TFDS sources (nothing is downloaded).")
+flags.DEFINE_string("tfds_image_split", "validation", "Split of a TFDS image source.")
+flags.DEFINE_string("tfds_text_split", "test", "Split of a TFDS text source.")
 flags.DEFINE_integer("num_samples", 100, "Number of (image, text) pairs.")
-flags.DEFINE_string("template", "vicuna_v1", "Prompt template (the MIR paper uses vicuna_v1).")
+flags.DEFINE_enum("template", "vicuna_v1", ["vicuna_v1", "plain", "chat"],
+                  "Prompt template (the MIR paper uses vicuna_v1; chat = the tokenizer's own).")
 flags.DEFINE_enum("method", "auto", ["auto", "eigh", "gram", "newton_schulz", "legacy_fast"],
                   "MIR method; legacy_fast is the published fast mode, NOT a Fréchet distance.")
 flags.DEFINE_enum("mode", "streaming", ["streaming", "exact"],
@@ -89,15 +94,20 @@ def _load(path: str):
     return name, cfg, model, pre
 
 
-def _text_source(spec: str):
+def _source(spec: str, flag: str, split: str):
+    """A data spec as the MIR pipeline takes it: a path, 'synthetic', or 'tfds:NAME'."""
     if spec.startswith("tfds:"):
         from mir_jax.data import TFDSSource
+        from mir_jax.data.errors import DataError
 
         if not FLAGS.tfds_data_dir:
-            _fail("--texts=tfds:NAME needs --tfds_data_dir (nothing is downloaded)")
-        return TFDSSource(spec[5:], data_dir=FLAGS.tfds_data_dir, split="test")
+            _fail(f"--{flag}=tfds:NAME needs --tfds_data_dir (nothing is downloaded)")
+        try:
+            return TFDSSource(spec[5:], data_dir=FLAGS.tfds_data_dir, split=split)
+        except DataError as e:
+            _fail(f"--{flag}: {e}")
     if spec != "synthetic" and not os.path.exists(spec):
-        _fail(f"--texts {spec!r} does not exist")
+        _fail(f"--{flag} {spec!r} does not exist")
     return spec
 
 
@@ -108,26 +118,23 @@ def _evaluate_one(path: str, mesh):
     from mir_jax.evaluator import evaluate_mir
 
     name, cfg, model, pre = _load(path)
-    if FLAGS.template != "vicuna_v1":
-        _fail(f"--template={FLAGS.template!r}: MIR evaluation batches support vicuna_v1 only")
-    if FLAGS.images != "synthetic" and not os.path.exists(FLAGS.images):
-        _fail(f"--images {FLAGS.images!r} does not exist")
-    texts = _text_source(FLAGS.texts)
+    images = _source(FLAGS.images, "images", FLAGS.tfds_image_split)
+    texts = _source(FLAGS.texts, "texts", FLAGS.tfds_text_split)
     num_image_tokens = cfg.num_image_tokens
     seq_len = FLAGS.seq_len or num_image_tokens + 448
     data_kwargs = dict(
         tokenizer=pre["tokenizer"], num_samples=FLAGS.num_samples, image_size=pre["image_size"],
         mean=pre["mean"] or CLIP_MEAN, std=pre["std"] or CLIP_STD,
         num_image_tokens=num_image_tokens, batch_size=FLAGS.batch_size, seq_len=seq_len,
-        image_mode=FLAGS.image_mode or pre["image_mode"])
+        image_mode=FLAGS.image_mode or pre["image_mode"], template=FLAGS.template)
     try:
-        make_mir_iterator(FLAGS.images, texts, **data_kwargs)  # Validate the data up front.
+        make_mir_iterator(images, texts, **data_kwargs)  # Validate the data up front.
     except ValueError as e:
         _fail(str(e))
     num_batches = -(-FLAGS.num_samples // FLAGS.batch_size)
     try:
         result = evaluate_mir(
-            model, lambda: make_mir_iterator(FLAGS.images, texts, **data_kwargs),
+            model, lambda: make_mir_iterator(images, texts, **data_kwargs),
             method=FLAGS.method, mode=FLAGS.mode, mesh=mesh, progress=FLAGS.progress,
             num_batches=num_batches)
     except (DataError, ValueError) as e:
@@ -201,7 +208,8 @@ def main(argv):
     print(f"\nwrote {out_json} and {os.path.join(FLAGS.output_dir, 'mir_per_layer.png')}")
 
 
-_OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "texts", "tfds_data_dir", "num_samples",
+_OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "texts", "tfds_data_dir",
+              "tfds_image_split", "tfds_text_split", "num_samples",
               "template", "method", "mode", "batch_size", "seq_len", "mesh_shape", "image_mode",
               "seed", "output_dir")
 

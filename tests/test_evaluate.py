@@ -206,3 +206,26 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     assert abs(reloaded.overall - in_loop) < 1e-4
     with pytest.raises(FileNotFoundError, match="not a mir-jax training workdir"):
         load_for_evaluation(str(tmp_path / "nothing"))
+
+
+def test_plain_template_mir_batches_and_selection():
+    """--template=plain: [bos] image×K text [eos]; MIR text tokens are exactly the text after it."""
+    batch = make_mir_batches("synthetic", ["a short unrelated story."], tokenizer=TOKENIZER,
+                             num_samples=1, image_size=IMAGE_SIZE, num_image_tokens=16,
+                             batch_size=1, seq_len=64, template="plain")[0]
+    ids, attention = np.asarray(batch["input_ids"][0]), np.asarray(batch["attention_mask"][0])
+    story = list(b"a short unrelated story.")
+    expected = [TOKENIZER.bos_id] + [TOKENIZER.image_token_id] * 16 + [b + 4 for b in story] + [TOKENIZER.eos_id]
+    np.testing.assert_array_equal(ids[: len(expected)], expected)
+    assert attention.sum() == len(expected)
+    vision, text = map(np.asarray, mir_token_masks(ids[None] == TOKENIZER.image_token_id, attention[None]))
+    assert vision.sum() == 16 and text.sum() == len(story) + 1  # the story and its eos
+
+
+def test_cli_tfds_images_without_the_extra_is_a_clear_error(tiny_llava, tmp_path):
+    path, _ = tiny_llava
+    run = _cli(f"--hf_model={path}", "--images=tfds:coco_captions", f"--tfds_data_dir={tmp_path}",
+               f"--output_dir={tmp_path / 'out'}")
+    assert run.returncode != 0
+    assert "tensorflow-datasets" in run.stderr or "not prepared" in run.stderr
+    assert not (tmp_path / "out").exists()

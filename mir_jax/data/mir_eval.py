@@ -96,13 +96,15 @@ def make_mir_iterator(images, texts, *, tokenizer=None, num_samples: int = 100,
                       num_image_tokens: int = 16, batch_size: int = 8, seq_len: int = 256,
                       system: str | None = None, image_mode: str = "pad",
                       shuffle_seed: int | None = None, max_bad_fraction: float = 0.1,
-                      num_threads: int = 4):
+                      num_threads: int = 4, template: str = "vicuna_v1"):
     """Iterator over MIR evaluation batches (image + unrelated text, vicuna_v1).
 
     ``images``: a folder of images, a caption JSONL / LLaVA JSON file (its images),
     "synthetic", a list of paths/arrays, or any source whose records carry "images".
     ``texts``: a folder or file of .story / .txt / JSONL {"text"} documents,
     "synthetic", a list of strings, or a text source (e.g. ``TFDSSource("cnn_dailymail", ...)``).
+    ``template``: "vicuna_v1" (the MIR paper's), "plain" (image then text) or "chat" (the
+    tokenizer's own chat template, with the image in the user turn).
     Bad pairs (missing image, ...) are skipped and counted, not replaced.
     The last batch is padded with empty rows.
     """
@@ -110,7 +112,7 @@ def make_mir_iterator(images, texts, *, tokenizer=None, num_samples: int = 100,
     pairs = MirPairs(_image_source(images, image_size, 0), _text_source(texts, 0),
                      num_samples, shuffle_seed)
     image_cfg = ImageConfig(size=image_size, mean=tuple(mean), std=tuple(std), mode=image_mode)
-    pcfg = ProcessConfig(template="vicuna_v1", tokenizer=tokenizer, image=image_cfg,
+    pcfg = ProcessConfig(template=template, tokenizer=tokenizer, image=image_cfg,
                          num_image_tokens=num_image_tokens, seq_len=seq_len, max_images=1,
                          overlong="truncate", system=system)
     ds = grain.MapDataset.source(pairs).map(Processor(pcfg, 0))
