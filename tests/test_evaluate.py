@@ -1,7 +1,6 @@
 """End-to-end MIR evaluation against HF PyTorch hidden states + a float64 spec transcription."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import reference_mir as ref
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from torch_init import randomize_unit_scale  # noqa: E402
 
 from mir_jax import hf  # noqa: E402
 from mir_jax.data import ByteTokenizer, make_mir_batches  # noqa: E402
@@ -39,14 +40,7 @@ def tiny_llava(tmp_path_factory):
                                       image_token_id=TOKENIZER.image_token_id)
     torch.manual_seed(0)
     model = transformers.LlavaForConditionalGeneration(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # unit-scale weights: HF's 0.02 init makes every layer look alike
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=generator)
-            if p.ndim == 1:
-                p.copy_(1 + 0.2 * r if name.endswith("weight") else 0.2 * r)
-            else:
-                p.copy_(r / math.sqrt(math.prod(p.shape[1:])))
+    randomize_unit_scale(model, 0)  # HF's 0.02 init makes every layer look alike
     path = str(tmp_path_factory.mktemp("tiny_llava"))
     model.save_pretrained(path)
     return path, model

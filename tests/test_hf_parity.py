@@ -6,7 +6,6 @@ Tiny random HF models are built here with torch; their weights are re-drawn at u
 """
 
 import json
-import math
 import os
 
 import jax.numpy as jnp
@@ -16,24 +15,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from torch_init import randomize_unit_scale  # noqa: E402
+
 from mir_jax import hf as mhf  # noqa: E402
 from mir_jax.models import generate  # noqa: E402
 
 TOL = 1e-4
 IMG = 28  # 4x4 patches of 7 px -> 16 patches
-
-
-def _randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.ndim == 1 and name.endswith("weight"):  # norm scales
-                p.copy_(1 + 0.2 * r)
-            elif p.ndim == 1:  # biases, class embedding
-                p.copy_(0.2 * r)
-            else:
-                p.copy_(r / math.sqrt(math.prod(p.shape[1:])))
 
 
 def _clip_cfg():
@@ -53,7 +41,7 @@ def clip_llama(tmp_path_factory):
     cfg = transformers.LlavaConfig(vision_config=_clip_cfg(), text_config=_llama_cfg(), image_token_id=127)
     torch.manual_seed(0)
     m = transformers.LlavaForConditionalGeneration(cfg).eval()
-    _randomize(m, 0)
+    randomize_unit_scale(m, 0)
     d = str(tmp_path_factory.mktemp("clip_llama"))
     m.save_pretrained(d)
     return d, m
@@ -71,7 +59,7 @@ def siglip_qwen(tmp_path_factory):
                                    vision_feature_layer=-1, vision_feature_select_strategy="full")
     torch.manual_seed(1)
     m = transformers.LlavaForConditionalGeneration(cfg).eval()
-    _randomize(m, 1)
+    randomize_unit_scale(m, 1)
     d = str(tmp_path_factory.mktemp("siglip_qwen"))
     m.save_pretrained(d)
     return d, m
