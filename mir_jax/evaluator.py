@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mir_jax import mir, sharding
@@ -92,13 +92,12 @@ def make_forward(model: nnx.Module, mesh: Mesh | None = None):
     graphdef, state = nnx.split(model)
     if mesh is not None:
         state = jax.device_put(state, sharding.state_shardings(state, mesh))
-        batch_axes = sharding.logical_to_mesh_spec(("batch",))[0]
 
     def run(batch: dict) -> tuple:
         inputs = {k: np.asarray(batch[k]) for k in (*MODEL_INPUTS, "labels")}
         if mesh is not None:
-            inputs = {k: jax.device_put(v, NamedSharding(mesh, PartitionSpec(
-                batch_axes, *([None] * (v.ndim - 1))))) for k, v in inputs.items()}
+            inputs = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
+                      for k, v in inputs.items()}
         return _forward(graphdef, state, inputs)
 
     return run

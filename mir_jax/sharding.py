@@ -104,6 +104,11 @@ def logical_sharding(mesh: Mesh, logical: Sequence[str | None], rules=LOGICAL_AX
     return NamedSharding(mesh, logical_to_mesh_spec(logical, rules))
 
 
+def batch_sharding(mesh: Mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+    """Sharding of an [B, ...] batch array: its leading axis on the logical "batch" axes."""
+    return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1), rules)
+
+
 def constrain(x: jax.Array, logical: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> jax.Array:
     """Sharding constraint in logical names; a no-op when no mesh is active."""
     mesh = jax.sharding.get_abstract_mesh()

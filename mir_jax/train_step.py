@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mir_jax.models import LlavaConfig, LlavaModel
 from mir_jax.partition import ParamPartition
-from mir_jax.sharding import LOGICAL_AXIS_RULES, use_mesh
+from mir_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, logical_to_mesh_spec, use_mesh
 
 IGNORE_INDEX = -100
 BATCH_KEYS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
@@ -139,14 +139,16 @@ class Stepper:
     # ----- shapes and shardings ------------------------------------------------------------
     @property
     def batch_axes(self) -> tuple[str, ...]:
-        return ("data", "fsdp")
+        """The mesh axes of the logical "batch" axis (from the rules table)."""
+        axes = logical_to_mesh_spec(("batch",), self.rules)[0]
+        return (axes,) if isinstance(axes, str) else tuple(axes or ())
 
     @property
     def data_parallel(self) -> int:
         return math.prod(self.mesh.shape[a] for a in self.batch_axes)
 
     def batch_sharding(self, ndim: int) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec(self.batch_axes, *([None] * (ndim - 1))))
+        return batch_sharding(self.mesh, ndim, self.rules)
 
     def check_batch_size(self, global_batch: int) -> None:
         """Clear error (before compiling) when the batch does not split over the mesh."""
