@@ -13,7 +13,7 @@ import reference_mir as ref
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch_init import randomize_unit_scale  # noqa: E402
+from torch_init import save_random_llava  # noqa: E402
 
 from mir_jax import hf  # noqa: E402
 from mir_jax.data import ByteTokenizer, make_mir_batches  # noqa: E402
@@ -38,12 +38,8 @@ def tiny_llava(tmp_path_factory):
                                     eos_token_id=TOKENIZER.eos_id, bos_token_id=TOKENIZER.bos_id)
     config = transformers.LlavaConfig(vision_config=vision, text_config=text,
                                       image_token_id=TOKENIZER.image_token_id)
-    torch.manual_seed(0)
-    model = transformers.LlavaForConditionalGeneration(config).eval()
-    randomize_unit_scale(model, 0)  # HF's 0.02 init makes every layer look alike
     path = str(tmp_path_factory.mktemp("tiny_llava"))
-    model.save_pretrained(path)
-    return path, model
+    return path, save_random_llava(config, 0, path)
 
 
 def _batches(num_samples=8, batch_size=8):

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch_init import randomize_unit_scale  # noqa: E402
+from torch_init import save_random_llava  # noqa: E402
 
 from mir_jax import hf as mhf  # noqa: E402
 from mir_jax.models import generate  # noqa: E402
@@ -39,12 +39,8 @@ def _llama_cfg():
 def clip_llama(tmp_path_factory):
     """CLIP + Llama (MHA), HF defaults: layer -2, drop CLS -> K = 16."""
     cfg = transformers.LlavaConfig(vision_config=_clip_cfg(), text_config=_llama_cfg(), image_token_id=127)
-    torch.manual_seed(0)
-    m = transformers.LlavaForConditionalGeneration(cfg).eval()
-    randomize_unit_scale(m, 0)
     d = str(tmp_path_factory.mktemp("clip_llama"))
-    m.save_pretrained(d)
-    return d, m
+    return d, save_random_llava(cfg, 0, d)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +53,8 @@ def siglip_qwen(tmp_path_factory):
                                   tie_word_embeddings=True, pad_token_id=0, eos_token_id=2)
     cfg = transformers.LlavaConfig(vision_config=vc, text_config=tc, image_token_id=126,
                                    vision_feature_layer=-1, vision_feature_select_strategy="full")
-    torch.manual_seed(1)
-    m = transformers.LlavaForConditionalGeneration(cfg).eval()
-    randomize_unit_scale(m, 1)
     d = str(tmp_path_factory.mktemp("siglip_qwen"))
-    m.save_pretrained(d)
-    return d, m
+    return d, save_random_llava(cfg, 1, d)
 
 
 def _hf_run(m, ids, am, px_list):

@@ -21,3 +21,16 @@ def randomize_unit_scale(model, seed: int) -> None:
                 p.copy_(0.2 * r)
             else:
                 p.copy_(r / math.sqrt(math.prod(p.shape[1:])))
+
+
+def save_random_llava(config, seed: int, directory: str):
+    """An HF LlavaForConditionalGeneration with unit-scale random weights, saved in HF's own
+    format to `directory`. Returns the (eval-mode) torch model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    randomize_unit_scale(model, seed)
+    model.save_pretrained(directory)
+    return model
