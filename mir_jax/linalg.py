@@ -82,6 +82,48 @@ def _ordered_uint_to_float(k: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(u, jnp.float32)
 
 
+def _count_true_along_rows(pred: jax.Array) -> jax.Array:
+    """Number of True entries over axis -2: [..., N, D] bool -> [..., D] int32.
+
+    Why this shape: XLA:CPU vectorises a straight bool->int32 column sum poorly
+    (18 ms for 4096 x 2048 here); summing blocks of 16 rows in uint8 first (a
+    block count is at most 16) and then the N/16 block counts in int32 runs
+    ~7x faster, and these counts are the whole cost of the median.
+    """
+    n, d = pred.shape[-2:]
+    blocks = -(-n // _COUNT_BLOCK)
+    pad = [(0, 0)] * (pred.ndim - 2) + [(0, blocks * _COUNT_BLOCK - n), (0, 0)]
+    pred = jnp.pad(pred.astype(jnp.uint8), pad)
+    pred = pred.reshape(pred.shape[:-2] + (blocks, _COUNT_BLOCK, d))
+    partial = jnp.sum(pred, axis=-2, dtype=jnp.uint8)
+    return jnp.sum(partial.astype(jnp.int32), axis=-2)
+
+
+_COUNT_BLOCK = 16
+
+
+def _select_uint16(keys: jax.Array, rank: jax.Array) -> jax.Array:
+    """The rank-th smallest (0-based) uint16 key per column, by 16 bisection passes.
+
+    keys: [..., N, D] uint16; entries equal to 0xFFFF are never counted (the
+    midpoint of a bisection over [0, 0xFFFF] is at most 0xFFFE), which is how
+    callers exclude rows. rank: [..., D] or [..., 1] int32. Returns [..., D] uint16.
+    """
+    lo = jnp.zeros(keys.shape[:-2] + keys.shape[-1:], jnp.uint32)
+    hi = jnp.full_like(lo, 0xFFFF)
+    need = rank + 1
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        n_le = _count_true_along_rows(keys <= mid.astype(jnp.uint16)[..., None, :])
+        enough = n_le >= need
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo, _ = lax.fori_loop(0, 16, step, (lo, hi))
+    return lo.astype(jnp.uint16)
+
+
 def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Lower median over axis -2 of the valid rows, exactly as torch.median does.
 
@@ -89,33 +131,35 @@ def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
     (the element of rank (n-1)//2 in sorted order), not their average.
 
     A full sort of every column costs more than the whole eigenvalue problem at
-    N = 4096, D = 2048, so this is a selection instead: a bisection over the 2^32
-    float32 bit patterns (mapped to order-preserving uint32), counting how many
-    valid entries are <= the midpoint. 32 vectorised count passes give the exact
-    order statistic (about 18x faster than jnp.sort on the CPU here).
+    N = 4096, D = 2048, so this is a selection instead, a radix bisection over the
+    float32 bit patterns mapped to order-preserving uint32 keys, in two 16-bit
+    halves:
+      1. 16 count passes over the high halves find the high half p of the answer;
+      2. rows whose high half is below p are counted once; 16 passes over the low
+         halves of the rows whose high half equals p (the others masked out)
+         finish the exact order statistic.
+    Each pass is one compare and one blocked count (`_count_true_along_rows`).
+    At 4096 x 2048 on this project's 2-core CPU: ~0.08 s, against 3.6 s for
+    jnp.sort and 0.4 s for the same bisection with uint32 keys and int32 counts.
 
     Args:
       x: [..., N, D] values (computed in float32).
       mask: [..., N] bool.
     Returns:
-      [..., D] lower median per column, float32. Undefined (but finite) when no row is valid.
+      [..., D] lower median per column, float32. Undefined when no row is valid.
     """
     keys = _float_to_ordered_uint(x)
-    keys = jnp.where(mask[..., None], keys, jnp.uint32(0xFFFFFFFF))
+    valid = mask[..., None]
     count = jnp.sum(mask.astype(jnp.int32), axis=-1)
-    rank = jnp.maximum(count - 1, 0) // 2  # [...]
-    lo = jnp.zeros(keys.shape[:-2] + keys.shape[-1:], jnp.uint32)
-    hi = jnp.full_like(lo, 0xFFFFFFFF)
-
-    def step(_, bounds):
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        n_le = jnp.sum((keys <= mid[..., None, :]).astype(jnp.int32), axis=-2)
-        enough = n_le >= (rank + 1)[..., None]
-        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
-
-    lo, _ = lax.fori_loop(0, 32, step, (lo, hi))
-    return _ordered_uint_to_float(lo)
+    rank = (jnp.maximum(count - 1, 0) // 2)[..., None]  # [..., 1]
+    high = jnp.where(valid, keys >> 16, 0xFFFF).astype(jnp.uint16)
+    high_answer = _select_uint16(high, rank)
+    below = _count_true_along_rows(high < high_answer[..., None, :])
+    same = high == high_answer[..., None, :]
+    low = jnp.where(same & valid, keys & 0xFFFF, 0xFFFF).astype(jnp.uint16)
+    low_answer = _select_uint16(low, rank - below)
+    answer = (high_answer.astype(jnp.uint32) << 16) | low_answer.astype(jnp.uint32)
+    return _ordered_uint_to_float(answer)
 
 
 # --------------------------------------------------------------------------------------

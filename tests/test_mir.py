@@ -155,6 +155,24 @@ def test_masked_lower_median_matches_torch_median():
         np.testing.assert_array_equal(ours[layer], expected)
 
 
+def test_masked_lower_median_exact_when_keys_share_high_bits():
+    """Columns whose values agree in their top 16 bits exercise the low-half passes."""
+    rng = np.random.default_rng(16)
+    n = 1001  # not a multiple of the count block
+    x = np.stack([
+        1.0 + rng.integers(0, 2**7, n) * np.float32(2**-23),  # same exponent and top mantissa
+        -(1.0 + rng.integers(0, 2**7, n) * np.float32(2**-23)),  # the same, negative
+        rng.standard_normal(n) * 1e-30,  # tiny values of both signs
+        np.where(rng.random(n) < 0.5, -0.0, 0.0),  # signed zeros only
+        rng.standard_normal(n) * 1e6,
+    ], axis=1).astype(np.float32)
+    for count in (n, 1000, 2, 1):  # odd, even, the two-row lower median, a single row
+        mask = np.arange(n) < count
+        ours = np.asarray(linalg.masked_lower_median(jnp.asarray(x), jnp.asarray(mask)))
+        expected = torch.median(torch.from_numpy(x[:count]), dim=0).values.numpy()
+        np.testing.assert_array_equal(ours, expected)
+
+
 def test_normalization_and_outliers_match_spec_transcription():
     rng = np.random.default_rng(7)
     n, d = 200, 16  # even count: the torch lower median matters
