@@ -46,13 +46,17 @@ def batch(b: int, s: int, k: int, vocab: int, image_token: int):
     return ids, np.ones((b, s), np.int64), px
 
 
-def time_it(fn, repeats: int) -> float:
-    fn()  # warm-up / compile
-    best = float("inf")
+def time_interleaved(repeats: int, *fns) -> list[float]:
+    """Best wall time of each callable, run interleaved (a, b, a, b, ...) after one warm-up
+    call each: this shared VM's speed drifts by tens of percent over minutes."""
+    for fn in fns:
+        fn()  # warm-up / compile
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
     return best
 
 
@@ -86,7 +90,6 @@ def main():
         return nnx.merge(graphdef, state)(ids, px, None, am).logits
 
     j_ids, j_px, j_am = jnp.asarray(ids, jnp.int32), jnp.asarray(px)[:, None], jnp.asarray(am, jnp.int32)
-    ours = time_it(lambda: fwd(state, j_ids, j_px, j_am).block_until_ready(), args.repeats)
 
     t_ids, t_am = torch.tensor(ids), torch.tensor(am)
     t_px = torch.tensor(px).permute(0, 3, 1, 2).contiguous()
@@ -95,7 +98,8 @@ def main():
         with torch.no_grad():
             return hf(input_ids=t_ids, pixel_values=t_px, attention_mask=t_am).logits
 
-    theirs = time_it(hf_fwd, args.repeats)
+    ours, theirs = time_interleaved(args.repeats, lambda: fwd(state, j_ids, j_px, j_am).block_until_ready(),
+                                    hf_fwd)
     with torch.no_grad():
         diff = float(np.abs(hf_fwd().numpy() - np.asarray(fwd(state, j_ids, j_px, j_am))).max())
 

@@ -87,3 +87,20 @@ def test_bad_connector_configs_raise():
 
     with pytest.raises(ValueError, match="square num_tokens"):
         LlavaConfig.tiny(connector={"name": "avgpool", "num_tokens": 8})
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp2x_gelu", "avgpool", "attnpool", "c_abstractor"])
+def test_connector_builds_sharded_under_a_mesh(name):
+    """Created inside an active 2x2x2 mesh, every parameter is laid out by the logical-axis table
+    and no mesh axis shards two dimensions of one array (vision_embed and embed both map to fsdp)."""
+    from mir_jax.sharding import make_mesh, use_mesh
+
+    mesh = make_mesh((2, 2, 2))
+    with use_mesh(mesh):
+        conn = Connector(32, 64, ConnectorConfig(name=name, num_tokens=4), dtype=jnp.float32,
+                         rngs=nnx.Rngs(0))
+    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(nnx.state(conn, nnx.Param))]
+    assert any("fsdp" in str(s) for s in specs)
+    for spec in specs:
+        axes = [a for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry)]
+        assert len(axes) == len(set(axes)), spec

@@ -173,7 +173,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     q [B, S, H, Dh]; k, v [B, T, KVH, Dh] with H a multiple of KVH; mask bool [B, S, T]
     (True = may attend) or None. Returns [B, S, H, Dh]. A fully masked query row (padding)
     gets a uniform average instead of NaN, so padded batches never poison gradients.
+
+    Query head i uses key/value head i // (H / KVH), as HF's `repeat_kv` does. On a single
+    CPU device the work is tiled over (batch, kv-head) groups (`_attention_tiled`); the
+    result is the same up to float rounding.
     """
+    if _tile_attention(q.shape[1], k.shape[1]):
+        return _attention_tiled(q, k, v, mask)
     b, s, h, dh = q.shape
     kvh = k.shape[2]
     q = q.reshape(b, s, kvh, h // kvh, dh) * jnp.asarray(dh**-0.5, q.dtype)
@@ -183,6 +189,53 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
     return out.reshape(b, s, h, dh)
+
+
+# Tiles of about this many query heads (for one batch row) keep a tile's [heads, S, T] float32
+# logits in the CPU's cache (4 x 512 x 512 x 4 B = 4 MB) instead of streaming B*H*S*T logits
+# through memory three times (scores, softmax, weighted sum). Measured on this project's 2-core
+# CPU at B=8, S=T=512, H=8: 0.18 s per layer dense, 0.08 s tiled (torch's fused SDPA: 0.035 s).
+_TILE_QUERY_HEADS = 4
+_TILE_MIN_SCORES = 128 * 128
+
+
+def _tile_attention(s: int, t: int) -> bool:
+    """Tile on CPU, for non-trivial sizes, when nothing is sharded across devices.
+
+    lax.map runs tiles one after another; on accelerators the dense einsums are the fast path,
+    and under a multi-device mesh the mapped axis would be a sharded one.
+    """
+    if jax.default_backend() != "cpu" or s * t < _TILE_MIN_SCORES:
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh is None or mesh.empty or mesh.size == 1
+
+
+def _attention_tiled(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """`attention`, as a lax.map over tiles of (batch row, a few kv heads with their query heads)."""
+    b, s, h, dh = q.shape
+    t, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    per = max(1, min(kvh, _TILE_QUERY_HEADS // g))  # kv heads per tile; must divide kvh
+    while kvh % per:
+        per -= 1
+    n = kvh // per
+    q = q * jnp.asarray(dh**-0.5, q.dtype)
+    q = q.reshape(b, s, n, per, g, dh).transpose(0, 2, 3, 4, 1, 5).reshape(b * n, per, g, s, dh)
+    k, v = (x.reshape(b, t, n, per, dh).transpose(0, 2, 3, 1, 4).reshape(b * n, per, t, dh) for x in (k, v))
+    row = jnp.arange(b * n) // n  # the batch row of each tile
+
+    def tile(args):
+        qi, ki, vi, bi = args
+        logits = jnp.einsum("pgsd,ptd->pgst", qi, ki, preferred_element_type=jnp.float32)
+        if mask is not None:
+            m = jax.lax.dynamic_index_in_dim(mask, bi, keepdims=False)  # [S, T]
+            logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(vi.dtype)
+        return jnp.einsum("pgst,ptd->pgsd", probs, vi)
+
+    out = jax.lax.map(tile, (q, k, v, row))  # [b*n, per, g, s, dh]
+    return out.reshape(b, n, per, g, s, dh).transpose(0, 4, 1, 2, 3, 5).reshape(b, s, h, dh)
 
 
 class MultiHeadAttention(nnx.Module):
