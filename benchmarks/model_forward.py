@@ -12,9 +12,9 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 
 import numpy as np
+from timing import interleaved_best
 
 
 def build_hf(tmp: str, *, vocab: int, image_token: int):
@@ -44,20 +44,6 @@ def batch(b: int, s: int, k: int, vocab: int, image_token: int):
     ids[:, 5:5 + k] = image_token
     px = rng.standard_normal((b, 224, 224, 3)).astype(np.float32)
     return ids, np.ones((b, s), np.int64), px
-
-
-def time_interleaved(repeats: int, *fns) -> list[float]:
-    """Best wall time of each callable, run interleaved (a, b, a, b, ...) after one warm-up
-    call each: this shared VM's speed drifts by tens of percent over minutes."""
-    for fn in fns:
-        fn()  # warm-up / compile
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
 
 
 def main():
@@ -98,8 +84,8 @@ def main():
         with torch.no_grad():
             return hf(input_ids=t_ids, pixel_values=t_px, attention_mask=t_am).logits
 
-    ours, theirs = time_interleaved(args.repeats, lambda: fwd(state, j_ids, j_px, j_am).block_until_ready(),
-                                    hf_fwd)
+    ours, theirs = interleaved_best(args.repeats, lambda: fwd(state, j_ids, j_px, j_am).block_until_ready(),
+                                    hf_fwd, warmup=True)
     with torch.no_grad():
         diff = float(np.abs(hf_fwd().numpy() - np.asarray(fwd(state, j_ids, j_px, j_am))).max())
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import numpy as np
+from timing import interleaved_best
 
 OPT = {"lr": 1e-4, "warmup_steps": 0, "end_factor": 1.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
        "weight_decay": 0.01, "clip_norm": 1.0}
@@ -115,18 +116,6 @@ def run_hf(model, batch):
     return step(), step
 
 
-def best_times(steps: int, *fns) -> list[float]:
-    """Best wall time of each callable over `steps` rounds, run interleaved (a, b, a, b, ...):
-    this shared VM's speed drifts by tens of percent over minutes, and the ratio is what counts."""
-    best = [float("inf")] * len(fns)
-    for _ in range(steps):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8)
@@ -161,9 +150,9 @@ def main():
         cfg, n_params, ours_first, compile_s, ours_step = run_ours(model_dir, hf_cfg, batch, args.dtype)
     if hf_model is not None:
         hf_first, hf_step = run_hf(hf_model, batch)
-        ours, theirs = best_times(args.steps, ours_step, hf_step)
+        ours, theirs = interleaved_best(args.steps, ours_step, hf_step)
     else:
-        (ours,) = best_times(args.steps, ours_step)
+        (ours,) = interleaved_best(args.steps, ours_step)
     fpt = model_flops_per_token(cfg, args.length, images_per_token=1 / args.length)
     peak = peak_flops_per_device() * jax.device_count()
     print(f"config: {args.preset} ({n_params / 1e6:.1f}M parameters), B={args.batch}, S={args.length}, "
