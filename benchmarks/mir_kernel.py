@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import torch
+from timing import interleaved_best
 
 from mir_jax import mir
 
@@ -77,15 +78,6 @@ def floor_route(vision, text):
     return jnp.linalg.eigvalsh(cov_t), chol
 
 
-def timed(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(layers, n, d, repeats, method):
     rng = np.random.default_rng(0)
     vision = llm_like_features(rng, layers, n, d, 0.5)
@@ -101,12 +93,9 @@ def run(layers, n, d, repeats, method):
     ours = np.asarray(jax.block_until_ready(ours_fn()))
     compile_s = time.perf_counter() - compile_start
     jax.block_until_ready(floor_route(vision_j, text_j))
-    # Interleaved (ours, floor, ours, floor, ...), best of each: this shared VM's speed
-    # drifts by tens of percent over minutes, and the ratio is what matters.
-    ours_s = floor_s = float("inf")
-    for _ in range(repeats):
-        ours_s = min(ours_s, timed(ours_fn, 1))
-        floor_s = min(floor_s, timed(lambda: floor_route(vision_j, text_j), 1))
+    ours_s, floor_s = interleaved_best(
+        repeats, lambda: jax.block_until_ready(ours_fn()),
+        lambda: jax.block_until_ready(floor_route(vision_j, text_j)))
 
     agreement = float(np.max(np.abs(ours / expected - 1)))
     print(f"\nL={layers} D={d} N=M={n} method={method}")

@@ -82,6 +82,9 @@ def _ordered_uint_to_float(k: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(u, jnp.float32)
 
 
+_COUNT_BLOCK = 16  # rows per uint8 partial count (a block count is at most 16)
+
+
 def _count_true_along_rows(pred: jax.Array) -> jax.Array:
     """Number of True entries over axis -2: [..., N, D] bool -> [..., D] int32.
 
@@ -97,9 +100,6 @@ def _count_true_along_rows(pred: jax.Array) -> jax.Array:
     pred = pred.reshape(pred.shape[:-2] + (blocks, _COUNT_BLOCK, d))
     partial = jnp.sum(pred, axis=-2, dtype=jnp.uint8)
     return jnp.sum(partial.astype(jnp.int32), axis=-2)
-
-
-_COUNT_BLOCK = 16
 
 
 def _select_uint16(keys: jax.Array, rank: jax.Array) -> jax.Array:

@@ -109,10 +109,15 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedShar
     return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1), rules)
 
 
+def active_mesh():
+    """The mesh set by `use_mesh` (or `jax.set_mesh`) around the current code, or None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh is None or mesh.empty else mesh
+
+
 def constrain(x: jax.Array, logical: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> jax.Array:
     """Sharding constraint in logical names; a no-op when no mesh is active."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty:
+    if active_mesh() is None:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_mesh_spec(logical, rules))
 

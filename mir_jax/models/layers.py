@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mir_jax.sharding import constrain
+from mir_jax.sharding import active_mesh, constrain
 
 Init = Callable[..., jax.Array]
 
@@ -27,8 +27,7 @@ def param(rngs: nnx.Rngs | None, init: Init, shape: Sequence[int], names: Sequen
     shape = tuple(shape)
     if len(names) != len(shape):
         raise ValueError(f"logical names {tuple(names)} do not match parameter shape {shape}")
-    mesh = jax.sharding.get_abstract_mesh()
-    eager = not (mesh is None or mesh.empty)
+    eager = active_mesh() is not None
     key = rngs.params() if rngs is not None else jax.random.key(0)
     value = init(key, shape, jnp.float32)
     return nnx.Param(value, out_sharding=tuple(names), eager_sharding=eager)
@@ -184,11 +183,17 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     kvh = k.shape[2]
     q = q.reshape(b, s, kvh, h // kvh, dh) * jnp.asarray(dh**-0.5, q.dtype)
     logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = _masked_softmax(logits, None if mask is None else mask[:, None, None], v.dtype)
     out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
     return out.reshape(b, s, h, dh)
+
+
+def _masked_softmax(logits: jax.Array, mask: jax.Array | None, dtype) -> jax.Array:
+    """Softmax over the last axis of float32 scores, masked-out entries at the float32 minimum
+    (a fully masked row becomes uniform, not NaN), cast to `dtype` for the weighted sum."""
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
 # Tiles of about this many query heads (for one batch row) keep a tile's [heads, S, T] float32
@@ -207,8 +212,8 @@ def _tile_attention(s: int, t: int) -> bool:
     """
     if jax.default_backend() != "cpu" or s * t < _TILE_MIN_SCORES:
         return False
-    mesh = jax.sharding.get_abstract_mesh()
-    return mesh is None or mesh.empty or mesh.size == 1
+    mesh = active_mesh()
+    return mesh is None or mesh.size == 1
 
 
 def _attention_tiled(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -228,11 +233,8 @@ def _attention_tiled(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
     def tile(args):
         qi, ki, vi, bi = args
         logits = jnp.einsum("pgsd,ptd->pgst", qi, ki, preferred_element_type=jnp.float32)
-        if mask is not None:
-            m = jax.lax.dynamic_index_in_dim(mask, bi, keepdims=False)  # [S, T]
-            logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(vi.dtype)
-        return jnp.einsum("pgst,ptd->pgsd", probs, vi)
+        m = None if mask is None else jax.lax.dynamic_index_in_dim(mask, bi, keepdims=False)  # [S, T]
+        return jnp.einsum("pgst,ptd->pgsd", _masked_softmax(logits, m, vi.dtype), vi)
 
     out = jax.lax.map(tile, (q, k, v, row))  # [b*n, per, g, s, dh]
     return out.reshape(b, n, per, g, s, dh).transpose(0, 4, 1, 2, 3, 5).reshape(b, s, h, dh)
