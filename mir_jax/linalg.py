@@ -49,17 +49,44 @@ def masked_mean_and_centered(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, 
     Returns:
       count [...] (float), mean [..., D], centered [..., N, D].
     """
-    m = mask.astype(x.dtype)[..., None]
-    count = jnp.sum(m, axis=(-2, -1))
-    mean = jnp.sum(x * m, axis=-2) / jnp.maximum(count, 1.0)[..., None]
-    centered = (x - mean[..., None, :]) * m
+    weights = mask.astype(x.dtype)
+    count = jnp.sum(weights, axis=-1)
+    # The masked column sum as a matrix-vector product: XLA:CPU reduces over a
+    # non-minor axis ~30x slower than it runs a GEMV (0.38 s vs 0.01 s at 4096x2048).
+    total = jnp.einsum("...n,...nd->...d", weights, x, precision=HIGHEST)
+    mean = total / jnp.maximum(count, 1.0)[..., None]
+    centered = (x - mean[..., None, :]) * weights[..., None]
     return count, mean, centered
+
+
+_GRAM_BLOCKS = 4  # column blocks per side of a symmetric Gram product (D >= _GRAM_BLOCKED_FROM)
+_GRAM_BLOCKED_FROM = 1024
+
+
+def gram_of_rows(x: jax.Array) -> jax.Array:
+    """xᵀx over the rows: [..., N, D] -> [..., D, D], exactly symmetric.
+
+    For large D only the blocks on and below the diagonal are multiplied (10 of 16
+    for 4x4 blocks) and the rest are their transposes: XLA has no symmetric rank-k
+    update, and a full GEMM spends 60% more on the same numbers (0.21 s -> 0.14 s
+    at N=4096, D=2048 on 2 CPU cores).
+    """
+    dim = x.shape[-1]
+    if dim < _GRAM_BLOCKED_FROM or dim % _GRAM_BLOCKS:
+        return jnp.einsum("...nd,...ne->...de", x, x, precision=HIGHEST)
+    width = dim // _GRAM_BLOCKS
+    cols = [x[..., i * width:(i + 1) * width] for i in range(_GRAM_BLOCKS)]
+    lower = {(i, j): jnp.einsum("...nd,...ne->...de", cols[i], cols[j], precision=HIGHEST)
+             for i in range(_GRAM_BLOCKS) for j in range(i + 1)}
+    rows = [jnp.concatenate([lower[i, j] if j <= i else jnp.swapaxes(lower[j, i], -1, -2)
+                             for j in range(_GRAM_BLOCKS)], axis=-1)
+            for i in range(_GRAM_BLOCKS)]
+    return jnp.concatenate(rows, axis=-2)
 
 
 def covariance_from_centered(centered: jax.Array, count: jax.Array) -> jax.Array:
     """Unbiased covariance [..., D, D] from centered rows [..., N, D] (divide by N-1)."""
-    gram = jnp.einsum("...nd,...ne->...de", centered, centered, precision=HIGHEST)
-    return gram / jnp.maximum(count - 1.0, 1.0)[..., None, None]
+    return gram_of_rows(centered) / jnp.maximum(count - 1.0, 1.0)[..., None, None]
 
 
 def symmetrize(a: jax.Array) -> jax.Array:
@@ -219,7 +246,7 @@ def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     dim = cov.shape[-1]
     scale = _equilibration(cov)
-    unit = symmetrize(cov * scale[..., :, None] * scale[..., None, :])
+    unit = cov * scale[..., :, None] * scale[..., None, :]  # jnp's Cholesky symmetrizes it
     rel_floor = dim * _eps(cov.dtype)
     chol = per_matrix(jnp.linalg.cholesky, unit)
     pivots = jnp.diagonal(chol, axis1=-2, axis2=-1)
@@ -227,13 +254,14 @@ def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
     # nonsingular Σ keeps it (hidden-state covariances routinely have Schur complements
     # near 1e-4 of the unit diagonal). Only a singular Σ, whose float32 Cholesky either
     # breaks down or leaves rounding-level pivots (~eps), takes the eigendecomposition.
-    healthy = jnp.all(jnp.isfinite(chol)) & jnp.all(pivots * pivots > _PIVOT_FLOOR * _eps(cov.dtype))
+    # (A breakdown makes jax return an all-NaN factor, so the pivots show it.)
+    healthy = jnp.all(pivots * pivots > _PIVOT_FLOOR * _eps(cov.dtype))
 
     def via_cholesky(unit, chol):
         return chol
 
     def via_eigh(unit, chol):
-        w, v = per_matrix(jnp.linalg.eigh, unit)
+        w, v = per_matrix(jnp.linalg.eigh, symmetrize(unit))
         keep = w > rel_floor * jnp.max(w, axis=-1, keepdims=True)
         root = jnp.where(keep, jnp.sqrt(jnp.where(keep, w, 1.0)), 0.0)
         return v * root[..., None, :]

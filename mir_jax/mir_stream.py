@@ -81,11 +81,12 @@ def _row_moments(x, mask, axes):
     w = mask.astype(x.dtype)
     wx = w.reshape(w.shape + (1,) * (x.ndim - 2))
     count = _psum(jnp.sum(w, axis=1), axes)
-    mean = _psum(jnp.sum(x * wx, axis=1), axes) / jnp.maximum(count, 1.0).reshape(
-        count.shape + (1,) * (x.ndim - 2))
+    # Row sums as a contraction with the weights (see linalg.masked_mean_and_centered).
+    total = jnp.einsum("ln,ln...->l...", w, x, precision=linalg.HIGHEST)
+    mean = _psum(total, axes) / jnp.maximum(count, 1.0).reshape(count.shape + (1,) * (x.ndim - 2))
     centered = (x - mean[:, None]) * wx
     if x.ndim == 3:
-        m2 = jnp.einsum("lnd,lne->lde", centered, centered, precision=linalg.HIGHEST)
+        m2 = linalg.gram_of_rows(centered)
     else:
         m2 = jnp.sum(centered * centered, axis=1)
     return count, mean, _psum(m2, axes)
