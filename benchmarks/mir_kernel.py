@@ -28,7 +28,7 @@ import scipy.linalg
 import torch
 from timing import interleaved_best
 
-from mir_jax import mir
+from mir_jax import linalg, mir
 
 
 def llm_like_features(rng, layers, n, d, shift):
@@ -68,14 +68,20 @@ def published_route(vision, text):
 
 @jax.jit
 def floor_route(vision, text):
-    """Two covariance products, one Cholesky and one eigvalsh per layer (batched)."""
+    """Two covariance products, one Cholesky and one eigvalsh per layer (batched).
+
+    The covariances use the same centering and symmetric Gram routine as ours, so
+    the floor is never slower than what ours already does for that part.
+    """
     def cov(x):
-        xc = x - x.mean(axis=1, keepdims=True)
-        return jnp.einsum("lnd,lne->lde", xc, xc) / (x.shape[1] - 1)
+        count, _, centered = linalg.masked_mean_and_centered(x, jnp.ones(x.shape[:2], bool))
+        return linalg.covariance_from_centered(centered, count)
 
     cov_v, cov_t = cov(vision), cov(text)
-    chol = jnp.linalg.cholesky(cov_v)
-    return jnp.linalg.eigvalsh(cov_t), chol
+    # One matrix at a time, as ours does: batched CPU LAPACK calls running side by side
+    # can deadlock XLA's thread pool on 2 cores (see linalg.per_matrix).
+    chol = linalg.per_matrix(jnp.linalg.cholesky, cov_v)
+    return linalg.per_matrix(jnp.linalg.eigvalsh, cov_t), chol
 
 
 def run(layers, n, d, repeats, method):
