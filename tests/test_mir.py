@@ -79,6 +79,48 @@ def test_fd_llm_like_spectrum_matches_float64():
     assert rel(ours, ref.frechet(v, t, "sqrtm")) < 1e-4
 
 
+def test_fd_exact_where_float32_eigenvalues_are_not():
+    """Massive-activation rows kept (remove_outliers=False territory): eps·λ_max swamps the
+    small eigenvalues of Lᵀ Σ_T L in JAX's float32 eigvalsh (the floor's route in
+    benchmarks/mir_kernel.py), which misses 1e-4 by far; the singular-value route must
+    not. (LAPACK's values-only path does better here, 2e-5, but still misses 1e-4 on
+    the cases in benchmarks/mir_routes.py.) If the premise ever fails, JAX's eigvalsh
+    got more accurate and the cheaper route deserves another look."""
+    rng = np.random.default_rng(5)
+    d = 128
+    q1, q2 = (np.linalg.qr(rng.standard_normal((d, d)))[0] for _ in range(2))
+    v = llm_like_rows(rng, 1000, d, 0.5, q1, decay=1.0)
+    t = llm_like_rows(rng, 1000, d, 0.0, q2, decay=1.0)
+    expected = ref.frechet(v, t, "sqrtm")
+    # The premise, in float32: Cholesky of Σ_V, then JAX's eigvalsh of Lᵀ Σ_T L.
+    cov_v, cov_t = (np.cov(x, rowvar=False).astype(np.float32) for x in (v, t))
+    chol = np.linalg.cholesky(cov_v)
+    eigenvalues = np.asarray(jnp.linalg.eigvalsh(chol.T @ cov_t @ chol), np.float64)
+    delta = v.astype(np.float64).mean(0) - t.astype(np.float64).mean(0)
+    rest = delta @ delta + np.trace(cov_v.astype(np.float64)) + np.trace(cov_t.astype(np.float64))
+    via_eigenvalues = rest - 2 * np.sqrt(np.maximum(eigenvalues, 0)).sum()
+    assert rel(via_eigenvalues, expected) > 1e-3
+    for method in ("eigh", "auto"):
+        assert rel(float(mir.frechet_distance(v, t, method=method)), expected) < 1e-4, method
+
+
+def test_blocked_gram_and_masked_mean_match_float64():
+    """D >= 1024 takes the symmetric-block Gram product; the mean is a masked GEMV."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((2, 300, 1024)) * np.linspace(0.1, 3.0, 1024) + 2.0).astype(np.float32)
+    mask = rng.random((2, 300)) > 0.2
+    count, mean, centered = linalg.masked_mean_and_centered(jnp.asarray(x), jnp.asarray(mask))
+    cov = np.asarray(linalg.covariance_from_centered(centered, count))
+    for layer in range(2):
+        rows = x[layer][mask[layer]].astype(np.float64)
+        assert float(count[layer]) == len(rows)
+        np.testing.assert_allclose(np.asarray(mean[layer]), rows.mean(0), rtol=1e-5, atol=1e-5)
+        expected = np.cov(rows, rowvar=False)
+        assert np.max(np.abs(cov[layer] - expected)) < 1e-5 * np.max(np.abs(expected))
+        np.testing.assert_array_equal(cov[layer], cov[layer].T)
+    assert not np.any(np.asarray(centered)[~mask])
+
+
 def test_compute_mir_per_layer_and_overall_match_reference():
     rng = np.random.default_rng(3)
     layers, n, m, d = 3, 400, 300, 32
