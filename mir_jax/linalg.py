@@ -282,9 +282,13 @@ def trace_sqrt_product_factored(cov_a: jax.Array, cov_b: jax.Array) -> jax.Array
     those of F_aᵀ Σ_b F_a) are the squared singular values of C = F_aᵀ F_b, so the
     trace is C's nuclear norm. Taking singular values of C instead of eigenvalues
     of F_aᵀ Σ_b F_a matters in float32: eigenvalues carry an absolute error
-    eps·λ_max, which swamps the small ones when the spectrum spans many decades
-    (it does for LLM hidden states: 1-30% error in the trace in our tests);
-    singular values carry eps·sqrt(λ_max), and the trace agrees with float64 to 1e-7.
+    eps·λ_max, which swamps the small ones when a few massive dimensions set λ_max
+    or when the distance is a small difference of large traces; singular values
+    carry eps·sqrt(λ_max). Measured (benchmarks/mir_routes.py, FD error vs float64):
+    LLM-like features with the outlier rule off, 9e-4 by JAX's eigvalsh, 1.5e-4 by
+    LAPACK's values-only solver, 2.5e-6 here; two well-aligned sets, 3e-2 / 3e-4 /
+    7e-5. The price: a values-only SVD of a D×D matrix costs about twice a symmetric
+    eigensolve (1.3 s vs 0.6-0.75 s at D=2048 on 2 CPU cores).
     """
     factor_a, _ = _covariance_factor(cov_a)
     factor_b, _ = _covariance_factor(cov_b)
