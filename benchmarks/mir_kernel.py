@@ -1,6 +1,6 @@
 """MIR kernel speed: the published accurate route vs ours vs the floor of any exact method.
 
-Run: python benchmarks/mir_kernel.py [--quick]
+Run: python benchmarks/mir_kernel.py [--quick] [--shape L,N,D ...]
 
 In one process, on the same LLM-like random features (anisotropic power-law
 spectrum, a few rogue dimensions with large mean/variance, a few massive-activation
@@ -121,10 +121,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
     parser.add_argument("--method", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shape", action="append", default=None, metavar="L,N,D",
+                        help="layers, tokens per modality, width (repeatable); replaces the defaults")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} "
           f"{jax.default_backend()} device(s), jax {jax.__version__}")
     shapes = [(2, 1024, 256)] if args.quick else [(8, 4096, 1024), (2, 4096, 2048)]
+    if args.shape:
+        shapes = [tuple(int(v) for v in shape.split(",")) for shape in args.shape]
     for layers, n, d in shapes:
         run(layers, n, d, args.repeats, args.method)
 
