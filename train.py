@@ -7,9 +7,10 @@ overrides any key (an unknown key is an error). Rerunning the same command resum
 latest checkpoint in --workdir. In the workdir: checkpoints/, metrics.jsonl, tensorboard/,
 loss_mir.png, config.json.
 
-Multi-host (TPU pods, GPU clusters): launch the same command on every host;
-`jax.distributed.initialize()` is called when the environment describes several processes
-(or with --distributed=true).
+Multi-host: launch the same command on every host with --coordinator_address=HOST:PORT
+(process 0's machine), --num_processes=N and --process_id=I (or $JAX_COORDINATOR_ADDRESS,
+$JAX_NUM_PROCESSES, $JAX_PROCESS_ID); on SLURM, Open MPI and Cloud TPU JAX detects them
+(see mir_jax/distributed.py).
 """
 
 from __future__ import annotations
@@ -23,20 +24,13 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: configs/X.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here.")
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "true", "false"],
-                                 "Call jax.distributed.initialize() (auto: when launched as several processes).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "Multi-process: process 0's HOST:PORT (else $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Multi-process: number of processes (else $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "Multi-process: this process's index (else $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def _launched_as_several_processes() -> bool:
-    if any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
-        return True
-    for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES"):
-        if int(os.environ.get(k, "1") or 1) > 1:
-            return True
-    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -73,8 +67,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
-    if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _launched_as_several_processes()):
-        jax.distributed.initialize()
+    from mir_jax import distributed
+
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except distributed.DistributedSetupError as e:
+        sys.exit(f"train.py: {e}")
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO

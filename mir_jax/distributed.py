@@ -1,0 +1,132 @@
+"""Multi-process start-up: `initialize()` before anything touches a JAX device.
+
+Where the three values come from, first match wins (each one separately):
+
+  1. the arguments (train.py / evaluate.py: --coordinator_address, --num_processes,
+     --process_id);
+  2. the environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID;
+  3. JAX's own cluster detection (SLURM, Open MPI, Cloud TPU, Kubernetes), which fills in
+     whatever is still unset.
+
+Nothing set and no multi-process cluster detected: a single-process run, nothing is called.
+A manual launch (the usual GPU case) gives all three on every machine, the coordinator
+being process 0's `host:port`:
+
+    # machine 0                                    # machine 1
+    python train.py ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
+    python train.py ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=1
+
+On CPU several processes talk through gloo (`jax_cpu_collectives_implementation`), so the
+same launch runs on one machine with localhost as the coordinator (see tests/test_multiprocess.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+# Managed clusters that describe several processes (JAX's cluster detection reads them).
+_CLUSTER_COORDINATOR_ENV = ("COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+_CLUSTER_SIZE_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+class DistributedSetupError(ValueError):
+    """The multi-process settings are incomplete or inconsistent (one line, says what to set)."""
+
+
+def _int_setting(value, flag: str, env: str) -> int | None:
+    if value is None or value == "":
+        value, where = os.environ.get(env), f"${env}"
+        if value is None or value == "":
+            return None
+    else:
+        where = f"--{flag}"
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DistributedSetupError(f"{where}={value!r} is not an integer") from None
+
+
+def _cluster_describes_several_processes() -> bool:
+    """True where a managed cluster's environment describes more than one process."""
+    if any(os.environ.get(k) for k in _CLUSTER_COORDINATOR_ENV):
+        return True
+    for k in _CLUSTER_SIZE_ENV:
+        try:
+            if int(os.environ.get(k) or 1) > 1:
+                return True
+        except ValueError:
+            pass
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def resolve(coordinator_address: str | None = None, num_processes: int | str | None = None,
+            process_id: int | str | None = None) -> dict | None:
+    """The keyword arguments for `jax.distributed.initialize`, or None for a single process.
+
+    Values left None are for JAX's cluster detection to fill in. Raises DistributedSetupError
+    for values that cannot work (process id out of range, an address without a port, ...).
+    """
+    address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    n = _int_setting(num_processes, "num_processes", ENV_NUM_PROCESSES)
+    pid = _int_setting(process_id, "process_id", ENV_PROCESS_ID)
+    if n is not None and n < 1:
+        raise DistributedSetupError(f"num_processes={n}: must be at least 1")
+    if n == 1 and pid in (None, 0):
+        return None  # explicitly one process
+    if pid is not None and (pid < 0 or (n is not None and pid >= n)):
+        raise DistributedSetupError(f"process_id={pid} is outside 0..{(n or 0) - 1} "
+                                    f"(num_processes={n})")
+    if address is not None and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+        raise DistributedSetupError(f"coordinator_address={address!r}: expected HOST:PORT "
+                                    "(process 0's machine and a free port)")
+    if address is None and n is None and pid is None and not _cluster_describes_several_processes():
+        return None
+    return {"coordinator_address": address, "num_processes": n, "process_id": pid}
+
+
+def _use_gloo_on_cpu() -> None:
+    """CPU collectives across processes need an implementation; gloo ships with jaxlib.
+    (Harmless on GPU/TPU machines: it only concerns the CPU backend.)"""
+    import jax
+
+    if getattr(jax.config, "jax_cpu_collectives_implementation", None) in (None, "none", ""):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | str | None = None,
+               process_id: int | str | None = None) -> bool:
+    """Joins this process to a multi-process JAX run if one is described (see the module
+    docstring). Returns True when `jax.distributed.initialize` was called. Call it before
+    any JAX computation; a second call does nothing."""
+    import jax
+
+    kwargs = resolve(coordinator_address, num_processes, process_id)
+    if kwargs is None:
+        return False
+    from jax._src import distributed as _dist  # the only place that says "already initialized"
+
+    if getattr(_dist.global_state, "client", None) is not None:
+        return True
+    _use_gloo_on_cpu()
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:
+        missing = [f"--{k} (or ${env})" for k, env in (
+            ("coordinator_address", ENV_COORDINATOR), ("num_processes", ENV_NUM_PROCESSES),
+            ("process_id", ENV_PROCESS_ID)) if kwargs[k] is None]
+        if missing:
+            raise DistributedSetupError(
+                f"multi-process launch: no cluster detected to supply {', '.join(missing)}; "
+                f"set them on every process ({e})") from None
+        raise DistributedSetupError(f"jax.distributed.initialize({kwargs}): {e}") from None
+    log.info("process %d of %d (coordinator %s); %d local of %d devices",
+             jax.process_index(), jax.process_count(), kwargs["coordinator_address"] or "auto",
+             jax.local_device_count(), jax.device_count())
+    return True
