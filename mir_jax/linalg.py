@@ -403,3 +403,48 @@ def trace_sqrt_product_newton_schulz(
 def trace_product(cov_a: jax.Array, cov_b: jax.Array) -> jax.Array:
     """tr(Σ_a Σ_b) for symmetric inputs: the published "fast" mode's stand-in for the root."""
     return jnp.sum(cov_a * cov_b, axis=(-2, -1))
+
+
+PUBLISHED_FAST_STEPS = 5
+
+
+def published_fast_trace(cov_a: jax.Array, cov_b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The published tool's "fast" square-root iteration, literally, and how far to trust it.
+
+    A = Σ_a Σ_b; Y ← A, Z ← I; five times: Y ← (Y + Z⁻¹A)/2, then Z ← (Z + Y⁻¹A)/2
+    (general inverses, in the input dtype). In exact arithmetic Y stays A, so tr(Y)
+    equals `trace_product`. In float32 every Z⁻¹A and Y⁻¹A carries an error of
+    about ε·κ(A), and on the ill-conditioned products of LLM hidden states the
+    iteration drifts from A in a way that depends on the LAPACK build and the
+    hardware: the result is then rounding noise, not a number anyone can reproduce.
+
+    Args:
+      cov_a, cov_b: [..., D, D] covariances (one pair per layer).
+    Returns:
+      (trace [...]: tr(Y) after the five steps,
+       drift [...]: |tr Y − tr A| / |tr A|, what rounding did to this run,
+       condition [...]: ||A||_F ||A⁻¹||_F, the Frobenius condition number of A, from the
+         last inverse the iteration takes (of Y ≈ A); ε_float32 · condition ≳ 1e-3 is
+         the regime where the iteration's output is rounding-dependent).
+    """
+
+    def one(a_cov, b_cov):
+        a = jnp.matmul(a_cov, b_cov, precision=HIGHEST)
+        eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+
+        def step(_, carry):
+            y, z, _ = carry
+            y = 0.5 * (y + jnp.matmul(jnp.linalg.inv(z), a, precision=HIGHEST))
+            y_inv = jnp.linalg.inv(y)
+            z = 0.5 * (z + jnp.matmul(y_inv, a, precision=HIGHEST))
+            return y, z, y_inv
+
+        y, _, y_inv = lax.fori_loop(0, PUBLISHED_FAST_STEPS, step, (a, eye, eye))
+        trace_a = jnp.trace(a)
+        trace_y = jnp.trace(y)
+        drift = jnp.abs(trace_y - trace_a) / jnp.maximum(jnp.abs(trace_a), jnp.finfo(a.dtype).tiny)
+        condition = jnp.sqrt(jnp.sum(a * a)) * jnp.sqrt(jnp.sum(y_inv * y_inv))
+        return trace_y, drift, condition
+
+    # One matrix at a time on CPU: batched LAPACK calls can deadlock there (see per_matrix).
+    return per_matrix(one, cov_a, cov_b)

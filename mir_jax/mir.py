@@ -1,4 +1,4 @@
-"""The Modality Integration Rate (MIR), exactly as `shared/spec/mir.md` defines it.
+"""The Modality Integration Rate (MIR), exactly as `docs/mir.md` defines it.
 
 MIR measures how far an LVLM's vision tokens sit from its text tokens inside the
 language model: per decoder layer l, the Fréchet distance between Gaussians fitted
@@ -19,10 +19,16 @@ Methods for tr((Σ_V Σ_T)^{1/2}) (see `mir_jax.linalg`):
   "gram"          exact through the n×n nuclear norm when rows n < D.
   "newton_schulz" matmul-only iteration (TPU-friendly), 1e-3 relative tolerance.
   "auto"          newton_schulz on TPU; elsewhere gram when min(N, M) < D, else eigh.
-  "legacy_fast"   NOT a Fréchet distance: the published code's default "fast" mode,
-                  whose square-root iteration returns its input, so it computes
-                  ||μ_V−μ_T||² + tr Σ_V + tr Σ_T − 2 tr(Σ_V Σ_T). Only for comparing
-                  with numbers published from that mode.
+  "legacy_fast"   NOT a Fréchet distance: what the published code's default "fast"
+                  mode computes in exact arithmetic (its square-root iteration returns
+                  its input): ||μ_V−μ_T||² + tr Σ_V + tr Σ_T − 2 tr(Σ_V Σ_T), in
+                  closed form. Only for comparing with numbers published from it.
+  "published_fast" NOT a Fréchet distance either: that five-step iteration run
+                  literally in float32, so that a published fast-mode number can be
+                  approached as closely as rounding allows. On ill-conditioned
+                  covariance products its output is rounding noise that differs
+                  between torch, JAX and NumPy; `return_diagnostics=True` says
+                  whether a run was in that regime (see `published_fast_verdict`).
 
 Precision: float32 with centered statistics. Against a float64 SciPy reference the
 exact methods agree to 1e-4 relative per layer on well-conditioned data (N > D)
@@ -40,12 +46,20 @@ import numpy as np
 
 from mir_jax import linalg
 
-METHODS = ("auto", "eigh", "gram", "newton_schulz", "legacy_fast")
-EXACT_METHODS = ("eigh", "gram")
+METHODS = ("auto", "eigh", "gram", "newton_schulz", "legacy_fast", "published_fast")
 LEGACY_NOTE = (
-    "legacy_fast is the published code's 'fast' mode: tr(Σ_V Σ_T) stands in for "
-    "tr((Σ_V Σ_T)^{1/2}), so the value is NOT a Fréchet distance."
+    "legacy_fast is the published code's 'fast' mode in exact arithmetic: tr(Σ_V Σ_T) stands "
+    "in for tr((Σ_V Σ_T)^{1/2}), so the value is NOT a Fréchet distance."
 )
+PUBLISHED_FAST_NOTE = (
+    "published_fast runs the published code's five-step 'fast' iteration literally in float32: "
+    "the value is NOT a Fréchet distance, and on ill-conditioned covariance products it is "
+    "rounding-dependent, so it is not reproducible across hardware or libraries."
+)
+# Above this ε_float32 · κ_F(Σ_V Σ_T), or this drift of tr(Y) from tr(Σ_V Σ_T), the published
+# iteration's output is set by rounding (docs/mir.md, "The two published modes").
+ROUNDING_CONDITION = 1e-2
+ROUNDING_DRIFT = 1e-3
 
 
 class MIRResult(NamedTuple):
@@ -55,15 +69,53 @@ class MIRResult(NamedTuple):
     overall: jax.Array
 
 
-def resolve_method(method: str, n_rows_a: int, n_rows_b: int, dim: int) -> str:
-    """Turns "auto" into a concrete method from the shapes and the backend."""
+def check_method(method: str) -> str:
+    """method, or a ValueError naming the known ones."""
     if method not in METHODS:
         raise ValueError(f"unknown MIR method {method!r}; expected one of {METHODS}")
+    return method
+
+
+def resolve_method(method: str, n_rows_a: int | None = None, n_rows_b: int | None = None,
+                   dim: int | None = None) -> str:
+    """The one rule that turns "auto" into a concrete method (compute_mir and MIRAccumulator).
+
+    newton_schulz on TPU (its eigensolvers are slow; matmuls are not); elsewhere gram when
+    the rows are at hand (all three sizes given) and min(N, M) < D, else eigh. The streaming
+    accumulator keeps covariances, not rows, so it passes no sizes. "gram" without rows is
+    computed as "eigh" (the same exact trace from the covariances).
+    """
+    check_method(method)
+    have_rows = None not in (n_rows_a, n_rows_b, dim)
+    if method == "gram" and not have_rows:
+        return "eigh"
     if method != "auto":
         return method
     if jax.default_backend() == "tpu":
-        return "newton_schulz"  # TPU eigensolvers are slow; matmuls are not.
-    return "gram" if min(n_rows_a, n_rows_b) < dim else "eigh"
+        return "newton_schulz"
+    return "gram" if have_rows and min(n_rows_a, n_rows_b) < dim else "eigh"
+
+
+def published_fast_verdict(diagnostics: dict) -> str:
+    """One line: was this published_fast run in the regime where rounding sets the result?
+
+    diagnostics: {"drift": [L], "condition": [L]} from compute_mir(..., return_diagnostics=True)
+    or MIRAccumulator.diagnostics.
+    """
+    drift = np.asarray(diagnostics["drift"], np.float64)
+    condition = np.asarray(diagnostics["condition"], np.float64)
+    eps = float(np.finfo(np.float32).eps)
+    noisy = (condition * eps > ROUNDING_CONDITION) | (drift > ROUNDING_DRIFT) | ~np.isfinite(condition)
+    worst = int(np.nanargmax(np.where(np.isfinite(condition), condition, np.inf)))
+    head = (f"published_fast: covariance products have Frobenius condition numbers up to "
+            f"{condition[worst]:.3g} (layer {worst + 1}); the iteration moved tr(Σ_V Σ_T) by up "
+            f"to {100 * float(np.nanmax(drift)):.3g} %. ")
+    if noisy.any():
+        layers = ", ".join(str(i + 1) for i in np.flatnonzero(noisy))
+        return head + (f"Layers {layers}: rounding-noise regime (ε·κ > {ROUNDING_CONDITION:g} or "
+                       f"drift > {ROUNDING_DRIFT:g}); those values depend on the hardware and "
+                       "library and are not reproducible.")
+    return head + "Every layer is well conditioned: the value equals legacy_fast up to rounding."
 
 
 # --------------------------------------------------------------------------------------
@@ -113,8 +165,9 @@ def replace_outliers(x: jax.Array, mask: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
-def _frechet_from_rows(x, x_mask, y, y_mask, method: str) -> jax.Array:
-    """FD between Gaussians fitted to valid rows of x [..., N, D] and y [..., M, D]."""
+def _frechet_from_rows(x, x_mask, y, y_mask, method: str) -> tuple[jax.Array, dict]:
+    """FD [...] between Gaussians fitted to valid rows of x [..., N, D] and y [..., M, D],
+    and the method's diagnostics (see `cross_term_from_covariances`)."""
     n_x, mean_x, cent_x = linalg.masked_mean_and_centered(x, x_mask)
     n_y, mean_y, cent_y = linalg.masked_mean_and_centered(y, y_mask)
     mean_term = jnp.sum((mean_x - mean_y) ** 2, axis=-1)
@@ -122,22 +175,30 @@ def _frechet_from_rows(x, x_mask, y, y_mask, method: str) -> jax.Array:
     trace_x = jnp.sum(cent_x * cent_x, axis=(-2, -1)) / jnp.maximum(n_x - 1.0, 1.0)
     trace_y = jnp.sum(cent_y * cent_y, axis=(-2, -1)) / jnp.maximum(n_y - 1.0, 1.0)
     if method == "gram":
-        cross = linalg.trace_sqrt_product_gram(cent_x, n_x, cent_y, n_y)
+        cross, diagnostics = linalg.trace_sqrt_product_gram(cent_x, n_x, cent_y, n_y), {}
     else:
         cov_x = linalg.covariance_from_centered(cent_x, n_x)
         cov_y = linalg.covariance_from_centered(cent_y, n_y)
-        cross = cross_term_from_covariances(cov_x, cov_y, method)
-    return mean_term + trace_x + trace_y - 2.0 * cross
+        cross, diagnostics = cross_term_from_covariances(cov_x, cov_y, method)
+    return mean_term + trace_x + trace_y - 2.0 * cross, diagnostics
 
 
-def cross_term_from_covariances(cov_x, cov_y, method: str) -> jax.Array:
-    """tr((Σ_x Σ_y)^{1/2}) (or tr(Σ_x Σ_y) for legacy_fast) from [..., D, D] covariances."""
+def cross_term_from_covariances(cov_x, cov_y, method: str) -> tuple[jax.Array, dict]:
+    """The cross term from [..., D, D] covariances, and the method's diagnostics.
+
+    tr((Σ_x Σ_y)^{1/2}) for the exact methods and newton_schulz; tr(Σ_x Σ_y) for
+    legacy_fast; the published iteration's tr(Y) for published_fast, whose diagnostics
+    are {"drift": [...], "condition": [...]} (see `linalg.published_fast_trace`); {} otherwise.
+    """
     if method == "legacy_fast":
-        return linalg.trace_product(cov_x, cov_y)
+        return linalg.trace_product(cov_x, cov_y), {}
+    if method == "published_fast":
+        trace, drift, condition = linalg.published_fast_trace(cov_x, cov_y)
+        return trace, {"drift": drift, "condition": condition}
     if method == "newton_schulz":
-        return linalg.trace_sqrt_product_newton_schulz(cov_x, cov_y)
+        return linalg.trace_sqrt_product_newton_schulz(cov_x, cov_y), {}
     if method in ("eigh", "gram"):  # gram needs rows; from covariances it is eigh.
-        return linalg.trace_sqrt_product_factored(cov_x, cov_y)
+        return linalg.trace_sqrt_product_factored(cov_x, cov_y), {}
     raise ValueError(f"unknown MIR method {method!r}; expected one of {METHODS}")
 
 
@@ -159,7 +220,7 @@ def _check_rows(name: str, a, ndim: int):
 
 @functools.partial(jax.jit, static_argnames=("method",))
 def _frechet_distance_jit(x, y, x_mask, y_mask, method):
-    return _frechet_from_rows(x, x_mask, y, y_mask, method)
+    return _frechet_from_rows(x, x_mask, y, y_mask, method)[0]
 
 
 def frechet_distance(x, y, *, x_mask=None, y_mask=None, method: str = "auto") -> jax.Array:
@@ -197,8 +258,8 @@ def _compute_mir_jit(vision, text, vision_mask, text_mask, method, normalize, re
     if remove_outliers:
         vision = replace_outliers(vision, vision_mask)
         text = replace_outliers(text, text_mask)
-    per_layer = _frechet_from_rows(vision, vision_mask, text, text_mask, method)
-    return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer)))
+    per_layer, diagnostics = _frechet_from_rows(vision, vision_mask, text, text_mask, method)
+    return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics
 
 
 def compute_mir(
@@ -210,7 +271,8 @@ def compute_mir(
     method: str = "auto",
     normalize: bool = True,
     remove_outliers: bool = True,
-) -> MIRResult:
+    return_diagnostics: bool = False,
+):
     """MIR over all layers in one compiled program.
 
     Args:
@@ -219,12 +281,16 @@ def compute_mir(
       text: [L, M, D] hidden states of the text tokens.
       vision_mask: optional [N] or [L, N] bool, False for padding rows.
       text_mask: optional [M] or [L, M] bool.
-      method: "auto", "eigh", "gram", "newton_schulz" or "legacy_fast" (not a Fréchet
-        distance; see LEGACY_NOTE).
+      method: "auto", "eigh", "gram", "newton_schulz", or "legacy_fast" / "published_fast"
+        (the published fast mode in closed form / literally: not Fréchet distances; see
+        LEGACY_NOTE and PUBLISHED_FAST_NOTE).
       normalize: text-centric normalization (scale both by 1 / mean text-row norm).
       remove_outliers: 3-sigma replacement of outlier rows by the median row.
+      return_diagnostics: also return the method's diagnostics, a dict of [L] arrays
+        ({"drift", "condition"} for published_fast, {} for the others).
     Returns:
-      MIRResult(per_layer=[L] float32, overall=log10(sum(per_layer))).
+      MIRResult(per_layer=[L] float32, overall=log10(sum(per_layer))), or
+      (MIRResult, diagnostics) with return_diagnostics=True.
     """
     vision = jnp.asarray(vision, jnp.float32)
     text = jnp.asarray(text, jnp.float32)
@@ -237,18 +303,29 @@ def compute_mir(
     method = resolve_method(method, vision.shape[1], text.shape[1], vision.shape[2])
     vision_mask = _as_mask(vision_mask, vision.shape[:2], "vision_mask")
     text_mask = _as_mask(text_mask, text.shape[:2], "text_mask")
-    return _compute_mir_jit(vision, text, vision_mask, text_mask, method, normalize, remove_outliers)
+    result, diagnostics = _compute_mir_jit(vision, text, vision_mask, text_mask, method,
+                                           normalize, remove_outliers)
+    return (result, diagnostics) if return_diagnostics else result
 
 
-def format_mir(result: MIRResult, method: str = "auto") -> str:
-    """A per-layer table and the overall value as text (legacy_fast labelled as such)."""
+def method_note(method: str) -> str | None:
+    """The warning that must accompany every value of a method that is not a Fréchet distance."""
+    return {"legacy_fast": LEGACY_NOTE, "published_fast": PUBLISHED_FAST_NOTE}.get(method)
+
+
+def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None = None) -> str:
+    """A per-layer table and the overall value as text (the published modes labelled as such;
+    for published_fast with its diagnostics, the rounding-regime verdict too)."""
     per_layer = np.asarray(result.per_layer)
-    label = "FD (legacy_fast, not a Fréchet distance)" if method == "legacy_fast" else "FD"
+    note = method_note(method)
+    label = f"FD ({method}, not a Fréchet distance)" if note else "FD"
     lines = [f"{'layer':>5}  {label}"]
     lines += [f"{i + 1:>5}  {v:.6g}" for i, v in enumerate(per_layer)]
     lines.append(f"MIR overall = log10(sum) = {float(result.overall):.6f}")
-    if method == "legacy_fast":
-        lines.append(LEGACY_NOTE)
+    if note:
+        lines.append(note)
+    if method == "published_fast" and diagnostics:
+        lines.append(published_fast_verdict(diagnostics))
     return "\n".join(lines)
 
 
@@ -258,9 +335,12 @@ __all__ = [
     "METHODS",
     "MIRAccumulator",
     "MIRResult",
+    "check_method",
     "compute_mir",
     "format_mir",
     "frechet_distance",
+    "method_note",
+    "published_fast_verdict",
     "replace_outliers",
     "resolve_method",
     "text_centric_scale",

@@ -18,8 +18,10 @@ global statistics before any row can be replaced:
   pass 2 ("moments"): the count, mean and centered second moment (Chan's parallel
     update, D×D) of the rows after replacing outliers (|n_i − m| > 3σ) by the
     median row; and the mean text-row norm for the text-centric scale s, applied
-    at the end as s² (FD(sX, sY) = s² FD(X, Y), and the outlier rule is
-    scale-invariant, so nothing else changes).
+    at the end to the statistics (means by s, covariances by s²). The outlier rule
+    is scale-invariant, so nothing else changes. Scaling the statistics rather than
+    the distance matters for the published modes: tr(Σ_V Σ_T) scales as s⁴ and the
+    literal iteration is not homogeneous at all.
 
 Without outlier removal one pass suffices. Memory per layer and modality:
 D² + D·median_bins + 65,536 floats, independent of the number of samples.
@@ -263,9 +265,10 @@ class MIRAccumulator:
     """Streaming MIR with memory independent of the number of samples.
 
     Args:
-      method: "auto" (= "eigh" here: only covariances are kept, so "gram" has no
-        rows to work on and is computed as "eigh"), "eigh", "gram",
-        "newton_schulz" or "legacy_fast" (not a Fréchet distance).
+      method: as in `compute_mir`, resolved by the same `mir.resolve_method` without row
+        counts: only covariances are kept, so "gram" (no rows to work on) is computed as
+        "eigh", and "auto" is newton_schulz on TPU, else eigh. "legacy_fast" and
+        "published_fast" are not Fréchet distances.
       normalize, remove_outliers: as in `compute_mir`.
       mesh: optional `jax.sharding.Mesh`; rows of each batch are sharded over all
         its axes, statistics are computed per device and combined with psum.
@@ -275,9 +278,7 @@ class MIRAccumulator:
     def __init__(self, *, method: str = "auto", normalize: bool = True,
                  remove_outliers: bool = True, mesh: Mesh | None = None,
                  median_bins: int = DEFAULT_MEDIAN_BINS):
-        if method not in _mir.METHODS:
-            raise ValueError(f"unknown MIR method {method!r}; expected one of {_mir.METHODS}")
-        self.method = "eigh" if method in ("auto", "gram") else method
+        self.method = _mir.resolve_method(method)
         self.normalize = normalize
         self.remove_outliers = remove_outliers
         self.mesh = mesh
@@ -289,6 +290,7 @@ class MIRAccumulator:
         self._moments = None
         self._text_norms = None
         self._shape = None
+        self.diagnostics: dict = {}  # the method's diagnostics, set by result()
 
     # ----- plumbing -------------------------------------------------------------------
 
@@ -395,8 +397,11 @@ class MIRAccumulator:
             raise RuntimeError(
                 f"MIRAccumulator needs {self.num_passes} pass(es) over the data; "
                 f"{self.current_pass} finished (call end_pass() after each)")
-        return _finalize(self._moments["vision"], self._moments["text"], self._text_norms,
-                         method=self.method, normalize=self.normalize)
+        result, diagnostics = _finalize(self._moments["vision"], self._moments["text"],
+                                        self._text_norms, method=self.method,
+                                        normalize=self.normalize)
+        self.diagnostics = diagnostics
+        return result
 
     def run(self, batches: Callable[[], Iterable]) -> _mir.MIRResult:
         """Runs every pass: `batches()` returns a fresh iterable of
@@ -410,17 +415,19 @@ class MIRAccumulator:
 
 @functools.partial(jax.jit, static_argnames=("method", "normalize"))
 def _finalize(vision, text, text_norms, *, method, normalize):
+    """(MIRResult, diagnostics) from the finished moments, text-centric scale applied to them."""
     n_v, mean_v, m2_v = vision
     n_t, mean_t, m2_t = text
     cov_v = m2_v / jnp.maximum(n_v - 1.0, 1.0)[:, None, None]
     cov_t = m2_t / jnp.maximum(n_t - 1.0, 1.0)[:, None, None]
+    if normalize:
+        total, count = text_norms
+        scale = count / total  # [L]: 1 / mean text-row norm
+        mean_v, mean_t = mean_v * scale[:, None], mean_t * scale[:, None]
+        cov_v, cov_t = cov_v * (scale * scale)[:, None, None], cov_t * (scale * scale)[:, None, None]
     trace_v = jnp.trace(cov_v, axis1=-2, axis2=-1)
     trace_t = jnp.trace(cov_t, axis1=-2, axis2=-1)
     mean_term = jnp.sum((mean_v - mean_t) ** 2, axis=-1)
-    cross = _mir.cross_term_from_covariances(cov_v, cov_t, method)
+    cross, diagnostics = _mir.cross_term_from_covariances(cov_v, cov_t, method)
     per_layer = mean_term + trace_v + trace_t - 2.0 * cross
-    if normalize:
-        total, count = text_norms
-        scale = count / total  # 1 / mean text-row norm
-        per_layer = per_layer * scale * scale
-    return _mir.MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer)))
+    return _mir.MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics
