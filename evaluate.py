@@ -7,12 +7,17 @@ Examples:
   python evaluate.py --checkpoint=/tmp/mir_jax_runlocal \
       --images=/data/textvqa/val_images --texts=/data/cnn/stories --num_samples=100
   # Several models in one table and one plot:
-  python evaluate.py --compare=/ckpt/a,/ckpt/b,/hf/llava
+  python evaluate.py --compare=/ckpt/a,/ckpt/b,/hf/llava --output_dir=/tmp/cmp
 
-Outputs (in --output_dir): mir.json (config, data spec, per-layer values, overall,
-method, LM loss/perplexity, timings), mir_per_layer.png, and a table on stdout.
-Files are written only once an evaluation has completed (never partial results
-that look complete).
+Texts are fed whole, as the published tool does: samples are truncated only where they
+exceed the model's context (max_position_embeddings), and the output says how many were;
+batches run longest first and are only as long as their longest row, so padding stays
+small. --seq_len=N cuts at N instead. The definition of MIR is in docs/mir.md.
+
+Outputs (in --output_dir; default: WORKDIR/mir_eval for --checkpoint, DIR_mir_eval beside
+an HF directory): mir.json (config, data spec, per-layer values, overall, method, LM
+loss/perplexity, timings), mir_per_layer.png, and a table on stdout. Files are written
+only once an evaluation has completed (never partial results that look complete).
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ import sys
 
 from absl import app, flags
 
+from mir_jax.mir import METHODS
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_model", None, "Hugging Face LLaVA directory (HF or original LLaVA layout).")
 flags.DEFINE_string("checkpoint", None, "mir-jax training workdir (latest checkpoint is used).")
 flags.DEFINE_list("compare", [], "Several models (workdirs or HF directories) in one table and plot.")
 flags.DEFINE_string("images", "synthetic",
-                    "Image folder, caption JSONL / LLaVA JSON, a TFDS name as 'tfds:NAME' "
+                    "Image folder, caption JSONL, LLaVA JSON/JSONL (conversations or questions, "
+                    "e.g. llava_textvqa_val_v051_ocr.jsonl), a TFDS name as 'tfds:NAME' "
                     "(with --tfds_data_dir), or 'synthetic'.")
+flags.DEFINE_string("image_folder", None,
+                    "Root of the image paths in a --images JSON/JSONL file (default: its folder), "
+                    "as LLaVA's --image-folder.")
 flags.DEFINE_string("texts", "synthetic",
                     "Folder/file of .story, .txt or JSONL {'text'} documents, a TFDS name as "
                     "'tfds:NAME' (with --tfds_data_dir), or 'synthetic'.")
@@ -39,17 +50,23 @@ flags.DEFINE_string("tfds_text_split", "test", "Split of a TFDS text source.")
 flags.DEFINE_integer("num_samples", 100, "Number of (image, text) pairs.")
 flags.DEFINE_enum("template", "vicuna_v1", ["vicuna_v1", "plain", "chat"],
                   "Prompt template (the MIR paper uses vicuna_v1; chat = the tokenizer's own).")
-flags.DEFINE_enum("method", "auto", ["auto", "eigh", "gram", "newton_schulz", "legacy_fast"],
-                  "MIR method; legacy_fast is the published fast mode, NOT a Fréchet distance.")
+flags.DEFINE_enum("method", "auto", list(METHODS),
+                  "MIR method (docs/mir.md); legacy_fast (the published fast mode in closed form) "
+                  "and published_fast (its float32 iteration, literally) are NOT Fréchet distances.")
 flags.DEFINE_enum("mode", "streaming", ["streaming", "exact"],
                   "streaming: constant memory (two passes); exact: hold all tokens.")
 flags.DEFINE_integer("batch_size", 8, "Samples per forward pass.")
-flags.DEFINE_integer("seq_len", 0, "Sequence length (0: image tokens + 448).")
+flags.DEFINE_integer("seq_len", 0, "Cut samples at this many tokens (0: the model's context, "
+                     "max_position_embeddings; longer samples are truncated and counted).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                  "Compute dtype of the model forward (the published runs used float16); "
+                  "MIR statistics are float32 either way.")
 flags.DEFINE_string("mesh_shape", "-1,1,1", "Device mesh (data,fsdp,tensor); -1 = the rest.")
 flags.DEFINE_enum("image_mode", None, ["pad", "crop", "resize"],
                   "Image preprocessing (default: the checkpoint's own).")
-flags.DEFINE_integer("seed", 0, "Seed for the synthetic corpus.")
-flags.DEFINE_string("output_dir", "mir_eval", "Where mir.json and the plot go.")
+flags.DEFINE_integer("seed", 0, "Seed of the synthetic corpus (--images/--texts=synthetic).")
+flags.DEFINE_string("output_dir", None, "Where mir.json and the plot go (default: WORKDIR/mir_eval "
+                    "for --checkpoint, DIR_mir_eval beside an HF directory --hf_model=DIR).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -112,25 +129,35 @@ def _source(spec: str, flag: str, split: str):
 
 
 def _evaluate_one(path: str, mesh):
-    from mir_jax.data import make_mir_iterator
+    from mir_jax.data import make_mir_iterator, mir_sample_lengths
     from mir_jax.data.errors import DataError
     from mir_jax.data.images import CLIP_MEAN, CLIP_STD
     from mir_jax.evaluator import evaluate_mir
+    from mir_jax.models import with_compute_dtype
 
     name, cfg, model, pre = _load(path)
+    model = with_compute_dtype(model, FLAGS.dtype)
     images = _source(FLAGS.images, "images", FLAGS.tfds_image_split)
     texts = _source(FLAGS.texts, "texts", FLAGS.tfds_text_split)
     num_image_tokens = cfg.num_image_tokens
-    seq_len = FLAGS.seq_len or num_image_tokens + 448
-    data_kwargs = dict(
-        tokenizer=pre["tokenizer"], num_samples=FLAGS.num_samples, image_size=pre["image_size"],
-        mean=pre["mean"] or CLIP_MEAN, std=pre["std"] or CLIP_STD,
-        num_image_tokens=num_image_tokens, batch_size=FLAGS.batch_size, seq_len=seq_len,
-        image_mode=FLAGS.image_mode or pre["image_mode"], template=FLAGS.template)
+    context = cfg.text.max_position_embeddings
+    seq_len = FLAGS.seq_len or context
+    text_kwargs = dict(tokenizer=pre["tokenizer"], num_samples=FLAGS.num_samples,
+                       num_image_tokens=num_image_tokens, template=FLAGS.template,
+                       seed=FLAGS.seed, image_folder=FLAGS.image_folder)
     try:
-        make_mir_iterator(images, texts, **data_kwargs)  # Validate the data up front.
-    except ValueError as e:
+        lengths = mir_sample_lengths(images, texts, **text_kwargs)  # also validates the data
+    except (DataError, ValueError) as e:
         _fail(str(e))
+    truncated = int((lengths > seq_len).sum())
+    if truncated:
+        cause = f"--seq_len={seq_len}" if FLAGS.seq_len else f"the model's context of {context}"
+        print(f"[{name}] {truncated} of {len(lengths)} samples are longer than {cause} tokens "
+              f"(longest {int(lengths.max())}) and are truncated there")
+    data_kwargs = dict(
+        text_kwargs, image_size=pre["image_size"], mean=pre["mean"] or CLIP_MEAN,
+        std=pre["std"] or CLIP_STD, batch_size=FLAGS.batch_size, seq_len=seq_len,
+        image_mode=FLAGS.image_mode or pre["image_mode"], sort_by_length=True)
     num_batches = -(-FLAGS.num_samples // FLAGS.batch_size)
     try:
         result = evaluate_mir(
@@ -139,10 +166,20 @@ def _evaluate_one(path: str, mesh):
             num_batches=num_batches)
     except (DataError, ValueError) as e:
         _fail(f"{name}: {e}")
-    spec = dict(images=FLAGS.images, texts=FLAGS.texts, num_samples=FLAGS.num_samples,
-                template=FLAGS.template, seq_len=seq_len, num_image_tokens=num_image_tokens,
-                image_size=pre["image_size"], image_mode=data_kwargs["image_mode"])
+    spec = dict(images=FLAGS.images, texts=FLAGS.texts, image_folder=FLAGS.image_folder,
+                num_samples=FLAGS.num_samples, template=FLAGS.template, seed=FLAGS.seed,
+                seq_len=seq_len, truncated_samples=truncated, longest_sample=int(lengths.max()),
+                num_image_tokens=num_image_tokens, image_size=pre["image_size"],
+                image_mode=data_kwargs["image_mode"], dtype=FLAGS.dtype)
     return name, result, spec
+
+
+def _default_output_dir(paths: list[str]) -> str:
+    """WORKDIR/mir_eval for one of our workdirs; DIR_mir_eval beside an HF directory."""
+    first = os.path.normpath(paths[0])
+    if os.path.isdir(os.path.join(first, "checkpoints")):
+        return os.path.join(first, "mir_eval")
+    return first + "_mir_eval"
 
 
 def main(argv):
@@ -156,7 +193,6 @@ def main(argv):
     import jax
     import numpy as np
 
-    from mir_jax import mir
     from mir_jax.evaluator import plot_per_layer
     from mir_jax.sharding import make_mesh
 
@@ -182,8 +218,8 @@ def main(argv):
         records[name] = dict(model=path, data=spec, **result.to_json())
         print(f"\n== {name}: MIR over {result.num_samples} samples "
               f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens), "
-              f"method={result.method}, mode={result.mode}")
-        print(mir.format_mir(mir.MIRResult(result.per_layer, result.overall), result.method))
+              f"method={result.method}, mode={result.mode}, dtype={FLAGS.dtype}")
+        print(result.format())
         print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
               f"{result.timings['total_s']:.1f} s")
 
@@ -197,21 +233,22 @@ def main(argv):
         print("  MIR  " + "  ".join(f"{results[n].overall:>14.6f}" for n in names))
 
     # Written only now that every evaluation finished: no partial results that look complete.
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    out_json = os.path.join(FLAGS.output_dir, "mir.json")
+    output_dir = FLAGS.output_dir or _default_output_dir(paths)
+    os.makedirs(output_dir, exist_ok=True)
+    out_json = os.path.join(output_dir, "mir.json")
     tmp = out_json + ".tmp"
     with open(tmp, "w") as f:
         json.dump(dict(flags={k: FLAGS[k].value for k in FLAGS if k in _OUR_FLAGS},
                        results=records), f, indent=2)
     os.replace(tmp, out_json)
-    plot_per_layer(results, os.path.join(FLAGS.output_dir, "mir_per_layer.png"))
-    print(f"\nwrote {out_json} and {os.path.join(FLAGS.output_dir, 'mir_per_layer.png')}")
+    plot_per_layer(results, os.path.join(output_dir, "mir_per_layer.png"))
+    print(f"\nwrote {out_json} and {os.path.join(output_dir, 'mir_per_layer.png')}")
 
 
-_OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "texts", "tfds_data_dir",
-              "tfds_image_split", "tfds_text_split", "num_samples",
-              "template", "method", "mode", "batch_size", "seq_len", "mesh_shape", "image_mode",
-              "seed", "output_dir")
+_OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "image_folder", "texts",
+              "tfds_data_dir", "tfds_image_split", "tfds_text_split", "num_samples",
+              "template", "method", "mode", "batch_size", "seq_len", "dtype", "mesh_shape",
+              "image_mode", "seed", "output_dir")
 
 if __name__ == "__main__":
     app.run(main)

@@ -43,6 +43,8 @@ class MIREvaluation:
 
     per_layer: [L] Fréchet distance per decoder layer; overall: log10(sum(per_layer)).
     lm_loss: mean next-token NLL on the text (label) tokens; perplexity: exp(lm_loss).
+    diagnostics: the method's per-layer diagnostics ({"drift", "condition"} for
+    published_fast, see `mir.published_fast_verdict`), {} for the others.
     """
 
     per_layer: np.ndarray
@@ -55,13 +57,23 @@ class MIREvaluation:
     lm_loss: float
     perplexity: float
     timings: dict
+    diagnostics: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["per_layer"] = [float(x) for x in self.per_layer]
-        if self.method == "legacy_fast":
-            d["note"] = mir.LEGACY_NOTE
+        d["diagnostics"] = {k: [float(x) for x in np.asarray(v)] for k, v in self.diagnostics.items()}
+        note = mir.method_note(self.method)
+        if note:
+            d["note"] = note
+        if self.method == "published_fast" and self.diagnostics:
+            d["verdict"] = mir.published_fast_verdict(self.diagnostics)
         return d
+
+    def format(self) -> str:
+        """The per-layer table, overall MIR and the method's notes, as `mir.format_mir` prints."""
+        return mir.format_mir(mir.MIRResult(self.per_layer, self.overall), self.method,
+                              self.diagnostics)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -120,7 +132,8 @@ def evaluate_mir(
     Args:
       model: a `mir_jax.models.LlavaModel` (or anything with its call signature).
       batches: callable returning a fresh iterable of batches (called once per pass).
-      method: MIR method (see `mir_jax.mir`); "legacy_fast" is not a Fréchet distance.
+      method: MIR method (see `mir_jax.mir`); "legacy_fast" and "published_fast" are not
+        Fréchet distances.
       mode: "streaming" (constant memory) or "exact" (holds all selected tokens).
       mesh: optional device mesh: batches are sharded over (data, fsdp), parameters by
         the logical-axis rules, and streaming statistics are combined with a psum.
@@ -159,6 +172,7 @@ def evaluate_mir(
             accumulator.end_pass()
         t0 = time.perf_counter()
         result = accumulator.result()
+        diagnostics = accumulator.diagnostics
         resolved = accumulator.method
     else:
         vision_rows, text_rows = [], []
@@ -175,8 +189,9 @@ def evaluate_mir(
         if vision.shape[1] < 2 or text.shape[1] < 2:
             raise ValueError(f"too few tokens for MIR: {vision.shape[1]} vision, {text.shape[1]} text")
         resolved = mir.resolve_method(method, vision.shape[1], text.shape[1], vision.shape[2])
-        result = mir.compute_mir(vision, text, method=resolved, normalize=normalize,
-                                 remove_outliers=remove_outliers)
+        result, diagnostics = mir.compute_mir(vision, text, method=resolved, normalize=normalize,
+                                              remove_outliers=remove_outliers,
+                                              return_diagnostics=True)
     per_layer = np.asarray(jax.block_until_ready(result.per_layer))
     timings["mir_s"] += time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
@@ -188,23 +203,26 @@ def evaluate_mir(
         per_layer=per_layer, overall=float(result.overall), method=resolved, mode=mode,
         num_samples=counts["samples"], num_vision_tokens=counts["vision"],
         num_text_tokens=counts["text"], lm_loss=lm_loss, perplexity=float(np.exp(lm_loss)),
-        timings=timings)
+        timings=timings, diagnostics={k: np.asarray(v) for k, v in diagnostics.items()})
 
 
-def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> None:
-    """One PNG: per-layer FD (log scale) of one or several models, overall MIR in the legend."""
+def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
+    """One PNG: per-layer FD (log scale) of one or several models, overall MIR in the legend.
+    Returns the layer ticks drawn on the x axis (whole numbers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, res in results.items():
         layers = np.arange(1, len(res.per_layer) + 1)
         label = f"{name} (MIR {res.overall:.3f})"
-        if res.method == "legacy_fast":
-            label += " [legacy_fast: not a Fréchet distance]"
+        if mir.method_note(res.method):
+            label += f" [{res.method}: not a Fréchet distance]"
         ax.plot(layers, res.per_layer, marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_yscale("log")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("Fréchet distance (vision vs text)")
@@ -213,4 +231,6 @@ def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    ticks = [float(t) for t in ax.get_xticks()]
     plt.close(fig)
+    return ticks

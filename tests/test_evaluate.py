@@ -219,3 +219,105 @@ def test_cli_tfds_images_without_the_extra_is_a_clear_error(tiny_llava, tmp_path
     assert run.returncode != 0
     assert "tensorflow-datasets" in run.stderr or "not prepared" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+# After the image, vicuna_v1 renders "\n ASSISTANT: {story}</s>": 13 bytes, the story, eos.
+AFTER_IMAGE = len("\n ASSISTANT: ")
+
+
+def _long_text_inputs(tmp_path):
+    """Three stories, one far past the old default cut (K + 448 = 464 tokens), a TextVQA-style
+    question JSONL whose images live in another folder (LLaVA's --image-folder)."""
+    from PIL import Image
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    stories = ["A short story about nothing.", "Second story, " * 10 + "end.",
+               ("The long story goes on. " * 60).strip()]
+    for i, story in enumerate(stories):
+        (texts / f"{i}.story").write_text(story + "\n\n@highlight\n\nnot part of the text")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rows = []
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 60, 90, 200)).save(images / f"im{i}.png")
+        rows.append({"question_id": i, "image": f"im{i}.png", "text": "What is written?"})
+    questions = tmp_path / "meta" / "llava_textvqa_val_v051_ocr.jsonl"
+    questions.parent.mkdir()
+    questions.write_text("\n".join(json.dumps(r) for r in rows))
+    return texts, stories, images, questions
+
+
+def test_cli_feeds_long_texts_whole_reads_llava_jsonl_and_writes_beside_the_model(tiny_llava, tmp_path):
+    path, _ = tiny_llava
+    texts, stories, images, questions = _long_text_inputs(tmp_path)
+    assert len(stories[2]) > 16 + 448  # longer than the old default sequence length
+    run = _cli(f"--hf_model={path}", f"--images={questions}", f"--image_folder={images}",
+               f"--texts={texts}", "--num_samples=3", "--batch_size=2", "--mode=exact",
+               "--dtype=float16", "--noprogress", cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = os.path.normpath(path) + "_mir_eval"  # beside the model, nothing in the cwd
+    record = json.loads(open(os.path.join(out, "mir.json")).read())
+    assert not os.path.exists(tmp_path / "mir_eval")
+    result = next(iter(record["results"].values()))
+    expected_text = sum(AFTER_IMAGE + len(s.encode()) + 1 for s in stories)
+    assert result["num_text_tokens"] == expected_text  # every text token reached MIR
+    assert result["num_vision_tokens"] == 3 * 16
+    assert result["data"]["truncated_samples"] == 0 and result["data"]["dtype"] == "float16"
+    assert "truncated" not in run.stdout
+
+
+def test_cli_counts_truncation_and_prints_the_published_fast_verdict(tiny_llava, tmp_path):
+    path, _ = tiny_llava
+    texts, stories, images, questions = _long_text_inputs(tmp_path)
+    out = tmp_path / "out"
+    run = _cli(f"--hf_model={path}", f"--images={questions}", f"--image_folder={images}",
+               f"--texts={texts}", "--num_samples=3", "--batch_size=2", "--seq_len=600",
+               "--method=published_fast", f"--output_dir={out}", "--noprogress")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "1 of 3 samples are longer than --seq_len=600 tokens" in run.stdout
+    result = next(iter(json.loads((out / "mir.json").read_text())["results"].values()))
+    assert result["data"]["truncated_samples"] == 1
+    # The long one is cut at 600 tokens: [bos] system " USER: " image×16, then its text.
+    from mir_jax.data.templates import VICUNA_SYSTEM
+
+    before_image = 1 + len(VICUNA_SYSTEM + " ") + len("USER: ") + 16
+    expected_text = sum(AFTER_IMAGE + len(s.encode()) + 1 for s in stories[:2]) + 600 - before_image
+    assert result["num_text_tokens"] == expected_text
+    assert "NOT a Fréchet distance" in run.stdout and "published_fast:" in run.stdout
+    assert "verdict" in result and len(result["diagnostics"]["condition"]) == 3
+
+
+def test_compute_dtypes_move_mir_little_and_really_compute_in_that_dtype(tiny_llava):
+    from mir_jax.models import with_compute_dtype
+
+    path, _ = tiny_llava
+    batches = _batches(num_samples=8, batch_size=8)
+    _, model = hf.load_pretrained(path)
+    base = evaluate_mir(model, lambda: iter(batches), mode="exact", progress=False)
+    for dtype, tolerance in (("bfloat16", 5e-2), ("float16", 1e-2)):
+        cast = with_compute_dtype(model, dtype)
+        b = batches[0]
+        out = cast(b["input_ids"], b["pixel_values"], b["image_mask"],
+                   attention_mask=b["attention_mask"], output_hidden_states=True)
+        assert out.hidden_states.dtype == np.dtype(dtype)
+        ours = evaluate_mir(cast, lambda: iter(batches), mode="exact", progress=False)
+        change = np.max(np.abs(ours.per_layer / base.per_layer - 1))
+        assert 0 < change < tolerance, (dtype, change)
+    assert model.config.dtype == "float32"  # the original is untouched
+
+
+def test_seed_changes_the_synthetic_corpus_and_plot_ticks_are_layers(tmp_path):
+    from mir_jax.evaluator import MIREvaluation, plot_per_layer
+
+    kwargs = dict(tokenizer=TOKENIZER, num_samples=2, image_size=IMAGE_SIZE, num_image_tokens=16,
+                  batch_size=2, seq_len=512)
+    a, a_again, b = (make_mir_batches("synthetic", "synthetic", seed=s, **kwargs)[0] for s in (0, 0, 1))
+    np.testing.assert_array_equal(a["input_ids"], a_again["input_ids"])
+    assert not np.array_equal(a["pixel_values"], b["pixel_values"])
+    assert not np.array_equal(a["input_ids"], b["input_ids"])
+    res = MIREvaluation(per_layer=np.array([3.0, 2.0, 1.5, 1.0]), overall=0.87, method="eigh",
+                        mode="exact", num_samples=2, num_vision_tokens=32, num_text_tokens=40,
+                        lm_loss=1.0, perplexity=2.7, timings={})
+    ticks = plot_per_layer({"m": res}, str(tmp_path / "p.png"))
+    assert ticks and all(t == int(t) for t in ticks)

@@ -5,7 +5,7 @@ The batch contract (keys, shapes, dtypes) is documented in ``mir_jax.data.pipeli
 
 from .errors import BadSample, BadSampleFractionError, BadSampleStats, DataError, SkipSample
 from .images import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageConfig, image_config_from_hf
-from .mir_eval import MirPairs, make_mir_batches, make_mir_iterator
+from .mir_eval import MirPairs, make_mir_batches, make_mir_iterator, mir_sample_lengths
 from .mixture import (
     build_dataset,
     make_eval_iterator,
@@ -38,6 +38,7 @@ __all__ = [
     "LlavaSource", "MirPairs", "ProcessConfig", "Processor", "SkipSample", "SyntheticSource",
     "TFDSSource", "TextSource", "build_dataset", "collate", "image_config_from_hf",
     "load_tokenizer", "make_eval_iterator", "make_mir_batches", "make_mir_iterator",
+    "mir_sample_lengths",
     "make_source", "make_train_iterator", "mm1_sources", "render", "resolve_config",
     "story_text", "tokenize_segments",
 ]

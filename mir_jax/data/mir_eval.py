@@ -1,6 +1,6 @@
 """MIR evaluation inputs: one image and one unrelated text per sample.
 
-The MIR paper's setup (see shared spec, "Inputs"): each sample is an image
+The MIR paper's setup (docs/mir.md, "Inputs"): each sample is an image
 paired with an unrelated text (a CNN/DailyMail story before its first
 ``@highlight``), formatted with ``vicuna_v1`` as one user turn holding only the
 image and one assistant turn holding the text::
@@ -11,7 +11,12 @@ Sample i pairs image i with text i (after an optional seeded shuffle of each
 side). Batches follow the contract in ``pipeline.py``: the vision tokens of a
 row are the K ``image_token_id`` positions; its text tokens are every real
 position after the last of them. Stories longer than ``seq_len`` are truncated
-(the image, which comes first, is always kept whole).
+(the image, which comes first, is always kept whole); `mir_sample_lengths` says how
+long each sample is before any cut, so a caller can set ``seq_len`` to the model's
+context and report what was cut. With ``sort_by_length`` the samples run longest
+first and each batch is only as long as its longest row (rounded up to
+``length_bucket``): the published tool feeds every sample whole, one at a time; this
+keeps that, in batches, with little padding and few compiled shapes.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from .mixture import DEFAULTS, _finish
 from .pipeline import BatchConfig, ProcessConfig, Processor
 from .sources import CaptionSource, ImageFolderSource, ListSource, LlavaSource, TextSource
 from .synthetic import SyntheticSource
+from .errors import SkipSample
+from .templates import render, tokenize_segments
 from .tokenizer import IMAGE_TOKEN, load_tokenizer
 
 
-def _image_source(images, image_size: int, seed: int):
+def _image_source(images, image_size: int, seed: int, image_folder: str | None = None):
     if isinstance(images, str):
         if images == "synthetic":
             return SyntheticSource("caption", num_samples=10_000, image_size=image_size,
@@ -37,8 +44,14 @@ def _image_source(images, image_size: int, seed: int):
         if os.path.isdir(images):
             return ImageFolderSource(images)
         if images.endswith((".json", ".jsonl")):
-            folder = os.path.dirname(images)
-            return LlavaSource(images, folder) if images.endswith(".json") else CaptionSource(images, folder)
+            # Image paths are relative to image_folder (LLaVA's --image-folder), else to the file.
+            folder = image_folder or os.path.dirname(images)
+            source = CaptionSource(images, folder)
+            if len(source) and "caption" not in source.records[0]:
+                # LLaVA conversations or question files ({"image", "conversations"|"text", ...}):
+                # MIR needs only their images.
+                source = LlavaSource(images, folder)
+            return source
         raise ValueError(f"image source {images!r}: expected a folder, a JSON/JSONL file or 'synthetic'")
     if isinstance(images, (list, tuple)):
         return ListSource([{"kind": "image", "images": [x]} for x in images], name="images")
@@ -56,9 +69,13 @@ def _text_source(texts, seed: int):
 
 
 class MirPairs:
-    """Random-access source of (image i, text i) conversation records."""
+    """Random-access source of (image i, text i) conversation records.
 
-    def __init__(self, images, texts, num_samples: int, shuffle_seed: int | None = None):
+    ``order`` (optional, a permutation of range(num_samples)): item i is pair order[i].
+    """
+
+    def __init__(self, images, texts, num_samples: int, shuffle_seed: int | None = None,
+                 order=None):
         self.images, self.texts = images, texts
         self.name = f"mir({getattr(images, 'name', 'images')} x {getattr(texts, 'name', 'texts')})"
         n_img, n_txt = len(images), len(texts)
@@ -70,11 +87,20 @@ class MirPairs:
         else:
             rng = np.random.default_rng(shuffle_seed)
             self._img_idx, self._txt_idx = rng.permutation(n_img), rng.permutation(n_txt)
+        self.order = np.arange(self.num_samples) if order is None else np.asarray(order)
 
     def __len__(self) -> int:
         return self.num_samples
 
+    def text_record(self, i: int) -> dict:
+        """The conversation of item i without its image (enough to count its tokens)."""
+        txt = self.texts[int(self._txt_idx[self.order[i]])]
+        text = txt.get("text")
+        return {"kind": "conversation", "images": [None], "turns": [
+            ("user", IMAGE_TOKEN + "\n"), ("assistant", txt.get("caption") if text is None else text)]}
+
     def __getitem__(self, i: int) -> dict:
+        i = int(self.order[i])
         img = self.images[int(self._img_idx[i])]
         txt = self.texts[int(self._txt_idx[i])]
         rid = f"{img.get('id')}+{txt.get('id')}"
@@ -91,26 +117,65 @@ class MirPairs:
         }
 
 
+def mir_sample_lengths(images, texts, *, tokenizer=None, num_samples: int = 100,
+                       num_image_tokens: int = 16, system: str | None = None,
+                       shuffle_seed: int | None = None, template: str = "vicuna_v1",
+                       seed: int = 0, image_folder: str | None = None) -> np.ndarray:
+    """[num_samples] int: each sample's token count, images expanded, before any truncation.
+
+    Only the texts are read and tokenized (no image is loaded). A text record that cannot be
+    rendered (a bad record) counts 0; the iterator skips and counts it as usual.
+    """
+    tokenizer = load_tokenizer(tokenizer)
+    pairs = MirPairs(_image_source(images, 64, seed, image_folder), _text_source(texts, seed),
+                     num_samples, shuffle_seed)
+    lengths = np.zeros(num_samples, np.int64)
+    for i in range(num_samples):
+        record = pairs.text_record(i)
+        if record["turns"][1][1] is None:
+            continue
+        try:
+            segs = render(record, template, tokenizer, system)
+        except SkipSample:
+            continue
+        lengths[i] = len(tokenize_segments(segs, tokenizer, num_image_tokens)[0])
+    return lengths
+
+
 def make_mir_iterator(images, texts, *, tokenizer=None, num_samples: int = 100,
                       image_size: int = 64, mean=CLIP_MEAN, std=CLIP_STD,
                       num_image_tokens: int = 16, batch_size: int = 8, seq_len: int = 256,
                       system: str | None = None, image_mode: str = "pad",
                       shuffle_seed: int | None = None, max_bad_fraction: float = 0.1,
-                      num_threads: int = 4, template: str = "vicuna_v1"):
+                      num_threads: int = 4, template: str = "vicuna_v1",
+                      sort_by_length: bool = False, length_bucket: int = 128, seed: int = 0,
+                      image_folder: str | None = None):
     """Iterator over MIR evaluation batches (image + unrelated text, vicuna_v1).
 
     ``images``: a folder of images, a caption JSONL / LLaVA JSON file (its images),
-    "synthetic", a list of paths/arrays, or any source whose records carry "images".
+    "synthetic", a list of paths/arrays, or any source whose records carry "images". A JSON/
+    JSONL file whose records have no "caption" is read as LLaVA conversations / questions; its
+    image paths are relative to ``image_folder`` (default: the file's folder).
     ``texts``: a folder or file of .story / .txt / JSONL {"text"} documents,
     "synthetic", a list of strings, or a text source (e.g. ``TFDSSource("cnn_dailymail", ...)``).
     ``template``: "vicuna_v1" (the MIR paper's), "plain" (image then text) or "chat" (the
     tokenizer's own chat template, with the image in the user turn).
+    ``seed``: the synthetic corpus's seed (when images or texts are "synthetic").
+    ``sort_by_length``: longest samples first, each batch [B, S_b] with S_b its longest row
+    rounded up to ``length_bucket`` (at most ``seq_len``); otherwise every batch is [B, seq_len].
     Bad pairs (missing image, ...) are skipped and counted, not replaced.
     The last batch is padded with empty rows.
     """
     tokenizer = load_tokenizer(tokenizer)
-    pairs = MirPairs(_image_source(images, image_size, 0), _text_source(texts, 0),
-                     num_samples, shuffle_seed)
+    order = None
+    if sort_by_length:
+        lengths = mir_sample_lengths(images, texts, tokenizer=tokenizer, num_samples=num_samples,
+                                     num_image_tokens=num_image_tokens, system=system,
+                                     shuffle_seed=shuffle_seed, template=template, seed=seed,
+                                     image_folder=image_folder)
+        order = np.argsort(-lengths, kind="stable")
+    pairs = MirPairs(_image_source(images, image_size, seed, image_folder), _text_source(texts, seed),
+                     num_samples, shuffle_seed, order=order)
     image_cfg = ImageConfig(size=image_size, mean=tuple(mean), std=tuple(std), mode=image_mode)
     pcfg = ProcessConfig(template=template, tokenizer=tokenizer, image=image_cfg,
                          num_image_tokens=num_image_tokens, seq_len=seq_len, max_images=1,
@@ -118,7 +183,7 @@ def make_mir_iterator(images, texts, *, tokenizer=None, num_samples: int = 100,
     ds = grain.MapDataset.source(pairs).map(Processor(pcfg, 0))
     bcfg = BatchConfig(batch_size=batch_size, seq_len=seq_len, max_images=1, image_size=image_size,
                        pad_id=tokenizer.pad_id, mean=tuple(mean), std=tuple(std), pack=False,
-                       pad_final_batch=True)
+                       pad_final_batch=True, length_bucket=length_bucket if sort_by_length else 0)
     cfg = {**DEFAULTS, "num_threads": num_threads, "max_bad_fraction": max_bad_fraction}
     return iter(_finish(ds, [pairs.name], [max_bad_fraction], cfg, bcfg))
 

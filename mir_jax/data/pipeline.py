@@ -183,11 +183,17 @@ class BatchConfig:
     std: tuple
     pack: bool = False
     pad_final_batch: bool = False  # finite (eval) streams: pad the last batch with empty rows
+    # > 0: each batch is only as long as its longest row, rounded up to a multiple of this
+    # (at most seq_len). For length-sorted evaluation streams: little padding, few shapes.
+    length_bucket: int = 0
 
 
 def collate(rows: list[list[dict]], cfg: BatchConfig) -> dict[str, np.ndarray]:
     """Rows (each a list of examples packed together) -> a batch (see module docstring)."""
     b, s, m, h = cfg.batch_size, cfg.seq_len, cfg.max_images, cfg.image_size
+    if cfg.length_bucket > 0:
+        longest = max(sum(len(ex["input_ids"]) for ex in row) for row in rows)
+        s = min(s, -(-max(longest, 1) // cfg.length_bucket) * cfg.length_bucket)
     input_ids = np.full((b, s), cfg.pad_id, np.int32)
     labels = np.full((b, s), IGNORE_INDEX, np.int32)
     segment_ids = np.zeros((b, s), np.int32)

@@ -10,6 +10,7 @@ from mir_jax.models.llava import (
     expand_image_tokens,
     flops_per_token,
     image_flops,
+    with_compute_dtype,
 )
 from mir_jax.models.moca import MoCa
 from mir_jax.models.vision import VisionTower
@@ -30,4 +31,5 @@ __all__ = [
     "init_cache",
     "flops_per_token",
     "image_flops",
+    "with_compute_dtype",
 ]

@@ -11,6 +11,8 @@ The k-th run of K image tokens in a row receives the k-th image slot of that row
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,3 +171,15 @@ def image_flops(config: LlavaConfig, *, training: bool = True) -> float:
     dl = config.text.hidden_size
     conn = k * d_in * dl + (k * dl * dl * (config.connector.mlp_depth - 1) if config.connector.kind == "mlp" else 0)
     return (3 if training else 1) * 2 * (layers * per_layer + patch + conn)
+
+
+def with_compute_dtype(model: LlavaModel, dtype: str) -> LlavaModel:
+    """The same model (its float32 parameters, shared, not copied) computing in `dtype`
+    ("float32", "bfloat16", "float16"): activations and matmuls in that dtype; norms and
+    softmax accumulate in float32 as in HF's half-precision models."""
+    if dtype == model.config.dtype:
+        return model
+    config = dataclasses.replace(model.config, dtype=dtype)
+    target = nnx.eval_shape(lambda: LlavaModel(config, rngs=nnx.Rngs(0)))
+    nnx.update(target, nnx.state(model))
+    return target
