@@ -430,4 +430,5 @@ def _finalize(vision, text, text_norms, *, method, normalize):
     mean_term = jnp.sum((mean_v - mean_t) ** 2, axis=-1)
     cross, diagnostics = _mir.cross_term_from_covariances(cov_v, cov_t, method)
     per_layer = mean_term + trace_v + trace_t - 2.0 * cross
+    diagnostics = _mir._published_fast_diagnostics(per_layer, cross, diagnostics)
     return _mir.MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics

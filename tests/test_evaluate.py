@@ -1,4 +1,4 @@
-"""End-to-end MIR evaluation against HF PyTorch hidden states + a float64 spec transcription."""
+"""End-to-end MIR evaluation against HF PyTorch hidden states + a float64 transcription of docs/mir.md."""
 
 import json
 import os
