@@ -3,9 +3,17 @@ r"""Train a LLaVA-style model; MIR is tracked as a training curve.
     python train.py --config=configs/mm1_mix.py:runlocal --workdir=/tmp/mir_jax_runlocal
 
 --config=FILE[:ARG] picks a recipe (configs/*.py, ARG e.g. "runlocal"); --config.a.b=VALUE
-overrides any key (an unknown key is an error). Rerunning the same command resumes from the
-latest checkpoint in --workdir. In the workdir: checkpoints/, metrics.jsonl, tensorboard/,
-loss_mir.png, config.json.
+overrides any key (an unknown key is an error; a list-valued key takes a JSON list,
+--config.data.sources='[{"type": "llava", "path": "train.json", "image_folder": "images"}]').
+The whole config is checked before anything heavy: one message lists every impossible value,
+unset path (tokenizer, init_from) and missing data file, with the override that sets it.
+Rerunning the same command resumes from the newest checkpoint in --workdir that restores (a
+damaged one is reported and kept); rerunning a finished run changes nothing. In the workdir:
+checkpoints/, metrics.jsonl, tensorboard/, loss_mir.png, config.json.
+
+Exit status: 0 done (or already done); 143 (128 + SIGTERM) stopped by SIGTERM, e.g. a
+preemption, after saving a checkpoint at the step it prints (rerun the same command to resume);
+1 any error (a one-line message for bad config, data or checkpoints).
 
 Multi-host: launch the same command on every host with --coordinator_address=HOST:PORT
 (process 0's machine), --num_processes=N and --process_id=I (or $JAX_COORDINATOR_ADDRESS,
@@ -22,6 +30,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mir_jax.config_check import register_list_overrides
+
+register_list_overrides()  # before the flags parse: --config.data.sources='[...]'
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: configs/X.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
@@ -77,12 +88,27 @@ def main(argv):
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("mir_jax").setLevel(logging.INFO)
+    from mir_jax.checkpoint import CheckpointError
+    from mir_jax.config_check import ConfigError
+    from mir_jax.data import DataError
     from mir_jax.trainer import NonFiniteError, train_and_evaluate
 
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except NonFiniteError as e:
-        sys.exit(f"train.py: {e}")
+    except (ConfigError, DataError, CheckpointError, NonFiniteError) as e:
+        sys.exit(f"train.py: {e}")  # input the user can fix: one line, no traceback
+    if result.get("already_done"):
+        print(f"train.py: {_WORKDIR.value} already holds the finished run (step {result['step']}); "
+              "nothing to do")
+        return
+    if result.get("preempted"):
+        # Not "done": the eval numbers in hand are stale. 128 + signal, as a shell reports it.
+        import signal
+
+        signum = int(result.get("signal") or signal.SIGTERM)
+        print(f"train.py: stopped by {signal.Signals(signum).name} at step {result['step']}; checkpoint "
+              "saved, rerun the same command to resume", flush=True)
+        sys.exit(128 + signum)
     if jax.process_index() == 0:
         ev = result.get("eval") or {}
         parts = [f"step {result['step']}"]

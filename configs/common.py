@@ -6,7 +6,7 @@ ml_collections ConfigDict; `arg` is a comma list of options, e.g. "runlocal" or
 Top-level keys (all read by `mir_jax.trainer`):
   seed, total_steps, batch_size (global), num_micro_batches, seq_len, z_loss, max_bad_steps,
   log_every, peak_flops (0 = from the device kind), init_from (HF/original LLaVA checkpoint dir
-  or ""), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
+  or "" for random weights), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
   mesh: (data, fsdp, tensor), one entry may be -1 (= the remaining devices),
   model: `LlavaConfig` fields (vision, connector, text, ..., dtype, remat, scan_layers),
   data: the data config of `mir_jax.data.mixture` (sources, pack, ...),
@@ -15,12 +15,18 @@ Top-level keys (all read by `mir_jax.trainer`):
   checkpoint: {every, keep, async_save},
   eval: {every, at_end, batch_size, num_samples, mir_samples, mir_images, mir_texts, mir_method,
          mir_seq_len (0 = seq_len), sample_captions}.
+
+The full-size recipes leave `tokenizer` and `init_from` unset (`required()`): they are paths on
+the user's machine. `mir_jax.config_check.check_config` (run by the trainer before anything
+heavy) lists every unset key, impossible value and missing data file in one message.
+List-valued keys take a JSON list on the command line: `--config.data.sources='[{...}, ...]'`.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from mir_jax.config_check import required
 from mir_jax.data import CLIP_MEAN, CLIP_STD
 from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
 
@@ -71,8 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_bad_steps = 20
     c.log_every = 50
     c.peak_flops = 0.0
-    c.init_from = ""
-    c.tokenizer = "byte"
+    c.init_from = required()  # e.g. a stage-1 checkpoint (mir_jax.hf.build_stage1)
+    c.tokenizer = required()  # the LLM's Hugging Face tokenizer directory
     c.image_mean = CLIP_MEAN
     c.image_std = CLIP_STD
     c.mesh = (-1, 1, 1)

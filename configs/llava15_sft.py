@@ -30,4 +30,10 @@ def get_config(arg=None):
     if "runlocal" in opts:
         common.apply_runlocal(c, ConnectorConfig(name="mlp2x_gelu"),
                               sources=[{"type": "synthetic", "kind": "qa", "template": "vicuna_v1"}])
+        # With the byte tokenizer vicuna_v1's system prompt alone is ~190 tokens and the embedded
+        # Q&A conversations run to ~420 (two "Describe the image." turns): 128 would skip every
+        # sample as too_long. 512 (the tiny model's max positions) fits them all; 8 rows (4,096
+        # tokens a step, twice the other runlocal recipes) still split over up to 8 devices.
+        c.seq_len = 512
+        c.batch_size = 8
     return c

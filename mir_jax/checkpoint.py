@@ -9,19 +9,144 @@ One step directory per save, four items:
 Arrays are written by all hosts (each its own shards) and restored straight into the
 shardings of the abstract target, so a restart never materializes a full copy on one device.
 A save is committed atomically by orbax (a crash mid-save leaves the previous step intact).
+
+Restoring is newest first with fallback (`restore_newest`): a step that does not restore (a
+truncated array file, a missing `_METADATA` or item directory, an empty data-iterator state)
+gets a one-line warning naming the step and the cause, and the next older step is tried;
+nothing is deleted. Only when no step restores is it an error (`CheckpointError`, one line).
+A checkpoint whose parameter shapes differ from the config's (e.g. another `num_layers`) is not
+damage but a config mismatch: one line naming the parameter and both shapes, no fallback.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+ARRAY_ITEMS = ("state", "frozen")  # StandardCheckpointHandler items (arrays + _METADATA)
+
+# Orbax splits the writing of a replicated array over its replicas, each slicing its part with
+# a jitted slice: one compilation per array shape and device, ~17 s on a first save of the tiny
+# runlocal model over 8 CPU devices for arrays of a few KiB. Only arrays whose per-replica part
+# is at least 1 MiB are worth splitting. (Set on orbax's default handler: registering a new one
+# would drop its metadata store and log a warning on every import.)
+_ARRAY_HANDLER = ocp.type_handlers.get_type_handler(jax.Array)
+if hasattr(_ARRAY_HANDLER, "_min_slice_bytes_for_replica_parallel"):
+    _ARRAY_HANDLER._min_slice_bytes_for_replica_parallel = 2**20
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint restores, or one does not fit the config; the message is one line."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint's parameter tree differs from the config's (not damage: no fallback)."""
+
+
+def _cause(e: BaseException) -> str:
+    """The first line of the innermost error (orbax wraps the real cause several times)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
+
+
+def _path_str(path) -> str:
+    """A key path as 'a.b.0.c' whatever the container (dict key, sequence index, attribute)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return ".".join(parts)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {_path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_shapes(saved_tree, abstract_tree, item: str, step: int) -> None:
+    """Raises CheckpointMismatch naming the first parameter whose shape (or presence) differs.
+
+    saved_tree: the item's orbax metadata tree (ArrayMetadata leaves with .shape);
+    abstract_tree: the config's ShapeDtypeStructs."""
+    saved, want = _shapes(saved_tree), _shapes(abstract_tree)
+    differ = [k for k in want if k in saved and saved[k] != want[k]]
+    missing, extra = [k for k in want if k not in saved], [k for k in saved if k not in want]
+    if not (differ or missing or extra):
+        return
+    if differ:
+        k = differ[0]
+        what = f"{item}.{k} has shape {saved[k]} in the checkpoint but {want[k]} in the config"
+    elif missing:
+        what = f"the config has {item}.{missing[0]}, the checkpoint does not"
+    else:
+        what = f"the checkpoint has {item}.{extra[0]}, the config does not"
+    more = len(differ) + len(missing) + len(extra) - 1
+    raise CheckpointMismatch(
+        f"checkpoint step {step} does not fit the config: {what}" + (f" ({more} more differ)" if more else "")
+        + "; the model, trainable or optimizer config changed since it was written: use the run's "
+          "own config (its config.json) or a new --workdir")
+
+
+def find_damage(step_dir, items) -> str | None:
+    """A cheap look for the common kinds of damage before orbax reads anything (its own errors
+    for these are pytree-structure or JSON tracebacks far from the cause). None: looks whole."""
+    for item in items:
+        d = step_dir / item
+        if not d.is_dir():
+            return f"{item}/ is missing"
+        if item in ARRAY_ITEMS and not (d / "_METADATA").exists():
+            return f"{item}/_METADATA is missing"
+        if item == "data":
+            files = sorted(d.glob("*.json"))
+            if not files:
+                return "data/ holds no iterator state"
+            for f in files:
+                try:
+                    json.loads(f.read_text())
+                except (ValueError, OSError) as e:
+                    return f"data/{f.name} is not a JSON iterator state ({_cause(e)})"
+    return None
+
+
+def restore_newest(directory, steps, restore_one: Callable[[int], Any]) -> tuple[int, Any, list[int]]:
+    """Calls `restore_one(step)` for `steps`, newest first, until one returns.
+
+    A step that raises gets a one-line warning and the next older step is tried; a
+    CheckpointMismatch is raised at once (older steps of the same run mismatch the same way).
+    Returns (step, what restore_one returned, the newer steps that failed). Raises
+    CheckpointError (one line) when no step restores; FileNotFoundError when there are none."""
+    steps = sorted(steps, reverse=True)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    failed, causes = [], []
+    for step in steps:
+        try:
+            return step, restore_one(step), failed
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 -- any failure to read a step is damage to report
+            cause = _cause(e)
+            older = [s for s in steps if s < step]
+            log.warning("checkpoint step %d in %s does not restore (%s); %s", step, directory, cause,
+                        f"trying step {older[0]}" if older else "no older checkpoint")
+            failed.append(step)
+            causes.append(f"step {step}: {cause}")
+    raise CheckpointError(f"no checkpoint in {directory} restores ({'; '.join(causes)}); nothing was "
+                          "deleted: move the directory aside to start afresh")
 
 
 class Checkpointer:
@@ -70,17 +195,44 @@ class Checkpointer:
 
     def restore(self, abstract_state, abstract_frozen, data_iterator, step: int | None = None):
         """Restores (state, frozen) into the given abstract targets (ShapeDtypeStructs with
-        shardings) and sets `data_iterator`'s position. Returns (step, state, frozen, config)."""
-        step = self.manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            frozen=ocp.args.StandardRestore(abstract_frozen),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
-            config=ocp.args.JsonRestore())
-        out = self.manager.restore(step, args=args)
+        shardings) and sets `data_iterator`'s position. Returns (step, state, frozen, config).
+
+        step None: the newest step that restores (see `restore_newest`); newer damaged steps
+        are renamed `<step>.damaged` (kept, not deleted) so this run can save those steps again."""
+        def restore_one(s):
+            damage = find_damage(self.manager.directory / str(s), ("state", "frozen", "data", "config"))
+            if damage:
+                raise CheckpointError(damage)
+            meta = self.manager.item_metadata(s)
+            check_shapes(meta["state"], abstract_state, "state", s)
+            check_shapes(meta["frozen"], abstract_frozen, "frozen", s)
+            args = ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                frozen=ocp.args.StandardRestore(abstract_frozen),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+                config=ocp.args.JsonRestore())
+            return self.manager.restore(s, args=args)
+
+        steps = self.manager.all_steps() if step is None else [step]
+        step, out, damaged = restore_newest(self.manager.directory, steps, restore_one)
+        if damaged:
+            self._set_aside(damaged)
         return step, out["state"], out["frozen"], out["config"]
+
+    def _set_aside(self, steps) -> None:
+        """Renames damaged step directories `<step>.damaged[.n]`: orbax ignores them (not a step
+        number), the run can write those steps anew, and nothing is lost."""
+        if jax.process_index() == 0:
+            for s in steps:
+                src = self.manager.directory / str(s)
+                dst, n = self.manager.directory / f"{s}.damaged", 1
+                while dst.exists():
+                    dst, n = self.manager.directory / f"{s}.damaged.{n}", n + 1
+                src.rename(dst)
+                log.warning("kept the damaged checkpoint step %d as %s", s, dst)
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes("mir_jax_set_aside_damaged")
+        self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host once a preemption notice arrived (multi-host runs)."""
@@ -129,7 +281,6 @@ def load_for_evaluation(workdir: str, step: int | None = None):
     """
     import os
 
-    import jax
     import ml_collections
 
     from mir_jax.data import load_tokenizer
@@ -142,19 +293,30 @@ def load_for_evaluation(workdir: str, step: int | None = None):
     manager = ocp.CheckpointManager(directory, item_handlers={
         "state": ocp.StandardCheckpointHandler(), "frozen": ocp.StandardCheckpointHandler(),
         "config": ocp.JsonCheckpointHandler()})
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    config = ml_collections.ConfigDict(
-        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     mesh = make_mesh((jax.device_count(), 1, 1))
-    stepper = Stepper(config.model, config.trainable, config.optimizer, int(config.total_steps), mesh,
-                      StepConfig(int(config.num_micro_batches), float(config.z_loss)))
-    abstract_state, abstract_frozen = stepper.abstract_state()
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        frozen=ocp.args.StandardRestore(abstract_frozen)))
-    manager.close()
+
+    def restore_one(s):
+        damage = find_damage(manager.directory / str(s), ("state", "frozen", "config"))
+        if damage:
+            raise CheckpointError(damage)
+        config = ml_collections.ConfigDict(
+            manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+        stepper = Stepper(config.model, config.trainable, config.optimizer, int(config.total_steps), mesh,
+                          StepConfig(int(config.num_micro_batches), float(config.z_loss)))
+        abstract_state, abstract_frozen = stepper.abstract_state()
+        meta = manager.item_metadata(s)
+        check_shapes(meta["state"], abstract_state, "state", s)
+        check_shapes(meta["frozen"], abstract_frozen, "frozen", s)
+        out = manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            frozen=ocp.args.StandardRestore(abstract_frozen)))
+        return config, stepper, out
+
+    try:
+        step, (config, stepper, out), _ = restore_newest(
+            directory, manager.all_steps() if step is None else [step], restore_one)
+    finally:
+        manager.close()
     model = stepper.model(out["state"], out["frozen"])
     log.info("loaded %s at step %d", directory, step)
     preprocessing = dict(tokenizer=load_tokenizer(config.tokenizer or None),

@@ -26,6 +26,7 @@ import numpy as np
 
 from mir_jax import metrics as metrics_lib
 from mir_jax.checkpoint import Checkpointer, StopSignal
+from mir_jax.config_check import ConfigError, check_config
 from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
 from mir_jax.data.tokenizer import load_tokenizer
 from mir_jax.mir import MIRAccumulator, format_mir
@@ -46,17 +47,20 @@ def _plain_config(config) -> dict:
 
 def _check_tokenizer(tokenizer, model_cfg: LlavaConfig) -> None:
     if tokenizer.vocab_size > model_cfg.text.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is "
-                         f"{model_cfg.text.vocab_size} (config.model.text.vocab_size)")
+        raise ConfigError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model's "
+                          f"vocabulary is {model_cfg.text.vocab_size}: set --config.model.text.vocab_size="
+                          f"{tokenizer.vocab_size} or use the model's own tokenizer")
     if tokenizer.image_token_id != model_cfg.image_token_id:
-        raise ValueError(f"tokenizer's image token id {tokenizer.image_token_id} != "
-                         f"config.model.image_token_id {model_cfg.image_token_id}")
+        raise ConfigError(f"tokenizer {tokenizer.name!r} has image token id {tokenizer.image_token_id} but "
+                          f"config.model.image_token_id is {model_cfg.image_token_id}: set "
+                          f"--config.model.image_token_id={tokenizer.image_token_id} or use the model's tokenizer")
 
 
 class Setup:
     """Everything the loop needs, built and validated before any compilation."""
 
     def __init__(self, config, workdir: str):
+        check_config(config)  # every impossible value and unset path in one message, first
         self.config, self.workdir = config, workdir
         self.model_config = LlavaConfig.from_dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
         self.mesh = make_mesh(tuple(config.mesh))
@@ -151,6 +155,16 @@ class Setup:
         return out
 
 
+def format_bad_samples(summary: dict) -> str:
+    """One line from `BadSampleStats.summary()` ({source: {"seen", "bad", "reasons"}}), e.g.
+    "bad samples: llava 3 of 410 (missing_image 2, too_long 1), synthetic_text 0 of 96"."""
+    parts = []
+    for name, s in summary.items():
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items(), key=lambda kv: -kv[1]))
+        parts.append(f"{name} {s['bad']} of {s['seen']}" + (f" ({reasons})" if reasons else ""))
+    return "bad samples: " + ", ".join(parts)
+
+
 def _mfu_numbers(setup: Setup, batch: dict) -> tuple[int, float]:
     """(tokens per step, model FLOPs per token) for a batch (LLM positions, images included)."""
     b, s = batch["input_ids"].shape
@@ -196,6 +210,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     main = setup.process_index == 0
     total = int(config.total_steps)
     start, state, frozen = setup.initial_state()
+    if start >= total:
+        # A finished run: rerunning it must change nothing (no metrics row, no event file).
+        setup.checkpointer.close()
+        log.info("%s holds the finished run (step %d of total_steps %d); nothing to do", workdir, start, total)
+        return {"step": start, "already_done": True}
     writer = metrics_lib.MetricWriter(workdir, active=main, resume_step=start if start else None)
     if main:
         os.makedirs(workdir, exist_ok=True)
@@ -216,7 +235,18 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     bar = tqdm(total=total, initial=start, disable=not main, dynamic_ncols=True, desc="train")
     pending = None  # metrics of the last dispatched step, read one step late (keeps dispatch async)
     window = {"loss": [], "tokens": 0, "flops": 0.0, "t0": time.perf_counter(), "steps": 0}
-    last_eval_step = None
+    last_eval_step = last_bad_report = None
+
+    def report_bad_samples(step):
+        # This host's counts (its slice of the stream), cumulative over resumes: they live in
+        # the data iterator's checkpointed state.
+        nonlocal last_bad_report
+        summary = setup.train_iter.bad_samples
+        writer.write(step, "data", {"bad_samples": summary})
+        if main:
+            bar.write(f"step {step}: {format_bad_samples(summary)}")
+        last_bad_report = step
+
 
     def drain(step_metrics, step):
         m = jax.device_get(step_metrics)
@@ -250,6 +280,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
             bar.write(f"step {step}: eval {msg} ({time.perf_counter() - t:.1f}s)")
         result["eval"] = ev
         last_eval_step = step
+        report_bad_samples(step)
         window["t0"] += time.perf_counter() - t  # evaluation time is not training throughput
 
     try:
@@ -287,12 +318,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
             window["t0"] += time.perf_counter() - t
             if preempted:
                 setup.checkpointer.wait()
-                bar.write(f"stopped by signal at step {step}; checkpoint saved, rerun the same command to resume")
-                result.update(step=step, preempted=True)
+                log.info("stopped at step %d; checkpoint saved, rerun the same command to resume", step)
+                result.update(step=step, preempted=True, signal=stop.received)
                 return result
         bar.close()
         if last_eval_step != total and (config.eval.at_end or ev_cfg.every):
             run_eval(total)
+        if last_bad_report != total:
+            report_bad_samples(total)
         setup.checkpointer.save(total, state, frozen, setup.train_iter, _plain_config(config), force=True)
         setup.checkpointer.wait()
         if main:

@@ -14,7 +14,9 @@ Two kinds of bad input are distinguished:
   a :class:`DataError` that stops the run, naming the file and line.
 
 If more than ``max_bad_fraction`` of a source's samples are bad, the run stops
-with :class:`BadSampleFractionError` naming the source and its commonest reason.
+with :class:`BadSampleFractionError` naming the source and its commonest reason; when that
+reason is ``too_long`` it also says how many tokens the longest of them needs and the key
+to raise (``seq_len``).
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ class BadSampleFractionError(DataError):
 class SkipSample(Exception):  # noqa: N818 -- a control-flow signal, not an error report
     """Raised while processing one sample to skip it, with a reason from this module."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", *, length: int = 0, limit: int = 0):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.length, self.limit = length, limit  # too_long: tokens needed, tokens allowed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,8 @@ class BadSample:
     file: str = ""
     id: str = ""
     detail: str = ""
+    length: int = 0  # too_long: the tokens the sample needs ...
+    limit: int = 0  # ... and the seq_len it had
 
 
 class BadSampleStats:
@@ -87,6 +92,7 @@ class BadSampleStats:
         self.log_first = int(log_first)
         self.seen = [0] * n
         self.bad: list[dict[str, int]] = [{} for _ in range(n)]
+        self.too_long = [(0, 0)] * n  # (longest length a too_long sample needed, its seq_len)
 
     # -- counting ---------------------------------------------------------
     def count_good(self, source: int) -> None:
@@ -97,6 +103,8 @@ class BadSampleStats:
         self.seen[s] += 1
         reasons = self.bad[s]
         reasons[marker.reason] = reasons.get(marker.reason, 0) + 1
+        if marker.reason == TOO_LONG and marker.length > self.too_long[s][0]:
+            self.too_long[s] = (marker.length, marker.limit)
         if sum(reasons.values()) <= self.log_first:
             logger.warning(
                 "skipping sample from source %r (file %s, id %s): %s%s",
@@ -115,10 +123,15 @@ class BadSampleStats:
             return
         if bad / seen > self.max_bad_fraction[source]:
             reason, count = max(self.bad[source].items(), key=lambda kv: kv[1])
+            hint = ""
+            length, limit = self.too_long[source]
+            if reason == TOO_LONG and length:
+                hint = (f"; the longest of them needs {length} tokens but seq_len is {limit}: raise "
+                        f"it (train.py: --config.seq_len={length}) or set the source's overlong='truncate'")
             raise BadSampleFractionError(
                 f"data source {self.names[source]!r}: {bad} of {seen} samples failed "
                 f"(more than the allowed {self.max_bad_fraction[source]:.1%}); "
-                f"commonest reason: {reason} ({count} samples)"
+                f"commonest reason: {reason} ({count} samples){hint}"
             )
 
     def check_all(self, final: bool = False) -> None:
@@ -134,8 +147,11 @@ class BadSampleStats:
         }
 
     def get_state(self) -> dict:
-        return {"seen": list(self.seen), "bad": [dict(b) for b in self.bad]}
+        return {"seen": list(self.seen), "bad": [dict(b) for b in self.bad],
+                "too_long": [list(t) for t in self.too_long]}
 
     def set_state(self, state: dict) -> None:
         self.seen = [int(x) for x in state["seen"]]
         self.bad = [{str(k): int(v) for k, v in b.items()} for b in state["bad"]]
+        # Absent in states written before it was tracked.
+        self.too_long = [tuple(int(x) for x in t) for t in state.get("too_long", [(0, 0)] * len(self.seen))]

@@ -92,7 +92,7 @@ class Processor:
             return self._process(record)
         except SkipSample as e:
             return BadSample(self.source, e.reason, str(record.get("file", "")),
-                             str(record.get("id", "")), e.detail)
+                             str(record.get("id", "")), e.detail, e.length, e.limit)
 
     def _process(self, record) -> dict:
         cfg = self.cfg
@@ -109,7 +109,8 @@ class Processor:
             cut, truncated = runs[cfg.max_images][0], True
         if cut > cfg.seq_len:
             if overlong == "skip":
-                raise SkipSample(TOO_LONG, f"{len(ids)} tokens > {cfg.seq_len}")
+                raise SkipSample(TOO_LONG, f"{len(ids)} tokens > {cfg.seq_len}", length=len(ids),
+                                 limit=cfg.seq_len)
             cut, truncated = cfg.seq_len, True
             for start, _ in runs:
                 if start < cut < start + k:
@@ -119,7 +120,9 @@ class Processor:
         if cut:
             labels[0] = IGNORE_INDEX
         if not (labels != IGNORE_INDEX).any():
-            raise SkipSample(TOO_LONG if truncated else EMPTY_TEXT, "no loss tokens left")
+            raise SkipSample(TOO_LONG if truncated else EMPTY_TEXT, "no loss tokens left",
+                             length=len(ids) if truncated and len(ids) > cfg.seq_len else 0,
+                             limit=cfg.seq_len)
         refs = record.get("images") or []
         images = [load_and_preprocess(refs[idx], cfg.image) for start, idx in runs if start + k <= cut]
         size = cfg.image.size

@@ -1,0 +1,293 @@
+"""Checks of a training config before anything heavy runs (no model, no data read, no compile).
+
+    check_config(config)   # raises ConfigError: one line naming every problem and its fix
+
+Two kinds of problems are collected into the same message, so one run tells a user all of them:
+
+* impossible values: non-positive step counts, batch sizes or learning rate, betas outside
+  [0, 1), a mesh that is not three sizes, unknown connector / template / source type / MIR
+  method / trainable spec (checked against the registries the code dispatches on);
+* what must be set: `tokenizer` and `init_from` where the recipe leaves them unset
+  (`required()`, an ml_collections placeholder), a tokenizer that does not fit the model, and
+  every data file or folder that does not exist, each with the --config.KEY override that sets
+  it.
+
+`JsonListParser` (registered by `register_list_overrides()`) makes list-valued keys
+overridable from the command line with a JSON list, e.g.
+`--config.data.sources='[{"type": "llava", "path": "train.json", "image_folder": "images"}]'`.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import json
+import os
+
+from absl import flags
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line listing every problem."""
+
+
+def required():
+    """A config value the recipe cannot guess (a path on the user's machine): None until set.
+
+    A typed placeholder, so `--config.KEY=VALUE` still parses it as a string; `check_config`
+    reports it while it is None."""
+    from ml_collections import config_dict
+
+    return config_dict.placeholder(str)
+
+
+# ----- values -----------------------------------------------------------------------------------
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_POSITIVE_INT = (lambda v: _int(v) and v > 0, "must be a positive integer")
+_NONNEG_INT = (lambda v: _int(v) and v >= 0, "must be an integer >= 0")
+_POSITIVE = (lambda v: _num(v) and v > 0, "must be > 0")
+_NONNEG = (lambda v: _num(v) and v >= 0, "must be >= 0")
+_BETA = (lambda v: _num(v) and 0 <= v < 1, "must be in [0, 1)")
+_FRACTION = (lambda v: _num(v) and 0 <= v <= 1, "must be in [0, 1]")
+
+# key -> rule. Keys a config lacks are skipped (the trainer has defaults for some of them).
+VALUE_RULES = {
+    "total_steps": _POSITIVE_INT, "batch_size": _POSITIVE_INT, "num_micro_batches": _POSITIVE_INT,
+    "seq_len": _POSITIVE_INT, "log_every": _POSITIVE_INT, "max_bad_steps": _NONNEG_INT,
+    "z_loss": _NONNEG, "peak_flops": _NONNEG,
+    "optimizer.lr": _POSITIVE, "optimizer.warmup_steps": _NONNEG_INT,
+    "optimizer.end_factor": _NONNEG, "optimizer.b1": _BETA, "optimizer.b2": _BETA,
+    "optimizer.eps": _POSITIVE, "optimizer.weight_decay": _NONNEG, "optimizer.clip_norm": _NONNEG,
+    "checkpoint.every": _NONNEG_INT, "checkpoint.keep": _POSITIVE_INT,
+    "eval.every": _NONNEG_INT, "eval.batch_size": _POSITIVE_INT, "eval.num_samples": _NONNEG_INT,
+    "eval.mir_samples": _NONNEG_INT, "eval.mir_seq_len": _NONNEG_INT,
+    "eval.sample_captions": _NONNEG_INT,
+}
+
+_MISSING = object()
+
+
+def _get(config, key: str):
+    node = config
+    for part in key.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, AttributeError):
+            return _MISSING
+    return node
+
+
+def _plain(x):
+    return x.to_dict() if hasattr(x, "to_dict") else x
+
+
+def _value_problems(config) -> list[str]:
+    out = []
+    for key, (ok, rule) in VALUE_RULES.items():
+        v = _get(config, key)
+        if v is not _MISSING and not ok(v):
+            out.append(f"{key}={v!r} {rule}")
+    mesh = _get(config, "mesh")
+    if mesh is not _MISSING:
+        sizes = list(mesh) if isinstance(mesh, (list, tuple)) else None
+        if (sizes is None or len(sizes) != 3 or not all(_int(s) and (s >= 1 or s == -1) for s in sizes)
+                or sizes.count(-1) > 1):
+            out.append(f"mesh={mesh!r} must be three sizes (data, fsdp, tensor), each >= 1 or one -1")
+    method = _get(config, "eval.mir_method")
+    if method is not _MISSING:
+        from mir_jax.mir import METHODS
+
+        if method not in METHODS:
+            out.append(f"eval.mir_method={method!r} is not one of {list(METHODS)}")
+    return out
+
+
+def _model_problems(config) -> tuple[list[str], object]:
+    """(problems, LlavaConfig or None): the model config as the trainer will build it."""
+    from mir_jax.models import LlavaConfig
+    from mir_jax.partition import resolve_recipe
+
+    model = _get(config, "model")
+    if model is _MISSING:
+        return [], None
+    try:
+        mc = LlavaConfig.from_dict(_plain(model))
+    except (ValueError, TypeError, KeyError) as e:  # unknown connector name, bad remat, ...
+        return [f"model: {e}"], None
+    trainable = _get(config, "trainable")
+    if trainable is not _MISSING:
+        try:
+            resolve_recipe(_plain(trainable), mc.vision.num_layers, mc.text.num_layers)
+        except ValueError as e:
+            return [str(e)], mc
+    return [], mc
+
+
+def _data_problems(config) -> list[str]:
+    from mir_jax.data.mixture import resolve_config
+    from mir_jax.data.pipeline import OVERLONG
+    from mir_jax.data.sources import SOURCE_TYPES
+    from mir_jax.data.templates import TEMPLATES
+
+    data = _get(config, "data")
+    if data is _MISSING:
+        return []
+    try:
+        cfg = resolve_config(data)
+    except ValueError as e:
+        return [f"data: {e}"]
+    out = []
+    # eval_sources defaults to sources: check it only where the config sets it.
+    for which in ("sources", "eval_sources") if _plain(data).get("eval_sources") else ("sources",):
+        for i, s in enumerate(cfg[which]):
+            where = f"data.{which}[{i}]"
+            if s.get("type") not in SOURCE_TYPES:
+                out.append(f"{where}.type={s.get('type')!r} is not one of {list(SOURCE_TYPES)}")
+            if s.get("template") is not None and s["template"] not in TEMPLATES:
+                out.append(f"{where}.template={s['template']!r} is not one of {list(TEMPLATES)}")
+            if s.get("overlong") is not None and s["overlong"] not in OVERLONG:
+                out.append(f"{where}.overlong={s['overlong']!r} is not one of {list(OVERLONG)}")
+            if not _num(s.get("weight", 1.0)) or s.get("weight", 1.0) < 0:
+                out.append(f"{where}.weight={s.get('weight')!r} must be >= 0")
+            if not _FRACTION[0](s.get("max_bad_fraction", 0.0)):
+                out.append(f"{where}.max_bad_fraction={s['max_bad_fraction']!r} {_FRACTION[1]}")
+        if which == "sources" and cfg["sources"] and not any(
+                _num(s.get("weight", 1.0)) and s.get("weight", 1.0) > 0 for s in cfg["sources"]):
+            out.append("data.sources: no source has a positive weight")
+    return out
+
+
+# ----- what must be set ---------------------------------------------------------------------------
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def _tokenizer_problems(config, model_config) -> list[str]:
+    tok = _get(config, "tokenizer")
+    if tok is _MISSING:
+        return []
+    how = "--config.tokenizer=DIR (the LLM's Hugging Face tokenizer directory)"
+    if tok is None:
+        return [f"tokenizer is not set: {how}"]
+    if tok == "byte":
+        from mir_jax.data.tokenizer import ByteTokenizer
+
+        bt = ByteTokenizer
+        if model_config is not None and (model_config.text.vocab_size < bt.vocab_size
+                                         or model_config.image_token_id != bt.image_token_id):
+            return [f"tokenizer='byte' (built in: {bt.vocab_size} ids, image id {bt.image_token_id}) does not "
+                    f"fit config.model (vocab_size {model_config.text.vocab_size}, image_token_id "
+                    f"{model_config.image_token_id}): {how}"]
+        return []
+    if not os.path.isdir(tok):
+        return [f"tokenizer directory {tok!r} does not exist: {how}"]
+    if not any(os.path.exists(os.path.join(tok, f)) for f in _TOKENIZER_FILES):
+        return [f"tokenizer directory {tok!r} has none of {list(_TOKENIZER_FILES)}: {how}"]
+    return []
+
+
+def _init_from_problems(config) -> list[str]:
+    init = _get(config, "init_from")
+    how = ("--config.init_from=DIR (a Hugging Face or original LLaVA checkpoint directory, e.g. "
+           "one written by mir_jax.hf.build_stage1 + save_pretrained; --config.init_from= starts "
+           "from random weights)")
+    if init is None:
+        return [f"init_from is not set: {how}"]
+    if init and init is not _MISSING and not os.path.isdir(init):
+        return [f"init_from directory {init!r} does not exist: {how}"]
+    return []
+
+
+def _exists(path: str, *, folder: bool = False) -> bool:
+    if folder:
+        return os.path.isdir(path)
+    return os.path.exists(path) or (any(ch in path for ch in "*?[") and bool(glob.glob(path)))
+
+
+def _path_problems(config) -> list[str]:
+    """Every data file/folder the config names that is not there (synthetic sources need none)."""
+    data = _get(config, "data")
+    out = []
+    if data is not _MISSING:
+        from mir_jax.data.mixture import resolve_config
+
+        try:
+            cfg = resolve_config(data)
+        except ValueError:
+            cfg = None  # reported by _data_problems
+        if cfg is not None:
+            missing = []
+            for which in ("sources", "eval_sources") if _plain(data).get("eval_sources") else ("sources",):
+                for i, s in enumerate(cfg[which]):
+                    if s.get("type") in ("llava", "captions", "interleaved", "text", "images"):
+                        path = s.get("path")
+                        if not isinstance(path, str) or not _exists(path, folder=s["type"] == "images"):
+                            missing.append(f"data.{which}[{i}].path {path!r}")
+                        folder = s.get("image_folder")
+                        if folder and not _exists(folder, folder=True):
+                            missing.append(f"data.{which}[{i}].image_folder {folder!r}")
+                    elif s.get("type") == "tfds":
+                        d = s.get("data_dir")
+                        if isinstance(d, str) and "://" not in d and not os.path.isdir(d):
+                            missing.append(f"data.{which}[{i}].data_dir {d!r}")
+            if missing:
+                now = json.dumps(_plain(data).get("sources") or [])
+                out.append(f"{', '.join(missing)} not found: set the sources with "
+                           f"--config.data.sources='<JSON list>' (now: {now})")
+    for key in ("eval.mir_images", "eval.mir_texts"):
+        v = _get(config, key)
+        if isinstance(v, str) and v != "synthetic" and not _exists(v):
+            out.append(f"{key} {v!r} not found: --config.{key}=PATH or 'synthetic'")
+    return out
+
+
+def check_config(config) -> None:
+    """Raises ConfigError (one line, every problem with its fix) unless the config can run.
+
+    Reads nothing but the file system's directory entries: no model is built, no data read."""
+    problems = _value_problems(config)
+    model_problems, model_config = _model_problems(config)
+    problems += model_problems + _data_problems(config)
+    problems += _tokenizer_problems(config, model_config) + _init_from_problems(config)
+    problems += _path_problems(config)
+    if problems:
+        n = len(problems)
+        raise ConfigError(f"config has {n} problem{'s' * (n > 1)}: " + "; ".join(problems))
+
+
+# ----- list-valued overrides ------------------------------------------------------------------------
+
+class JsonListParser(flags.ArgumentParser):
+    """`--config.KEY=[...]` for a list-valued KEY: a JSON list (or a Python literal list)."""
+
+    def parse(self, argument):
+        if isinstance(argument, (list, tuple)):  # the config's own value, as the flag's default
+            return list(argument)
+        try:
+            value = json.loads(argument)
+        except json.JSONDecodeError as e:
+            try:
+                value = ast.literal_eval(argument)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"{argument!r} is not a JSON list ({e.msg}, column {e.colno})") from None
+        if not isinstance(value, list):
+            raise ValueError(f"{argument!r} is not a list; write a JSON list, e.g. '[{{\"type\": ...}}]'")
+        return value
+
+    def flag_type(self):
+        return "JSON list"
+
+
+def register_list_overrides() -> None:
+    """Lets ml_collections' config flags override list-valued keys (call before flag parsing)."""
+    from ml_collections import config_flags
+
+    config_flags.register_flag_parser_for_type(list, JsonListParser())

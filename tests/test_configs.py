@@ -1,0 +1,222 @@
+"""Every recipe in configs/ runs with :runlocal; config checks before anything heavy; list-valued
+overrides; the too_long error names the length needed and the key to raise."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+import train_fixtures as fx
+
+from mir_jax.config_check import ConfigError, JsonListParser, check_config
+from mir_jax.data import BadSampleFractionError, make_train_iterator
+from mir_jax.metrics import read_jsonl
+from mir_jax.models import LlavaConfig
+from mir_jax.trainer import train_and_evaluate
+
+
+def _recipes() -> list[str]:
+    """Every configs/*.py that defines get_config (found, not listed, so a new one is covered)."""
+    names = []
+    for path in sorted(glob.glob(os.path.join(fx.ROOT, "configs", "*.py"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        if hasattr(importlib.import_module(f"configs.{name}"), "get_config"):
+            names.append(name)
+    return names
+
+
+RECIPES = _recipes()
+# Options beyond runlocal that change the data (moca on the stage-1 recipe).
+VARIANTS = [(n, "runlocal") for n in RECIPES] + [("moca", "runlocal,pretrain")]
+
+
+def _config(name: str, arg: str | None = "runlocal"):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_the_recipes_are_found():
+    assert {"mm1_mix", "llava15_pretrain", "llava15_sft", "moca"} <= set(RECIPES)
+    assert "common" not in RECIPES
+
+
+@pytest.mark.parametrize("name, arg", VARIANTS)
+def test_runlocal_data_fits_the_recipe(name, arg):
+    """The embedded corpus has no broken records, so any skipped sample means the recipe's
+    seq_len / max_images cannot hold its own data (vicuna_v1 at seq_len 128 skipped them all)."""
+    c = _config(name, arg)
+    check_config(c)
+    mc = LlavaConfig.from_dict(c.model.to_dict())
+    it = make_train_iterator(c.data, tokenizer=c.tokenizer, image_size=mc.vision.image_size,
+                             num_image_tokens=mc.num_image_tokens, batch_size=int(c.batch_size),
+                             seq_len=int(c.seq_len), seed=0)
+    while sum(s["seen"] for s in it.bad_samples.values()) < 300:
+        batch = next(it)
+        assert batch["input_ids"].shape == (c.batch_size, c.seq_len)
+    for source, s in it.bad_samples.items():
+        assert s["bad"] == 0, (source, s)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_runlocal_trains_a_few_steps(name, tmp_path):
+    """Each recipe's runlocal config as train.py gets it, shortened to 2 steps. The held-out and
+    MIR sets are built (their data goes through the recipe's template and seq_len) but not
+    evaluated: compiling the evaluation would double the time, and the loop's evaluation is
+    tested elsewhere (test_evaluate, the multi-host tests)."""
+    c = _config(name)
+    c.total_steps, c.log_every = 2, 1
+    c.checkpoint.every, c.checkpoint.async_save = 0, False
+    c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
+    c.eval.num_samples = c.eval.mir_samples = 16
+    result = train_and_evaluate(c, str(tmp_path))
+    assert result["step"] == 2 and np.isfinite(result["loss"])
+    rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+    (data,) = [r for r in rows if r["split"] == "data"]  # the bad-sample counts, once at the end
+    assert data["step"] == 2
+    for source, s in data["bad_samples"].items():
+        assert s["seen"] > 0 and s["bad"] == 0, (source, s)
+
+
+# ----- checks before anything heavy ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_full_size_recipes_say_everything_that_must_be_set(name, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        check_config(_config(name, None))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "tokenizer is not set: --config.tokenizer=DIR" in msg
+    assert "init_from is not set: --config.init_from=DIR" in msg
+    for i, source in enumerate(_config(name, None).data.sources):
+        assert f"data.sources[{i}].path {source['path']!r}" in msg
+    assert "--config.data.sources='<JSON list>'" in msg
+
+
+def test_set_paths_are_checked_and_the_rest_passes(tmp_path):
+    c = _config("llava15_pretrain", None)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    c.tokenizer = str(tok)
+    c.init_from = str(tmp_path / "nope")
+    (tmp_path / "train.json").write_text("[]")
+    (tmp_path / "images").mkdir()
+    c.data.sources = [{"type": "llava", "path": str(tmp_path / "train.json"),
+                       "image_folder": str(tmp_path / "images"), "template": "plain"}]
+    with pytest.raises(ConfigError) as e:
+        check_config(c)
+    msg = str(e.value)
+    assert msg.startswith("config has 2 problems: ")
+    assert f"tokenizer directory {str(tok)!r} has none of" in msg
+    assert f"init_from directory {str(tmp_path / 'nope')!r} does not exist" in msg
+    (tok / "tokenizer.json").write_text("{}")
+    (tmp_path / "nope").mkdir()
+    check_config(c)  # everything set and there
+
+
+def test_nonexistent_tokenizer_says_so():
+    c = _config("mm1_mix")
+    c.tokenizer = "/nonexistent"
+    with pytest.raises(ConfigError, match="tokenizer directory '/nonexistent' does not exist"):
+        check_config(c)
+
+
+def test_byte_tokenizer_on_a_full_size_model_is_named():
+    c = _config("mm1_mix", None)
+    c.tokenizer, c.init_from, c.data.sources = "byte", "", [{"type": "synthetic"}]
+    with pytest.raises(ConfigError, match=r"^config has 1 problem: tokenizer='byte' .*vocab_size 32064, "
+                                          r"image_token_id 32000\): --config.tokenizer=DIR"):
+        check_config(c)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("total_steps", -5, "total_steps=-5 must be a positive integer"),
+    ("total_steps", 0, "total_steps=0 must be a positive integer"),
+    ("batch_size", 0, "batch_size=0 must be a positive integer"),
+    ("seq_len", -1, "seq_len=-1 must be a positive integer"),
+    ("num_micro_batches", 0, "num_micro_batches=0 must be a positive integer"),
+    ("optimizer.lr", 0.0, "optimizer.lr=0.0 must be > 0"),
+    ("optimizer.lr", -1e-3, "optimizer.lr=-0.001 must be > 0"),
+    ("optimizer.b2", 1.0, "optimizer.b2=1.0 must be in [0, 1)"),
+    ("optimizer.warmup_steps", -1, "optimizer.warmup_steps=-1 must be an integer >= 0"),
+    ("checkpoint.keep", 0, "checkpoint.keep=0 must be a positive integer"),
+    ("eval.batch_size", 0, "eval.batch_size=0 must be a positive integer"),
+    ("eval.mir_method", "fast", "eval.mir_method='fast' is not one of"),
+    ("model.connector.name", "mlp2x_relu", "model: unknown connector 'mlp2x_relu'"),
+    ("trainable.llm", "until:99", "trainable.llm='until:99': K must be in [1, 3]"),
+    ("mesh", (2, -1, -1), "mesh=(2, -1, -1) must be three sizes"),
+    ("data.sources", [{"type": "synthetic", "template": "vicuna"}],
+     "data.sources[0].template='vicuna' is not one of ['plain', 'vicuna_v1', 'chat', 'document']"),
+    ("data.sources", [{"type": "parquet", "path": "x"}], "data.sources[0].type='parquet' is not one of"),
+    ("data.sources", [{"type": "synthetic", "weight": 0}], "data.sources: no source has a positive weight"),
+])
+def test_impossible_values_are_one_line_before_compiling(key, value, message, tmp_path):
+    c = _config("mm1_mix")
+    with c.unlocked():
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    with pytest.raises(ConfigError) as e:
+        train_and_evaluate(c, str(tmp_path))  # the trainer checks first
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).startswith("config has 1 problem: ")
+    assert not os.listdir(tmp_path)  # nothing written: no checkpoint directory named -5
+
+
+def test_several_problems_in_one_message():
+    c = _config("mm1_mix")
+    c.total_steps, c.batch_size, c.optimizer.lr = -5, 0, 0.0
+    with pytest.raises(ConfigError, match=r"^config has 3 problems: total_steps=-5 .*; batch_size=0 .*; "
+                                          r"optimizer.lr=0.0 must be > 0$"):
+        check_config(c)
+
+
+# ----- list-valued overrides -----------------------------------------------------------------------
+
+def test_json_list_parser():
+    p = JsonListParser()
+    value = '[{"type": "llava", "path": "a.json", "weight": 0.5}, {"type": "text", "path": "t.txt"}]'
+    assert p.parse(value) == [{"type": "llava", "path": "a.json", "weight": 0.5},
+                              {"type": "text", "path": "t.txt"}]
+    assert p.parse("[{'type': 'synthetic'}]") == [{"type": "synthetic"}]  # a Python literal too
+    assert p.parse([{"type": "synthetic"}]) == [{"type": "synthetic"}]  # the config's own default
+    with pytest.raises(ValueError, match="is not a JSON list"):
+        p.parse('[{"type": ')
+    with pytest.raises(ValueError, match="is not a list"):
+        p.parse('{"type": "llava"}')
+
+
+# ----- too_long names the length and the key -------------------------------------------------------
+
+def test_too_long_error_names_the_length_needed_and_the_key(tmp_path):
+    """Text-only conversations of known byte lengths, seq_len 64: the byte tokenizer gives
+    bos + len(system + " USER: " + q + " ASSISTANT: " + a) + eos tokens."""
+    system = "S."
+    rows, lengths = [], []
+    for i in range(60):
+        q, a = "q" * (40 + i), "a" * 10
+        rows.append({"id": str(i), "conversations": [{"from": "human", "value": q},
+                                                    {"from": "gpt", "value": a}]})
+        lengths.append(1 + len(f"{system} USER: {q} ASSISTANT: {a}") + 1)
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps(rows))
+    data = {"sources": [{"type": "llava", "path": str(path), "template": "vicuna_v1"}], "system": system,
+            "num_threads": 1}
+    it = make_train_iterator(data, image_size=32, num_image_tokens=4, batch_size=4, seq_len=64)
+    with pytest.raises(BadSampleFractionError) as e:
+        for _ in range(20):
+            next(it)
+    msg = str(e.value)
+    # min_seen 50: the error comes once 50 samples are seen, every one longer than 64 tokens
+    # (the shortest needs 73). The longest of any 50 of the 60 distinct lengths is at least the
+    # 50th smallest and at most the largest.
+    assert min(lengths) == 73
+    assert "50 of 50 samples failed" in msg and "commonest reason: too_long (50 samples)" in msg
+    needed = int(msg.split("the longest of them needs ")[1].split(" ")[0])
+    assert needed in lengths and sorted(lengths)[49] <= needed <= max(lengths)
+    assert f"but seq_len is 64: raise it (train.py: --config.seq_len={needed})" in msg
