@@ -130,3 +130,32 @@ def initialize(coordinator_address: str | None = None, num_processes: int | str 
              jax.process_index(), jax.process_count(), kwargs["coordinator_address"] or "auto",
              jax.local_device_count(), jax.device_count())
     return True
+
+
+def host_batch_slice(sharding, global_batch: int, *, process_index: int | None = None,
+                     process_of=None) -> tuple[int, int, int]:
+    """Which rows of a global batch this process's devices hold, as a data shard:
+    (shard_index, shard_count, local_batch), so that host `p` reads shard `shard_index` of
+    `shard_count` with `local_batch` rows and `jax.make_array_from_process_local_data` puts
+    them where they belong.
+
+    Usually (batch axes spanning every process) that is (process_index, process_count,
+    global_batch / process_count). Where processes share rows (e.g. a tensor-parallel axis
+    spanning hosts), they get the same shard, so replicated rows hold the same data.
+    `process_index` / `process_of(device)` stand in for JAX's in tests.
+    """
+    import jax
+
+    pid = jax.process_index() if process_index is None else process_index
+    process_of = process_of or (lambda d: d.process_index)
+    rows = set()
+    for device, index in sharding.devices_indices_map((int(global_batch),)).items():
+        if process_of(device) == pid:
+            rows.update(range(*index[0].indices(int(global_batch))))
+    if not rows:
+        raise ValueError(f"process {pid} holds no device of the batch sharding")
+    lo, n = min(rows), len(rows)
+    if rows != set(range(lo, lo + n)) or lo % n or global_batch % n:
+        raise ValueError(f"process {pid} holds batch rows {sorted(rows)} of {global_batch}: not one "
+                         "aligned block; order the mesh's devices so each host's are adjacent")
+    return lo // n, int(global_batch) // n, n

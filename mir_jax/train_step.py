@@ -295,3 +295,15 @@ def global_batch(local: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str,
     return {k: jax.make_array_from_process_local_data(stepper.batch_sharding(np.ndim(local[k])),
                                                       np.asarray(local[k]))
             for k in BATCH_KEYS}
+
+
+def global_batch_from_full(full: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str, jax.Array]:
+    """The whole global batch, present on every process (evaluation sets, which every host reads
+    in full) -> global jax.Arrays: each device takes its own rows, so the arrays equal those
+    of a single process whatever the number of hosts."""
+    out = {}
+    for k in BATCH_KEYS:
+        x = np.asarray(full[k])
+        out[k] = jax.make_array_from_callback(x.shape, stepper.batch_sharding(x.ndim),
+                                              lambda index, x=x: x[index])
+    return out

@@ -29,10 +29,11 @@ from mir_jax.checkpoint import Checkpointer, StopSignal
 from mir_jax.config_check import ConfigError, check_config
 from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
 from mir_jax.data.tokenizer import load_tokenizer
+from mir_jax.distributed import host_batch_slice
 from mir_jax.mir import MIRAccumulator, format_mir
 from mir_jax.models import LlavaConfig
 from mir_jax.sharding import make_mesh
-from mir_jax.train_step import StepConfig, Stepper, global_batch
+from mir_jax.train_step import StepConfig, Stepper, global_batch, global_batch_from_full
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,17 @@ class Setup:
                              f"data-parallel shards and {self.process_count} hosts")
         self.tokenizer = load_tokenizer(config.tokenizer or None)
         _check_tokenizer(self.tokenizer, self.model_config)
-        self.local_batch = int(config.batch_size) // self.process_count
+        # Multi-host: each process reads the data shard of the batch rows its devices hold
+        # (shard p of P when the batch axes span every host, as usual).
+        self.data_shard, self.data_shard_count, self.local_batch = host_batch_slice(
+            self.stepper.batch_sharding(1), int(config.batch_size))
         mc = self.model_config
         self.data_kwargs = dict(tokenizer=self.tokenizer, image_size=mc.vision.image_size,
                                 mean=tuple(config.image_mean), std=tuple(config.image_std),
                                 num_image_tokens=mc.num_image_tokens, seq_len=int(config.seq_len))
         self.train_iter = make_train_iterator(
             config.data, batch_size=self.local_batch, seed=int(config.seed),
-            shard_index=self.process_index, shard_count=self.process_count, **self.data_kwargs)
+            shard_index=self.data_shard, shard_count=self.data_shard_count, **self.data_kwargs)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                          keep=int(config.checkpoint.keep),
                                          every=int(config.checkpoint.every),
@@ -113,18 +117,19 @@ class Setup:
 
     # ----- evaluation -------------------------------------------------------------------------
     def eval_batches(self) -> tuple[list[dict], list[dict]]:
-        """Fixed held-out loss batches and MIR batches (image + unrelated text), on the host."""
+        """Fixed held-out loss batches and MIR batches (image + unrelated text), on the host.
+
+        Every host reads both sets whole, as global batches (`evaluate` gives each device its
+        rows): the same samples and the same number of batches on every host, so the values
+        equal a single process's (per-host slices of a finite set differ in length once bad
+        samples are skipped, and hosts would disagree on the number of eval steps)."""
         cfg, ev = self.config, self.config.eval
-        kw = dict(self.data_kwargs, batch_size=int(ev.batch_size) // self.process_count,
-                  shard_index=self.process_index, shard_count=self.process_count)
+        kw = dict(self.data_kwargs, batch_size=int(ev.batch_size))
         loss_batches = list(make_eval_iterator(cfg.data, num_samples=int(ev.num_samples), seed=int(cfg.seed), **kw)) \
             if ev.num_samples else []
         mir_batches = []
         if ev.mir_samples:
-            if self.process_count > 1:
-                log.warning("MIR evaluation batches are read whole on every host (no per-host slice)")
-            mkw = {k: v for k, v in kw.items() if k not in ("shard_index", "shard_count")}
-            mkw["batch_size"] = int(ev.batch_size)
+            mkw = dict(kw)
             mkw["seq_len"] = int(ev.get("mir_seq_len") or cfg.seq_len)
             mir_batches = make_mir_batches(ev.mir_images, ev.mir_texts, num_samples=int(ev.mir_samples), **mkw)
         return loss_batches, mir_batches
@@ -135,7 +140,7 @@ class Setup:
         if loss_batches:
             ce = tokens = 0.0
             for b in loss_batches:
-                sums, _ = st.eval_step(state, frozen, global_batch(b, st))
+                sums, _ = st.eval_step(state, frozen, global_batch_from_full(b, st))
                 ce, tokens = ce + float(sums["ce_sum"]), tokens + float(sums["tokens"])
             out["loss"] = ce / max(tokens, 1.0)
             out["tokens"] = tokens
@@ -146,7 +151,8 @@ class Setup:
                 for b in mir_batches:
                     # Hidden states are reduced to row masks in-graph; the accumulator keeps only
                     # per-layer statistics (constant memory in the number of samples).
-                    _, (hs, vmask, tmask) = st.eval_step(state, frozen, global_batch(b, st), with_hidden=True)
+                    _, (hs, vmask, tmask) = st.eval_step(state, frozen, global_batch_from_full(b, st),
+                                                         with_hidden=True)
                     yield hs, hs, vmask, tmask
 
             res = acc.run(rows)
@@ -168,15 +174,25 @@ def format_bad_samples(summary: dict) -> str:
 def _mfu_numbers(setup: Setup, batch: dict) -> tuple[int, float]:
     """(tokens per step, model FLOPs per token) for a batch (LLM positions, images included)."""
     b, s = batch["input_ids"].shape
-    tokens = b * s * setup.process_count
+    tokens = b * s * setup.data_shard_count
     images_per_token = float(np.sum(batch["image_mask"])) / (b * s)
     return tokens, metrics_lib.model_flops_per_token(setup.model_config, s, images_per_token)
 
 
 def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]]:
-    """Greedy continuations of the first `n` held-out caption prompts: [(target, generated)]."""
+    """Greedy continuations of the first `n` held-out caption prompts: [(target, generated)].
+    Every process must call it (gathering sharded parameters is a collective); only process 0
+    generates, the others get []."""
     from mir_jax.models import generate
 
+    if setup.process_count > 1:
+        from jax.experimental import multihost_utils
+
+        state, frozen = multihost_utils.process_allgather((state, frozen), tiled=True)
+        if setup.process_index:
+            return []
+    else:
+        state, frozen = jax.device_get(state), jax.device_get(frozen)
     ex = next(make_eval_iterator({"sources": [{"type": "synthetic", "kind": "caption"}]},
                                  num_samples=n, batch_size=n, **setup.data_kwargs))
     prompts, targets = [], []
@@ -193,7 +209,7 @@ def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]
     mask = np.zeros_like(ids)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
-    model = setup.stepper.model(jax.device_get(state), jax.device_get(frozen))
+    model = setup.stepper.model(state, frozen)
     new = generate(model, ids, ex["pixel_values"][: len(prompts)], ex["image_mask"][: len(prompts)], mask,
                    max_new_tokens=int(setup.config.seq_len) - width, eos_token_id=setup.tokenizer.eos_id,
                    pad_token_id=pad)
@@ -277,7 +293,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         if ev:
             writer.write(step, "eval", ev)
             msg = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if k in ("loss", "mir"))
-            bar.write(f"step {step}: eval {msg} ({time.perf_counter() - t:.1f}s)")
+            if main:
+                bar.write(f"step {step}: eval {msg} ({time.perf_counter() - t:.1f}s)")
         result["eval"] = ev
         last_eval_step = step
         report_bad_samples(step)
@@ -340,7 +357,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 
                 print(format_mir(MIRResult(jnp.asarray(ev["mir_per_layer"]), jnp.asarray(ev["mir"])),
                                  config.eval.mir_method))
-        if int(config.eval.get("sample_captions", 0)) and main:
+        if int(config.eval.get("sample_captions", 0)):  # on every host: see sample_captions
             for target, got in sample_captions(setup, state, frozen, int(config.eval.sample_captions)):
                 print(f"  target:    {target}\n  generated: {got}")
         result["step"] = total
