@@ -83,8 +83,10 @@ def check_shapes(saved_tree, abstract_tree, item: str, step: int) -> None:
     saved_tree: the item's orbax metadata tree (ArrayMetadata leaves with .shape);
     abstract_tree: the config's ShapeDtypeStructs."""
     saved, want = _shapes(saved_tree), _shapes(abstract_tree)
-    differ = [k for k in want if k in saved and saved[k] != want[k]]
-    missing, extra = [k for k in want if k not in saved], [k for k in saved if k not in want]
+    # Name a parameter first, not one of its optimizer moments.
+    first = lambda keys: sorted(keys, key=lambda k: not k.startswith("params."))  # noqa: E731
+    differ = first(k for k in want if k in saved and saved[k] != want[k])
+    missing, extra = first(k for k in want if k not in saved), first(k for k in saved if k not in want)
     if not (differ or missing or extra):
         return
     if differ:

@@ -1,0 +1,155 @@
+"""Damaged checkpoints: a one-line warning naming the step and the cause, then the newest step
+that restores (nothing deleted); one line when none restores or the shapes differ from the
+config; evaluation's loader falls back the same way."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import train_fixtures as fx
+
+from mir_jax.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointMismatch,
+    load_for_evaluation,
+)
+from mir_jax.trainer import Setup, train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished 6-step run with checkpoints at steps 3 and 6 (never modified: tests copy it)."""
+    workdir = str(tmp_path_factory.mktemp("ckpt") / "run")
+    train_and_evaluate(fx.tiny_train_config(), workdir)
+    assert Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3, 6]
+    return workdir
+
+
+def _copy(run, tmp_path) -> str:
+    dst = str(tmp_path / "run")
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _files(directory) -> dict[str, int]:
+    return {os.path.relpath(f, directory): os.path.getsize(f)
+            for f in glob.glob(os.path.join(directory, "**"), recursive=True) if os.path.isfile(f)}
+
+
+def _restore(workdir, config, step=None):
+    setup = Setup(config, workdir)
+    try:
+        a, f = setup.stepper.abstract_state()
+        s, state, frozen, _ = setup.checkpointer.restore(a, f, setup.train_iter, step=step)
+        return s, jax.device_get(state), jax.device_get(frozen), setup.train_iter.get_state()
+    finally:
+        setup.checkpointer.close()
+
+
+def _truncate_largest_array_file(step_dir):
+    f = max(glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*")), key=os.path.getsize)
+    with open(f, "r+b") as fh:
+        fh.truncate(os.path.getsize(f) // 2)
+
+
+DAMAGE = {
+    "truncated array file": (_truncate_largest_array_file, "OUT_OF_RANGE"),
+    "deleted _METADATA": (lambda d: os.remove(os.path.join(d, "state", "_METADATA")), "state/_METADATA is missing"),
+    "emptied data-iterator state": (lambda d: open(os.path.join(d, "data", "process_0-of-1.json"), "w").close(),
+                                    "data/process_0-of-1.json is not a JSON iterator state"),
+    "missing state/": (lambda d: shutil.rmtree(os.path.join(d, "state")), "state/ is missing"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(run, tmp_path, kind, caplog, capfd):
+    damage, cause = DAMAGE[kind]
+    workdir = _copy(run, tmp_path)
+    ckpts = os.path.join(workdir, "checkpoints")
+    damage(os.path.join(ckpts, "6"))
+    damaged_files = _files(os.path.join(ckpts, "6"))
+    config = fx.tiny_train_config()
+    with caplog.at_level(logging.WARNING, logger="mir_jax.checkpoint"):
+        step, state, frozen, data = _restore(workdir, config)
+    assert step == 3
+    # The same arrays and data position as step 3 restored from the intact run.
+    _, want_state, want_frozen, want_data = _restore(run, config, step=3)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(want_state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert data == want_data
+    warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith(f"checkpoint step 6 in {ckpts} does not restore (")
+    assert cause in warnings[0] and warnings[0].endswith("; trying step 3")
+    # Nothing deleted: the damaged step is kept, renamed so this run can write step 6 again.
+    assert not os.path.exists(os.path.join(ckpts, "6"))
+    assert _files(os.path.join(ckpts, "6.damaged")) == damaged_files
+    assert "Event loop is closed" not in capfd.readouterr().err
+
+
+def test_the_resumed_run_writes_the_damaged_step_anew(run, tmp_path):
+    workdir = _copy(run, tmp_path)
+    ckpts = os.path.join(workdir, "checkpoints")
+    os.remove(os.path.join(ckpts, "6", "state", "_METADATA"))
+    result = train_and_evaluate(fx.tiny_train_config(), workdir)
+    assert result["step"] == 6 and not result.get("already_done")  # steps 4-6 trained again
+    assert Checkpointer(ckpts).all_steps() == [3, 6]
+    assert os.path.isdir(os.path.join(ckpts, "6.damaged"))
+
+
+def test_no_checkpoint_restores_is_one_line_and_deletes_nothing(run, tmp_path):
+    workdir = _copy(run, tmp_path)
+    ckpts = os.path.join(workdir, "checkpoints")
+    for s in ("3", "6"):
+        os.remove(os.path.join(ckpts, s, "state", "_METADATA"))
+    before = _files(ckpts)
+    with pytest.raises(CheckpointError) as e:
+        _restore(workdir, fx.tiny_train_config())
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"no checkpoint in {ckpts} restores (")
+    assert "step 6: CheckpointError: state/_METADATA is missing" in msg
+    assert "step 3: CheckpointError: state/_METADATA is missing" in msg
+    assert _files(ckpts) == before
+
+
+def test_shapes_that_differ_from_the_config_are_named_in_one_line(run, tmp_path):
+    """The fixture's decoder has 2 layers stacked on axis 0; the config now asks for 3."""
+    config = fx.tiny_train_config(model=fx.tiny_model_config(
+        text={**fx.tiny_model_config().text.__dict__, "num_layers": 3}).to_dict())
+    workdir = _copy(run, tmp_path)
+    with pytest.raises(CheckpointMismatch) as e:
+        _restore(workdir, config)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("checkpoint step 6 does not fit the config: state.params.")
+    key = msg.split("does not fit the config: ")[1].split(" has shape")[0]
+    assert ".language_model.layers." in key
+    saved, wanted = msg.split(" has shape ")[1].split(" in the checkpoint but ")
+    wanted = wanted.split(" in the config")[0]
+    saved, wanted = eval(saved), eval(wanted)  # noqa: S307 -- tuples of ints we just printed
+    assert saved[0] == 2 and wanted[0] == 3 and saved[1:] == wanted[1:]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))  # a mismatch is not damage
+
+
+def test_evaluation_loader_falls_back_and_changes_nothing(run, tmp_path, caplog):
+    workdir = _copy(run, tmp_path)
+    ckpts = os.path.join(workdir, "checkpoints")
+    _truncate_largest_array_file(os.path.join(ckpts, "6"))
+    before = _files(ckpts)
+    with caplog.at_level(logging.WARNING, logger="mir_jax.checkpoint"):
+        _, model, _ = load_for_evaluation(workdir)
+    _, want, _ = load_for_evaluation(run, step=3)
+    warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+    assert len(warnings) == 1 and "checkpoint step 6" in warnings[0] and "trying step 3" in warnings[0]
+    from flax import nnx
+
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(want, nnx.Param)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _files(ckpts) == before  # evaluation renames nothing
