@@ -68,6 +68,10 @@ flags.DEFINE_integer("seed", 0, "Seed of the synthetic corpus (--images/--texts=
 flags.DEFINE_string("output_dir", None, "Where mir.json and the plot go (default: WORKDIR/mir_eval "
                     "for --checkpoint, DIR_mir_eval beside an HF directory --hf_model=DIR).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process: process 0's HOST:PORT (else $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes (else $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index (else $JAX_PROCESS_ID).")
 
 
 def _fail(message: str) -> None:
@@ -184,6 +188,12 @@ def _default_output_dir(paths: list[str]) -> str:
 
 def main(argv):
     del argv
+    from mir_jax import distributed
+
+    try:  # before anything touches a device (see mir_jax/distributed.py)
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except distributed.DistributedSetupError as e:
+        _fail(str(e))
     import logging
 
     from absl import logging as absl_logging
