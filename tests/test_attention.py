@@ -1,16 +1,23 @@
-"""Attention against torch's scaled_dot_product_attention (float32), both code paths.
+"""Attention against independent references: torch's scaled_dot_product_attention (float32) for
+the dense paths, and a float64 torch softmax attention, with its mask built here in NumPy, for
+the blockwise path, the cuDNN wrapper and the Pallas splash kernel (in its interpreter).
 
-The tiled CPU path (`_attention_tiled`, taken for S*T >= 128*128 on one device) and the dense
-path must both equal the reference: GQA head mapping as HF's repeat_kv, causal + padding masks,
-and a fully masked (padding) query row giving the plain average of the values.
+GQA head mapping as HF's repeat_kv; causal + key padding + packed segments; lengths not
+divisible by the block sizes; gradients for q, k and v. Rows with no key to attend to
+(padding queries) are implementation-defined but finite; their cotangent is zero here, as
+the model's losses make it.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
+from mir_jax.models import attention as attn
 from mir_jax.models import layers
+from mir_jax.models.config import LlavaConfig
+from mir_jax.sharding import make_mesh, use_mesh
 
 
 def reference(q, k, v, mask):
@@ -24,7 +31,7 @@ def reference(q, k, v, mask):
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (6, 1)])
 @pytest.mark.parametrize("tiled", [True, False])
-def test_attention_matches_torch_sdpa(heads, kv_heads, tiled, monkeypatch):
+def test_dense_attention_matches_torch_sdpa(heads, kv_heads, tiled, monkeypatch):
     rng = np.random.default_rng(heads * 10 + kv_heads)
     b, s, dh = 3, 160, 16
     q = rng.standard_normal((b, s, heads, dh)).astype(np.float32)
@@ -33,8 +40,9 @@ def test_attention_matches_torch_sdpa(heads, kv_heads, tiled, monkeypatch):
     lengths = np.array([s, 97, 40])
     valid = np.arange(s)[None] < lengths[:, None]
     mask = np.tril(np.ones((s, s), bool))[None] & valid[:, None, :] & valid[:, :, None]
-    monkeypatch.setattr(layers, "_tile_attention", lambda s, t: tiled)
-    ours = np.asarray(layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask)))
+    monkeypatch.setattr(attn, "_tile_attention", lambda s, t: tiled)
+    ours = np.asarray(layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask),
+                                       implementation="dense"))
     expected = reference(q, k, v, mask)
     for row in range(b):
         n = lengths[row]
@@ -46,5 +54,184 @@ def test_attention_matches_torch_sdpa(heads, kv_heads, tiled, monkeypatch):
 
 
 def test_tiled_path_is_taken_for_long_sequences_on_one_cpu_device():
-    assert layers._tile_attention(512, 512)
-    assert not layers._tile_attention(1, 512)  # a decoding step stays dense
+    assert attn._tile_attention(512, 512)
+    assert not attn._tile_attention(1, 512)  # a decoding step stays dense
+
+
+# ----------------------------------------------------------------------------------------------
+# Blockwise, cuDNN wrapper, Pallas: against float64 torch with a NumPy-built mask
+# ----------------------------------------------------------------------------------------------
+def numpy_mask(s, t, *, causal, offset=0, segments=None, valid=None):
+    """bool [B, S, T] built independently of `attention.Mask`: key j visible to query i iff
+    (j <= offset + i if causal), same nonzero segment, key valid."""
+    i, j = np.arange(s)[:, None], np.arange(t)[None, :]
+    m = np.ones((1, s, t), bool)
+    if causal:
+        m = m & (j <= offset + i)[None]
+    if segments is not None:
+        qs, ks = segments
+        m = m & (qs[:, :, None] == ks[:, None, :]) & (ks[:, None, :] != 0)
+    if valid is not None:
+        m = m & valid[:, None, :]
+    return m
+
+
+def torch_reference(q, k, v, mask, cotangent):
+    """float64 softmax attention (repeat_kv GQA) and the gradients of sum(out * cotangent)."""
+    g = q.shape[2] // k.shape[2]
+    tq, tk, tv = (torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True) for x in (q, k, v))
+    qh, kh, vh = tq.permute(0, 2, 1, 3), tk.permute(0, 2, 1, 3), tv.permute(0, 2, 1, 3)
+    kh, vh = kh.repeat_interleave(g, dim=1), vh.repeat_interleave(g, dim=1)
+    scores = qh @ kh.transpose(-1, -2) / np.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~torch.from_numpy(mask)[:, None], torch.finfo(torch.float64).min)
+    out = (torch.softmax(scores, -1) @ vh).permute(0, 2, 1, 3)
+    (out * torch.from_numpy(np.asarray(cotangent, np.float64))).sum().backward()
+    return out.detach().numpy(), [x.grad.numpy() for x in (tq, tk, tv)]
+
+
+def case(seed, b, s, t, h, kvh, dh):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((b, s, h, dh)).astype(np.float32)
+    k = rng.standard_normal((b, t, kvh, dh)).astype(np.float32)
+    v = rng.standard_normal((b, t, kvh, dh)).astype(np.float32)
+    return rng, q, k, v
+
+
+def packed_segments(b, s):
+    """Row 0: three packed examples and padding; row 1: one example then padding; the rest: full."""
+    seg = np.ones((b, s), np.int32)
+    seg[0] = 0
+    seg[0, : s // 3], seg[0, s // 3: s // 2], seg[0, s // 2: s - 5] = 1, 2, 3
+    seg[1, s - s // 4:] = 0
+    return seg
+
+
+def check(fn, q, k, v, mask_obj, mask_np, rng, *, atol=1e-5, rtol=1e-5):
+    """fn(q, k, v, mask) forward and gradients vs the float64 reference, on rows with a key."""
+    rows = mask_np.any(-1)
+    if rows.shape[0] == 1:
+        rows = np.broadcast_to(rows, q.shape[:2])
+    cot = (rng.standard_normal(q.shape) * rows[:, :, None, None]).astype(np.float32)
+    f = jax.jit(lambda q, k, v, m: jax.value_and_grad(
+        lambda q, k, v: (jnp.sum(fn(q, k, v, m) * cot), fn(q, k, v, m)), argnums=(0, 1, 2), has_aux=True)(q, k, v))
+    (_, out), grads = f(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask_obj)
+    ref_out, ref_grads = torch_reference(q, k, v, np.broadcast_to(mask_np, (q.shape[0],) + mask_np.shape[1:]), cot)
+    out = np.asarray(out)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[rows], ref_out[rows], atol=atol, rtol=rtol)
+    for name, ours, ref in zip("qkv", grads, ref_grads):
+        assert np.isfinite(np.asarray(ours)).all(), name
+        np.testing.assert_allclose(np.asarray(ours), ref, atol=atol, rtol=rtol, err_msg=f"d{name}")
+
+
+def blockwise(bq, bkv):
+    return lambda q, k, v, m: attn.blockwise_attention(q, k, v, m, block_q=bq, block_kv=bkv)
+
+
+def test_blockwise_matches_reference_causal_segments_padding_gqa():
+    # Odd length 45 against blocks of 16 queries x 8 keys; 6 query heads on 2 kv heads.
+    b, s, h, kvh, dh = 3, 45, 6, 2, 16
+    rng, q, k, v = case(0, b, s, s, h, kvh, dh)
+    seg = packed_segments(b, s)
+    valid = np.ones((b, s), bool)
+    valid[2, 30:] = False  # key padding (attention_mask) on top of the segments in row 2
+    mask = attn.Mask(causal=True, q_segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(seg),
+                     kv_valid=jnp.asarray(valid))
+    ref = numpy_mask(s, s, causal=True, segments=(seg, seg), valid=valid)
+    check(blockwise(16, 8), q, k, v, mask, ref, rng)
+
+
+def test_blockwise_matches_reference_decoding_offset_and_explicit_mask():
+    # KV-cache shapes: 7 queries at slots 30..36 of 41 keys, traced offset, key padding (left);
+    # then a bidirectional call with an explicit [B, S, T] mask array.
+    b, s, t, h, kvh, dh = 2, 7, 41, 4, 1, 8
+    rng, q, k, v = case(1, b, s, t, h, kvh, dh)
+    valid = np.ones((b, t), bool)
+    valid[1, :6] = False
+    mask = attn.Mask(causal=True, q_offset=jnp.int32(30), kv_valid=jnp.asarray(valid))
+    check(blockwise(4, 16), q, k, v, mask, numpy_mask(s, t, causal=True, offset=30, valid=valid), rng)
+    dense = rng.random((b, s, t)) < 0.6
+    check(blockwise(4, 16), q, k, v, jnp.asarray(dense), dense, rng)
+
+
+def test_cudnn_wrapper_arguments_through_xla():
+    # The cuDNN path's call (BTNH layout, GQA, is_causal or a [B, 1, S, T] mask) run through
+    # jax.nn.dot_product_attention's XLA implementation: only the kernel itself is not run here.
+    b, s, h, kvh, dh = 2, 33, 4, 2, 8
+    rng, q, k, v = case(2, b, s, s, h, kvh, dh)
+    fn = lambda q, k, v, m: attn.cudnn_attention(q, k, v, m, implementation="xla")
+    check(fn, q, k, v, attn.Mask(causal=True), numpy_mask(s, s, causal=True), rng)
+    seg = packed_segments(b, s)
+    mask = attn.Mask(causal=True, q_segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(seg))
+    check(fn, q, k, v, mask, numpy_mask(s, s, causal=True, segments=(seg, seg)), rng)
+
+
+def test_pallas_splash_kernel_in_interpreter_matches_reference():
+    # 200 tokens (padded to 256 = 2 blocks of 128 inside), causal + packed segments + GQA.
+    b, s, h, kvh, dh = 2, 200, 4, 2, 32
+    rng, q, k, v = case(3, b, s, s, h, kvh, dh)
+    seg = packed_segments(b, s)
+    mask = attn.Mask(causal=True, q_segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(seg))
+    fn = lambda q, k, v, m: attn.attention(q, k, v, m, implementation="pallas")  # interpreter on CPU
+    check(fn, q, k, v, mask, numpy_mask(s, s, causal=True, segments=(seg, seg)), rng, atol=2e-5)
+
+
+def test_blockwise_and_pallas_under_a_mesh_batch_and_heads_sharded():
+    # 8 CPU devices as (data 2, fsdp 2, tensor 2): batch over data x fsdp, heads over tensor.
+    b, s, h, kvh, dh = 4, 40, 4, 2, 8
+    rng, q, k, v = case(4, b, s, s, h, kvh, dh)
+    seg = packed_segments(b, s)
+    mask_np = numpy_mask(s, s, causal=True, segments=(seg, seg))
+    mesh = make_mesh((2, 2, 2))
+    with use_mesh(mesh):
+        mask = attn.Mask(causal=True, q_segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(seg))
+        check(blockwise(16, 16), q, k, v, mask, mask_np, rng)
+        out = jax.jit(lambda q, k, v, m: attn.attention(q, k, v, m, implementation="pallas"))(
+            jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
+    rows = mask_np.any(-1)
+    np.testing.assert_allclose(np.asarray(out)[rows], reference(q, k, v, mask_np)[rows], atol=2e-5)
+
+
+def test_blockwise_never_holds_s_by_s_scores():
+    # XLA's own accounting of the compiled forward + backward: dense needs the [H, S, S] float32
+    # scores (and their backward residuals); blockwise stays within a small multiple of its tiles.
+    b, s, h, dh = 1, 2048, 2, 16
+    x = jax.ShapeDtypeStruct((b, s, h, dh), jnp.float32)
+    mask = attn.Mask(causal=True)
+
+    def temp_bytes(fn):
+        step = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v, mask)), argnums=(0, 1, 2))
+        return jax.jit(step).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+
+    scores = b * h * s * s * 4
+    dense = temp_bytes(attn.dense_attention)
+    block = temp_bytes(blockwise(256, 256))
+    assert dense >= scores  # the reference point: dense does materialize them
+    assert block < scores / 8, (block, scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection
+# ----------------------------------------------------------------------------------------------
+def test_selection_by_backend_and_forcing():
+    def q_k(s, t, dtype=jnp.bfloat16, dh=128):
+        return jax.ShapeDtypeStruct((1, s, 8, dh), dtype), jax.ShapeDtypeStruct((1, t, 8, dh), dtype)
+
+    sel = attn.select_implementation
+    long_, short = q_k(4096, 4096), q_k(512, 512)
+    assert sel("auto", *long_, backend="gpu") == "cudnn"
+    assert sel("auto", *q_k(4096, 4096, jnp.float32), backend="gpu") == "blockwise"  # cuDNN: no fp32
+    assert sel("auto", *q_k(512, 512, dh=160), backend="gpu") == "dense"  # head_dim > 128
+    assert sel("auto", *long_, attn.Mask(causal=True), backend="tpu") == "pallas"
+    traced = attn.Mask(causal=True, q_offset=jax.ShapeDtypeStruct((), jnp.int32))
+    assert not attn.pallas_supports(traced)
+    assert sel("auto", *long_, attn.Mask(dense=jnp.ones((1, 1, 1), bool)), backend="tpu") == "blockwise"
+    assert sel("auto", *long_, backend="cpu") == "blockwise"
+    assert sel("auto", *short, backend="cpu") == "dense"
+    assert sel("auto", *q_k(1, 4096), backend="gpu") == "dense"  # decoding step
+    for name in ("dense", "blockwise", "cudnn", "pallas"):
+        assert sel(name, *short, backend="cpu") == name
+    with pytest.raises(ValueError, match="flash"):
+        sel("flash", *short)
+    with pytest.raises(ValueError, match="attention 'flash' not in"):
+        LlavaConfig.tiny(attention="flash")

@@ -85,6 +85,21 @@ def test_packed_segments_equal_separate_examples(plain):
     np.testing.assert_allclose(np.asarray(out[0, 5:8]), np.asarray(sep_b[0]), atol=1e-5)
 
 
+def test_attention_config_key_reaches_every_attention_and_blockwise_equals_dense(plain):
+    # attention="blockwise" everywhere (vision tower, decoder; packed segments, images), the
+    # same parameters as `plain` (auto = dense at these lengths on CPU).
+    twin = nnx.eval_shape(lambda: LlavaModel(CFG.replace(attention="blockwise"), rngs=nnx.Rngs(0)))
+    impls = {m.attention_impl for _, m in nnx.iter_graph(twin) if hasattr(m, "attention_impl")}
+    assert impls == {"blockwise"}
+    nnx.update(twin, nnx.state(plain))
+    ids, px, im, am = _batch()
+    seg = jnp.asarray(np.where(np.asarray(am) != 0, 1 + (np.arange(ids.shape[1]) >= 5), 0))
+    ref = np.asarray(run(plain, ids, px, im, seg=seg).logits)
+    out = np.asarray(run(twin, ids, px, im, seg=seg).logits)
+    real = np.asarray(seg) != 0
+    np.testing.assert_allclose(out[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
 def test_scan_unrolled_and_remat_agree(plain):
     ids, px, im, am = _batch()
     ref = np.asarray(run(plain, ids, px, im, am).logits)

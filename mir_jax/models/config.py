@@ -13,6 +13,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
+# Attention implementations ("auto" picks by backend and length; see mir_jax.models.attention).
+from mir_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+
 VISION_KINDS = ("clip", "siglip")
 CONNECTOR_KINDS = ("linear", "mlp", "avgpool", "attnpool", "c_abstractor")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -158,6 +161,7 @@ class LlavaConfig:
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: str = "none"
     scan_layers: bool = True
+    attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS, for every attention in the model
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen: hashable for jit
@@ -173,6 +177,8 @@ class LlavaConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} not in {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention {self.attention!r} not in {ATTENTION_IMPLEMENTATIONS}")
         for layer in self.feature_layers:
             if not -(self.vision.num_layers + 1) <= layer <= self.vision.num_layers:
                 raise ValueError(

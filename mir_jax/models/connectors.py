@@ -99,10 +99,10 @@ class AttnPoolConnector(nnx.Module):
     """K learned queries attend (multi-head, with a pre-LayerNorm on the patches) to the
     patches; the K outputs are projected to the LLM width."""
 
-    def __init__(self, d_vis, d_llm, cfg: ConnectorConfig, *, dtype, rngs):
+    def __init__(self, d_vis, d_llm, cfg: ConnectorConfig, *, dtype, rngs, attention: str = "auto"):
         self.queries = param(rngs, normal(d_vis**-0.5), (cfg.num_tokens, d_vis), ("queries", "vision_embed"))
         self.norm = LayerNorm(d_vis, 1e-5, rngs=rngs)
-        self.attn = MultiHeadAttention(d_vis, cfg.num_heads, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(d_vis, cfg.num_heads, dtype=dtype, rngs=rngs, attention=attention)
         self.proj = Dense(d_vis, d_llm, PROJ, bias=cfg.bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
@@ -174,11 +174,14 @@ CONNECTORS = {
 
 
 class Connector(nnx.Module):
-    """Dispatches on `cfg.kind`; input [B, P, D_vis] -> output [B, K, D_llm]."""
+    """Dispatches on `cfg.kind`; input [B, P, D_vis] -> output [B, K, D_llm]. `attention` names
+    the attention implementation of the connectors that attend (attnpool)."""
 
-    def __init__(self, d_vis: int, d_llm: int, cfg: ConnectorConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, d_vis: int, d_llm: int, cfg: ConnectorConfig, *, dtype, rngs: nnx.Rngs,
+                 attention: str = "auto"):
         self.kind = cfg.kind
-        self.impl = CONNECTORS[cfg.kind](d_vis, d_llm, cfg, dtype=dtype, rngs=rngs)
+        extra = {"attention": attention} if cfg.kind == "attnpool" else {}
+        self.impl = CONNECTORS[cfg.kind](d_vis, d_llm, cfg, dtype=dtype, rngs=rngs, **extra)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return constrain(self.impl(x), OUT)

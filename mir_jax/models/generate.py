@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mir_jax.models.attention import Mask
 from mir_jax.models.layers import default_positions
 from mir_jax.models.llava import LlavaModel
 
@@ -31,8 +32,7 @@ def _prefill(graphdef, state, input_ids, pixel_values, image_mask, key_valid, ca
     b, s = input_ids.shape
     x, modality = model.embed_inputs(input_ids, pixel_values, image_mask)
     positions = default_positions(key_valid[:, :s], None, b, s)
-    t = key_valid.shape[1]
-    mask = key_valid[:, None, :] & (jnp.arange(t)[None, None, :] <= jnp.arange(s)[None, :, None])
+    mask = Mask(causal=True, kv_valid=key_valid)  # query i (slot i) sees real slots <= i
     lm = model.language_model
     normed, _, cache = lm.decode(x, positions, mask, modality, cache=cache, cache_index=0)
     return lm.logits(normed[:, -1:])[:, 0], positions[:, -1], cache
@@ -44,8 +44,7 @@ def _step(graphdef, state, tokens, positions, key_valid, cache, index):
     model = nnx.merge(graphdef, state)
     lm = model.language_model
     x = lm.embed(tokens[:, None])
-    t = key_valid.shape[1]
-    mask = (key_valid & (jnp.arange(t)[None, :] <= index))[:, None, :]
+    mask = Mask(causal=True, q_offset=index, kv_valid=key_valid)  # the query sits at slot `index`
     no_image = jnp.zeros(tokens.shape + (1,), bool)
     normed, _, cache = lm.decode(x, positions[:, None], mask, no_image, cache=cache, cache_index=index)
     return lm.logits(normed)[:, 0], cache

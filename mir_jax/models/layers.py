@@ -1,5 +1,6 @@
 """Shared building blocks: parameters with logical axis names, dense/norm layers, rotary
-embeddings, attention, masks and layer stacking (scan + remat).
+embeddings, multi-head attention (its implementations: `mir_jax.models.attention`), masks and
+layer stacking (scan + remat).
 
 Parameters are float32 and are cast to the compute dtype at use; normalizations and softmax run
 in float32 (as HF does) so bf16 compute stays stable.
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mir_jax.models.attention import Mask, attention, validate_implementation
 from mir_jax.sharding import active_mesh, constrain
 
 Init = Callable[..., jax.Array]
@@ -164,90 +166,18 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Attention
+# Attention (implementations and their selection: mir_jax.models.attention)
 # ----------------------------------------------------------------------------------------------
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Grouped-query softmax attention.
-
-    q [B, S, H, Dh]; k, v [B, T, KVH, Dh] with H a multiple of KVH; mask bool [B, S, T]
-    (True = may attend) or None. Returns [B, S, H, Dh]. A fully masked query row (padding)
-    gets a uniform average instead of NaN, so padded batches never poison gradients.
-
-    Query head i uses key/value head i // (H / KVH), as HF's `repeat_kv` does. On a single
-    CPU device the work is tiled over (batch, kv-head) groups (`_attention_tiled`); the
-    result is the same up to float rounding.
-    """
-    if _tile_attention(q.shape[1], k.shape[1]):
-        return _attention_tiled(q, k, v, mask)
-    b, s, h, dh = q.shape
-    kvh = k.shape[2]
-    q = q.reshape(b, s, kvh, h // kvh, dh) * jnp.asarray(dh**-0.5, q.dtype)
-    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
-    probs = _masked_softmax(logits, None if mask is None else mask[:, None, None], v.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
-    return out.reshape(b, s, h, dh)
-
-
-def _masked_softmax(logits: jax.Array, mask: jax.Array | None, dtype) -> jax.Array:
-    """Softmax over the last axis of float32 scores, masked-out entries at the float32 minimum
-    (a fully masked row becomes uniform, not NaN), cast to `dtype` for the weighted sum."""
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(logits, axis=-1).astype(dtype)
-
-
-# Tiles of about this many query heads (for one batch row) keep a tile's [heads, S, T] float32
-# logits in the CPU's cache (4 x 512 x 512 x 4 B = 4 MB) instead of streaming B*H*S*T logits
-# through memory three times (scores, softmax, weighted sum). Measured on this project's 2-core
-# CPU at B=8, S=T=512, H=8: 0.18 s per layer dense, 0.08 s tiled (torch's fused SDPA: 0.035 s).
-_TILE_QUERY_HEADS = 4
-_TILE_MIN_SCORES = 128 * 128
-
-
-def _tile_attention(s: int, t: int) -> bool:
-    """Tile on CPU, for non-trivial sizes, when nothing is sharded across devices.
-
-    lax.map runs tiles one after another; on accelerators the dense einsums are the fast path,
-    and under a multi-device mesh the mapped axis would be a sharded one.
-    """
-    if jax.default_backend() != "cpu" or s * t < _TILE_MIN_SCORES:
-        return False
-    mesh = active_mesh()
-    return mesh is None or mesh.size == 1
-
-
-def _attention_tiled(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """`attention`, as a lax.map over tiles of (batch row, a few kv heads with their query heads)."""
-    b, s, h, dh = q.shape
-    t, kvh = k.shape[1], k.shape[2]
-    g = h // kvh
-    per = max(1, min(kvh, _TILE_QUERY_HEADS // g))  # kv heads per tile; must divide kvh
-    while kvh % per:
-        per -= 1
-    n = kvh // per
-    q = q * jnp.asarray(dh**-0.5, q.dtype)
-    q = q.reshape(b, s, n, per, g, dh).transpose(0, 2, 3, 4, 1, 5).reshape(b * n, per, g, s, dh)
-    k, v = (x.reshape(b, t, n, per, dh).transpose(0, 2, 3, 1, 4).reshape(b * n, per, t, dh) for x in (k, v))
-    row = jnp.arange(b * n) // n  # the batch row of each tile
-
-    def tile(args):
-        qi, ki, vi, bi = args
-        logits = jnp.einsum("pgsd,ptd->pgst", qi, ki, preferred_element_type=jnp.float32)
-        m = None if mask is None else jax.lax.dynamic_index_in_dim(mask, bi, keepdims=False)  # [S, T]
-        return jnp.einsum("pgst,ptd->pgsd", _masked_softmax(logits, m, vi.dtype), vi)
-
-    out = jax.lax.map(tile, (q, k, v, row))  # [b*n, per, g, s, dh]
-    return out.reshape(b, n, per, g, s, dh).transpose(0, 4, 1, 2, 3, 5).reshape(b, s, h, dh)
-
-
 class MultiHeadAttention(nnx.Module):
-    """Bidirectional MHA with biases (ViT encoder layers, attention pooling)."""
+    """Bidirectional MHA with biases (ViT encoder layers, attention pooling). `attention` names
+    the implementation (`mir_jax.models.attention.IMPLEMENTATIONS`)."""
 
     def __init__(self, dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs, kv_dim: int | None = None,
-                 names=("vision_embed", "vision_heads", "head_dim")):
+                 names=("vision_embed", "vision_heads", "head_dim"), attention: str = "auto"):
         hd = dim // num_heads
         kv_dim = kv_dim or dim
         e, h, d = names
+        self.attention_impl = validate_implementation(attention)
         self.q_proj = Dense(dim, (num_heads, hd), (e, h, d), bias=True, dtype=dtype, rngs=rngs)
         self.k_proj = Dense(kv_dim, (num_heads, hd), (e, h, d), bias=True, dtype=dtype, rngs=rngs)
         self.v_proj = Dense(kv_dim, (num_heads, hd), (e, h, d), bias=True, dtype=dtype, rngs=rngs)
@@ -257,23 +187,22 @@ class MultiHeadAttention(nnx.Module):
         kv = x if kv is None else kv
         q, k, v = self.q_proj(x), self.k_proj(kv), self.v_proj(kv)
         q = constrain(q, ("batch", "length", "act_heads", None))
-        return self.out_proj(attention(q, k, v, None))
+        return self.out_proj(attention(q, k, v, None, implementation=self.attention_impl))
 
 
 # ----------------------------------------------------------------------------------------------
 # Masks and positions
 # ----------------------------------------------------------------------------------------------
+def text_mask(attention_mask: jax.Array | None, segment_ids: jax.Array | None) -> Mask:
+    """The decoder's mask, described: causal, restricted to real keys (attention_mask [B, S],
+    nonzero = real) or to the query's own segment (segment_ids [B, S]; 0 = padding)."""
+    valid = None if attention_mask is None else attention_mask != 0
+    return Mask(causal=True, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, kv_valid=valid)
+
+
 def causal_mask(attention_mask: jax.Array | None, segment_ids: jax.Array | None, length: int) -> jax.Array:
-    """bool [B or 1, S, S]: causal, restricted to real keys (attention_mask) or to the query's own
-    segment (segment_ids; 0 = padding)."""
-    idx = jnp.arange(length)
-    mask = (idx[None, :] <= idx[:, None])[None]
-    if segment_ids is not None:
-        seg = segment_ids
-        mask = mask & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
-    if attention_mask is not None:
-        mask = mask & (attention_mask[:, None, :] != 0)
-    return mask
+    """`text_mask` materialized: bool [B or 1, S, S] (True = may attend)."""
+    return text_mask(attention_mask, segment_ids).materialize(length, length)
 
 
 def default_positions(attention_mask: jax.Array | None, segment_ids: jax.Array | None,

@@ -3,7 +3,8 @@ qkv bias (Qwen2) and tied embeddings; MoCa (modality calibration) after each lay
 
 Layers are stacked and scanned (`layers.run_stack`). A KV cache, when given, is a pair of arrays
 [L, B, T, KVH, Dh]; the new keys/values are written at `cache_index` and the queries attend to the
-whole cache under the caller's mask.
+whole cache under the caller's mask. `attention` (the config key) names the attention
+implementation (`mir_jax.models.attention`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mir_jax.models.layers import (
     activation,
     apply_rope,
     attention,
+    validate_implementation,
     make_stack,
     normal,
     param,
@@ -32,8 +34,9 @@ ACT = ("batch", "length", "act_embed")
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs, attention: str = "auto"):
         d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.attention_impl = validate_implementation(attention)
         self.q_proj = Dense(d, (h, hd), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.k_proj = Dense(d, (kvh, hd), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
         self.v_proj = Dense(d, (kvh, hd), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
@@ -49,7 +52,7 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
             cache = (k, v)
-        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation=self.attention_impl)
         return self.o_proj(out), cache
 
 
@@ -69,9 +72,10 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs, moca_std: float | None = None):
+    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs, moca_std: float | None = None,
+                 attention: str = "auto"):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
-        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs, attention=attention)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
         self.moca = MoCa(cfg.hidden_size, moca_std, rngs=rngs) if moca_std is not None else None
@@ -90,13 +94,13 @@ class LlamaModel(nnx.Module):
     """Token embedding, stacked decoder layers, final norm and LM head."""
 
     def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs, moca_std: float | None = None,
-                 remat: str = "none", scan_layers: bool = True):
+                 remat: str = "none", scan_layers: bool = True, attention: str = "auto"):
         self.cfg = cfg
         self.dtype = dtype
         self.remat, self.scan_layers = remat, scan_layers
         self.embed_tokens = param(rngs, normal(0.02), (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         self.layers = make_stack(
-            cfg.num_layers, lambda r: DecoderLayer(cfg, dtype=dtype, rngs=r, moca_std=moca_std), rngs)
+            cfg.num_layers, lambda r: DecoderLayer(cfg, dtype=dtype, rngs=r, moca_std=moca_std, attention=attention), rngs)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = param(rngs, normal(0.02), (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
@@ -116,8 +120,8 @@ class LlamaModel(nnx.Module):
                cache=None, cache_index=None):
         """Runs the decoder layers and the final norm.
 
-        x [B, S, D] input embeddings; positions [B, S]; mask bool [B, S, T]; modality_mask bool
-        [B, S]. Returns (normed [B, S, D], per-layer outputs [L, B, S, D] or None, new cache).
+        x [B, S, D] input embeddings; positions [B, S]; mask an `attention.Mask` (or a bool
+        [B, S, T] array); modality_mask bool [B, S]. Returns (normed [B, S, D], per-layer outputs [L, B, S, D] or None, new cache).
         """
         cfg = self.cfg
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)

@@ -20,7 +20,7 @@ from flax import nnx, struct
 
 from mir_jax.models.config import LlavaConfig
 from mir_jax.models.connectors import Connector
-from mir_jax.models.layers import causal_mask, default_positions
+from mir_jax.models.layers import default_positions, text_mask
 from mir_jax.models.llama import LlamaModel
 from mir_jax.models.vision import VisionTower
 from mir_jax.sharding import constrain
@@ -43,12 +43,13 @@ class LlavaModel(nnx.Module):
         self.config = config
         dtype = config.compute_dtype
         self.vision_tower = VisionTower(config.vision, dtype=dtype, rngs=rngs, remat=config.remat,
-                                        scan_layers=config.scan_layers)
+                                        scan_layers=config.scan_layers, attention=config.attention)
         d_vis = config.vision.hidden_size * len(config.feature_layers)
-        self.connector = Connector(d_vis, config.text.hidden_size, config.connector, dtype=dtype, rngs=rngs)
+        self.connector = Connector(d_vis, config.text.hidden_size, config.connector, dtype=dtype, rngs=rngs,
+                                   attention=config.attention)
         self.language_model = LlamaModel(
             config.text, dtype=dtype, rngs=rngs, moca_std=config.moca_std if config.moca else None,
-            remat=config.remat, scan_layers=config.scan_layers)
+            remat=config.remat, scan_layers=config.scan_layers, attention=config.attention)
 
     # ------------------------------------------------------------------------------------------
     def image_features(self, pixel_values: jax.Array) -> jax.Array:
@@ -90,7 +91,7 @@ class LlavaModel(nnx.Module):
         x, modality = self.embed_inputs(input_ids, pixel_values, image_mask)
         if positions is None:
             positions = default_positions(attention_mask, segment_ids, b, s)
-        mask = causal_mask(attention_mask, segment_ids, s)
+        mask = text_mask(attention_mask, segment_ids)  # described, never [S, S] unless a path needs it
         lm = self.language_model
         normed, ys, _ = lm.decode(x, positions, mask, modality, collect=output_hidden_states)
         hidden = None

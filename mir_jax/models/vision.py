@@ -44,9 +44,10 @@ class VisionMLP(nnx.Module):
 class VisionLayer(nnx.Module):
     """x + attn(ln1(x)); x + mlp(ln2(x))."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs, attention: str = "auto"):
         self.layer_norm1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
-        self.self_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, dtype=dtype, rngs=rngs)
+        self.self_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_heads, dtype=dtype, rngs=rngs,
+                                            attention=attention)
         self.layer_norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
         self.mlp = VisionMLP(cfg, dtype=dtype, rngs=rngs)
 
@@ -65,7 +66,7 @@ class VisionTower(nnx.Module):
     """
 
     def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs, remat: str = "none",
-                 scan_layers: bool = True):
+                 scan_layers: bool = True, attention: str = "auto"):
         self.cfg = cfg
         self.dtype = dtype
         self.remat, self.scan_layers = remat, scan_layers
@@ -77,7 +78,8 @@ class VisionTower(nnx.Module):
         if cfg.kind == "clip":
             self.class_embedding = param(rngs, normal(d**-0.5), (d,), ("vision_embed",))
             self.pre_layrnorm = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
-        self.layers = make_stack(cfg.num_layers, lambda r: VisionLayer(cfg, dtype=dtype, rngs=r), rngs)
+        self.layers = make_stack(
+            cfg.num_layers, lambda r: VisionLayer(cfg, dtype=dtype, rngs=r, attention=attention), rngs)
         self.post_layernorm = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
 
     def embed(self, pixel_values: jax.Array) -> jax.Array:

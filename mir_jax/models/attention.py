@@ -1,0 +1,558 @@
+"""Softmax attention: one entry point (`attention`), four implementations, one mask type.
+
+Shapes, everywhere in this module:
+  q [B, S, H, Dh] queries; k, v [B, T, KVH, Dh] keys/values, H a multiple of KVH (GQA: query
+  head i reads key/value head i // (H / KVH), as HF's `repeat_kv`). Output [B, S, H, Dh].
+
+Implementations (the model config's `attention` key; `select_implementation` resolves "auto"):
+  "dense"      scores [B, H, S, T] at once (`dense_attention`); on one CPU device tiled over
+               (batch row, a few kv heads) so a tile's scores stay in cache. The fast path for
+               short sequences and decoding steps; memory O(S * T) per head, forward and
+               backward.
+  "blockwise"  pure JAX, online softmax over [block_q, block_kv] tiles with a custom VJP that
+               recomputes each tile in the backward pass (`blockwise_attention`): never more
+               than one tile of scores per head, forward or backward. Runs on any backend.
+  "cudnn"      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, fp16/bf16).
+  "pallas"     the Pallas TPU splash-attention kernel (`jax.experimental.pallas.ops.tpu.
+               splash_attention`), under `shard_map` when a mesh is active; on other backends
+               it runs in Pallas' interpreter (slow: tests only).
+
+Masks are described, not materialized (`Mask`): causal (with an offset for KV-cache decoding),
+packed segment ids, key padding, and optionally an explicit boolean array. Dense paths
+materialize [B, S, T] booleans; the blockwise path builds one tile of it at a time; the
+kernels get what their APIs take (causal flag, segment ids, or as a last resort a mask).
+
+Rows with no key to attend to (padding queries) give finite outputs whose value depends on the
+implementation (dense: the mean of all values; blockwise: zeros) and receive zero gradient
+where their output's cotangent is zero, as the model's losses ensure. Never NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mir_jax.sharding import active_mesh, logical_to_mesh_spec
+
+IMPLEMENTATIONS = ("auto", "dense", "blockwise", "cudnn", "pallas")
+
+# "auto" on CPU (and for what no kernel takes): dense below this many keys, blockwise from it.
+# Measured on this project's 2-core CPU (BENCHMARKS.md, "Attention"): the tiled dense path is
+# faster up to ~1-2k keys, and from 2k on its [B, H, S, T] backward residuals dominate memory.
+BLOCKWISE_MIN_KV = 2048
+# Default tiles of the blockwise path (clipped to the sequence lengths).
+BLOCK_Q = 512
+BLOCK_KV = 512
+_NEG_INF = -jnp.inf
+
+
+def validate_implementation(name: str) -> str:
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {name!r} not in {IMPLEMENTATIONS}")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class Mask:
+    """Which keys each query may attend to; every given condition must hold.
+
+    causal:          key j only if j <= q_offset + i (query i sits at slot q_offset + i of the
+                     key axis: 0 for self-attention, the cache index when decoding).
+    q_offset:        a Python int (static: stays one through jit) or an int32 scalar array.
+    q_segment_ids,
+    kv_segment_ids:  [B, S], [B, T] int; key j only if its id equals the query's and is not 0
+                     (0 = padding). Both or neither.
+    kv_valid:        [B, T] bool; key j only if True (key padding).
+    dense:           [B or 1, S, T] bool; an explicit mask (True = may attend).
+    """
+
+    causal: bool = False
+    q_offset: Any = 0
+    q_segment_ids: jax.Array | None = None
+    kv_segment_ids: jax.Array | None = None
+    kv_valid: jax.Array | None = None
+    dense: jax.Array | None = None
+
+    def __post_init__(self):
+        if (self.q_segment_ids is None) != (self.kv_segment_ids is None):
+            raise ValueError("Mask: give both q_segment_ids and kv_segment_ids, or neither")
+
+    def tree_flatten(self):
+        static = isinstance(self.q_offset, (int, np.integer))
+        children = (None if static else self.q_offset, self.q_segment_ids, self.kv_segment_ids,
+                    self.kv_valid, self.dense)
+        return children, (self.causal, int(self.q_offset) if static else None)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        causal, offset = aux
+        dynamic, *rest = children
+        return cls(causal, offset if offset is not None else dynamic, *rest)
+
+    @property
+    def static_offset(self) -> int | None:
+        """q_offset as a Python int when it is known at trace time, else None."""
+        try:
+            return int(self.q_offset)
+        except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+            return None
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """Causal self-attention from slot 0, nothing else."""
+        return (self.causal and self.static_offset == 0 and self.q_segment_ids is None
+                and self.kv_valid is None and self.dense is None)
+
+    def materialize(self, s: int, t: int) -> jax.Array | None:
+        """bool [B or 1, S, T] (True = may attend), or None when nothing is masked."""
+        return _mask_tile(self, jnp.arange(s), jnp.arange(t), (0, s), (0, t))
+
+    @staticmethod
+    def of(mask) -> Mask:
+        """A `Mask` from None, a bool [B or 1, S, T] array, or a `Mask`."""
+        if mask is None:
+            return Mask()
+        if isinstance(mask, Mask):
+            return mask
+        mask = jnp.asarray(mask)
+        if mask.ndim != 3 or mask.dtype != jnp.bool_:
+            raise ValueError(f"attention mask must be bool [B, S, T] or a Mask, got {mask.dtype}{mask.shape}")
+        return Mask(dense=mask)
+
+
+def _mask_tile(mask: Mask, qpos, kpos, q_range, k_range) -> jax.Array | None:
+    """bool [B or 1, len(qpos), len(kpos)] for query indices `qpos` and key indices `kpos`
+    (1-D, contiguous: q_range / k_range = (start, size) of the slice into the per-position
+    arrays, start possibly traced). None when nothing is masked."""
+    out = None
+
+    def both(m):
+        nonlocal out
+        out = m if out is None else out & m
+
+    def rows(x, start_size, axis=1):
+        start, size = start_size
+        return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+
+    if mask.causal:
+        both((kpos[None, :] <= qpos[:, None] + jnp.asarray(mask.q_offset, jnp.int32))[None])
+    if mask.q_segment_ids is not None:
+        qs = rows(mask.q_segment_ids, q_range)[:, :, None]
+        ks = rows(mask.kv_segment_ids, k_range)[:, None, :]
+        both((qs == ks) & (ks != 0))
+    if mask.kv_valid is not None:
+        both(rows(mask.kv_valid, k_range)[:, None, :].astype(bool))
+    if mask.dense is not None:
+        d = rows(mask.dense, q_range, axis=1)
+        both(rows(d, k_range, axis=2))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point and selection
+# ----------------------------------------------------------------------------------------------
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
+              implementation: str = "auto") -> jax.Array:
+    """Grouped-query softmax attention. q [B, S, H, Dh]; k, v [B, T, KVH, Dh]; mask a `Mask`, a
+    bool [B or 1, S, T] array (True = may attend) or None. Returns [B, S, H, Dh] in q's dtype.
+
+    `implementation` is one of IMPLEMENTATIONS; "auto" picks by backend (`select_implementation`).
+    """
+    mask = Mask.of(mask)
+    impl = select_implementation(implementation, q, k, mask)
+    if impl == "dense":
+        return dense_attention(q, k, v, mask)
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, mask)
+    if impl == "cudnn":
+        return cudnn_attention(q, k, v, mask)
+    return pallas_attention(q, k, v, mask, interpret=jax.default_backend() != "tpu")
+
+
+def select_implementation(name: str, q, k, mask: Mask | None = None, *, backend: str | None = None) -> str:
+    """The implementation `attention` runs for `name` on `backend` (default: JAX's default).
+
+    A name other than "auto" is returned as given (validated). "auto":
+      * decoding steps (S < 16 queries) and anything shorter than BLOCKWISE_MIN_KV keys on CPU:
+        "dense";
+      * GPU: "cudnn" for fp16/bf16 with head_dim a multiple of 8 and <= 128 (what cuDNN's flash
+        attention takes), else as on CPU;
+      * TPU: "pallas" unless the mask carries an explicit array or a traced causal offset
+        (the splash kernel's mask is static), else as on CPU;
+      * otherwise: "dense" below BLOCKWISE_MIN_KV keys, "blockwise" from it.
+    """
+    validate_implementation(name)
+    if name != "auto":
+        return name
+    mask = Mask() if mask is None else mask
+    backend = backend or jax.default_backend()
+    s, t, dh = q.shape[1], k.shape[1], q.shape[-1]
+    if s < 16:
+        return "dense"
+    if backend in ("gpu", "cuda", "rocm") and cudnn_supports(q.dtype, dh):
+        return "cudnn"
+    if backend == "tpu" and pallas_supports(mask):
+        return "pallas"
+    return "dense" if t < BLOCKWISE_MIN_KV else "blockwise"
+
+
+def cudnn_supports(dtype, head_dim: int) -> bool:
+    return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim % 8 == 0 \
+        and head_dim <= 128
+
+
+def pallas_supports(mask: Mask) -> bool:
+    return mask.dense is None and (not mask.causal or mask.static_offset is not None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense
+# ----------------------------------------------------------------------------------------------
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None) -> jax.Array:
+    """Scores [B, KVH, G, S, T] in float32, softmax, weighted sum. A fully masked query row gets
+    the uniform average of the values. On a single CPU device the work is tiled over (batch,
+    kv-head) groups (`_attention_tiled`); the result is the same up to float rounding."""
+    mask = Mask.of(mask)
+    m = mask.materialize(q.shape[1], k.shape[1])
+    if _tile_attention(q.shape[1], k.shape[1]):
+        return _attention_tiled(q, k, v, m)
+    b, s, h, dh = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, s, kvh, h // kvh, dh) * jnp.asarray(dh**-0.5, q.dtype)
+    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
+    probs = _masked_softmax(logits, None if m is None else m[:, None, None], v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    return out.reshape(b, s, h, dh)
+
+
+def _masked_softmax(logits: jax.Array, mask: jax.Array | None, dtype) -> jax.Array:
+    """Softmax over the last axis of float32 scores, masked-out entries at the float32 minimum
+    (a fully masked row becomes uniform, not NaN), cast to `dtype` for the weighted sum."""
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
+# Tiles of about this many query heads (for one batch row) keep a tile's [heads, S, T] float32
+# logits in the CPU's cache (4 x 512 x 512 x 4 B = 4 MB) instead of streaming B*H*S*T logits
+# through memory three times (scores, softmax, weighted sum). Measured on this project's 2-core
+# CPU at B=8, S=T=512, H=8: 0.18 s per layer dense, 0.08 s tiled (torch's fused SDPA: 0.035 s).
+_TILE_QUERY_HEADS = 4
+_TILE_MIN_SCORES = 128 * 128
+
+
+def _tile_attention(s: int, t: int) -> bool:
+    """Tile on CPU, for non-trivial sizes, when nothing is sharded across devices.
+
+    lax.map runs tiles one after another; on accelerators the dense einsums are the fast path,
+    and under a multi-device mesh the mapped axis would be a sharded one.
+    """
+    if jax.default_backend() != "cpu" or s * t < _TILE_MIN_SCORES:
+        return False
+    mesh = active_mesh()
+    return mesh is None or mesh.size == 1
+
+
+def _attention_tiled(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """`dense_attention`, as a lax.map over tiles of (batch row, a few kv heads with their query
+    heads). mask: bool [B or 1, S, T] or None."""
+    b, s, h, dh = q.shape
+    t, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    per = max(1, min(kvh, _TILE_QUERY_HEADS // g))  # kv heads per tile; must divide kvh
+    while kvh % per:
+        per -= 1
+    n = kvh // per
+    q = q * jnp.asarray(dh**-0.5, q.dtype)
+    q = q.reshape(b, s, n, per, g, dh).transpose(0, 2, 3, 4, 1, 5).reshape(b * n, per, g, s, dh)
+    k, v = (x.reshape(b, t, n, per, dh).transpose(0, 2, 3, 1, 4).reshape(b * n, per, t, dh) for x in (k, v))
+    row = jnp.arange(b * n) // n  # the batch row of each tile
+    if mask is not None and mask.shape[0] == 1:
+        row = jnp.zeros_like(row)
+
+    def tile(args):
+        qi, ki, vi, bi = args
+        logits = jnp.einsum("pgsd,ptd->pgst", qi, ki, preferred_element_type=jnp.float32)
+        m = None if mask is None else jax.lax.dynamic_index_in_dim(mask, bi, keepdims=False)  # [S, T]
+        return jnp.einsum("pgst,ptd->pgsd", _masked_softmax(logits, m, vi.dtype), vi)
+
+    out = jax.lax.map(tile, (q, k, v, row))  # [b*n, per, g, s, dh]
+    return out.reshape(b, n, per, g, s, dh).transpose(0, 4, 1, 2, 3, 5).reshape(b, s, h, dh)
+
+
+# ----------------------------------------------------------------------------------------------
+# Blockwise (online softmax, custom VJP)
+# ----------------------------------------------------------------------------------------------
+class _Blocks(NamedTuple):
+    """Static description of a blockwise call (hashable: a custom_vjp nondiff argument)."""
+
+    causal: bool
+    s: int  # true lengths (the padded ones are n * block)
+    t: int
+    block_q: int
+    block_kv: int
+    has_segments: bool
+    has_valid: bool
+    has_dense: bool
+
+
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
+                        block_q: int = BLOCK_Q, block_kv: int = BLOCK_KV) -> jax.Array:
+    """Attention over [block_q, block_kv] tiles with an online softmax (FlashAttention-2's
+    algorithm, in pure JAX). q [B, S, H, Dh]; k, v [B, T, KVH, Dh]; returns [B, S, H, Dh].
+
+    Forward: for each query block, a loop over key blocks carries the running row maximum,
+    normalizer and float32 output accumulator, so only one [B, KVH, G, block_q, block_kv] tile
+    of scores exists at a time. Residuals for the backward pass are the inputs, the output and
+    the row log-sum-exp [B, H, S]. Backward (custom VJP): for each key block, a loop over query
+    blocks recomputes the tile's probabilities from the log-sum-exp and accumulates dK, dV for
+    that block and dQ for all. Causal masks skip the key blocks entirely above the diagonal
+    in both passes. Lengths need not divide the block sizes (inputs are padded, padding masked).
+    Fully masked query rows return 0.
+    """
+    mask = Mask.of(mask)
+    b, s, h, dh = q.shape
+    t, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    bq, bkv = min(block_q, s), min(block_kv, t)
+    nq, nk = -(-s // bq), -(-t // bkv)
+    sp, tp = nq * bq, nk * bkv
+
+    def pad(x, axis, to):
+        if x is None or x.shape[axis] == to:
+            return x
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, to - x.shape[axis])
+        return jnp.pad(x, widths)
+
+    qb = (pad(q, 1, sp) * jnp.asarray(dh**-0.5, q.dtype)).reshape(b, nq, bq, kvh, g, dh).transpose(1, 0, 3, 4, 2, 5)
+    kb, vb = (pad(x, 1, tp).reshape(b, nk, bkv, kvh, dh).transpose(1, 0, 3, 2, 4) for x in (k, v))
+    dense = mask.dense
+    if dense is not None:
+        dense = pad(pad(dense.astype(bool), 1, sp), 2, tp)
+    ops = (jnp.asarray(mask.q_offset, jnp.int32), pad(mask.q_segment_ids, 1, sp),
+           pad(mask.kv_segment_ids, 1, tp), pad(mask.kv_valid, 1, tp), dense)
+    spec = _Blocks(mask.causal, s, t, bq, bkv, mask.q_segment_ids is not None, mask.kv_valid is not None,
+                   dense is not None)
+    out = _blockwise(spec, qb, kb, vb, ops)  # [nq, B, KVH, G, bq, Dh]
+    return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, sp, h, dh)[:, :s]
+
+
+def _tile(spec: _Blocks, ops, i, j):
+    """bool [B or 1, 1, 1, bq, bkv] for query block i and key block j, or None."""
+    offset, q_seg, kv_seg, kv_valid, dense = ops
+    qpos = i * spec.block_q + jnp.arange(spec.block_q)
+    kpos = j * spec.block_kv + jnp.arange(spec.block_kv)
+    m = _mask_tile(Mask(spec.causal, offset, q_seg, kv_seg, kv_valid, dense), qpos, kpos,
+                   (i * spec.block_q, spec.block_q), (j * spec.block_kv, spec.block_kv))
+    if spec.t % spec.block_kv:  # padded keys
+        real = (kpos < spec.t)[None, None, :]
+        m = real if m is None else m & real
+    return None if m is None else m[:, None, None]
+
+
+def _kv_range(spec: _Blocks, offset, i, nk: int):
+    """Key blocks [lo, hi) that query block i can see."""
+    if not spec.causal:
+        return 0, nk
+    last_query = offset + (i + 1) * spec.block_q - 1
+    return 0, jnp.clip(last_query // spec.block_kv + 1, 0, nk)
+
+
+def _q_range(spec: _Blocks, offset, j, nq: int):
+    """Query blocks [lo, hi) that can see key block j."""
+    if not spec.causal:
+        return 0, nq
+    return jnp.clip((j * spec.block_kv - offset) // spec.block_q, 0, nq), nq
+
+
+def _scores(spec, ops, qi, kj, i, j):
+    """float32 [B, KVH, G, bq, bkv] scores of a tile, masked entries at -inf."""
+    sc = jnp.einsum("bkgqd,bktd->bkgqt", qi, kj, preferred_element_type=jnp.float32)
+    m = _tile(spec, ops, i, j)
+    return sc if m is None else jnp.where(m, sc, _NEG_INF)
+
+
+def _blockwise_fwd_impl(spec: _Blocks, qb, kb, vb, ops):
+    nq, nk = qb.shape[0], kb.shape[0]
+    offset = ops[0]
+
+    def q_block(i):
+        qi = qb[i]
+        shape = qi.shape[:-1]  # [B, KVH, G, bq]
+
+        def body(j, carry):
+            m, l, acc = carry
+            sc = _scores(spec, ops, qi, kb[j], i, j)
+            m_new = jnp.maximum(m, sc.max(-1))
+            m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)  # rows with nothing seen yet
+            p = jnp.exp(sc - m_safe[..., None])
+            corr = jnp.exp(m - m_safe)
+            l = l * corr + p.sum(-1)
+            pv = jnp.einsum("bkgqt,bktd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
+            return m_new, l, acc * corr[..., None] + pv
+
+        init = (jnp.full(shape, _NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32),
+                jnp.zeros(shape + (vb.shape[-1],), jnp.float32))
+        lo, hi = _kv_range(spec, offset, i, nk)
+        m, l, acc = jax.lax.fori_loop(lo, hi, body, init)
+        seen = l > 0
+        out = acc / jnp.where(seen, l, 1.0)[..., None]
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)  # +inf: p = 0 in bwd
+        return out.astype(qb.dtype), lse
+
+    return jax.lax.map(q_block, jnp.arange(nq))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _blockwise(spec: _Blocks, qb, kb, vb, ops):
+    return _blockwise_fwd_impl(spec, qb, kb, vb, ops)[0]
+
+
+def _blockwise_fwd(spec, qb, kb, vb, ops):
+    out, lse = _blockwise_fwd_impl(spec, qb, kb, vb, ops)
+    return out, (qb, kb, vb, ops, out, lse)
+
+
+def _blockwise_bwd(spec, res, dout):
+    qb, kb, vb, ops, out, lse = res
+    nq, nk = qb.shape[0], kb.shape[0]
+    offset = ops[0]
+    dout = dout.astype(qb.dtype)
+    delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", dout.astype(jnp.float32), out.astype(jnp.float32))
+
+    def kv_block(dq, j):
+        kj, vj = kb[j], vb[j]
+
+        def body(i, carry):
+            dk, dv, dq = carry
+            qi, doi = qb[i], dout[i]
+            p = jnp.exp(_scores(spec, ops, qi, kj, i, j) - lse[i][..., None])  # 0 where masked
+            dv = dv + jnp.einsum("bkgqt,bkgqd->bktd", p.astype(doi.dtype), doi, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bkgqd,bktd->bkgqt", doi, vj, preferred_element_type=jnp.float32)
+            ds = (p * (dp - delta[i][..., None])).astype(qi.dtype)
+            dk = dk + jnp.einsum("bkgqt,bkgqd->bktd", ds, qi, preferred_element_type=jnp.float32)
+            dqi = jnp.einsum("bkgqt,bktd->bkgqd", ds, kj, preferred_element_type=jnp.float32)
+            dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dqi, i, axis=0)
+            return dk, dv, dq
+
+        lo, hi = _q_range(spec, offset, j, nq)
+        zeros = jnp.zeros(kj.shape, jnp.float32)
+        dk, dv, dq = jax.lax.fori_loop(lo, hi, body, (zeros, jnp.zeros(vj.shape, jnp.float32), dq))
+        return dq, (dk.astype(kb.dtype), dv.astype(vb.dtype))
+
+    dq, (dk, dv) = jax.lax.scan(kv_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(nk))
+    ops_ct = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0) if x is not None else None, ops)
+    return dq.astype(qb.dtype), dk, dv, ops_ct
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# cuDNN (GPU)
+# ----------------------------------------------------------------------------------------------
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
+                    implementation: str = "cudnn") -> jax.Array:
+    """`jax.nn.dot_product_attention` (BTNH layout = ours; GQA native). Plain causal
+    self-attention passes `is_causal` only (nothing materialized); any other mask goes in as a
+    bool [B, 1, S, T] `mask`, which the cuDNN path turns into an additive bias (one [S, T] per
+    batch row, not per head). `implementation="xla"` runs the same call through XLA (tests)."""
+    mask = Mask.of(mask)
+    plain = mask.is_plain_causal and q.shape[1] == k.shape[1]
+    m = None if plain else mask.materialize(q.shape[1], k.shape[1])
+    if m is not None:
+        m = jnp.broadcast_to(m[:, None], (m.shape[0], 1) + m.shape[1:])
+    return jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=plain, implementation=implementation)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pallas splash attention (TPU)
+# ----------------------------------------------------------------------------------------------
+def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
+                     block: int = 512, interpret: bool = False) -> jax.Array:
+    """The Pallas TPU splash-attention kernel, vmapped over the batch, GQA native.
+
+    The causal part of the mask is the kernel's static `CausalMask` (its offset must be known at
+    trace time); segment ids and key padding become the kernel's `SegmentIds` (padding keys get
+    id -1, which no query has); an explicit mask array is not supported. Lengths are padded to a
+    multiple of the block (a multiple of 128, at most `block`). Under an active mesh the kernel
+    runs in `shard_map`, batch over the logical "batch" axes and heads over "act_heads" (the kv
+    heads must divide evenly). `interpret=True` runs Pallas' interpreter (any backend).
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    mask = Mask.of(mask)
+    if not pallas_supports(mask):
+        raise ValueError("pallas attention takes causal (static offset), segment ids and key padding, "
+                         "not an explicit mask array or a traced causal offset")
+    b, s, h, dh = q.shape
+    t, kvh = k.shape[1], k.shape[2]
+    bq = min(block, _round_up(s, 128))
+    bkv = min(block, _round_up(t, 128))
+    sp, tp = _round_up(s, bq), _round_up(t, bkv)
+    q = q * jnp.asarray(dh**-0.5, q.dtype)  # the kernel does not scale
+
+    # Segment ids: query ids as given (or 1); keys -1 where padding, invalid or beyond T.
+    seg = None
+    if mask.q_segment_ids is not None or mask.kv_valid is not None or tp != t:
+        if mask.q_segment_ids is not None:
+            qs, ks = mask.q_segment_ids.astype(jnp.int32), mask.kv_segment_ids.astype(jnp.int32)
+            ks = jnp.where(ks != 0, ks, -1)
+        else:
+            qs, ks = jnp.ones((b, s), jnp.int32), jnp.ones((b, t), jnp.int32)
+        if mask.kv_valid is not None:
+            ks = jnp.where(mask.kv_valid.astype(bool), ks, -1)
+        qs = jnp.pad(jnp.broadcast_to(qs, (b, s)), ((0, 0), (0, sp - s)), constant_values=-2)
+        ks = jnp.pad(jnp.broadcast_to(ks, (b, t)), ((0, 0), (0, tp - t)), constant_values=-1)
+        seg = (qs, ks)
+
+    def to_heads(x, n):  # [B, L, heads, Dh] -> [B, heads, n, Dh] padded
+        return jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    qh, kh, vh = to_heads(q, sp), to_heads(k, tp), to_heads(v, tp)
+    offset = mask.static_offset if mask.causal else None
+
+    def local(qh, kh, vh, seg):
+        heads = qh.shape[1]
+        if offset is None:
+            head_mask = splash.FullMask((sp, tp))
+        else:
+            head_mask = splash.CausalMask((sp, tp), offset=offset)
+        sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                                  block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+        kernel = splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads), block_sizes=sizes,
+                                        head_shards=1, q_seq_shards=1, interpret=interpret)
+        if seg is None:
+            return jax.vmap(kernel)(qh, kh, vh)
+        return jax.vmap(lambda a, b_, c, qs, ks: kernel(a, b_, c, segment_ids=splash.SegmentIds(qs, ks)))(
+            qh, kh, vh, *seg)
+
+    mesh = active_mesh()
+    if mesh is not None and mesh.size > 1:
+        batch, heads = logical_to_mesh_spec(("batch", "act_heads"))
+        head_size = 1 if heads is None else math.prod(
+            mesh.shape[a] for a in ((heads,) if isinstance(heads, str) else heads))
+        if kvh % head_size:
+            heads = None  # kv heads do not split over the tensor axis: replicate heads
+        P = jax.sharding.PartitionSpec
+        hspec = P(batch, heads, None, None)
+        sspec = None if seg is None else (P(batch, None), P(batch, None))
+        local = jax.shard_map(local, in_specs=(hspec, hspec, hspec, sspec), out_specs=hspec,
+                              check_vma=False)
+    out = local(qh, kh, vh, seg)  # [B, H, sp, Dh]
+    return out.transpose(0, 2, 1, 3)[:, :s]
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
