@@ -28,7 +28,8 @@ import scipy.linalg
 import torch
 from timing import interleaved_best
 
-from mir_jax import linalg, mir
+from mir_jax import mir
+from mir_jax.mir import linalg
 
 
 def llm_like_features(rng, layers, n, d, shift):

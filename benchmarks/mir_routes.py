@@ -4,7 +4,7 @@ Run: python benchmarks/mir_routes.py
 
 tr((Σ_V Σ_T)^{1/2}) can be read off the eigenvalues of Lᵀ Σ_T L (Σ_V = L Lᵀ), which is
 what the floor in `mir_kernel.py` times, or off the singular values of L_Tᵀ L_V,
-which is what `mir_jax.linalg.trace_sqrt_product_factored` does at about twice the
+which is what `mir_jax.mir.linalg.trace_sqrt_product_factored` does at about twice the
 cost of a symmetric eigensolver. This script prints, for a few kinds of data, the
 relative error of the Fréchet distance each route gives in float32 against a
 float64 reference (NumPy Cholesky + SVD on the same covariances). The eigenvalue
@@ -21,7 +21,8 @@ import numpy as np
 import scipy.linalg
 from mir_kernel import llm_like_features
 
-from mir_jax import linalg, mir
+from mir_jax import mir
+from mir_jax.mir import linalg
 
 
 def float64_distance_parts(v, t):

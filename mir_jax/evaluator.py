@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mir_jax import mir, sharding
-from mir_jax.mir_tokens import mir_rows, mir_token_masks
+from mir_jax.mir.tokens import mir_rows, mir_token_masks
 
 MODES = ("streaming", "exact")
 MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "attention_mask", "positions")

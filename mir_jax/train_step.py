@@ -267,7 +267,7 @@ class Stepper:
 
     # ----- eval step ----------------------------------------------------------------------------
     def _eval_step_fn(self, state, frozen, batch, with_hidden: bool):
-        from mir_jax.mir_tokens import mir_rows, mir_token_masks
+        from mir_jax.mir.tokens import mir_rows, mir_token_masks
 
         out = _forward(self.model(state, frozen), batch, hidden=with_hidden)
         sums = loss_sums(out.logits, batch["labels"])

@@ -19,7 +19,7 @@ from mir_jax import hf  # noqa: E402
 from mir_jax.data import ByteTokenizer, make_mir_batches  # noqa: E402
 from mir_jax.data.images import CLIP_MEAN, CLIP_STD  # noqa: E402
 from mir_jax.evaluator import evaluate_mir  # noqa: E402
-from mir_jax.mir_tokens import mir_token_masks  # noqa: E402
+from mir_jax.mir.tokens import mir_token_masks  # noqa: E402
 from mir_jax.sharding import make_mesh  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

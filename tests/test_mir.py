@@ -11,7 +11,8 @@ import pytest
 import reference_mir as ref
 import torch
 
-from mir_jax import linalg, mir
+from mir_jax import mir
+from mir_jax.mir import linalg
 from mir_jax.sharding import make_mesh
 
 EXACT = ["eigh", "gram", "auto"]

@@ -26,12 +26,12 @@ import os
 import grain
 import numpy as np
 
+from .errors import SkipSample
 from .images import CLIP_MEAN, CLIP_STD, ImageConfig
 from .mixture import DEFAULTS, _finish
 from .pipeline import BatchConfig, ProcessConfig, Processor
 from .sources import CaptionSource, ImageFolderSource, ListSource, LlavaSource, TextSource
 from .synthetic import SyntheticSource
-from .errors import SkipSample
 from .templates import render, tokenize_segments
 from .tokenizer import IMAGE_TOKEN, load_tokenizer
 

@@ -6,13 +6,12 @@ to the vision-token and text-token hidden states, after text-centric normalizati
 and 3-sigma outlier replacement; overall, ``log10(Σ_l FD_l)``. Lower is better
 aligned.
 
-Public API (stable):
-  frechet_distance(x, y, *, x_mask=None, y_mask=None, method="auto") -> scalar
-  compute_mir(vision, text, *, vision_mask=None, text_mask=None, method="auto",
-              normalize=True, remove_outliers=True) -> MIRResult(per_layer, overall)
-  MIRAccumulator: the same result in constant memory, streamed over batches.
+In one compiled program for all layers: `compute_mir` (per layer and overall) and
+`frechet_distance` (one pair of row sets), with the two preprocessing rules
+(`text_centric_scale`, `replace_outliers`). The streaming form is
+`mir_jax.mir.streaming.MIRAccumulator`; the public names are re-exported by `mir_jax.mir`.
 
-Methods for tr((Σ_V Σ_T)^{1/2}) (see `mir_jax.linalg`):
+Methods for tr((Σ_V Σ_T)^{1/2}) (`mir_jax.mir.methods`; routines in `mir_jax.mir.linalg`):
   "eigh"          exact: factor both covariances (Cholesky; eigh when singular) and
                   sum the singular values of L₁ᵀ L₂, i.e. the square roots of the
                   eigenvalues of L₁ᵀ Σ₂ L₁, without squaring the condition number.
@@ -29,7 +28,7 @@ Methods for tr((Σ_V Σ_T)^{1/2}) (see `mir_jax.linalg`):
                   covariance products its output is rounding noise that differs
                   between torch, JAX and NumPy; `return_diagnostics=True` says
                   whether a run was in that regime and how much it moved the
-                  values (see `published_fast_verdict`).
+                  values (see `methods.published_fast_verdict`).
 
 Precision: float32 with centered statistics. Against a float64 SciPy reference the
 exact methods agree to 1e-4 relative per layer on well-conditioned data (N > D)
@@ -45,23 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mir_jax import linalg
-
-METHODS = ("auto", "eigh", "gram", "newton_schulz", "legacy_fast", "published_fast")
-LEGACY_NOTE = (
-    "legacy_fast is the published code's 'fast' mode in exact arithmetic: tr(Σ_V Σ_T) stands "
-    "in for tr((Σ_V Σ_T)^{1/2}), so the value is NOT a Fréchet distance."
+from mir_jax.mir import linalg
+from mir_jax.mir.methods import (
+    METHODS,
+    method_note,
+    published_fast_diagnostics,
+    published_fast_verdict,
+    resolve_method,
 )
-PUBLISHED_FAST_NOTE = (
-    "published_fast runs the published code's five-step 'fast' iteration literally in float32: "
-    "the value is NOT a Fréchet distance, and on ill-conditioned covariance products it is "
-    "rounding-dependent, so it is not reproducible across hardware or libraries."
-)
-# Above this ε_float32 · κ_F(Σ_V Σ_T) the published iteration's tr(Y) is set by rounding; above
-# this relative change of a reported value, that rounding shows in the result (docs/mir.md,
-# "The two published modes").
-ROUNDING_CONDITION = 1e-2
-ROUNDING_DRIFT = 1e-3
 
 
 class MIRResult(NamedTuple):
@@ -69,73 +59,6 @@ class MIRResult(NamedTuple):
 
     per_layer: jax.Array
     overall: jax.Array
-
-
-def check_method(method: str) -> str:
-    """method, or a ValueError naming the known ones."""
-    if method not in METHODS:
-        raise ValueError(f"unknown MIR method {method!r}; expected one of {METHODS}")
-    return method
-
-
-def resolve_method(method: str, n_rows_a: int | None = None, n_rows_b: int | None = None,
-                   dim: int | None = None) -> str:
-    """The one rule that turns "auto" into a concrete method (compute_mir and MIRAccumulator).
-
-    newton_schulz on TPU (its eigensolvers are slow; matmuls are not); elsewhere gram when
-    the rows are at hand (all three sizes given) and min(N, M) < D, else eigh. The streaming
-    accumulator keeps covariances, not rows, so it passes no sizes. "gram" without rows is
-    computed as "eigh" (the same exact trace from the covariances).
-    """
-    check_method(method)
-    have_rows = None not in (n_rows_a, n_rows_b, dim)
-    if method == "gram" and not have_rows:
-        return "eigh"
-    if method != "auto":
-        return method
-    if jax.default_backend() == "tpu":
-        return "newton_schulz"
-    return "gram" if have_rows and min(n_rows_a, n_rows_b) < dim else "eigh"
-
-
-def published_fast_verdict(diagnostics: dict) -> str:
-    """One line: was this published_fast run in the regime where rounding sets the result?
-
-    diagnostics: {"drift", "trace_drift", "condition"} ([L] each) from
-    compute_mir(..., return_diagnostics=True) or MIRAccumulator.diagnostics.
-    """
-    drift = np.asarray(diagnostics["drift"], np.float64)
-    trace_drift = np.asarray(diagnostics["trace_drift"], np.float64)
-    condition = np.asarray(diagnostics["condition"], np.float64)
-    eps = float(np.finfo(np.float32).eps)
-    noisy = (condition * eps > ROUNDING_CONDITION) | ~np.isfinite(condition)
-    worst = int(np.nanargmax(drift)) if np.isfinite(drift).any() else 0
-    if not noisy.any():
-        return ("published_fast: every covariance product is well conditioned (Frobenius "
-                f"condition <= {np.nanmax(condition):.3g}): the iteration stays at its exact-"
-                f"arithmetic value, legacy_fast (values moved by at most {drift[worst]:.2g}).")
-    layers = ", ".join(str(i + 1) for i in np.flatnonzero(noisy))
-    line = (f"published_fast: layers {layers} are in the rounding-noise regime (ε·κ_F > "
-            f"{ROUNDING_CONDITION:g}, κ_F up to {np.nanmax(condition):.3g}): the iteration's "
-            f"tr(Y) moved up to {100 * np.nanmax(trace_drift):.3g} % off tr(Σ_V Σ_T), which moved "
-            f"the reported values by up to {100 * drift[worst]:.3g} % (layer {worst + 1}). ")
-    if np.nanmax(drift) > ROUNDING_DRIFT:
-        return line + "Those values depend on the hardware and library and are not reproducible."
-    return line + (f"That is below {100 * ROUNDING_DRIFT:g} %: the values are reproducible to about "
-                   "that, though the iteration itself is not.")
-
-
-def _published_fast_diagnostics(per_layer, cross, diagnostics) -> dict:
-    """Relative drifts of published_fast's trace and of the reported value from legacy_fast."""
-    if "trace_product" not in diagnostics:
-        return diagnostics
-    trace_a = diagnostics["trace_product"]
-    shift = jnp.abs(cross - trace_a)
-    tiny = jnp.finfo(per_layer.dtype).tiny
-    exact_value = per_layer + 2.0 * (cross - trace_a)  # the same layer by legacy_fast
-    return {"drift": 2.0 * shift / jnp.maximum(jnp.abs(exact_value), tiny),
-            "trace_drift": shift / jnp.maximum(jnp.abs(trace_a), tiny),
-            "condition": diagnostics["condition"]}
 
 
 # --------------------------------------------------------------------------------------
@@ -201,7 +124,7 @@ def _frechet_from_rows(x, x_mask, y, y_mask, method: str) -> tuple[jax.Array, di
         cov_y = linalg.covariance_from_centered(cent_y, n_y)
         cross, diagnostics = cross_term_from_covariances(cov_x, cov_y, method)
     per_layer = mean_term + trace_x + trace_y - 2.0 * cross
-    return per_layer, _published_fast_diagnostics(per_layer, cross, diagnostics)
+    return per_layer, published_fast_diagnostics(per_layer, cross, diagnostics)
 
 
 def cross_term_from_covariances(cov_x, cov_y, method: str) -> tuple[jax.Array, dict]:
@@ -224,7 +147,7 @@ def cross_term_from_covariances(cov_x, cov_y, method: str) -> tuple[jax.Array, d
     raise ValueError(f"unknown MIR method {method!r}; expected one of {METHODS}")
 
 
-def _as_mask(mask, shape_prefix: tuple[int, ...], name: str) -> jax.Array:
+def as_row_mask(mask, shape_prefix: tuple[int, ...], name: str) -> jax.Array:
     """Validates a row mask and broadcasts it to shape_prefix ([N] or [L, N])."""
     if mask is None:
         return jnp.ones(shape_prefix, bool)
@@ -267,8 +190,8 @@ def frechet_distance(x, y, *, x_mask=None, y_mask=None, method: str = "auto") ->
     if x.shape[-1] != y.shape[-1]:
         raise ValueError(f"x and y must share the feature dimension; got {x.shape} and {y.shape}")
     method = resolve_method(method, x.shape[0], y.shape[0], x.shape[1])
-    x_mask = _as_mask(x_mask, x.shape[:1], "x_mask")
-    y_mask = _as_mask(y_mask, y.shape[:1], "y_mask")
+    x_mask = as_row_mask(x_mask, x.shape[:1], "x_mask")
+    y_mask = as_row_mask(y_mask, y.shape[:1], "y_mask")
     return _frechet_distance_jit(x, y, x_mask, y_mask, method)
 
 
@@ -325,16 +248,11 @@ def compute_mir(
             f"vision {tuple(vision.shape)} and text {tuple(text.shape)} must agree on L and D"
         )
     method = resolve_method(method, vision.shape[1], text.shape[1], vision.shape[2])
-    vision_mask = _as_mask(vision_mask, vision.shape[:2], "vision_mask")
-    text_mask = _as_mask(text_mask, text.shape[:2], "text_mask")
+    vision_mask = as_row_mask(vision_mask, vision.shape[:2], "vision_mask")
+    text_mask = as_row_mask(text_mask, text.shape[:2], "text_mask")
     result, diagnostics = _compute_mir_jit(vision, text, vision_mask, text_mask, method,
                                            normalize, remove_outliers)
     return (result, diagnostics) if return_diagnostics else result
-
-
-def method_note(method: str) -> str | None:
-    """The warning that must accompany every value of a method that is not a Fréchet distance."""
-    return {"legacy_fast": LEGACY_NOTE, "published_fast": PUBLISHED_FAST_NOTE}.get(method)
 
 
 def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None = None) -> str:
@@ -351,21 +269,3 @@ def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None
     if method == "published_fast" and diagnostics:
         lines.append(published_fast_verdict(diagnostics))
     return "\n".join(lines)
-
-
-from mir_jax.mir_stream import MIRAccumulator  # noqa: E402  (re-exported public name)
-
-__all__ = [
-    "METHODS",
-    "MIRAccumulator",
-    "MIRResult",
-    "check_method",
-    "compute_mir",
-    "format_mir",
-    "frechet_distance",
-    "method_note",
-    "published_fast_verdict",
-    "replace_outliers",
-    "resolve_method",
-    "text_centric_scale",
-]

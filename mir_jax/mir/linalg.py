@@ -1,7 +1,7 @@
 """Matrix routines behind the MIR kernel: masked statistics, exact order statistics,
 and the trace of the square root of a product of two covariances.
 
-All routines take leading batch dimensions (one per LLM layer in `mir_jax.mir`), so
+All routines take leading batch dimensions (one per LLM layer in `mir_jax.mir.kernel`), so
 one compiled program serves every layer. Everything is float32 unless the caller
 passes float64; matmuls ask for full precision so accelerators do not silently use
 bf16/tf32 passes for statistics.

@@ -54,8 +54,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mir_jax import linalg
-from mir_jax import mir as _mir
+from mir_jax.mir import linalg
+from mir_jax.mir.kernel import MIRResult, as_row_mask, cross_term_from_covariances, outlier_rows
+from mir_jax.mir.methods import published_fast_diagnostics, resolve_method
 
 NORM_BINS = 65536
 DEFAULT_MEDIAN_BINS = 256
@@ -214,7 +215,7 @@ def _moment_pass_update(x, mask, state, axes, rule=None):
     if rule is not None:
         median_norm, std, median_row = rule
         norms = jnp.linalg.norm(x, axis=-1)
-        outlier = _mir.outlier_rows(norms, mask, median_norm, std)
+        outlier = outlier_rows(norms, mask, median_norm, std)
         x = jnp.where(outlier[..., None], median_row[:, None, :], x)
     return _merge_moments(state, _row_moments(x, mask, axes))
 
@@ -265,7 +266,7 @@ class MIRAccumulator:
     """Streaming MIR with memory independent of the number of samples.
 
     Args:
-      method: as in `compute_mir`, resolved by the same `mir.resolve_method` without row
+      method: as in `compute_mir`, resolved by the same `methods.resolve_method` without row
         counts: only covariances are kept, so "gram" (no rows to work on) is computed as
         "eigh", and "auto" is newton_schulz on TPU, else eigh. "legacy_fast" and
         "published_fast" are not Fréchet distances.
@@ -278,7 +279,7 @@ class MIRAccumulator:
     def __init__(self, *, method: str = "auto", normalize: bool = True,
                  remove_outliers: bool = True, mesh: Mesh | None = None,
                  median_bins: int = DEFAULT_MEDIAN_BINS):
-        self.method = _mir.resolve_method(method)
+        self.method = resolve_method(method)
         self.normalize = normalize
         self.remove_outliers = remove_outliers
         self.mesh = mesh
@@ -305,7 +306,7 @@ class MIRAccumulator:
         rows = jnp.asarray(rows, jnp.float32)
         if rows.ndim != 3:
             raise ValueError(f"{name} must have shape [L, N, D]; got {tuple(rows.shape)}")
-        mask = _mir._as_mask(mask, rows.shape[:2], f"{name}_mask")
+        mask = as_row_mask(mask, rows.shape[:2], f"{name}_mask")
         if self.mesh is not None:  # Pad rows to a multiple of the device count.
             devices = self.mesh.devices.size
             pad = (-rows.shape[1]) % devices
@@ -391,7 +392,7 @@ class MIRAccumulator:
     def needs_another_pass(self) -> bool:
         return self.current_pass < self.num_passes
 
-    def result(self) -> _mir.MIRResult:
+    def result(self) -> MIRResult:
         """MIRResult(per_layer=[L], overall) once every pass has ended."""
         if self.needs_another_pass:
             raise RuntimeError(
@@ -403,7 +404,7 @@ class MIRAccumulator:
         self.diagnostics = diagnostics
         return result
 
-    def run(self, batches: Callable[[], Iterable]) -> _mir.MIRResult:
+    def run(self, batches: Callable[[], Iterable]) -> MIRResult:
         """Runs every pass: `batches()` returns a fresh iterable of
         (vision, text, vision_mask, text_mask) tuples each time it is called."""
         while self.needs_another_pass:
@@ -428,7 +429,7 @@ def _finalize(vision, text, text_norms, *, method, normalize):
     trace_v = jnp.trace(cov_v, axis1=-2, axis2=-1)
     trace_t = jnp.trace(cov_t, axis1=-2, axis2=-1)
     mean_term = jnp.sum((mean_v - mean_t) ** 2, axis=-1)
-    cross, diagnostics = _mir.cross_term_from_covariances(cov_v, cov_t, method)
+    cross, diagnostics = cross_term_from_covariances(cov_v, cov_t, method)
     per_layer = mean_term + trace_v + trace_t - 2.0 * cross
-    diagnostics = _mir._published_fast_diagnostics(per_layer, cross, diagnostics)
-    return _mir.MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics
+    diagnostics = published_fast_diagnostics(per_layer, cross, diagnostics)
+    return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics

@@ -1,6 +1,6 @@
 """Which hidden states MIR compares: vision tokens vs the text that follows them.
 
-Per sample (spec, "Inputs"): the vision tokens are the positions the image was
+Per sample (docs/mir.md, "Which tokens"): the vision tokens are the positions the image was
 expanded into; the text tokens are every position after the last vision token.
 Tokens before the image (system prompt, "USER:") are in neither set, and neither is
 padding. A row without an image contributes no tokens at all.
