@@ -2,13 +2,20 @@
 
     train_and_evaluate(config, workdir)
 
-1. mesh from `config.mesh`, the Stepper (model, partition, optimizer, jitted steps), the data
-   iterator of this host's slice; every shape/divisibility check before anything compiles;
-2. resume from the latest checkpoint in `workdir/checkpoints` if there is one (params, optimizer,
-   step, data position), else initialize (randomly or from `config.init_from`);
+1. `config_check.check_config` (every impossible value, unset path and missing file in one
+   ConfigError); mesh from `config.mesh`, the Stepper (model, partition, optimizer, jitted
+   steps), the data iterator of this host's slice; every shape/divisibility check before
+   anything compiles;
+2. resume from the newest checkpoint in `workdir/checkpoints` that restores (params, optimizer,
+   step, data position; damaged newer ones are reported and kept aside), else initialize
+   (randomly or from `config.init_from`); a run already at `total_steps` returns at once
+   ({"already_done": True}) without touching its logs;
 3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, held-out loss
-   and MIR every `eval.every` steps, checkpoint every `checkpoint.every` steps and on SIGTERM;
+   and MIR every `eval.every` steps, checkpoint every `checkpoint.every` steps and on SIGTERM
+   (then it returns {"preempted": True, "signal": 15});
 4. at the end: final evaluation (MIR), a checkpoint, the plot, a few greedy captions.
+Bad-sample counts (per source and reason) are printed and logged (split "data") with each
+evaluation and at the end.
 
 Config keys: see `configs/common.py`.
 """
