@@ -123,8 +123,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | str 
             ("process_id", ENV_PROCESS_ID)) if kwargs[k] is None]
         if missing:
             raise DistributedSetupError(
-                f"multi-process launch: no cluster detected to supply {', '.join(missing)}; "
-                f"set them on every process ({e})") from None
+                f"multi-process launch without {' and '.join(missing)}, and no cluster environment "
+                "(SLURM, Open MPI, Cloud TPU) supplies it: give it to every process (the "
+                "coordinator is process 0's HOST:PORT)") from None
         raise DistributedSetupError(f"jax.distributed.initialize({kwargs}): {e}") from None
     log.info("process %d of %d (coordinator %s); %d local of %d devices",
              jax.process_index(), jax.process_count(), kwargs["coordinator_address"] or "auto",

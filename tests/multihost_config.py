@@ -1,0 +1,43 @@
+"""`configs/llava15_pretrain.py:runlocal`, shrunk for tests/test_multiprocess.py (two processes on
+2 CPU cores): a 40-sample caption source read one caption per row, so 5 steps of a global batch
+of 8 (4 rows per host) read each host's 20-sample slice exactly once; fsdp over the two
+processes, so both hold (and checkpoint) their own parameter shards; in-loop MIR at step 4 and
+at the end.
+
+    python train.py --config=tests/multihost_config.py --workdir=... [--coordinator_address=...]
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)  # the configs package lives at the repository root
+
+from configs import llava15_pretrain  # noqa: E402
+
+NUM_SAMPLES = 40
+
+
+def get_config(arg=None):
+    c = llava15_pretrain.get_config("runlocal")
+    c.data.sources = [{"type": "synthetic", "kind": "caption", "template": "plain",
+                       "num_samples": NUM_SAMPLES}]
+    c.data.pack = False
+    c.data.num_threads = 1
+    c.model.text.num_layers = 2  # compile time: every XLA:CPU compile counts on 2 cores
+    c.model.vision.num_layers = 1
+    c.total_steps = 5
+    c.batch_size = 8
+    c.mesh = (1, 2, 1)
+    c.log_every = 1
+    c.optimizer.warmup_steps = 1  # real updates from step 2 on, so the losses move
+    c.checkpoint.every = 100
+    c.eval.every = 4  # in the loop at step 4 (after the relaunch), and at the end (step 5)
+    c.eval.at_end = True
+    c.eval.batch_size = 8
+    c.eval.num_samples = 8
+    c.eval.mir_samples = 16
+    c.eval.mir_seq_len = 256
+    c.eval.sample_captions = 1
+    return c
