@@ -142,16 +142,17 @@ def test_blockwise_matches_reference_causal_segments_padding_gqa():
 
 
 def test_blockwise_matches_reference_decoding_offset_and_explicit_mask():
-    # KV-cache shapes: 7 queries at slots 30..36 of 41 keys, traced offset, key padding (left);
-    # then a bidirectional call with an explicit [B, S, T] mask array.
-    b, s, t, h, kvh, dh = 2, 7, 41, 4, 1, 8
+    # KV-cache shapes: 13 queries at slots 28..40 of 41 keys (blocks: 2 x 8 queries, 3 x 16
+    # keys), traced offset, key padding (left); then a bidirectional call with an explicit
+    # [B, S, T] mask array.
+    b, s, t, h, kvh, dh = 2, 13, 41, 4, 1, 8
     rng, q, k, v = case(1, b, s, t, h, kvh, dh)
     valid = np.ones((b, t), bool)
     valid[1, :6] = False
-    mask = attn.Mask(causal=True, q_offset=jnp.int32(30), kv_valid=jnp.asarray(valid))
-    check(blockwise(4, 16), q, k, v, mask, numpy_mask(s, t, causal=True, offset=30, valid=valid), rng)
+    mask = attn.Mask(causal=True, q_offset=jnp.int32(28), kv_valid=jnp.asarray(valid))
+    check(blockwise(8, 16), q, k, v, mask, numpy_mask(s, t, causal=True, offset=28, valid=valid), rng)
     dense = rng.random((b, s, t)) < 0.6
-    check(blockwise(4, 16), q, k, v, jnp.asarray(dense), dense, rng)
+    check(blockwise(8, 16), q, k, v, jnp.asarray(dense), dense, rng)
 
 
 def test_cudnn_wrapper_arguments_through_xla():
@@ -228,6 +229,7 @@ def test_selection_by_backend_and_forcing():
     assert sel("auto", *long_, attn.Mask(dense=jnp.ones((1, 1, 1), bool)), backend="tpu") == "blockwise"
     assert sel("auto", *long_, backend="cpu") == "blockwise"
     assert sel("auto", *short, backend="cpu") == "dense"
+    assert sel("auto", *q_k(1024, 1024), backend="cpu") == "blockwise"
     assert sel("auto", *q_k(1, 4096), backend="gpu") == "dense"  # decoding step
     for name in ("dense", "blockwise", "cudnn", "pallas"):
         assert sel(name, *short, backend="cpu") == name

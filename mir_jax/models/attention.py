@@ -43,12 +43,14 @@ from mir_jax.sharding import active_mesh, logical_to_mesh_spec
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "cudnn", "pallas")
 
 # "auto" on CPU (and for what no kernel takes): dense below this many keys, blockwise from it.
-# Measured on this project's 2-core CPU (BENCHMARKS.md, "Attention"): the tiled dense path is
-# faster up to ~1-2k keys, and from 2k on its [B, H, S, T] backward residuals dominate memory.
-BLOCKWISE_MIN_KV = 2048
-# Default tiles of the blockwise path (clipped to the sequence lengths).
-BLOCK_Q = 512
-BLOCK_KV = 512
+# Measured on this project's 2-core CPU (BENCHMARKS.md, "Attention"): below ~1k keys the tiled
+# dense forward is as fast or faster (ViT layers: much faster); from 1k on blockwise is faster
+# forward and backward and its memory stays O(S) where dense holds [B, H, S, T] residuals.
+BLOCKWISE_MIN_KV = 1024
+# Default tiles of the blockwise path: about this size, balanced so that padding is small
+# (the fastest of 128-1024 on this CPU; a tile's float32 scores are B*H*256*256*4 bytes).
+BLOCK_Q = 256
+BLOCK_KV = 256
 _NEG_INF = -jnp.inf
 
 
@@ -317,14 +319,14 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
     the row log-sum-exp [B, H, S]. Backward (custom VJP): for each key block, a loop over query
     blocks recomputes the tile's probabilities from the log-sum-exp and accumulates dK, dV for
     that block and dQ for all. Causal masks skip the key blocks entirely above the diagonal
-    in both passes. Lengths need not divide the block sizes (inputs are padded, padding masked).
-    Fully masked query rows return 0.
+    in both passes. Lengths need not divide the block sizes: blocks are balanced to the length
+    (`_balanced_block`) and the rest is padded and masked. Fully masked query rows return 0.
     """
     mask = Mask.of(mask)
     b, s, h, dh = q.shape
     t, kvh = k.shape[1], k.shape[2]
     g = h // kvh
-    bq, bkv = min(block_q, s), min(block_kv, t)
+    bq, bkv = _balanced_block(s, block_q), _balanced_block(t, block_kv)
     nq, nk = -(-s // bq), -(-t // bkv)
     sp, tp = nq * bq, nk * bkv
 
@@ -346,6 +348,13 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
                    dense is not None)
     out = _blockwise(spec, qb, kb, vb, ops)  # [nq, B, KVH, G, bq, Dh]
     return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, sp, h, dh)[:, :s]
+
+
+def _balanced_block(n: int, block: int) -> int:
+    """A block of at most ~`block` that splits n into equal blocks (a multiple of 8 when there are
+    several), so that padding stays under 8 per block: 577 with 256 -> 3 blocks of 200."""
+    count = -(-n // block)
+    return n if count == 1 else _round_up(-(-n // count), 8)
 
 
 def _tile(spec: _Blocks, ops, i, j):
