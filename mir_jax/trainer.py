@@ -246,7 +246,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         tr, fr = st.partition.counts()
         log.info("mesh %s; parameters: %s trainable, %s frozen", dict(setup.mesh.shape), f"{tr:,}", f"{fr:,}")
     loss_batches, mir_batches = setup.eval_batches()
-    stop = StopSignal()
+    # Multi-host: a SIGTERM seen by one host must stop every host at the same step (the save is
+    # collective; a host saving alone aborts the run). JAX's preemption notifier, started by
+    # jax.distributed.initialize, listens for SIGTERM and `reached_preemption` below agrees on
+    # the step, so there the Python handler must not take SIGTERM away from it.
+    stop = StopSignal() if setup.process_count == 1 else StopSignal(signals=())
     ev_cfg = config.eval
     peak = float(config.get("peak_flops") or 0) or metrics_lib.peak_flops_per_device()
     n_dev = jax.device_count()

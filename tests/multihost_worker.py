@@ -1,10 +1,11 @@
 """Helper processes of tests/test_multiprocess.py.
 
-    python tests/multihost_worker.py train RECORD.json [STOP_AT_STEP] -- TRAIN.PY FLAGS...
+    python tests/multihost_worker.py train RECORD.json [SIGTERM_AT_STEP] -- TRAIN.PY FLAGS...
         Runs train.py's own main (flags as given) and records, for the test, what this process
         did: the rows of every training batch that reached its devices (one fingerprint per
-        row) and every file it opened for writing outside checkpoints/. STOP_AT_STEP > 0 acts
-        like a preemption notice at that step (train_and_evaluate's stop_at_step).
+        row) and every file it opened for writing outside checkpoints/. SIGTERM_AT_STEP > 0:
+        process 1 (only) sends itself SIGTERM once it has dispatched that step, as a
+        preemption notice that reaches one host first.
 
     python tests/multihost_worker.py reference OUT.json
         The single-process expectation, on 2 local devices (the two processes' global device
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import functools
 import hashlib
 import json
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,11 +72,10 @@ def _faster_start() -> None:
         pass
 
 
-def train(record_path: str, stop_at_step: int, argv: list[str]) -> None:
+def train(record_path: str, sigterm_at_step: int, argv: list[str]) -> None:
     _faster_start()
     import jax
 
-    from mir_jax import trainer
     from mir_jax.train_step import Stepper
 
     record = {"steps": [], "writes": []}
@@ -98,12 +98,12 @@ def train(record_path: str, stop_at_step: int, argv: list[str]) -> None:
     def recording_step(self, state, frozen, batch):
         record["steps"].append(row_fingerprints(_local_rows(batch["input_ids"]),
                                                 _local_rows(batch["pixel_values"])))
-        return original_step(self, state, frozen, batch)
+        out = original_step(self, state, frozen, batch)
+        if len(record["steps"]) == sigterm_at_step and jax.process_index() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
 
     Stepper.train_step = recording_step
-    if stop_at_step:
-        trainer.train_and_evaluate = functools.partial(trainer.train_and_evaluate,
-                                                       stop_at_step=stop_at_step)
 
     def dump():
         record["process_index"] = jax.process_index() if jax.distributed.is_initialized() else 0
