@@ -102,6 +102,9 @@ def test_the_resumed_run_writes_the_damaged_step_anew(run, tmp_path):
     assert result["step"] == 6 and not result.get("already_done")  # steps 4-6 trained again
     assert Checkpointer(ckpts).all_steps() == [3, 6]
     assert os.path.isdir(os.path.join(ckpts, "6.damaged"))
+    assert os.path.exists(os.path.join(ckpts, "6", "state", "_METADATA"))  # a new step 6, whole
+    step, *_ = _restore(workdir, fx.tiny_train_config())
+    assert step == 6
 
 
 def test_no_checkpoint_restores_is_one_line_and_deletes_nothing(run, tmp_path):

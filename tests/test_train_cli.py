@@ -21,7 +21,16 @@ from PIL import Image
 from mir_jax.metrics import read_jsonl
 
 # A user's machine: one CPU device (the test process fakes 8; subprocesses do not need them).
-ENV = {**os.environ, "XLA_FLAGS": ""}
+# One persistent compilation cache for this module's runs: a resumed run compiles what the
+# first one did, and the cache turns its ~25 s of compiling into ~2 s.
+ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    ENV["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    yield
+    ENV.pop("JAX_COMPILATION_CACHE_DIR")
 # Keeps the runlocal recipe to seconds: 4 rows a step, held-out loss only (no MIR, no samples).
 FAST = ["--config.batch_size=4", "--config.log_every=1", "--config.eval.batch_size=4",
         "--config.eval.num_samples=4", "--config.eval.mir_samples=0", "--config.eval.sample_captions=0"]
