@@ -120,9 +120,9 @@ def train(record_path: str, sigterm_at_step: int, argv: list[str]) -> None:
 def reference(out_path: str) -> None:
     import tempfile
 
+    import multihost_config
     import numpy as np
 
-    import multihost_config
     from mir_jax.data import make_train_iterator
     from mir_jax.train_step import global_batch
     from mir_jax.trainer import Setup
