@@ -131,7 +131,7 @@ def test_config_problems_are_one_line_before_anything_heavy(tmp_path, config, ov
     assert not (tmp_path / "w").exists()  # nothing written
 
 
-def _llava_pretrain_files(tmp_path, n=24) -> list[dict]:
+def _llava_pretrain_files(tmp_path, n=24, caption=lambda i: f"a square of colour {i}.") -> list[dict]:
     """n LCS-558K-style records (an image and its caption) with 32x32 PNGs: one colour each."""
     folder = tmp_path / "images"
     folder.mkdir()
@@ -141,10 +141,25 @@ def _llava_pretrain_files(tmp_path, n=24) -> list[dict]:
         colour = rng.integers(0, 256, 3).astype(np.uint8)
         Image.fromarray(np.broadcast_to(colour, (32, 32, 3)).copy()).save(folder / f"{i}.png")
         records.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": f"a square of colour {i}."}]})
+            {"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": caption(i)}]})
     (tmp_path / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(records))
     return [{"type": "llava", "path": str(tmp_path / "blip_laion_cc_sbu_558k.json"), "image_folder": str(folder),
              "template": "plain"}]
+
+
+def test_samples_too_long_for_seq_len_name_the_length_and_the_key(tmp_path):
+    """Your own LLaVA JSON on a runlocal recipe: plain-template rows of bos + 16 image tokens +
+    a 300-byte caption + eos = 318 tokens, against seq_len 128."""
+    sources = _llava_pretrain_files(tmp_path, n=60, caption=lambda i: "x" * 300)
+    proc = _run("configs/llava15_pretrain.py:runlocal", tmp_path / "w",
+                f"--config.data.sources={json.dumps(sources)}", *FAST, timeout=180)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: data source 'blip_laion_cc_sbu_558k': ") and "Traceback" not in proc.stderr
+    # (The held-out set, read first, is where the source fails: all of its samples.)
+    assert "samples failed (more than the allowed 10.0%); commonest reason: too_long (" in last
+    assert last.endswith("; the longest of them needs 318 tokens but seq_len is 128: raise it (train.py: "
+                         "--config.seq_len=318) or set the source's overlong='truncate'"), last
 
 
 def _stage1_dir(tmp_path, config) -> str:
