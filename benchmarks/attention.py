@@ -67,7 +67,8 @@ def main():
             continue
         for label, wrap in (("fwd", lambda f: f), ("fwd+bwd", grad_of)):
             compiled = {n: jax.jit(wrap(f)) for n, f in impl.items()}
-            calls = [lambda c=c: jax.block_until_ready(c(q, k, v)) for c in compiled.values()]
+            calls = [lambda c=c, q=q, k=k, v=v: jax.block_until_ready(c(q, k, v))
+                     for c in compiled.values()]
             best = interleaved_best(args.repeats, *calls, warmup=True)
             print(f"  {label:8s}" + "".join(f"  {n} {t * 1e3:8.1f} ms" for n, t in zip(compiled, best))
                   + f"  blockwise/dense {best[1] / best[0]:.2f}x", flush=True)

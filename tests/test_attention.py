@@ -115,7 +115,7 @@ def check(fn, q, k, v, mask_obj, mask_np, rng, *, atol=1e-5, rtol=1e-5):
     f = jax.jit(lambda q, k, v, m: jax.value_and_grad(
         lambda q, k, v: (jnp.sum(fn(q, k, v, m) * cot), fn(q, k, v, m)), argnums=(0, 1, 2), has_aux=True)(q, k, v))
     (_, out), grads = f(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask_obj)
-    ref_out, ref_grads = torch_reference(q, k, v, np.broadcast_to(mask_np, (q.shape[0],) + mask_np.shape[1:]), cot)
+    ref_out, ref_grads = torch_reference(q, k, v, np.array(np.broadcast_to(mask_np, (q.shape[0],) + mask_np.shape[1:])), cot)
     out = np.asarray(out)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[rows], ref_out[rows], atol=atol, rtol=rtol)

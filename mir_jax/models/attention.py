@@ -184,14 +184,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array |
 def select_implementation(name: str, q, k, mask: Mask | None = None, *, backend: str | None = None) -> str:
     """The implementation `attention` runs for `name` on `backend` (default: JAX's default).
 
-    A name other than "auto" is returned as given (validated). "auto":
-      * decoding steps (S < 16 queries) and anything shorter than BLOCKWISE_MIN_KV keys on CPU:
-        "dense";
+    A name other than "auto" is returned as given (validated). "auto", in this order:
+      * fewer than 16 queries (decoding steps): "dense", on every backend;
       * GPU: "cudnn" for fp16/bf16 with head_dim a multiple of 8 and <= 128 (what cuDNN's flash
-        attention takes), else as on CPU;
+        attention takes);
       * TPU: "pallas" unless the mask carries an explicit array or a traced causal offset
-        (the splash kernel's mask is static), else as on CPU;
-      * otherwise: "dense" below BLOCKWISE_MIN_KV keys, "blockwise" from it.
+        (the splash kernel's mask is static);
+      * otherwise (CPU, or what the kernel does not take): "dense" below BLOCKWISE_MIN_KV keys,
+        "blockwise" from it.
     """
     validate_implementation(name)
     if name != "auto":
@@ -401,23 +401,23 @@ def _blockwise_fwd_impl(spec: _Blocks, qb, kb, vb, ops):
         shape = qi.shape[:-1]  # [B, KVH, G, bq]
 
         def body(j, carry):
-            m, l, acc = carry
+            m, denom, acc = carry
             sc = _scores(spec, ops, qi, kb[j], i, j)
             m_new = jnp.maximum(m, sc.max(-1))
             m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)  # rows with nothing seen yet
             p = jnp.exp(sc - m_safe[..., None])
             corr = jnp.exp(m - m_safe)
-            l = l * corr + p.sum(-1)
+            denom = denom * corr + p.sum(-1)
             pv = jnp.einsum("bkgqt,bktd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
-            return m_new, l, acc * corr[..., None] + pv
+            return m_new, denom, acc * corr[..., None] + pv
 
         init = (jnp.full(shape, _NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32),
                 jnp.zeros(shape + (vb.shape[-1],), jnp.float32))
         lo, hi = _kv_range(spec, offset, i, nk)
-        m, l, acc = jax.lax.fori_loop(lo, hi, body, init)
-        seen = l > 0
-        out = acc / jnp.where(seen, l, 1.0)[..., None]
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)  # +inf: p = 0 in bwd
+        m, denom, acc = jax.lax.fori_loop(lo, hi, body, init)
+        seen = denom > 0
+        out = acc / jnp.where(seen, denom, 1.0)[..., None]
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), jnp.inf)  # +inf: p = 0 in bwd
         return out.astype(qb.dtype), lse
 
     return jax.lax.map(q_block, jnp.arange(nq))

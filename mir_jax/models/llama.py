@@ -20,12 +20,12 @@ from mir_jax.models.layers import (
     activation,
     apply_rope,
     attention,
-    validate_implementation,
     make_stack,
     normal,
     param,
     rope_cos_sin,
     run_stack,
+    validate_implementation,
 )
 from mir_jax.models.moca import MoCa
 from mir_jax.sharding import constrain
