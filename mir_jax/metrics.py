@@ -99,10 +99,6 @@ class MetricWriter:
             if k not in ("step", "split") and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(f"{split}/{k}", v, step)
 
-    def write_text(self, step: int, tag: str, text: str) -> None:
-        if self.active:
-            self._tb.add_text(tag, text, step)
-
     def flush(self) -> None:
         if self.active:
             self._file.flush()

@@ -197,12 +197,3 @@ class ParamPartition:
                 k = n // leaf.shape[0] * (b - a)
                 tr, fr = tr + k, fr + n - k
         return tr, fr
-
-    def describe(self) -> str:
-        """One line per parameter: key, shape, and what trains."""
-        lines = []
-        for leaf in self.leaves:
-            what = {None: "frozen", "all": "trainable"}.get(leaf.rows) if not isinstance(leaf.rows, tuple) \
-                else f"rows {leaf.rows[0]}:{leaf.rows[1]} trainable"
-            lines.append(f"{leaf.key:60s} {str(leaf.shape):20s} {what}")
-        return "\n".join(lines)

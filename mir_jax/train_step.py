@@ -26,12 +26,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mir_jax.data.templates import IGNORE_INDEX
 from mir_jax.models import LlavaConfig, LlavaModel
 from mir_jax.partition import ParamPartition
 from mir_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, logical_to_mesh_spec, use_mesh
 
-IGNORE_INDEX = -100
-BATCH_KEYS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
+# The batch keys (of the data contract, mir_jax.data.BATCH_KEYS) that the step reads.
+STEP_INPUTS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,14 +257,14 @@ class Stepper:
         """One optimizer step on a global batch (host dict of arrays or global jax.Arrays).
         Returns (new state, metrics dict of scalars). The old state is donated."""
         if self._train_step is None:
-            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in BATCH_KEYS}
+            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in STEP_INPUTS}
             self._train_step = jax.jit(
                 self._train_step_fn,
                 in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
                 out_shardings=(self.state_shardings, self.replicated),
                 donate_argnums=(0,))
         with use_mesh(self.mesh, self.rules):
-            return self._train_step(state, frozen, {k: batch[k] for k in BATCH_KEYS})
+            return self._train_step(state, frozen, {k: batch[k] for k in STEP_INPUTS})
 
     # ----- eval step ----------------------------------------------------------------------------
     def _eval_step_fn(self, state, frozen, batch, with_hidden: bool):
@@ -282,19 +283,19 @@ class Stepper:
         if self._eval_step is None:
             self._eval_step = {}
         if with_hidden not in self._eval_step:
-            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in BATCH_KEYS}
+            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in STEP_INPUTS}
             self._eval_step[with_hidden] = jax.jit(
                 lambda s, f, b: self._eval_step_fn(s, f, b, with_hidden),
                 in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh))
         with use_mesh(self.mesh, self.rules):
-            return self._eval_step[with_hidden](state, frozen, {k: batch[k] for k in BATCH_KEYS})
+            return self._eval_step[with_hidden](state, frozen, {k: batch[k] for k in STEP_INPUTS})
 
 
 def global_batch(local: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str, jax.Array]:
     """This process's rows -> global jax.Arrays sharded over (data, fsdp) (multi-host safe)."""
     return {k: jax.make_array_from_process_local_data(stepper.batch_sharding(np.ndim(local[k])),
                                                       np.asarray(local[k]))
-            for k in BATCH_KEYS}
+            for k in STEP_INPUTS}
 
 
 def global_batch_from_full(full: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str, jax.Array]:
@@ -302,7 +303,7 @@ def global_batch_from_full(full: Mapping[str, np.ndarray], stepper: Stepper) -> 
     in full) -> global jax.Arrays: each device takes its own rows, so the arrays equal those
     of a single process whatever the number of hosts."""
     out = {}
-    for k in BATCH_KEYS:
+    for k in STEP_INPUTS:
         x = np.asarray(full[k])
         out[k] = jax.make_array_from_callback(x.shape, stepper.batch_sharding(x.ndim),
                                               lambda index, x=x: x[index])

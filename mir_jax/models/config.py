@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from mir_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 VISION_KINDS = ("clip", "siglip")
-CONNECTOR_KINDS = ("linear", "mlp", "avgpool", "attnpool", "c_abstractor")
+# Connector names: these, or "mlp{n}x_gelu" (kind "mlp").
+FIXED_CONNECTORS = ("linear", "avgpool", "attnpool", "c_abstractor")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -94,15 +95,13 @@ class ConnectorConfig:
 
     @property
     def kind(self) -> str:
-        if self.name in ("linear", "avgpool", "attnpool", "c_abstractor"):
+        if self.name in FIXED_CONNECTORS:
             return self.name
         if self.name.startswith("mlp") and self.name.endswith("x_gelu"):
             _ = self.mlp_depth  # validates
             return "mlp"
         raise ValueError(
-            f"unknown connector {self.name!r}; expected one of linear, mlp{{n}}x_gelu, avgpool, "
-            "attnpool, c_abstractor"
-        )
+            f"unknown connector {self.name!r}; expected mlp{{n}}x_gelu or one of {FIXED_CONNECTORS}")
 
     @property
     def mlp_depth(self) -> int:
