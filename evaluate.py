@@ -133,6 +133,8 @@ def _source(spec: str, flag: str, split: str):
 
 
 def _evaluate_one(path: str, mesh):
+    import jax
+
     from mir_jax.data import make_mir_iterator, mir_sample_lengths
     from mir_jax.data.errors import DataError
     from mir_jax.data.images import CLIP_MEAN, CLIP_STD
@@ -154,7 +156,7 @@ def _evaluate_one(path: str, mesh):
     except (DataError, ValueError) as e:
         _fail(str(e))
     truncated = int((lengths > seq_len).sum())
-    if truncated:
+    if truncated and jax.process_index() == 0:
         cause = f"--seq_len={seq_len}" if FLAGS.seq_len else f"the model's context of {context}"
         print(f"[{name}] {truncated} of {len(lengths)} samples are longer than {cause} tokens "
               f"(longest {int(lengths.max())}) and are truncated there")
@@ -194,6 +196,9 @@ def main(argv):
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     except distributed.DistributedSetupError as e:
         _fail(str(e))
+    from mir_jax import compile_cache
+
+    compile_cache.enable()  # the same evaluation again loads its compiled programs from disk
     import logging
 
     from absl import logging as absl_logging
@@ -226,6 +231,8 @@ def main(argv):
             name = path
         results[name] = result
         records[name] = dict(model=path, data=spec, **result.to_json())
+        if jax.process_index() != 0:
+            continue  # several processes compute one result; process 0 reports it
         print(f"\n== {name}: MIR over {result.num_samples} samples "
               f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens), "
               f"method={result.method}, mode={result.mode}, dtype={FLAGS.dtype}")
@@ -233,6 +240,8 @@ def main(argv):
         print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
               f"{result.timings['total_s']:.1f} s")
 
+    if jax.process_index() != 0:
+        return
     if len(results) > 1:
         names = list(results)
         depth = max(len(r.per_layer) for r in results.values())

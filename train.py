@@ -41,7 +41,28 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Multi-process: number of processes (else $JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "Multi-process: this process's index (else $JAX_PROCESS_ID).")
-flags.mark_flags_as_required(["config", "workdir"])
+_DRY_RUN = flags.DEFINE_bool("dry_run", False,
+                             "Compile the sharded train/eval steps abstractly and report per-device memory "
+                             "against --hbm_gb; writes nothing (exit 0 fits, 3 does not; mir_jax/dry_run.py).")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "--dry_run: on this many fake CPU devices.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "--dry_run: for this TPU topology (needs libtpu).")
+_HBM_GB = flags.DEFINE_float("hbm_gb", 16.0, "--dry_run: memory per device, GB (2**30 bytes).")
+flags.mark_flags_as_required(["config"])
+flags.register_validator("workdir", lambda v: v is not None or "--dry_run" in sys.argv,
+                         message="--workdir is required (except with --dry_run)")
+
+
+def dry_run(config) -> int:
+    """train.py --dry_run (see mir_jax/dry_run.py): fake devices are set before JAX starts."""
+    from mir_jax import dry_run as dr
+    from mir_jax.config_check import ConfigError
+
+    try:
+        if _NUM_DEVICES.value is not None:
+            dr.configure_fake_devices(_NUM_DEVICES.value)
+        return dr.run_cli(config, dr.Options(_NUM_DEVICES.value, _TOPOLOGY.value, _HBM_GB.value))
+    except (dr.DryRunError, ConfigError) as e:
+        sys.exit(f"train.py --dry_run: {e}")
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -76,6 +97,8 @@ def check_overrides(argv: list[str]) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _DRY_RUN.value:
+        sys.exit(dry_run(_CONFIG.value))
     import jax
 
     from mir_jax import distributed
@@ -84,6 +107,9 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except distributed.DistributedSetupError as e:
         sys.exit(f"train.py: {e}")
+    from mir_jax import compile_cache
+
+    compile_cache.enable()  # a rerun or resume loads its compiled programs from disk
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO

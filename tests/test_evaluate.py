@@ -123,8 +123,8 @@ def test_token_selection_on_hand_built_batch():
         [0, 0, 0, 1, 1, 0, 0], [0] * 7, [0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1]])
 
 
-def _cli(*args, cwd=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+def _cli(*args, cwd=None, **env_extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", **env_extra)
     return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
@@ -132,9 +132,12 @@ def _cli(*args, cwd=None):
 def test_cli_writes_table_json_and_plot(tiny_llava, tmp_path):
     path, _ = tiny_llava
     out = tmp_path / "out"
+    cache = tmp_path / "jax_cache"
     run = _cli(f"--compare={path},{path}", "--num_samples=4", "--batch_size=4", "--seq_len=256",
-               "--method=legacy_fast", "--mode=exact", f"--output_dir={out}", "--noprogress")
+               "--method=legacy_fast", "--mode=exact", f"--output_dir={out}", "--noprogress",
+               JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     assert run.returncode == 0, run.stderr[-3000:]
+    assert cache.is_dir() and any(cache.iterdir())  # the persistent compilation cache is on
     assert "legacy_fast" in run.stdout and "NOT a Fréchet distance" in run.stdout
     assert "MIR overall" in run.stdout and "LM loss" in run.stdout
     record = json.loads((out / "mir.json").read_text())
@@ -321,3 +324,19 @@ def test_seed_changes_the_synthetic_corpus_and_plot_ticks_are_layers(tmp_path):
                         lm_loss=1.0, perplexity=2.7, timings={})
     ticks = plot_per_layer({"m": res}, str(tmp_path / "p.png"))
     assert ticks and all(t == int(t) for t in ticks)
+
+
+def test_compilation_cache_folder_default_override_and_off(tmp_path):
+    code = "from mir_jax import compile_cache; print(compile_cache.enable())"
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("JAX_COMPILATION_CACHE_DIR", "MIR_JAX_COMPILATION_CACHE")}
+
+    def run(**extra):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**base, "XDG_CACHE_HOME": str(tmp_path), **extra}, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    assert run() == os.path.join(str(tmp_path), "mir_jax", "jax")
+    assert run(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine")) == str(tmp_path / "mine")
+    assert run(MIR_JAX_COMPILATION_CACHE="0") == "None"
