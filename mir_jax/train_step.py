@@ -253,16 +253,26 @@ class Stepper:
                    "skipped": new_state["skipped"], "bad_streak": new_state["bad_streak"]}
         return new_state, metrics
 
+    def jit_train_step(self, batch_ndims: Mapping[str, int]):
+        """The jitted, sharded train step (state donated) for batches of these ranks; call,
+        or `.lower(...)`, it under `use_mesh(self.mesh, self.rules)` (see `mir_jax.dry_run`)."""
+        batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in STEP_INPUTS}
+        return jax.jit(self._train_step_fn,
+                       in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
+                       out_shardings=(self.state_shardings, self.replicated),
+                       donate_argnums=(0,))
+
+    def jit_eval_step(self, batch_ndims: Mapping[str, int], *, with_hidden: bool = False):
+        """The jitted, sharded eval step (loss sums; with_hidden: and MIR rows)."""
+        batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in STEP_INPUTS}
+        return jax.jit(lambda s, f, b: self._eval_step_fn(s, f, b, with_hidden),
+                       in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh))
+
     def train_step(self, state, frozen, batch):
         """One optimizer step on a global batch (host dict of arrays or global jax.Arrays).
         Returns (new state, metrics dict of scalars). The old state is donated."""
         if self._train_step is None:
-            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in STEP_INPUTS}
-            self._train_step = jax.jit(
-                self._train_step_fn,
-                in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
-                out_shardings=(self.state_shardings, self.replicated),
-                donate_argnums=(0,))
+            self._train_step = self.jit_train_step({k: np.ndim(batch[k]) for k in STEP_INPUTS})
         with use_mesh(self.mesh, self.rules):
             return self._train_step(state, frozen, {k: batch[k] for k in STEP_INPUTS})
 
@@ -283,10 +293,8 @@ class Stepper:
         if self._eval_step is None:
             self._eval_step = {}
         if with_hidden not in self._eval_step:
-            batch_sh = {k: self.batch_sharding(np.ndim(batch[k])) for k in STEP_INPUTS}
-            self._eval_step[with_hidden] = jax.jit(
-                lambda s, f, b: self._eval_step_fn(s, f, b, with_hidden),
-                in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh))
+            self._eval_step[with_hidden] = self.jit_eval_step({k: np.ndim(batch[k]) for k in STEP_INPUTS},
+                                                              with_hidden=with_hidden)
         with use_mesh(self.mesh, self.rules):
             return self._eval_step[with_hidden](state, frozen, {k: batch[k] for k in STEP_INPUTS})
 
