@@ -13,7 +13,9 @@ A save is committed atomically by orbax (a crash mid-save leaves the previous st
 Restoring is newest first with fallback (`restore_newest`): a step that does not restore (a
 truncated array file, a missing `_METADATA` or item directory, an empty data-iterator state)
 gets a one-line warning naming the step and the cause, and the next older step is tried;
-nothing is deleted. Only when no step restores is it an error (`CheckpointError`, one line).
+nothing is deleted (training renames the damaged newer steps `<step>.damaged`, which orbax
+ignores, so that it can write those steps again). Only when no step restores is it an error
+(`CheckpointError`, one line).
 A checkpoint whose parameter shapes differ from the config's (e.g. another `num_layers`) is not
 damage but a config mismatch: one line naming the parameter and both shapes, no fallback.
 """

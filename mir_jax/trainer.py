@@ -53,6 +53,23 @@ def _plain_config(config) -> dict:
     return json.loads(config.to_json_best_effort() if hasattr(config, "to_json_best_effort") else json.dumps(config))
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _differences(got: dict, want: dict, prefix: str = "model.") -> list[str]:
+    """'model.text.num_layers: 2 there, 3 here' for every leaf where two config dicts differ."""
+    out = []
+    for k in sorted(set(got) | set(want)):
+        a, b = got.get(k), want.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} there, {b!r} here")
+    return out
+
+
 def _check_tokenizer(tokenizer, model_cfg: LlavaConfig) -> None:
     if tokenizer.vocab_size > model_cfg.text.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model's "
@@ -82,7 +99,11 @@ class Setup:
         if eval_bs % self.stepper.data_parallel or eval_bs % self.process_count:
             raise ValueError(f"eval batch size {eval_bs} is not divisible by the {self.stepper.data_parallel} "
                              f"data-parallel shards and {self.process_count} hosts")
-        self.tokenizer = load_tokenizer(config.tokenizer or None)
+        try:
+            self.tokenizer = load_tokenizer(config.tokenizer or None)
+        except Exception as e:  # noqa: BLE001 -- whatever transformers raises on files it cannot read
+            raise ConfigError(f"tokenizer {config.tokenizer!r} does not load ({_first_line(e)}): "
+                              "--config.tokenizer=DIR (the LLM's Hugging Face tokenizer directory)") from e
         _check_tokenizer(self.tokenizer, self.model_config)
         # Multi-host: each process reads the data shard of the batch rows its devices hold
         # (shard p of P when the batch axes span every host, as usual).
@@ -115,9 +136,14 @@ class Setup:
 
             from mir_jax import hf
 
-            _, model = hf.load_pretrained(self.config.init_from)
-            if model.config.to_dict() != self.model_config.to_dict():
-                raise ValueError(f"init_from {self.config.init_from}: its config differs from config.model")
+            try:
+                _, model = hf.load_pretrained(self.config.init_from)
+            except Exception as e:  # noqa: BLE001 -- no config.json, no weights, unknown layout, ...
+                raise ConfigError(f"init_from {self.config.init_from!r} does not load ({_first_line(e)})") from e
+            differ = _differences(model.config.to_dict(), self.model_config.to_dict())
+            if differ:
+                raise ConfigError(f"init_from {self.config.init_from!r} is not config.model: "
+                                  f"{'; '.join(differ[:5])}" + (f" ({len(differ) - 5} more)" if len(differ) > 5 else ""))
             params = nnx.state(model, nnx.Param)
         state, frozen = self.stepper.init(int(self.config.seed), params)
         return 0, state, frozen

@@ -220,3 +220,29 @@ def test_too_long_error_names_the_length_needed_and_the_key(tmp_path):
     needed = int(msg.split("the longest of them needs ")[1].split(" ")[0])
     assert needed in lengths and sorted(lengths)[49] <= needed <= max(lengths)
     assert f"but seq_len is 64: raise it (train.py: --config.seq_len={needed})" in msg
+
+
+# ----- set, but not what the model needs ----------------------------------------------------------
+
+def test_a_tokenizer_directory_that_does_not_load_is_one_line(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")  # there, but not a tokenizer
+    c = _config("mm1_mix")
+    c.tokenizer = str(tmp_path)
+    with pytest.raises(ConfigError, match=rf"^tokenizer '{tmp_path}' does not load \(KeyError: "):
+        train_and_evaluate(c, str(tmp_path / "w"))
+
+
+def test_init_from_with_other_shapes_names_the_fields(tmp_path):
+    """A stage-1 directory with 2 decoder layers for a recipe that has 3."""
+    from flax import nnx
+
+    from mir_jax import hf
+    from mir_jax.models import LlavaModel
+
+    c = _config("llava15_pretrain")
+    other = LlavaConfig.from_dict({**c.model.to_dict(), "text": {**c.model.text.to_dict(), "num_layers": 2}})
+    hf.save_pretrained(LlavaModel(other, rngs=nnx.Rngs(0)), str(tmp_path / "stage1"))
+    c.init_from = str(tmp_path / "stage1")
+    with pytest.raises(ConfigError) as e:
+        train_and_evaluate(c, str(tmp_path / "w"))
+    assert str(e.value) == f"init_from '{tmp_path / 'stage1'}' is not config.model: model.text.num_layers: 2 there, 3 here"
