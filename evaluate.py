@@ -163,7 +163,7 @@ def _evaluate_one(path: str, mesh):
     data_kwargs = dict(
         text_kwargs, image_size=pre["image_size"], mean=pre["mean"] or CLIP_MEAN,
         std=pre["std"] or CLIP_STD, batch_size=FLAGS.batch_size, seq_len=seq_len,
-        image_mode=FLAGS.image_mode or pre["image_mode"], sort_by_length=True)
+        image_mode=FLAGS.image_mode or pre["image_mode"], sort_by_length=True, lengths=lengths)
     num_batches = -(-FLAGS.num_samples // FLAGS.batch_size)
     try:
         result = evaluate_mir(

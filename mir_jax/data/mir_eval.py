@@ -92,12 +92,16 @@ class MirPairs:
     def __len__(self) -> int:
         return self.num_samples
 
+    @staticmethod
+    def _turns(txt: dict) -> list[tuple]:
+        """The MIR prompt's two turns: the image alone, then the text (or caption) record's text."""
+        text = txt.get("text")
+        return [("user", IMAGE_TOKEN + "\n"), ("assistant", txt.get("caption") if text is None else text)]
+
     def text_record(self, i: int) -> dict:
         """The conversation of item i without its image (enough to count its tokens)."""
         txt = self.texts[int(self._txt_idx[self.order[i]])]
-        text = txt.get("text")
-        return {"kind": "conversation", "images": [None], "turns": [
-            ("user", IMAGE_TOKEN + "\n"), ("assistant", txt.get("caption") if text is None else text)]}
+        return {"kind": "conversation", "images": [None], "turns": self._turns(txt)}
 
     def __getitem__(self, i: int) -> dict:
         i = int(self.order[i])
@@ -107,13 +111,9 @@ class MirPairs:
         for rec in (img, txt):
             if rec.get("kind") == "bad":
                 return {**rec, "id": rid}
-        text = txt.get("text")
-        if text is None:
-            text = txt.get("caption")
         return {
             "kind": "conversation", "id": rid, "file": f"{img.get('file')} + {txt.get('file')}",
-            "images": list(img.get("images") or [])[:1],
-            "turns": [("user", IMAGE_TOKEN + "\n"), ("assistant", text)],
+            "images": list(img.get("images") or [])[:1], "turns": self._turns(txt),
         }
 
 
@@ -149,7 +149,7 @@ def make_mir_iterator(images, texts, *, tokenizer=None, num_samples: int = 100,
                       shuffle_seed: int | None = None, max_bad_fraction: float = 0.1,
                       num_threads: int = 4, template: str = "vicuna_v1",
                       sort_by_length: bool = False, length_bucket: int = 128, seed: int = 0,
-                      image_folder: str | None = None):
+                      image_folder: str | None = None, lengths=None):
     """Iterator over MIR evaluation batches (image + unrelated text, vicuna_v1).
 
     ``images``: a folder of images, a caption JSONL / LLaVA JSON file (its images),
@@ -163,17 +163,20 @@ def make_mir_iterator(images, texts, *, tokenizer=None, num_samples: int = 100,
     ``seed``: the synthetic corpus's seed (when images or texts are "synthetic").
     ``sort_by_length``: longest samples first, each batch [B, S_b] with S_b its longest row
     rounded up to ``length_bucket`` (at most ``seq_len``); otherwise every batch is [B, seq_len].
+    ``lengths``: `mir_sample_lengths` of these arguments, when the caller has them already
+    (the iterator is made once per pass; the texts need tokenizing only once).
     Bad pairs (missing image, ...) are skipped and counted, not replaced.
     The last batch is padded with empty rows.
     """
     tokenizer = load_tokenizer(tokenizer)
     order = None
-    if sort_by_length:
+    if sort_by_length and lengths is None:
         lengths = mir_sample_lengths(images, texts, tokenizer=tokenizer, num_samples=num_samples,
                                      num_image_tokens=num_image_tokens, system=system,
                                      shuffle_seed=shuffle_seed, template=template, seed=seed,
                                      image_folder=image_folder)
-        order = np.argsort(-lengths, kind="stable")
+    if sort_by_length:
+        order = np.argsort(-np.asarray(lengths), kind="stable")
     pairs = MirPairs(_image_source(images, image_size, seed, image_folder), _text_source(texts, seed),
                      num_samples, shuffle_seed, order=order)
     image_cfg = ImageConfig(size=image_size, mean=tuple(mean), std=tuple(std), mode=image_mode)
