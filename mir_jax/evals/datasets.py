@@ -1,0 +1,702 @@
+"""Benchmark files, read into plain task records for the evaluators.
+
+Each loader reads one real file format and returns a list of dicts, in file order (``limit``
+keeps the first N). Image references become absolute paths, resolved against
+``image_folder`` (default: the folder of the annotation/question file); with
+``check_images=True`` (the default) every image must exist when the file is loaded.
+Anything wrong with a file (missing, malformed JSON, a missing key, a question without
+an answer, a missing image, a duplicated question id) is one
+:class:`~mir_jax.data.errors.DataError` line naming the file and the line (JSONL) or the
+record. ``question_id`` is always a ``str``.
+
+Record shapes (``image`` is an absolute path, or None for a text-only question)::
+
+    caption          {"question_id", "image", "captions": [str, ...]}
+    vqa              {"question_id", "image", "question", "answers": [str, ...],
+                      "metric": "vqa" | "exact_match", ...loader extras}
+    pope             {"question_id", "image", "question", "label": "yes" | "no",
+                      "category": str | None}
+    multiple_choice  {"question_id", "image", "question", "options": [str, ...],
+                      "answer": int (0-based), "hint": str | None}
+
+Formats and the fields read:
+
+* ``coco`` (:func:`load_coco_captions`), COCO captions annotations
+  (``captions_val2014.json``): ``images[].id``, ``images[].file_name``,
+  ``annotations[].image_id``, ``annotations[].caption``. One record per image (in
+  ``images`` order) with all its captions (in file order, stripped);
+  ``question_id`` = the image id. An image without captions is an error; captions of
+  images not listed are ignored.
+* ``karpathy`` (:func:`load_karpathy_captions`), Karpathy's split files
+  (``dataset_coco.json``, ``dataset_flickr30k.json``): ``images[].split``,
+  ``images[].filepath`` (COCO only; absent for Flickr30k), ``images[].filename``,
+  ``images[].sentences[].raw``, ``images[].cocoid`` (else ``imgid``). Image =
+  ``image_folder/filepath/filename``. Splits are train/val/test and "restval"
+  (COCO's 30k extra training images: the usual 113k train is ``("train", "restval")``).
+* ``jsonl`` (:func:`load_caption_jsonl`), LLaVA-style caption files (JSONL or a JSON
+  array): ``image``, ``captions`` (list) or ``caption`` (str), ``question_id`` or ``id``
+  (else the record's 0-based index).
+* ``vqav2`` (:func:`load_vqav2`), the VQA API files: questions
+  (``v2_OpenEnded_mscoco_val2014_questions.json``): ``data_subtype``,
+  ``questions[].question_id``, ``questions[].image_id``, ``questions[].question``;
+  annotations (``v2_mscoco_val2014_annotations.json``):
+  ``annotations[].question_id``, ``annotations[].answers[].answer`` (the 10 human
+  answers), ``annotations[].answer_type`` (kept as the extra ``"answer_type"``;
+  ``multiple_choice_answer`` is not used). Image = ``image_pattern`` formatted with
+  ``split`` = ``data_subtype`` ("test-dev2015" reads images of "test2015", where
+  they live) and ``image_id``. ``metric`` "vqa".
+* ``textvqa`` (:func:`load_textvqa`), LLaVA's ``llava_textvqa_val_v051_ocr.jsonl``:
+  ``question_id``, ``image``, ``text`` = ``"<question>\\nReference OCR token: <tokens>\\n
+  Answer the question using a single word or phrase."`` (the OCR line may come first or be
+  absent; the older ``"OCR tokens: ... Question: ... Short answer:"`` form is read too);
+  plus TextVQA's ``TextVQA_0.5.1_val.json``: ``data[].question_id``,
+  ``data[].answers`` (10 strings). Extras: ``"ocr"`` (the OCR tokens string or None) and
+  ``"prompt"`` (the file's full ``text``, to reproduce LLaVA's prompt). Without a
+  question file the annotation file alone is read (``data[].question``,
+  ``data[].image_id`` + ".jpg"; ``ocr``/``prompt`` None). ``metric`` "vqa".
+* ``gqa`` (:func:`load_gqa`), LLaVA's ``llava_gqa_testdev_balanced.jsonl``
+  (``question_id``, ``image``, ``text``: question, then LLaVA's answer instruction) with
+  the answers of GQA's ``testdev_balanced_questions.json``
+  (``{qid: {"answer", "imageId", "question", ...}}``); or that GQA file alone (image =
+  ``imageId`` + ".jpg"). ``answers`` = ``[answer]``, ``metric`` "exact_match"; extra
+  ``"prompt"`` (the LLaVA ``text``, or None).
+* ``pope`` (:func:`load_pope`), the POPE repo's ``output/coco/coco_pope_<category>.json``
+  (JSON Lines despite the ``.json`` name; ``.jsonl`` and JSON arrays work too):
+  ``question_id``, ``image``, ``text``, ``label``; ``category`` from a ``category``
+  field, else from the file name (the part after ``pope_``:
+  ``coco_pope_adversarial.json`` -> "adversarial"), else None. LLaVA's
+  ``llava_pope_test.jsonl`` carries no labels and is refused.
+* ``mc_jsonl`` (:func:`load_multiple_choice`), generic multiple choice (JSONL or JSON
+  array): ``question_id`` or ``id`` (else the index), ``image`` (optional),
+  ``question``, ``options`` or ``choices``, ``answer`` (0-based int, a letter "A".."Z",
+  or the text of an option), ``hint`` (optional).
+* ``scienceqa`` (:func:`load_scienceqa`), ScienceQA's ``problems.json``
+  (``{pid: {"question", "choices", "answer" (int), "hint", "image" (file name or null),
+  "split", ...}}``) and optionally ``pid_splits.json`` (``{split: [pid, ...]}``, which
+  then gives the order). Image = ``image_folder/<split>/<pid>/<image>`` as in ScienceQA's
+  ``images/`` layout; ``images_only=True`` keeps ScienceQA-IMG.
+
+Text questions are the first line of the LLaVA ``text`` (the lines after it are LLaVA's
+prompt additions); an empty hint is None.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+from collections.abc import Iterator
+
+from mir_jax.data.errors import DataError
+from mir_jax.data.sources import JsonRecords
+
+# -- file reading ---------------------------------------------------------------------
+
+
+def _first_char(path: str) -> str:
+    """The first non-whitespace character of a file ('' for an empty one)."""
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(4096)
+                if not chunk:
+                    return ""
+                stripped = chunk.lstrip()
+                if stripped:
+                    return stripped[:1].decode("latin-1")
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+
+
+def _parse_json(path: str):
+    """A whole JSON document; ('lines', text) when it is JSON Lines instead ("Extra data")."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    try:
+        return "object", json.loads(data)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            return "lines", data
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason})") from e
+
+
+def _json_lines(path: str, data: bytes) -> Iterator[tuple[dict, str]]:
+    # JSON Lines in a .json file (POPE's coco_pope_*.json); messages as JsonRecords'.
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        yield obj, f"{path}:{lineno}"
+
+
+def _read_object(path, what: str) -> dict:
+    """A file holding one JSON object (COCO, VQA API, TextVQA, GQA, ScienceQA files)."""
+    path = os.fspath(path)
+    kind, obj = _parse_json(path)
+    if kind != "object" or not isinstance(obj, dict):
+        raise DataError(f"{path}: expected one JSON object ({what})")
+    return obj
+
+
+def _records(path) -> Iterator[tuple[dict, str]]:
+    """(record, where) for each object of a JSONL file, a JSON array, or JSON Lines in .json.
+
+    JSONL and arrays are read by :class:`JsonRecords` (so a malformed line anywhere stops
+    the load before the first record); a ``.json`` file holding one object is one record.
+    """
+    path = os.fspath(path)
+    if path.endswith(".jsonl") or _first_char(path) == "[":
+        recs = JsonRecords(path)
+        return ((recs[i], recs.where(i)) for i in range(len(recs)))
+    kind, obj = _parse_json(path)
+    if kind == "lines":
+        return iter(list(_json_lines(path, obj)))  # parse it all first, as JsonRecords does
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected JSON Lines, a JSON array or a JSON object")
+    return iter([(obj, path)])
+
+
+# -- record helpers -------------------------------------------------------------------
+
+
+def _folder(image_folder, path) -> str:
+    return os.path.abspath(os.fspath(image_folder) if image_folder is not None
+                           else os.path.dirname(os.path.abspath(os.fspath(path))))
+
+
+def _image(ref, folder: str, where: str, check: bool) -> str:
+    if not isinstance(ref, str) or not ref:
+        raise DataError(f"{where}: image reference {ref!r} is not a path")
+    path = os.path.abspath(os.path.join(folder, ref))
+    if check and not os.path.isfile(path):
+        raise DataError(f"{where}: image not found: {path} (image_folder {folder}; "
+                        "check_images=False skips this check)")
+    return path
+
+
+def _need(raw: dict, key: str, where: str, types=str, what: str = ""):
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    if key not in raw:
+        raise DataError(f"{where}: missing key {key!r}{what}")
+    value = raw[key]
+    if types is not None and not isinstance(value, types):
+        name = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+        raise DataError(f"{where}: {key!r} should be {name}, got {type(value).__name__}")
+    return value
+
+
+def _str_list(value, key: str, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: {key!r} should be a list of strings")
+    return value
+
+
+def _qid(raw: dict, index: int, keys=("question_id", "id")) -> str:
+    for k in keys:
+        if raw.get(k) is not None:
+            return str(raw[k])
+    return str(index)
+
+
+def _check_limit(limit):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit should be None or an int >= 0, got {limit!r}")
+
+
+def _full(out: list, limit) -> bool:
+    return limit is not None and len(out) >= limit
+
+
+def _unique(out: list[dict], path) -> list[dict]:
+    seen: set[str] = set()
+    for rec in out:
+        if rec["question_id"] in seen:
+            raise DataError(f"{os.fspath(path)}: question_id {rec['question_id']!r} appears twice")
+        seen.add(rec["question_id"])
+    return out
+
+
+def _hint(value) -> str | None:
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+_OCR_PREFIX = "Reference OCR token:"
+
+
+def _split_llava_text(text: str) -> tuple[str, str | None]:
+    """(question, OCR tokens or None) of a LLaVA eval ``text``."""
+    if text.startswith("OCR tokens: "):  # the older TextVQA prompt
+        m = re.search(r"OCR tokens: (.*?)\s*Question: (.*?)\s*Short answer:", text, re.DOTALL)
+        if m:
+            return m.group(2).strip(), m.group(1).strip() or None
+    ocr, question = None, None
+    for line in text.split("\n"):
+        s = line.strip()
+        if s.startswith(_OCR_PREFIX):
+            ocr = ocr or s[len(_OCR_PREFIX):].strip() or None
+        elif question is None and s:
+            question = s
+    return question or "", ocr
+
+
+# -- captions -------------------------------------------------------------------------
+
+
+def load_coco_captions(annotation_json, image_folder=None, limit=None, check_images=True) -> list[dict]:
+    """COCO captions annotations -> ``{"question_id": str(image id), "image", "captions"}``."""
+    _check_limit(limit)
+    path = os.fspath(annotation_json)
+    doc = _read_object(path, "COCO captions annotations")
+    images = _need(doc, "images", path, list, " (is this a COCO captions annotations file?)")
+    anns = _need(doc, "annotations", path, list, " (is this a COCO captions annotations file?)")
+    captions: dict = {}
+    for j, ann in enumerate(anns):
+        where = f"{path}: annotations[{j}]"
+        image_id = _need(ann, "image_id", where, (int, str))
+        captions.setdefault(image_id, []).append(_need(ann, "caption", where).strip())
+    folder = _folder(image_folder, path)
+    out: list[dict] = []
+    for i, im in enumerate(images):
+        if _full(out, limit):
+            break
+        where = f"{path}: images[{i}]"
+        image_id = _need(im, "id", where, (int, str))
+        where = f"{path}: images[{i}] (id {image_id})"
+        if image_id not in captions:
+            raise DataError(f"{where}: no captions in 'annotations' for this image")
+        out.append({"question_id": str(image_id),
+                    "image": _image(_need(im, "file_name", where), folder, where, check_images),
+                    "captions": captions[image_id]})
+    return _unique(out, path)
+
+
+def load_karpathy_captions(karpathy_json, image_folder=None, split="test", limit=None,
+                           check_images=True) -> list[dict]:
+    """Karpathy split JSON -> caption records of ``split`` (a name, a list of names, or None: all).
+
+    ``question_id`` = ``cocoid`` (COCO) else ``imgid``; image =
+    ``image_folder/filepath/filename``.
+    """
+    _check_limit(limit)
+    path = os.fspath(karpathy_json)
+    doc = _read_object(path, "Karpathy split file")
+    images = _need(doc, "images", path, list, " (is this a Karpathy dataset_*.json?)")
+    splits = None if split is None else {split} if isinstance(split, str) else set(split)
+    folder = _folder(image_folder, path)
+    out: list[dict] = []
+    present: set[str] = set()
+    for i, im in enumerate(images):
+        if _full(out, limit):
+            break
+        where = f"{path}: images[{i}]"
+        im_split = _need(im, "split", where)
+        present.add(im_split)
+        if splits is not None and im_split not in splits:
+            continue
+        qid = im.get("cocoid", im.get("imgid"))
+        if qid is None:
+            raise DataError(f"{where}: missing key 'cocoid' or 'imgid'")
+        where = f"{path}: images[{i}] (id {qid})"
+        filename = _need(im, "filename", where)
+        ref = os.path.join(im["filepath"], filename) if im.get("filepath") else filename
+        sentences = _need(im, "sentences", where, list)
+        caps = [_need(s, "raw", f"{where} sentences[{k}]").strip() for k, s in enumerate(sentences)]
+        if not caps:
+            raise DataError(f"{where}: no sentences")
+        out.append({"question_id": str(qid), "image": _image(ref, folder, where, check_images),
+                    "captions": caps})
+    if not out and images and limit != 0:
+        raise DataError(f"{path}: no images of split {split!r} (splits present: "
+                        f"{', '.join(sorted(present))})")
+    return _unique(out, path)
+
+
+def load_caption_jsonl(path, image_folder=None, limit=None, check_images=True) -> list[dict]:
+    """LLaVA-style ``{"image", "captions" | "caption", "question_id"?|"id"?}`` JSONL/JSON records."""
+    _check_limit(limit)
+    folder = _folder(image_folder, path)
+    out: list[dict] = []
+    for i, (raw, where) in enumerate(_records(path)):
+        if _full(out, limit):
+            break
+        if "captions" in raw:
+            caps = _str_list(raw["captions"], "captions", where)
+        elif "caption" in raw:
+            caps = [_need(raw, "caption", where)]
+        else:
+            raise DataError(f"{where}: missing key 'captions' (or 'caption')")
+        out.append({"question_id": _qid(raw, i),
+                    "image": _image(_need(raw, "image", where), folder, where, check_images),
+                    "captions": [c.strip() for c in caps]})
+    return _unique(out, path)
+
+
+# -- VQA ------------------------------------------------------------------------------
+
+
+def load_vqav2(questions_json, annotations_json, image_folder=None,
+               image_pattern="COCO_{split}_{image_id:012d}.jpg", limit=None,
+               check_images=True) -> list[dict]:
+    """VQA API questions + annotations -> ``{"question_id", "image", "question", "answers"
+    (the 10 human answers), "metric": "vqa", "answer_type"}``.
+
+    ``annotations_json=None`` (test-dev, no public answers) gives ``answers: []`` and
+    ``answer_type: None``; otherwise every question needs an annotation.
+    """
+    _check_limit(limit)
+    qpath = os.fspath(questions_json)
+    qdoc = _read_object(qpath, "VQA questions")
+    questions = _need(qdoc, "questions", qpath, list, " (is this a VQA questions file?)")
+    split = qdoc.get("data_subtype")
+    if "{split" in image_pattern:
+        if not isinstance(split, str):
+            raise DataError(f"{qpath}: missing key 'data_subtype' (e.g. \"val2014\"), which "
+                            f"names the images in {image_pattern!r}")
+        split = re.sub(r"^test-dev", "test", split)  # test-dev2015's images are test2015's
+    answers: dict[str, tuple[list[str], str | None]] | None = None
+    apath = None
+    if annotations_json is not None:
+        apath = os.fspath(annotations_json)
+        adoc = _read_object(apath, "VQA annotations")
+        anns = _need(adoc, "annotations", apath, list, " (is this a VQA annotations file?)")
+        answers = {}
+        for j, ann in enumerate(anns):
+            where = f"{apath}: annotations[{j}]"
+            qid = str(_need(ann, "question_id", where, (int, str)))
+            human = [_need(a, "answer", f"{where} answers[{k}]")
+                     for k, a in enumerate(_need(ann, "answers", where, list))]
+            answers[qid] = (human, ann.get("answer_type"))
+    folder = _folder(image_folder, qpath)
+    out: list[dict] = []
+    for i, q in enumerate(questions):
+        if _full(out, limit):
+            break
+        where = f"{qpath}: questions[{i}]"
+        qid = str(_need(q, "question_id", where, (int, str)))
+        where = f"{qpath}: questions[{i}] (question_id {qid})"
+        image_id = _need(q, "image_id", where, (int, str))
+        try:
+            ref = image_pattern.format(split=split, image_id=int(image_id))
+        except (ValueError, KeyError, IndexError) as e:
+            raise DataError(f"{where}: image_pattern {image_pattern!r} does not format: {e!r}") from e
+        if answers is None:
+            human, answer_type = [], None
+        elif qid in answers:
+            human, answer_type = answers[qid]
+        else:
+            raise DataError(f"{where}: no annotation for this question in {apath}")
+        out.append({"question_id": qid, "image": _image(ref, folder, where, check_images),
+                    "question": _need(q, "question", where).strip(), "answers": list(human),
+                    "metric": "vqa", "answer_type": answer_type})
+    return _unique(out, qpath)
+
+
+def load_textvqa(questions_jsonl, annotations_json, image_folder=None, limit=None,
+                 check_images=True) -> list[dict]:
+    """LLaVA's TextVQA question JSONL + TextVQA annotations -> ``{"question_id", "image",
+    "question", "answers" (10), "metric": "vqa", "ocr", "prompt"}``.
+
+    ``questions_jsonl=None`` reads questions from the annotation file itself;
+    ``annotations_json=None`` gives ``answers: []``.
+    """
+    _check_limit(limit)
+    if questions_jsonl is None and annotations_json is None:
+        raise DataError("load_textvqa: give a question file, an annotation file or both")
+    answers: dict[str, list[str]] | None = None
+    data: list = []
+    apath = None
+    if annotations_json is not None:
+        apath = os.fspath(annotations_json)
+        adoc = _read_object(apath, "TextVQA annotations")
+        data = _need(adoc, "data", apath, list, " (is this a TextVQA_0.5.1_*.json?)")
+        answers = {}
+        for j, ann in enumerate(data):
+            where = f"{apath}: data[{j}]"
+            qid = str(_need(ann, "question_id", where, (int, str)))
+            answers[qid] = _str_list(ann.get("answers", []), "answers", where)
+    out: list[dict] = []
+    if questions_jsonl is None:  # the annotation file alone
+        folder = _folder(image_folder, apath)
+        for j, ann in enumerate(data):
+            if _full(out, limit):
+                break
+            qid = str(ann["question_id"])  # checked above
+            where = f"{apath}: data[{j}] (question_id {qid})"
+            ref = str(_need(ann, "image_id", where)) + ".jpg"
+            out.append({"question_id": qid, "image": _image(ref, folder, where, check_images),
+                        "question": _need(ann, "question", where).strip(),
+                        "answers": list(answers[qid]), "metric": "vqa",
+                        "ocr": None, "prompt": None})
+        return _unique(out, apath)
+    qpath = os.fspath(questions_jsonl)
+    folder = _folder(image_folder, qpath)
+    for raw, where in _records(qpath):
+        if _full(out, limit):
+            break
+        qid = str(_need(raw, "question_id", where, (int, str)))
+        where = f"{where} (question_id {qid})"
+        text = _need(raw, "text", where)
+        question, ocr = _split_llava_text(text)
+        if answers is None:
+            human = []
+        elif qid in answers:
+            human = list(answers[qid])
+        else:
+            raise DataError(f"{where}: no annotation for this question in {apath}")
+        out.append({"question_id": qid,
+                    "image": _image(_need(raw, "image", where), folder, where, check_images),
+                    "question": question, "answers": human, "metric": "vqa", "ocr": ocr,
+                    "prompt": text})
+    return _unique(out, qpath)
+
+
+def load_gqa(questions_jsonl_or_json, image_folder=None, answers_json=None, limit=None,
+             check_images=True) -> list[dict]:
+    """GQA -> ``{"question_id", "image", "question", "answers": [answer], "metric":
+    "exact_match", "prompt"}``.
+
+    Either LLaVA's question JSONL with ``answers_json`` = GQA's
+    ``testdev_balanced_questions.json``, or that GQA questions file alone.
+    """
+    _check_limit(limit)
+    path = os.fspath(questions_jsonl_or_json)
+
+    def gqa_questions(p, doc=None):
+        doc = _read_object(p, "GQA questions {qid: {...}}") if doc is None else doc
+        for qid, q in doc.items():
+            if not isinstance(q, dict):
+                raise DataError(f"{p}: question {qid}: expected a JSON object "
+                                "(is this a GQA *_questions.json?)")
+        return doc
+
+    # GQA's own file is one {qid: {...}} object; LLaVA's is JSONL (or a JSON array).
+    gqa_own = not path.endswith(".jsonl") and _first_char(path) == "{"
+    if gqa_own:
+        kind, obj = _parse_json(path)
+        gqa_own = kind == "object" and isinstance(obj, dict) and "question_id" not in obj
+    out: list[dict] = []
+    if gqa_own:
+        doc = gqa_questions(path, obj)
+        folder = _folder(image_folder, path)
+        for qid, q in doc.items():
+            if _full(out, limit):
+                break
+            where = f"{path}: question {qid}"
+            ref = str(_need(q, "imageId", where, (str, int))) + ".jpg"
+            out.append({"question_id": str(qid), "image": _image(ref, folder, where, check_images),
+                        "question": _need(q, "question", where).strip(),
+                        "answers": [str(_need(q, "answer", where, (str, int)))],
+                        "metric": "exact_match", "prompt": None})
+        return _unique(out, path)
+    if answers_json is None:
+        raise DataError(f"{path}: LLaVA's GQA questions carry no answers; pass answers_json="
+                        "GQA's testdev_balanced_questions.json")
+    apath = os.fspath(answers_json)
+    doc = gqa_questions(apath)
+    folder = _folder(image_folder, path)
+    for raw, where in _records(path):
+        if _full(out, limit):
+            break
+        qid = str(_need(raw, "question_id", where, (int, str)))
+        where = f"{where} (question_id {qid})"
+        text = _need(raw, "text", where)
+        if qid not in doc:
+            raise DataError(f"{where}: no answer for this question in {apath}")
+        answer = _need(doc[qid], "answer", f"{apath}: question {qid}", (str, int))
+        out.append({"question_id": qid,
+                    "image": _image(_need(raw, "image", where), folder, where, check_images),
+                    "question": _split_llava_text(text)[0], "answers": [str(answer)],
+                    "metric": "exact_match", "prompt": text})
+    return _unique(out, path)
+
+
+# -- POPE -----------------------------------------------------------------------------
+
+
+def _pope_category(path: str) -> str | None:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return (stem.rsplit("pope_", 1)[1] or None) if "pope_" in stem else None
+
+
+def load_pope(jsonl, image_folder=None, limit=None, check_images=True) -> list[dict]:
+    """POPE question lines -> ``{"question_id", "image", "question", "label", "category"}``."""
+    _check_limit(limit)
+    path = os.fspath(jsonl)
+    file_category = _pope_category(path)
+    folder = _folder(image_folder, path)
+    out: list[dict] = []
+    for i, (raw, where) in enumerate(_records(path)):
+        if _full(out, limit):
+            break
+        qid = _qid(raw, i, ("question_id",))
+        where = f"{where} (question_id {qid})"
+        if "label" not in raw:
+            raise DataError(f"{where}: missing key 'label' (LLaVA's llava_pope_test.jsonl has no "
+                            "labels: load POPE's coco_pope_<category>.json files)")
+        label = _need(raw, "label", where).strip().lower()
+        if label not in ("yes", "no"):
+            raise DataError(f"{where}: label {raw['label']!r} is not 'yes' or 'no'")
+        category = raw.get("category")
+        out.append({"question_id": qid,
+                    "image": _image(_need(raw, "image", where), folder, where, check_images),
+                    "question": _split_llava_text(_need(raw, "text", where))[0], "label": label,
+                    "category": str(category) if category is not None else file_category})
+    return _unique(out, path)
+
+
+# -- multiple choice ------------------------------------------------------------------
+
+
+def _answer_index(answer, options: list[str], where: str) -> int:
+    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+        raise DataError(f"{where}: answer {answer!r} should be an index, a letter or an option")
+    if isinstance(answer, int):
+        index = answer
+    else:
+        s = answer.strip()
+        if len(s) == 1 and "A" <= s <= "Z":
+            index = ord(s) - ord("A")
+        elif s in options:
+            index = options.index(s)
+        else:
+            raise DataError(f"{where}: answer {answer!r} is neither a letter A-Z nor one of "
+                            f"the options {options}")
+    if not 0 <= index < len(options):
+        raise DataError(f"{where}: answer {answer!r} is out of range for {len(options)} options")
+    return index
+
+
+def _options(raw: dict, where: str, keys=("options", "choices")) -> list[str]:
+    for k in keys:
+        if k in raw:
+            value = raw[k]
+            if not isinstance(value, list) or not value:
+                raise DataError(f"{where}: {k!r} should be a non-empty list")
+            return [v if isinstance(v, str) else str(v) for v in value]
+    raise DataError(f"{where}: missing key {keys[0]!r} (or {keys[1]!r})")
+
+
+def load_multiple_choice(path, image_folder=None, limit=None, check_images=True) -> list[dict]:
+    """Generic multiple-choice JSONL/JSON -> ``{"question_id", "image" (or None), "question",
+    "options", "answer" (0-based), "hint"}``."""
+    _check_limit(limit)
+    folder = _folder(image_folder, path)
+    out: list[dict] = []
+    for i, (raw, where) in enumerate(_records(path)):
+        if _full(out, limit):
+            break
+        qid = _qid(raw, i)
+        where = f"{where} (question_id {qid})"
+        options = _options(raw, where)
+        image = raw.get("image")
+        out.append({"question_id": qid,
+                    "image": None if image is None else _image(image, folder, where, check_images),
+                    "question": _need(raw, "question", where).strip(), "options": options,
+                    "answer": _answer_index(_need(raw, "answer", where, None), options, where),
+                    "hint": _hint(raw.get("hint"))})
+    return _unique(out, path)
+
+
+def load_scienceqa(problems_json, image_folder=None, split="test", pid_splits=None,
+                   images_only=False, limit=None, check_images=True) -> list[dict]:
+    """ScienceQA problems.json -> multiple-choice records of ``split`` (``question_id`` = pid).
+
+    ``image_folder`` holds ``<split>/<pid>/image.png``; default: ``images/`` next to
+    problems.json when it exists (ScienceQA's layout), else problems.json's folder.
+    ``pid_splits``: ScienceQA's pid_splits.json, whose list for ``split`` then decides
+    which problems and their order; without it, problems whose ``split`` field matches,
+    in file order. ``images_only=True``: only problems with an image (ScienceQA-IMG).
+    """
+    _check_limit(limit)
+    path = os.fspath(problems_json)
+    problems = _read_object(path, "ScienceQA problems {pid: {...}}")
+    if image_folder is None:
+        base = os.path.dirname(os.path.abspath(path))
+        image_folder = os.path.join(base, "images") if os.path.isdir(os.path.join(base, "images")) else base
+    folder = _folder(image_folder, path)
+    if pid_splits is not None:
+        spath = os.fspath(pid_splits)
+        splits = _read_object(spath, "ScienceQA pid_splits {split: [pid, ...]}")
+        if split not in splits:
+            raise DataError(f"{spath}: no split {split!r} (splits: {', '.join(sorted(splits))})")
+        pids = [str(p) for p in _need(splits, split, spath, list)]
+        for pid in pids:
+            if pid not in problems:
+                raise DataError(f"{spath}: {split} pid {pid} is not in {path}")
+    else:
+        pids = [pid for pid, p in problems.items() if isinstance(p, dict) and p.get("split") == split]
+        if not pids and problems:
+            present = sorted({str(p.get("split")) for p in problems.values() if isinstance(p, dict)})
+            raise DataError(f"{path}: no problems of split {split!r} (splits present: "
+                            f"{', '.join(present)})")
+    out: list[dict] = []
+    for pid in pids:
+        if _full(out, limit):
+            break
+        p = problems[pid]
+        where = f"{path}: problem {pid}"
+        if not isinstance(p, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        image = p.get("image")
+        if images_only and not image:
+            continue
+        options = _options(p, where, ("choices", "options"))
+        answer = _need(p, "answer", where, int)
+        ref = None
+        if image:
+            ref = _image(os.path.join(str(p.get("split") or split), pid, image), folder, where,
+                         check_images)
+        out.append({"question_id": str(pid), "image": ref,
+                    "question": _need(p, "question", where).strip(), "options": options,
+                    "answer": _answer_index(answer, options, where), "hint": _hint(p.get("hint"))})
+    return _unique(out, path)
+
+
+# -- dispatch -------------------------------------------------------------------------
+
+LOADERS = {
+    "coco": load_coco_captions,
+    "karpathy": load_karpathy_captions,
+    "jsonl": load_caption_jsonl,
+    "vqav2": load_vqav2,
+    "textvqa": load_textvqa,
+    "gqa": load_gqa,
+    "pope": load_pope,
+    "scienceqa": load_scienceqa,
+    "mc_jsonl": load_multiple_choice,
+}
+
+# The record kind each format gives (the shapes in the module docstring).
+TASK_KINDS = {
+    "coco": "caption", "karpathy": "caption", "jsonl": "caption",
+    "vqav2": "vqa", "textvqa": "vqa", "gqa": "vqa",
+    "pope": "pope",
+    "scienceqa": "multiple_choice", "mc_jsonl": "multiple_choice",
+}
+
+
+def load_task(task: str, **paths) -> list[dict]:
+    """Load a benchmark by format name (``LOADERS``), e.g.
+    ``load_task("vqav2", questions_json=..., annotations_json=..., image_folder=...)``."""
+    if task not in LOADERS:
+        raise DataError(f"unknown task format {task!r}; known: {', '.join(LOADERS)}")
+    loader = LOADERS[task]
+    signature = inspect.signature(loader)
+    try:
+        signature.bind(**paths)
+    except TypeError as e:
+        raise DataError(f"task format {task!r}: {e}; {loader.__name__} takes "
+                        f"{', '.join(signature.parameters)}") from e
+    return loader(**paths)
