@@ -1,4 +1,5 @@
-r"""MIR of one or several models, layer by layer, on images paired with unrelated texts.
+r"""MIR of one or several models, layer by layer, on images paired with unrelated texts, and
+the downstream scores MIR is meant to predict (captioning, VQA, POPE, multiple choice).
 
 Examples:
   # Any Hugging Face LLaVA directory, the embedded corpus:
@@ -8,6 +9,12 @@ Examples:
       --images=/data/textvqa/val_images --texts=/data/cnn/stories --num_samples=100
   # Several models in one table and one plot:
   python evaluate.py --compare=/ckpt/a,/ckpt/b,/hf/llava --output_dir=/tmp/cmp
+  # Every evaluator on the embedded benchmark (captions, VQA, POPE, multiple choice), MIR, loss:
+  python evaluate.py --checkpoint=/tmp/mir_jax_runlocal --evals=all
+  # Real benchmark files, 0- and 4-shot (MM1's few-shot setting):
+  python evaluate.py --hf_model=/path/to/llava-1.5-7b-hf --evals=vqa,caption --shots=0,4 \
+      --vqa_data=vqav2:questions_json=/d/q.json,annotations_json=/d/a.json,image_folder=/d/val2014 \
+      --caption_data=karpathy:karpathy_json=/d/dataset_coco.json,image_folder=/d/coco
 
 Texts are fed whole, as the published tool does: samples are truncated only where they
 exceed the model's context (max_position_embeddings), and the output says how many were;
@@ -18,6 +25,12 @@ Outputs (in --output_dir; default: WORKDIR/mir_eval for --checkpoint, DIR_mir_ev
 an HF directory): mir.json (config, data spec, per-layer values, overall, method, LM
 loss/perplexity, timings), mir_per_layer.png, and a table on stdout. Files are written
 only once an evaluation has completed (never partial results that look complete).
+Downstream evaluators (`mir_jax.evals`) add, per evaluator, EVAL_scores.json and
+EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every score of every model)
+and scores.png; one table of all scores is printed. --X_data takes "embedded" (the default:
+the embedded benchmark) or FORMAT:KEY=PATH,... with the loader's argument names
+(`mir_jax/evals/datasets.py`: coco, karpathy, jsonl, vqav2, textvqa, gqa, pope, scienceqa,
+mc_jsonl).
 """
 
 from __future__ import annotations
@@ -68,6 +81,17 @@ flags.DEFINE_integer("seed", 0, "Seed of the synthetic corpus (--images/--texts=
 flags.DEFINE_string("output_dir", None, "Where mir.json and the plot go (default: WORKDIR/mir_eval "
                     "for --checkpoint, DIR_mir_eval beside an HF directory --hf_model=DIR).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_list("evals", ["mir"], "Evaluators: mir, loss, caption, vqa, pope, multiple_choice, "
+                  "or all.")
+flags.DEFINE_string("caption_data", "embedded", "Caption data: 'embedded' or FORMAT:KEY=PATH,...")
+flags.DEFINE_string("vqa_data", "embedded", "VQA data: 'embedded' or FORMAT:KEY=PATH,...")
+flags.DEFINE_string("pope_data", "embedded", "POPE data: 'embedded' or pope:jsonl=PATH,image_folder=DIR")
+flags.DEFINE_string("mc_data", "embedded", "Multiple-choice data: 'embedded' or FORMAT:KEY=PATH,...")
+flags.DEFINE_list("shots", ["0"], "In-context examples for caption and vqa (e.g. 0,4,8).")
+flags.DEFINE_integer("eval_samples", 100, "Records per downstream evaluator (the first N).")
+flags.DEFINE_integer("max_new_tokens", 0, "Generated tokens per answer (0: each evaluator's default).")
+flags.DEFINE_string("prompt_template", None, "Prompt template of the downstream prompts (default: the "
+                    "model's own: its training data's for a workdir, vicuna_v1 for HF).")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-process: process 0's HOST:PORT (else $JAX_COORDINATOR_ADDRESS).")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes (else $JAX_NUM_PROCESSES).")
@@ -80,39 +104,14 @@ def _fail(message: str) -> None:
 
 
 def _load(path: str):
-    """(name, model, preprocessing dict) for an HF directory or a mir-jax workdir."""
-    from mir_jax import hf
-    from mir_jax.data import ByteTokenizer, load_tokenizer
-
-    if not os.path.exists(path):
-        _fail(f"model path {path!r} does not exist")
-    name = os.path.basename(os.path.normpath(path))
-    is_workdir = os.path.isdir(os.path.join(path, "checkpoints"))
-    if not is_workdir and os.path.exists(os.path.join(path, "config.json")):
-        cfg, model = hf.load_pretrained(path)
-        try:
-            proc = hf.load_image_processing(path)
-        except FileNotFoundError:
-            proc = None
-        tokenizer_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-        if any(os.path.exists(os.path.join(path, f)) for f in tokenizer_files):
-            tokenizer = load_tokenizer(path)
-        else:
-            tokenizer = ByteTokenizer()
-            print(f"[{name}] no tokenizer files; using the built-in byte tokenizer")
-        image_size = cfg.vision.image_size
-        pre = dict(tokenizer=tokenizer, image_size=image_size,
-                   mean=proc.image_mean if proc else None, std=proc.image_std if proc else None,
-                   image_mode=("pad" if proc is None or proc.pad_to_square
-                               else "crop" if proc.do_center_crop else "resize"))
-        return name, cfg, model, pre
-    from mir_jax import checkpoint
+    """An `EvalModel` for an HF directory or a mir-jax workdir (one-line error otherwise)."""
+    from mir_jax.checkpoint import CheckpointError
+    from mir_jax.evals.loading import load_model
 
     try:
-        cfg, model, pre = checkpoint.load_for_evaluation(path)
-    except FileNotFoundError as e:
-        _fail(f"{e} (and no HF config.json + *.safetensors either)")
-    return name, cfg, model, pre
+        return load_model(path, template=FLAGS.prompt_template, image_mode=FLAGS.image_mode)
+    except (FileNotFoundError, CheckpointError) as e:
+        _fail(str(e))
 
 
 def _source(spec: str, flag: str, split: str):
@@ -132,52 +131,78 @@ def _source(spec: str, flag: str, split: str):
     return spec
 
 
-def _evaluate_one(path: str, mesh):
+def _evaluate_mir(handle, name: str):
+    """(MIREvaluation, data spec) of one model (the MIR evaluator on the --images/--texts data)."""
     import jax
 
-    from mir_jax.data import make_mir_iterator, mir_sample_lengths
     from mir_jax.data.errors import DataError
-    from mir_jax.data.images import CLIP_MEAN, CLIP_STD
-    from mir_jax.evaluator import evaluate_mir
-    from mir_jax.models import with_compute_dtype
+    from mir_jax.evals import get_evaluator
 
-    name, cfg, model, pre = _load(path)
-    model = with_compute_dtype(model, FLAGS.dtype)
     images = _source(FLAGS.images, "images", FLAGS.tfds_image_split)
     texts = _source(FLAGS.texts, "texts", FLAGS.tfds_text_split)
-    num_image_tokens = cfg.num_image_tokens
-    context = cfg.text.max_position_embeddings
-    seq_len = FLAGS.seq_len or context
-    text_kwargs = dict(tokenizer=pre["tokenizer"], num_samples=FLAGS.num_samples,
-                       num_image_tokens=num_image_tokens, template=FLAGS.template,
-                       seed=FLAGS.seed, image_folder=FLAGS.image_folder)
     try:
-        lengths = mir_sample_lengths(images, texts, **text_kwargs)  # also validates the data
-    except (DataError, ValueError) as e:
-        _fail(str(e))
-    truncated = int((lengths > seq_len).sum())
-    if truncated and jax.process_index() == 0:
-        cause = f"--seq_len={seq_len}" if FLAGS.seq_len else f"the model's context of {context}"
-        print(f"[{name}] {truncated} of {len(lengths)} samples are longer than {cause} tokens "
-              f"(longest {int(lengths.max())}) and are truncated there")
-    data_kwargs = dict(
-        text_kwargs, image_size=pre["image_size"], mean=pre["mean"] or CLIP_MEAN,
-        std=pre["std"] or CLIP_STD, batch_size=FLAGS.batch_size, seq_len=seq_len,
-        image_mode=FLAGS.image_mode or pre["image_mode"], sort_by_length=True, lengths=lengths)
-    num_batches = -(-FLAGS.num_samples // FLAGS.batch_size)
-    try:
-        result = evaluate_mir(
-            model, lambda: make_mir_iterator(images, texts, **data_kwargs),
-            method=FLAGS.method, mode=FLAGS.mode, mesh=mesh, progress=FLAGS.progress,
-            num_batches=num_batches)
+        evaluator = get_evaluator(
+            "mir", images=images, texts=texts, image_folder=FLAGS.image_folder,
+            num_samples=FLAGS.num_samples, template=FLAGS.template, method=FLAGS.method,
+            mode=FLAGS.mode, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len, seed=FLAGS.seed,
+            progress=FLAGS.progress)
+        result = evaluator.run(handle)
     except (DataError, ValueError) as e:
         _fail(f"{name}: {e}")
+    data = result.details["data"]
+    if data["truncated_samples"] and jax.process_index() == 0:
+        cause = f"--seq_len={data['seq_len']}" if FLAGS.seq_len else f"the model's context of {data['seq_len']}"
+        print(f"[{name}] {data['truncated_samples']} of {FLAGS.num_samples} samples are longer than "
+              f"{cause} tokens (longest {data['longest_sample']}) and are truncated there")
     spec = dict(images=FLAGS.images, texts=FLAGS.texts, image_folder=FLAGS.image_folder,
                 num_samples=FLAGS.num_samples, template=FLAGS.template, seed=FLAGS.seed,
-                seq_len=seq_len, truncated_samples=truncated, longest_sample=int(lengths.max()),
-                num_image_tokens=num_image_tokens, image_size=pre["image_size"],
-                image_mode=data_kwargs["image_mode"], dtype=FLAGS.dtype)
-    return name, result, spec
+                seq_len=data["seq_len"], truncated_samples=data["truncated_samples"],
+                longest_sample=data["longest_sample"], num_image_tokens=data["num_image_tokens"],
+                image_size=data["image_size"], image_mode=data["image_mode"], dtype=FLAGS.dtype)
+    return result.details["evaluation"], spec
+
+
+def _data_spec(value: str, flag: str):
+    """'embedded', or FORMAT:KEY=PATH,KEY=PATH -> {"format": FORMAT, KEY: PATH, ...}."""
+    if value in ("", "embedded"):
+        return "embedded"
+    fmt, _, rest = value.partition(":")
+    spec = {"format": fmt}
+    for part in filter(None, rest.split(",")):
+        key, eq, path = part.partition("=")
+        if not eq:
+            _fail(f"--{flag}={value!r}: expected FORMAT:KEY=PATH,KEY=PATH (got {part!r})")
+        spec[key] = path
+    return spec
+
+
+def _downstream(names: list[str]) -> list[tuple[str, object]]:
+    """(key, evaluator) for each downstream evaluator asked for, one per shot count."""
+    from mir_jax.evals import get_evaluator
+
+    try:
+        shots = [int(s) for s in FLAGS.shots]
+    except ValueError:
+        _fail(f"--shots={','.join(FLAGS.shots)}: expected integers, e.g. 0,4,8")
+    data_flags = {"caption": "caption_data", "vqa": "vqa_data", "pope": "pope_data",
+                  "multiple_choice": "mc_data"}
+    out = []
+    for name in names:
+        flag = data_flags.get(name)
+        options = dict(num_samples=FLAGS.eval_samples, progress=FLAGS.progress, seed=FLAGS.seed)
+        if flag:
+            options["data"] = _data_spec(FLAGS[flag].value, flag)
+        if FLAGS.max_new_tokens and name != "loss":
+            options["max_new_tokens"] = FLAGS.max_new_tokens
+        if name == "loss":
+            options = dict(num_samples=FLAGS.eval_samples, seed=FLAGS.seed)
+        for k in (shots if name in ("caption", "vqa") else [0]):
+            try:
+                evaluator = get_evaluator(name, **options, **({"shots": k} if k else {}))
+            except ValueError as e:
+                _fail(str(e))
+            out.append((name + (f"_{k}shot" if k else ""), evaluator))
+    return out
 
 
 def _default_output_dir(paths: list[str]) -> str:
@@ -208,7 +233,7 @@ def main(argv):
     import jax
     import numpy as np
 
-    from mir_jax.evaluator import plot_per_layer
+    from mir_jax.evals.mir import plot_per_layer
     from mir_jax.sharding import make_mesh
 
     paths = list(FLAGS.compare)
@@ -224,50 +249,133 @@ def main(argv):
         _fail(f"--batch_size={FLAGS.batch_size} is not divisible by the data axes "
               f"{mesh.shape['data']}x{mesh.shape['fsdp']}")
 
-    results, records = {}, {}
+    from mir_jax.evals import ALL, write_result
+
+    names = list(ALL) if FLAGS.evals == ["all"] else list(FLAGS.evals)
+    unknown = sorted(set(names) - set(ALL))
+    if unknown:
+        _fail(f"--evals: unknown evaluator(s) {unknown}; known: {', '.join(ALL)} (or all)")
+    downstream = _downstream([n for n in names if n != "mir"])
+
+    from mir_jax.data.errors import DataError
+    from mir_jax.models import with_compute_dtype
+
+    results, records, scores, outputs = {}, {}, {}, {}
     for path in paths:
-        name, result, spec = _evaluate_one(path, mesh)
-        if name in results:
-            name = path
-        results[name] = result
-        records[name] = dict(model=path, data=spec, **result.to_json())
-        if jax.process_index() != 0:
-            continue  # several processes compute one result; process 0 reports it
-        print(f"\n== {name}: MIR over {result.num_samples} samples "
-              f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens), "
-              f"method={result.method}, mode={result.mode}, dtype={FLAGS.dtype}")
-        print(result.format())
-        print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
-              f"{result.timings['total_s']:.1f} s")
+        handle = _load(path)
+        handle.model = with_compute_dtype(handle.model, FLAGS.dtype)
+        handle.mesh = mesh
+        name = handle.name if handle.name not in scores else path
+        handle.name = name
+        scores[name] = {}
+        if "mir" in names:
+            result, spec = _evaluate_mir(handle, name)
+            results[name] = result
+            records[name] = dict(model=path, data=spec, **result.to_json())
+            scores[name].update({"mir/mir": result.overall, "mir/lm_loss": result.lm_loss})
+            if jax.process_index() == 0:  # several processes compute one result; process 0 reports
+                print(f"\n== {name}: MIR over {result.num_samples} samples "
+                      f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens), "
+                      f"method={result.method}, mode={result.mode}, dtype={FLAGS.dtype}")
+                print(result.format())
+                print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
+                      f"{result.timings['total_s']:.1f} s")
+        for key, evaluator in downstream:
+            try:
+                out = evaluator.run(handle)
+            except (DataError, ValueError) as e:
+                _fail(f"{name}: {key}: {e}")
+            out.evaluator = key
+            outputs[(name, key)] = out
+            scores[name].update({f"{key}/{k}": v for k, v in out.scores.items() if k != "num_samples"})
+            if jax.process_index() == 0:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in out.scores.items())
+                print(f"[{name}] {key}: {shown}")
 
     if jax.process_index() != 0:
         return
     if len(results) > 1:
-        names = list(results)
+        names_ = list(results)
         depth = max(len(r.per_layer) for r in results.values())
-        print("\nlayer  " + "  ".join(f"{n[:14]:>14}" for n in names))
+        print("\nlayer  " + "  ".join(f"{n[:14]:>14}" for n in names_))
         for layer in range(depth):
-            row = [results[n].per_layer[layer] if layer < len(results[n].per_layer) else np.nan for n in names]
+            row = [results[n].per_layer[layer] if layer < len(results[n].per_layer) else np.nan for n in names_]
             print(f"{layer + 1:>5}  " + "  ".join(f"{v:>14.6g}" for v in row))
-        print("  MIR  " + "  ".join(f"{results[n].overall:>14.6f}" for n in names))
+        print("  MIR  " + "  ".join(f"{results[n].overall:>14.6f}" for n in names_))
+    if downstream:
+        print("\n" + _score_table(scores))
 
     # Written only now that every evaluation finished: no partial results that look complete.
     output_dir = FLAGS.output_dir or _default_output_dir(paths)
     os.makedirs(output_dir, exist_ok=True)
-    out_json = os.path.join(output_dir, "mir.json")
-    tmp = out_json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(dict(flags={k: FLAGS[k].value for k in FLAGS if k in _OUR_FLAGS},
-                       results=records), f, indent=2)
-    os.replace(tmp, out_json)
-    plot_per_layer(results, os.path.join(output_dir, "mir_per_layer.png"))
-    print(f"\nwrote {out_json} and {os.path.join(output_dir, 'mir_per_layer.png')}")
+    flag_values = {k: FLAGS[k].value for k in FLAGS if k in _OUR_FLAGS}
+    written = []
+    if results:
+        out_json = os.path.join(output_dir, "mir.json")
+        tmp = out_json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(dict(flags=flag_values, results=records), f, indent=2)
+        os.replace(tmp, out_json)
+        plot_per_layer(results, os.path.join(output_dir, "mir_per_layer.png"))
+        written += [out_json, os.path.join(output_dir, "mir_per_layer.png")]
+    if downstream:
+        for (name, _key), out in outputs.items():
+            write_result(out, output_dir, prefix=f"{name}_" if len(scores) > 1 else "")
+        evals_json = os.path.join(output_dir, "evals.json")
+        with open(evals_json + ".tmp", "w") as f:
+            json.dump(dict(flags=flag_values, scores=scores), f, indent=2)
+        os.replace(evals_json + ".tmp", evals_json)
+        png = _plot_scores(scores, os.path.join(output_dir, "scores.png"))
+        written += [evals_json, png, f"{len(outputs)} *_scores.json / *_predictions.jsonl"]
+    print(f"\nwrote {' and '.join(written)} in {output_dir}" if len(written) > 2
+          else f"\nwrote {' and '.join(written)}")
+
+
+def _score_table(scores: dict[str, dict[str, float]]) -> str:
+    """One row per score, one column per model."""
+    models = list(scores)
+    keys = sorted({k for s in scores.values() for k in s})
+    width = max(len(k) for k in keys)
+    lines = [f"{'score':<{width}}  " + "  ".join(f"{m[:14]:>14}" for m in models)]
+    for k in keys:
+        lines.append(f"{k:<{width}}  " + "  ".join(
+            f"{scores[m][k]:>14.4f}" if k in scores[m] else f"{'-':>14}" for m in models))
+    return "\n".join(lines)
+
+
+def _plot_scores(scores: dict[str, dict[str, float]], path: str) -> str:
+    """Grouped bars: each evaluator's headline score (and MIR) per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mir_jax.metrics import HEADLINE_SCORES
+
+    keys = sorted({k for s in scores.values() for k in s if k.split("/")[-1] in HEADLINE_SCORES})
+    models = list(scores)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) * max(1, len(models)) / 2 + 2), 4))
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(keys))
+    for i, m in enumerate(models):
+        ax.bar(x + i * width, [scores[m].get(k, np.nan) for k in keys], width, label=m)
+    ax.set_xticks(x + width * (len(models) - 1) / 2, keys, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("score")
+    ax.set_title("Downstream scores")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 _OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "image_folder", "texts",
               "tfds_data_dir", "tfds_image_split", "tfds_text_split", "num_samples",
               "template", "method", "mode", "batch_size", "seq_len", "dtype", "mesh_shape",
-              "image_mode", "seed", "output_dir")
+              "image_mode", "seed", "output_dir", "evals", "caption_data", "vqa_data", "pope_data",
+              "mc_data", "shots", "eval_samples", "max_new_tokens", "prompt_template")
 
 if __name__ == "__main__":
     app.run(main)

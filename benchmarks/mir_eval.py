@@ -10,7 +10,7 @@ saved in HF's format; both sides evaluate MIR on the same embedded-corpus sample
              output_hidden_states, every layer's hidden states copied to the host,
              then per layer: torch normalization and outlier replacement, NumPy
              covariances and scipy.linalg.sqrtm.
-  ours:      `mir_jax.evaluator.evaluate_mir`: batched (8), jitted forward, hidden
+  ours:      `mir_jax.evals.evaluate_mir`: batched (8), jitted forward, hidden
              states reduced to statistics on the device (streaming, two passes).
 
 Each variant runs in its own subprocess so that its peak RSS (ru_maxrss) is its own.
@@ -115,7 +115,7 @@ def run_published(path: str, num_samples: int) -> dict:
 
 def run_ours(path: str, num_samples: int, mode: str) -> dict:
     from mir_jax import hf
-    from mir_jax.evaluator import evaluate_mir
+    from mir_jax.evals.mir import evaluate_mir
 
     _, model = hf.load_pretrained(path)
     start = time.perf_counter()

@@ -14,7 +14,10 @@ Top-level keys (all read by `mir_jax.trainer`):
   optimizer: {lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, clip_norm},
   checkpoint: {every, keep, async_save},
   eval: {every, at_end, batch_size, num_samples, mir_samples, mir_images, mir_texts, mir_method,
-         mir_seq_len (0 = seq_len), sample_captions}.
+         mir_seq_len (0 = seq_len), sample_captions},
+  evals: downstream evaluators run in the loop, a list of {name, every (0: at the end only),
+         key (optional metric prefix), **options} (`mir_jax.evals`; e.g.
+         `--config.evals='[{"name": "vqa", "every": 500, "shots": 4}]'`).
 
 The full-size recipes leave `tokenizer` and `init_from` unset (`required()`): they are paths on
 the user's machine. `mir_jax.config_check.check_config` (run by the trainer before anything
@@ -93,7 +96,18 @@ def base_config() -> ml_collections.ConfigDict:
         "every": 1000, "at_end": True, "batch_size": 16, "num_samples": 256, "mir_samples": 100,
         "mir_images": "synthetic", "mir_texts": "synthetic", "mir_method": "auto", "mir_seq_len": 0,
         "sample_captions": 0})
+    c.evals = []
     return c
+
+
+def runlocal_evals(stage: str, every: int = 150, num_samples: int = 48) -> list[dict]:
+    """The embedded benchmark in the loop of a runlocal recipe: captioning (0- and 4-shot) after
+    pre-training; captioning, VQA, POPE and multiple choice after instruction tuning."""
+    if stage == "pretrain":
+        names = [("caption", {}), ("caption", {"shots": 4})]
+    else:
+        names = [("caption", {}), ("vqa", {}), ("pope", {}), ("multiple_choice", {})]
+    return [{"name": n, "every": every, "num_samples": num_samples, **o} for n, o in names]
 
 
 def apply_runlocal(c: ml_collections.ConfigDict, connector: ConnectorConfig, *, moca: bool = False,

@@ -36,4 +36,5 @@ def get_config(arg=None):
                               sources=[{"type": "synthetic", "kind": "caption", "template": "plain"}])
         c.optimizer.lr = 1e-2
         c.optimizer.weight_decay = 0.0
+        c.evals = common.runlocal_evals("pretrain")
     return c

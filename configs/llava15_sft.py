@@ -38,4 +38,5 @@ def get_config(arg=None):
         c.data.system = "A chat between a user and an assistant."
         c.seq_len = 384
         c.batch_size = 8
+        c.evals = common.runlocal_evals("sft")
     return c

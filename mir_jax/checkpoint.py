@@ -281,7 +281,7 @@ def load_for_evaluation(workdir: str, step: int | None = None):
     The run's config is read from the checkpoint itself; parameters are restored straight into
     single-host shardings (trainable and frozen parts merged back into one model). The
     preprocessing dict holds what the data pipeline needs to feed this model as it was trained:
-    tokenizer, image_size, mean, std, image_mode.
+    tokenizer, image_size, mean, std, image_mode, and the data config (for its templates).
     """
     import os
 
@@ -316,15 +316,23 @@ def load_for_evaluation(workdir: str, step: int | None = None):
             frozen=ocp.args.StandardRestore(abstract_frozen)))
         return config, stepper, out
 
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    # Orbax warns, twice per restore, that the data-iterator item "could not be restored":
+    # evaluation does not ask for it (no iterator to restore into), so the warning says nothing.
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         step, (config, stepper, out), _ = restore_newest(
             directory, manager.all_steps() if step is None else [step], restore_one)
     finally:
+        absl_logging.set_verbosity(verbosity)
         manager.close()
     model = stepper.model(out["state"], out["frozen"])
     log.info("loaded %s at step %d", directory, step)
     preprocessing = dict(tokenizer=load_tokenizer(config.tokenizer or None),
                          image_size=stepper.config.vision.image_size,
                          mean=tuple(config.image_mean), std=tuple(config.image_std),
-                         image_mode=config.data.get("image_mode", "pad") if "data" in config else "pad")
+                         image_mode=config.data.get("image_mode", "pad") if "data" in config else "pad",
+                         data=config.data.to_dict() if "data" in config else None)
     return stepper.config, model, preprocessing

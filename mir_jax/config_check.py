@@ -249,13 +249,37 @@ def _path_problems(config) -> list[str]:
     return out
 
 
+def _evals_problems(config) -> list[str]:
+    """Each `evals` entry names a known evaluator, with options it takes and `every` >= 0."""
+    evals = _get(config, "evals")
+    if evals is _MISSING or not evals:
+        return []
+    from mir_jax.evals import get_evaluator
+
+    out = []
+    for i, entry in enumerate(evals):
+        entry = _plain(entry)
+        if not isinstance(entry, dict) or "name" not in entry:
+            out.append(f"evals[{i}]={entry!r} must be a dict with a 'name' (and 'every', options)")
+            continue
+        options = {k: v for k, v in entry.items() if k not in ("name", "every", "key")}
+        every = entry.get("every", 0)
+        if not _int(every) or every < 0:
+            out.append(f"evals[{i}].every={every!r} must be an integer >= 0 (0: at the end only)")
+        try:
+            get_evaluator(entry["name"], **options)
+        except ValueError as e:
+            out.append(f"evals[{i}]: {e}")
+    return out
+
+
 def check_config(config) -> None:
     """Raises ConfigError (one line, every problem with its fix) unless the config can run.
 
     Reads nothing but the file system's directory entries: no model is built, no data read."""
     problems = _value_problems(config)
     model_problems, model_config = _model_problems(config)
-    problems += model_problems + _data_problems(config)
+    problems += model_problems + _data_problems(config) + _evals_problems(config)
     problems += _tokenizer_problems(config, model_config) + _init_from_problems(config)
     problems += _path_problems(config)
     if problems:

@@ -129,8 +129,14 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
+# The one score per downstream evaluator that the training plot draws.
+HEADLINE_SCORES = ("cider", "accuracy", "f1", "likelihood_accuracy")
+
+
 def plot_metrics(jsonl_path: str, png_path: str) -> str:
-    """Plots train loss (and eval loss) and MIR against the step into a PNG; returns its path."""
+    """Plots train loss (and eval loss), MIR and, when the run has downstream evaluators
+    (split "downstream" rows), their headline scores against the step into a PNG; returns
+    its path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +145,11 @@ def plot_metrics(jsonl_path: str, png_path: str) -> str:
     rows = read_jsonl(jsonl_path)
     train = [r for r in rows if r.get("split") == "train" and "loss" in r]
     evals = [r for r in rows if r.get("split") == "eval"]
-    fig, (ax_loss, ax_mir) = plt.subplots(1, 2, figsize=(11, 4))
+    downstream = [r for r in rows if r.get("split") == "downstream"]
+    headline = sorted({k for r in downstream for k in r if k.split("/")[-1] in HEADLINE_SCORES})
+    panels = 3 if headline else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
+    ax_loss, ax_mir = axes[0], axes[1]
     if train:
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
     ev = [r for r in evals if "loss" in r]
@@ -153,6 +163,14 @@ def plot_metrics(jsonl_path: str, png_path: str) -> str:
         ax_mir.plot([r["step"] for r in mir], [r["mir"] for r in mir], "o-", color="C2")
     ax_mir.set(xlabel="step", ylabel="MIR = log10(sum_l FD_l)", title="Modality Integration Rate (lower = better aligned)")
     ax_mir.grid(alpha=0.3)
+    if headline:
+        ax = axes[2]
+        for key in headline:
+            pts = [(r["step"], r[key]) for r in downstream if r.get(key) is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key)
+        ax.set(xlabel="step", ylabel="score", title="Downstream (embedded benchmark or given data)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -11,9 +11,12 @@
    (randomly or from `config.init_from`); a run already at `total_steps` returns at once
    ({"already_done": True}) without touching its logs;
 3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, held-out loss
-   and MIR every `eval.every` steps, checkpoint every `checkpoint.every` steps and on SIGTERM
+   and MIR every `eval.every` steps, the downstream evaluators of `config.evals` (captioning,
+   VQA, POPE, multiple choice; `mir_jax.evals`) every one's `every` steps (rows of split
+   "downstream" in metrics.jsonl, answer files in WORKDIR/evals/step_N/), checkpoint every `checkpoint.every` steps and on SIGTERM
    (then it returns {"preempted": True, "signal": 15});
-4. at the end: final evaluation (MIR), a checkpoint, the plot, a few greedy captions.
+4. at the end: final evaluation (MIR and every downstream evaluator), a checkpoint, the plot,
+   a few greedy captions.
 Bad-sample counts (per source and reason) are printed and logged (split "data") with each
 evaluation and at the end.
 
@@ -34,7 +37,8 @@ import numpy as np
 from mir_jax import metrics as metrics_lib
 from mir_jax.checkpoint import Checkpointer, StopSignal
 from mir_jax.config_check import ConfigError, check_config
-from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
+from mir_jax.data import ImageConfig, make_eval_iterator, make_mir_batches, make_train_iterator
+from mir_jax.data.mixture import resolve_config
 from mir_jax.data.tokenizer import load_tokenizer
 from mir_jax.distributed import host_batch_slice
 from mir_jax.mir import MIRAccumulator, format_mir
@@ -116,6 +120,7 @@ class Setup:
         self.train_iter = make_train_iterator(
             config.data, batch_size=self.local_batch, seed=int(config.seed),
             shard_index=self.data_shard, shard_count=self.data_shard_count, **self.data_kwargs)
+        self.downstream = downstream_evaluators(config)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                          keep=int(config.checkpoint.keep),
                                          every=int(config.checkpoint.every),
@@ -212,20 +217,70 @@ def _mfu_numbers(setup: Setup, batch: dict) -> tuple[int, float]:
     return tokens, metrics_lib.model_flops_per_token(setup.model_config, s, images_per_token)
 
 
+def downstream_evaluators(config) -> list[tuple[str, int, object]]:
+    """(key, every, evaluator) for each entry {name, every, key?, **options} of `config.evals`.
+    The key names its metrics ("vqa/accuracy"); by default the evaluator's name, with
+    "_Kshot" for K-shot entries."""
+    from mir_jax.evals import get_evaluator
+
+    out = []
+    for entry in config.get("evals") or []:
+        entry = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
+        name, every = entry.pop("name"), int(entry.pop("every", 0) or 0)
+        key = entry.pop("key", None) or name + (f"_{int(entry['shots'])}shot" if entry.get("shots") else "")
+        out.append((key, every, get_evaluator(name, **entry)))
+    return out
+
+
+def _host_model(setup: Setup, state, frozen):
+    """(model, mesh) to run host-driven evaluation (generation) on: the sharded model and the
+    run's mesh on one process; with several processes the parameters are gathered (a
+    collective: every process must call this) and process 0 alone gets (model, None), the
+    others (None, None)."""
+    if setup.process_count > 1:
+        from jax.experimental import multihost_utils
+
+        state, frozen = multihost_utils.process_allgather((state, frozen), tiled=True)
+        if setup.process_index:
+            return None, None
+        return setup.stepper.model(state, frozen), None
+    return setup.stepper.model(state, frozen), setup.mesh
+
+
+def run_downstream(setup: Setup, state, frozen, step: int, which) -> dict[str, float]:
+    """Runs the given (key, every, evaluator) entries; returns {"KEY/score": value}; scores JSON
+    and answer files go to WORKDIR/evals/step_N/. Every process must call it."""
+    from mir_jax.evals import EvalModel, write_result
+    from mir_jax.evals.loading import training_template
+
+    if not which:
+        return {}
+    model, mesh = _host_model(setup, state, frozen)
+    if model is None:
+        return {}
+    mc, cfg = setup.model_config, setup.config
+    template, system = training_template(cfg.data)
+    image = ImageConfig(size=mc.vision.image_size, mean=tuple(cfg.image_mean), std=tuple(cfg.image_std),
+                        mode=resolve_config(cfg.data)["image_mode"])
+    handle = EvalModel(f"step_{step}", model, setup.tokenizer, image, template, system, mesh, setup.workdir)
+    out = {}
+    for key, _, evaluator in which:
+        result = evaluator.run(handle)
+        result.evaluator = key  # files and metrics are named by the entry's key
+        write_result(result, os.path.join(setup.workdir, "evals", f"step_{step}"))
+        out.update({f"{key}/{k}": v for k, v in result.scores.items() if k != "num_samples"})
+    return out
+
+
 def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]]:
     """Greedy continuations of the first `n` held-out caption prompts: [(target, generated)].
     Every process must call it (gathering sharded parameters is a collective); only process 0
     generates, the others get []."""
     from mir_jax.models import generate
 
-    if setup.process_count > 1:
-        from jax.experimental import multihost_utils
-
-        state, frozen = multihost_utils.process_allgather((state, frozen), tiled=True)
-        if setup.process_index:
-            return []
-    else:
-        state, frozen = jax.device_get(state), jax.device_get(frozen)
+    model, _ = _host_model(setup, state, frozen)
+    if model is None:
+        return []
     ex = next(make_eval_iterator({"sources": [{"type": "synthetic", "kind": "caption"}]},
                                  num_samples=n, batch_size=n, **setup.data_kwargs))
     prompts, targets = [], []
@@ -242,7 +297,6 @@ def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]
     mask = np.zeros_like(ids)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
-    model = setup.stepper.model(state, frozen)
     new = generate(model, ids, ex["pixel_values"][: len(prompts)], ex["image_mask"][: len(prompts)], mask,
                    max_new_tokens=int(setup.config.seq_len) - width, eos_token_id=setup.tokenizer.eos_id,
                    pad_token_id=pad)
@@ -337,6 +391,18 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         report_bad_samples(step)
         window["t0"] += time.perf_counter() - t  # evaluation time is not training throughput
 
+    def run_downstream_now(step, which):
+        t = time.perf_counter()
+        scores = run_downstream(setup, state, frozen, step, which)
+        if scores:
+            writer.write(step, "downstream", scores)
+            result.setdefault("downstream", {}).update(scores)
+            if main:
+                shown = " ".join(f"{k}={v:.3f}" for k, v in scores.items()
+                                 if k.split("/")[-1] in metrics_lib.HEADLINE_SCORES)
+                bar.write(f"step {step}: {shown} ({time.perf_counter() - t:.1f}s)")
+        window["t0"] += time.perf_counter() - t
+
     try:
         step = start
         while step < total:
@@ -365,6 +431,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                     raise NonFiniteError(f"{int(m['bad_streak'])} non-finite updates in a row at step {step}")
             if ev_cfg.every and step % int(ev_cfg.every) == 0 and step < total:
                 run_eval(step)
+            due = [d for d in setup.downstream if d[1] and step % d[1] == 0 and step < total]
+            if due:
+                run_downstream_now(step, due)
             preempted = (bool(stop) or step == stop_at_step
                          or (setup.process_count > 1 and setup.checkpointer.reached_preemption(step)))
             t = time.perf_counter()
@@ -378,6 +447,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         bar.close()
         if last_eval_step != total and (config.eval.at_end or ev_cfg.every):
             run_eval(total)
+        if setup.downstream:
+            run_downstream_now(total, setup.downstream)
         if last_bad_report != total:
             report_bad_samples(total)
         setup.checkpointer.save(total, state, frozen, setup.train_iter, _plain_config(config), force=True)

@@ -40,4 +40,6 @@ def get_config(arg=None):
     c.eval.mir_samples = 16
     c.eval.mir_seq_len = 256
     c.eval.sample_captions = 1
+    # One downstream evaluator at the end: gathered parameters, generation on process 0 alone.
+    c.evals = [{"name": "caption", "every": 0, "num_samples": 8, "batch_size": 8}]
     return c

@@ -70,6 +70,7 @@ def test_runlocal_trains_a_few_steps(name, tmp_path):
     c.total_steps, c.log_every = 2, 1
     c.checkpoint.every, c.checkpoint.async_save = 0, False
     c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
+    c.evals = []  # downstream evaluators in the loop: tests/test_evals_loop.py
     c.eval.num_samples = c.eval.mir_samples = 16
     result = train_and_evaluate(c, str(tmp_path))
     assert result["step"] == 2 and np.isfinite(result["loss"])

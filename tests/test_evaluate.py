@@ -18,7 +18,7 @@ from torch_init import save_random_llava  # noqa: E402
 from mir_jax import hf  # noqa: E402
 from mir_jax.data import ByteTokenizer, make_mir_batches  # noqa: E402
 from mir_jax.data.images import CLIP_MEAN, CLIP_STD  # noqa: E402
-from mir_jax.evaluator import evaluate_mir  # noqa: E402
+from mir_jax.evals.mir import evaluate_mir  # noqa: E402
 from mir_jax.mir.tokens import mir_token_masks  # noqa: E402
 from mir_jax.sharding import make_mesh  # noqa: E402
 
@@ -311,7 +311,7 @@ def test_compute_dtypes_move_mir_little_and_really_compute_in_that_dtype(tiny_ll
 
 
 def test_seed_changes_the_synthetic_corpus_and_plot_ticks_are_layers(tmp_path):
-    from mir_jax.evaluator import MIREvaluation, plot_per_layer
+    from mir_jax.evals.mir import MIREvaluation, plot_per_layer
 
     kwargs = dict(tokenizer=TOKENIZER, num_samples=2, image_size=IMAGE_SIZE, num_image_tokens=16,
                   batch_size=2, seq_len=512)

@@ -198,6 +198,10 @@ def test_only_process_zero_writes_logs_and_plots(runs):
         assert {"metrics.jsonl", "tensorboard", "config.json"} <= names, (launch, names)
     assert "loss_mir.png" in {os.path.basename(w) for w in runs["second"][0][2]["writes"]}
     assert len(runs["after_first"]["events"]) == 1  # one TensorBoard writer
+    # The downstream evaluator ran once, at the end, on process 0's gathered parameters.
+    down = [r for r in _metrics(runs["workdir"]) if r["split"] == "downstream"]
+    assert [r["step"] for r in down] == [5] and 0.0 <= down[0]["caption/cider"] < 10.0, down
+    assert os.path.exists(os.path.join(workdir, "evals", "step_5", "caption_scores.json"))
     # Only process 0 prints the final captions and the MIR table.
     assert "generated:" in runs["second"][0][1] and "generated:" not in runs["second"][1][1]
 

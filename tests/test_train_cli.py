@@ -31,9 +31,11 @@ def _compilation_cache(tmp_path_factory):
     ENV["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
     yield
     ENV.pop("JAX_COMPILATION_CACHE_DIR")
-# Keeps the runlocal recipe to seconds: 4 rows a step, held-out loss only (no MIR, no samples).
+# Keeps the runlocal recipe to seconds: 4 rows a step, held-out loss only (no MIR, no samples,
+# no downstream evaluators).
 FAST = ["--config.batch_size=4", "--config.log_every=1", "--config.eval.batch_size=4",
-        "--config.eval.num_samples=4", "--config.eval.mir_samples=0", "--config.eval.sample_captions=0"]
+        "--config.eval.num_samples=4", "--config.eval.mir_samples=0", "--config.eval.sample_captions=0",
+        "--config.evals=[]"]
 
 
 def _cmd(config: str, workdir, *overrides) -> list[str]:

@@ -16,7 +16,12 @@ Kinds of records (``SyntheticSource(kind=...)``):
 * ``caption`` -- one image and its caption;
 * ``interleaved`` -- 2-3 images with connecting text describing each;
 * ``text`` -- text-only passages about shapes and colours;
-* ``qa`` -- instruction-style conversations ("How many red circles are there?" -> "Two.").
+* ``qa`` -- instruction-style conversations: counts, colours, shapes, positions, a description,
+  yes/no existence ("Is there a blue square in the image?" -> "No.") and lettered multiple
+  choice (LLaVA's layout, answered with the letter).
+
+``split="bench"`` is the held-out benchmark's split (``mir_jax.evals.benchmark``): its scenes
+come from seeds neither training nor the held-out loss/MIR sets (``"eval"``) use.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ SIZES = ("small", "large")
 NUMBERS = ("zero", "one", "two", "three")
 GRID = 4
 KIND_CODES = {"caption": 1, "interleaved": 2, "text": 3, "qa": 4}
-SPLIT_CODES = {"train": 0, "eval": 1}
+SPLIT_CODES = {"train": 0, "eval": 1, "bench": 2}
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fay")
 _SIDES = {"circle": "no corners", "square": "four equal sides", "triangle": "three sides"}
 _MIXES = (("red", "blue", "purple"), ("red", "yellow", "orange"), ("blue", "yellow", "green"))
@@ -102,9 +107,51 @@ def render(scene: list[dict], size: int, rng: np.random.Generator) -> np.ndarray
     return img
 
 
+QUESTION_KINDS = ("count", "colour", "shape", "describe", "position", "exists", "choice")
+CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+LETTERS = "ABCD"
+
+
+def absent_object(scene: list[dict], rng: np.random.Generator, same_kind: bool = False) -> tuple[str, str]:
+    """A (colour, kind) pair no group of the scene has; with ``same_kind`` a kind that IS in the
+    scene in another colour (POPE's "adversarial" negatives: a co-occurring object)."""
+    present = {(g["colour"], g["kind"]) for g in scene}
+    kinds = [g["kind"] for g in scene] if same_kind else list(KINDS)
+    pairs = [(c, k) for k in kinds for c in COLOURS if (c, k) not in present]
+    c, k = pairs[int(rng.integers(len(pairs)))]
+    return c, k
+
+
+def exists_question(colour: str, kind: str) -> str:
+    return f"Is there a {colour} {kind} in the image?"
+
+
+def choice_question(g: dict, rng: np.random.Generator) -> tuple[str, list[str], int]:
+    """(question, 4 options, index of the right one) about group ``g``: its colour, count or shape."""
+    what = ("colour", "count", "shape")[int(rng.integers(3))]
+    plural = _plural(g["kind"], 2)
+    if what == "colour":
+        question, right, pool = f"What colour are the {plural}?", g["colour"], list(COLOURS)
+    elif what == "count":
+        question, right, pool = f"How many {g['colour']} {plural} are there?", NUMBERS[g["count"]], list(NUMBERS)
+    else:
+        question, right, pool = f"What shape are the {g['colour']} objects?", g["kind"], [*KINDS, "star"]
+    wrong = [x for x in pool if x != right]
+    options = [right] + [wrong[int(k)] for k in rng.choice(len(wrong), size=3, replace=False)]
+    order = rng.permutation(4)
+    options = [options[int(k)] for k in order]
+    return question, options, int(np.argmax(order == 0))
+
+
+def choice_prompt(question: str, options: list[str]) -> str:
+    """LLaVA's multiple-choice layout: the question, lettered options, the instruction."""
+    lines = [question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
+    return "\n".join(lines + [CHOICE_INSTRUCTION])
+
+
 def _question(scene: list[dict], rng: np.random.Generator) -> tuple[str, str]:
     g = scene[int(rng.integers(len(scene)))]
-    kinds = ["count", "colour", "shape", "describe"] + (["position"] if g["side"] else [])
+    kinds = ["count", "colour", "shape", "describe"] + (["position"] if g["side"] else []) + ["exists", "choice"]
     q = kinds[int(rng.integers(len(kinds)))]
     plural = _plural(g["kind"], 2)
     if q == "count":
@@ -118,6 +165,13 @@ def _question(scene: list[dict], rng: np.random.Generator) -> tuple[str, str]:
         return f"What shape are the {g['colour']} objects?", plural.capitalize() + "."
     if q == "position":
         return f"Where are the {g['colour']} {plural}?", f"On the {g['side']}."
+    if q == "exists":
+        if rng.integers(2):
+            return exists_question(g["colour"], g["kind"]), "Yes."
+        return exists_question(*absent_object(scene, rng, same_kind=bool(rng.integers(2)))), "No."
+    if q == "choice":
+        question, options, answer = choice_question(g, rng)
+        return choice_prompt(question, options), LETTERS[answer]
     return "Describe the image.", caption(scene).capitalize()
 
 

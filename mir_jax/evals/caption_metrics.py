@@ -14,6 +14,8 @@ scores from the two are not guaranteed identical.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 
@@ -93,6 +95,26 @@ def simple_tokenize(caption: str) -> str:
     return " ".join(t for t in _TOKEN.findall(text) if t not in _PTB_PUNCTUATIONS)
 
 
+@contextlib.contextmanager
+def _java_stderr_silenced():
+    """The Stanford tokenizer prints a progress line (and warnings about control characters
+    an untrained model emits) to the process's stderr on every call; in a training loop that
+    is noise on every evaluation. Its subprocess inherits file descriptor 2, so that is what
+    is pointed at /dev/null for the call."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _ptb_tokenize(predictions: dict, references: dict) -> tuple[dict, dict]:
     """Tokenize with pycocoevalcap's PTBTokenizer in a single java call."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -102,7 +124,8 @@ def _ptb_tokenize(predictions: dict, references: dict) -> tuple[dict, dict]:
         combined[("ref", key)] = [{"caption": _LINE_BREAKS.sub(" ", r)} for r in refs]
     for key, pred in predictions.items():
         combined[("pred", key)] = [{"caption": _LINE_BREAKS.sub(" ", pred)}]
-    out = PTBTokenizer().tokenize(combined)
+    with _java_stderr_silenced():
+        out = PTBTokenizer().tokenize(combined)
     gts = {key: out.get(("ref", key), []) for key in references}
     res = {key: out.get(("pred", key), []) for key in references}
     for key in references:

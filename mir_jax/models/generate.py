@@ -62,13 +62,15 @@ def _sample(logits, temperature: float, top_k: int | None, key):
 
 def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, attention_mask=None, *,
              max_new_tokens: int, eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-             temperature: float = 0.0, top_k: int | None = None, rng: jax.Array | None = None) -> np.ndarray:
+             temperature: float = 0.0, top_k: int | None = None, rng: jax.Array | None = None,
+             mesh=None) -> np.ndarray:
     """Greedy (temperature 0) or temperature / top-k sampling.
 
     input_ids [B, S] left-padded, with image tokens already expanded; pixel_values
     [B, N, H, W, C]; attention_mask [B, S]. Returns the new tokens [B, max_new_tokens] int32;
     after a row emits EOS (included) the rest of the row is `pad_token_id`. Stops early when
-    every row has finished.
+    every row has finished. With a `mesh`, parameters follow the logical-axis rules and the
+    batch rows (and the KV cache) are split over its data axes: B must divide by them.
     """
     cfg = model.config
     eos = cfg.eos_token_id if eos_token_id is None else eos_token_id
@@ -85,9 +87,17 @@ def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, a
     key_valid = jnp.asarray(np.concatenate([am, np.ones((b, max_new_tokens), bool)], axis=1))
     graphdef, state = nnx.split(model)
     cache = init_cache(model, b, total)
-    logits, pos, cache = _prefill(graphdef, state, jnp.asarray(input_ids),
-                                  None if pixel_values is None else jnp.asarray(pixel_values),
-                                  None if image_mask is None else jnp.asarray(image_mask), key_valid, cache)
+    inputs = [jnp.asarray(input_ids), None if pixel_values is None else jnp.asarray(pixel_values),
+              None if image_mask is None else jnp.asarray(image_mask), key_valid]
+    if mesh is not None:
+        from mir_jax import sharding
+
+        state = jax.device_put(state, sharding.state_shardings(state, mesh))
+        inputs = [None if x is None else jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
+                  for x in inputs]
+        key_valid = inputs[-1]
+        cache = jax.device_put(cache, sharding.logical_sharding(mesh, (None, "batch", None, None, None)))
+    logits, pos, cache = _prefill(graphdef, state, *inputs, cache)
     out = np.full((b, max_new_tokens), pad, np.int32)
     done = np.zeros(b, bool)
     for i in range(max_new_tokens):

@@ -1,4 +1,5 @@
-"""MIR of a model on image + unrelated-text batches, end to end (the MIR paper's use case).
+"""MIR of a model on image + unrelated-text batches, end to end (the MIR paper's use case),
+and `MirEvaluator`, the same under the evaluator interface.
 
 The published tool runs one forward pass per sample, copies every layer's hidden
 states to the host and loops over layers with SciPy. Here a jitted forward pass
@@ -32,6 +33,8 @@ from tqdm.auto import tqdm
 
 from mir_jax import mir, sharding
 from mir_jax.mir.tokens import mir_rows, mir_token_masks
+
+from .base import EvalResult, Evaluator, register
 
 MODES = ("streaming", "exact")
 MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "attention_mask", "positions")
@@ -234,3 +237,52 @@ def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
     ticks = [float(t) for t in ax.get_xticks()]
     plt.close(fig)
     return ticks
+
+
+@register
+class MirEvaluator(Evaluator):
+    """MIR (per layer, overall) and the LM loss on images paired with unrelated texts.
+
+    Options: images, texts ("synthetic", a path, or a source object; see
+    `mir_jax.data.make_mir_iterator`), image_folder, num_samples, template (the MIR paper's
+    vicuna_v1), method, mode, batch_size, seq_len (0: the model's context; longer samples are
+    cut there and counted), seed, progress. Scores: "mir" (overall), "lm_loss"; details:
+    "evaluation" (the `MIREvaluation`) and "data" (what was fed, truncations included).
+    """
+
+    name = "mir"
+    OPTIONS = {"images": "synthetic", "texts": "synthetic", "image_folder": None, "num_samples": 100,
+               "template": "vicuna_v1", "method": "auto", "mode": "streaming", "batch_size": 8,
+               "seq_len": 0, "seed": 0, "progress": False}
+
+    def check_options(self):
+        super().check_options()
+        if self.options["method"] not in mir.METHODS:
+            raise ValueError(f"evaluator 'mir': method={self.options['method']!r} not in {tuple(mir.METHODS)}")
+        if self.options["mode"] not in MODES:
+            raise ValueError(f"evaluator 'mir': mode={self.options['mode']!r} not in {MODES}")
+
+    def run(self, model) -> EvalResult:
+        from mir_jax.data import make_mir_iterator, mir_sample_lengths
+
+        o = self.options
+        context = model.context
+        seq_len = int(o["seq_len"]) or context
+        text_kwargs = dict(tokenizer=model.tokenizer, num_samples=int(o["num_samples"]),
+                           num_image_tokens=model.num_image_tokens, template=o["template"],
+                           seed=int(o["seed"]), image_folder=o["image_folder"])
+        lengths = mir_sample_lengths(o["images"], o["texts"], **text_kwargs)  # validates the data
+        truncated = int((lengths > seq_len).sum())
+        data_kwargs = dict(text_kwargs, image_size=model.image.size, mean=model.image.mean,
+                           std=model.image.std, batch_size=int(o["batch_size"]), seq_len=seq_len,
+                           image_mode=model.image.mode, sort_by_length=True, lengths=lengths)
+        evaluation = evaluate_mir(
+            model.model, lambda: make_mir_iterator(o["images"], o["texts"], **data_kwargs),
+            method=o["method"], mode=o["mode"], mesh=model.mesh, progress=bool(o["progress"]),
+            num_batches=-(-int(o["num_samples"]) // int(o["batch_size"])))
+        data = dict(seq_len=seq_len, truncated_samples=truncated, longest_sample=int(lengths.max()),
+                    truncated_by=("seq_len" if o["seq_len"] else "context"),
+                    num_image_tokens=model.num_image_tokens, image_size=model.image.size,
+                    image_mode=model.image.mode)
+        return self.result({"mir": evaluation.overall, "lm_loss": evaluation.lm_loss},
+                           details={"evaluation": evaluation, "data": data})

@@ -1,0 +1,158 @@
+"""The evaluator interface: one registry, one way to run any evaluation on a model.
+
+    evaluator = get_evaluator("vqa", shots=4, num_samples=200)    # options checked here
+    result = evaluator.run(EvalModel(...))                        # -> EvalResult
+    write_result(result, output_dir)                              # scores JSON + answer file
+
+Every evaluator is a class registered under its name (big_vision's evaluators, picked by
+name from the config): the training loop builds them from `config.evals`
+(`[{"name": "caption", "every": 100, **options}]`), `evaluate.py` from `--evals=...`.
+An evaluator declares its options and their defaults in `OPTIONS`; an unknown option or an
+impossible value is one `ValueError` line naming it.
+
+`EvalResult.scores` holds flat scalars (what goes to metrics.jsonl, TensorBoard, the table
+and the plot, e.g. {"cider": 0.91, "bleu_4": 0.33}); `details` holds the rest (per-layer
+MIR, per-category POPE); `predictions` are rows of LLaVA's answer-file format
+(`question_id`, `prompt`, `text`, `answer_id`, `model_id`), so LLaVA's and lmms-eval's
+scorers can re-score them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from typing import Any, ClassVar
+
+from jax.sharding import Mesh
+
+from mir_jax.data.images import ImageConfig
+
+
+@dataclasses.dataclass
+class EvalModel:
+    """A model and what it takes to feed it as it was trained.
+
+    template: the prompt template of its instruction data ("vicuna_v1", "chat") or of its
+    pre-training ("plain"); evaluators phrase their prompts with it. system: the system
+    prompt (None: the template's own). mesh: optional; batches shard over its data axes.
+    """
+
+    name: str
+    model: Any  # mir_jax.models.LlavaModel
+    tokenizer: Any
+    image: ImageConfig
+    template: str = "vicuna_v1"
+    system: str | None = None
+    mesh: Mesh | None = None
+    path: str = ""
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_image_tokens(self) -> int:
+        return int(self.model.config.num_image_tokens)
+
+    @property
+    def context(self) -> int:
+        """The longest sequence the model takes (prompt + generated tokens)."""
+        return int(self.model.config.text.max_position_embeddings)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What one evaluator measured on one model (see the module docstring)."""
+
+    evaluator: str
+    scores: dict[str, float]
+    predictions: list[dict] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        details = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in self.details.items()}
+        return {"evaluator": self.evaluator, "scores": self.scores, "details": details,
+                "options": self.options, "num_predictions": len(self.predictions)}
+
+
+class Evaluator:
+    """Base class: subclasses set `name`, `OPTIONS` (option -> default) and implement `run`."""
+
+    name: ClassVar[str] = ""
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options):
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"evaluator {self.name!r}: unknown option(s) {unknown}; "
+                             f"known: {sorted(self.OPTIONS)}")
+        self.options = {**self.OPTIONS, **options}
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Raise a one-line ValueError for an impossible option value (subclasses extend)."""
+        for key in ("num_samples", "batch_size", "max_new_tokens"):
+            if key in self.options and self.options[key] is not None and int(self.options[key]) < 1:
+                raise ValueError(f"evaluator {self.name!r}: {key}={self.options[key]} must be >= 1")
+
+    def run(self, model: EvalModel) -> EvalResult:
+        raise NotImplementedError
+
+    def result(self, scores: dict, predictions=(), details=None) -> EvalResult:
+        return EvalResult(self.name, {k: float(v) for k, v in scores.items()}, list(predictions),
+                          details or {}, dict(self.options))
+
+
+REGISTRY: dict[str, type[Evaluator]] = {}
+
+
+def register(cls: type[Evaluator]) -> type[Evaluator]:
+    """Class decorator: make an evaluator available by its `name`."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_evaluator(name: str, **options) -> Evaluator:
+    """The registered evaluator `name`, built with `options` (one-line error when unknown)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown evaluator {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name](**options)
+
+
+def answer_row(question_id, prompt: str, text: str, model_id: str, **extra) -> dict:
+    """One line of LLaVA's answer file (`model_vqa.py` writes the same keys)."""
+    return {"question_id": question_id, "prompt": prompt, "text": text,
+            "answer_id": uuid.uuid4().hex[:22], "model_id": model_id, "metadata": extra}
+
+
+def write_result(result: EvalResult, output_dir: str, prefix: str = "") -> tuple[str, str | None]:
+    """`{prefix}{evaluator}_scores.json` and (if any) `{prefix}{evaluator}_predictions.jsonl`,
+    each written to a temporary name and renamed, so a crash never leaves a partial file."""
+    os.makedirs(output_dir, exist_ok=True)
+    scores = os.path.join(output_dir, f"{prefix}{result.evaluator}_scores.json")
+    _atomic_write(scores, json.dumps(result.to_json(), indent=1, default=_jsonable))
+    answers = None
+    if result.predictions:
+        answers = os.path.join(output_dir, f"{prefix}{result.evaluator}_predictions.jsonl")
+        _atomic_write(answers, "".join(json.dumps(r, default=_jsonable) + "\n" for r in result.predictions))
+    return scores, answers
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

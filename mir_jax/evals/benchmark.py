@@ -1,0 +1,105 @@
+"""The embedded benchmark: held-out captioning, VQA, POPE and multiple choice on the
+synthetic shapes world, the default data of every downstream evaluator.
+
+Scenes come from the synthetic corpus's ``"bench"`` split (`mir_jax.data.synthetic`): seeds
+that neither training (``"train"``) nor the held-out loss and MIR sets (``"eval"``) use, so a
+model has never seen a benchmark image. Question `i` of a task is a pure function of
+(task, seed, i); the few-shot support set of a task is the same generator at indices
+``SUPPORT_OFFSET + j``, disjoint from the queries.
+
+Records (the shapes of `mir_jax.evals.datasets`, images as uint8 arrays):
+  caption          {"question_id", "image", "captions": [the caption, the same scene with
+                   its two groups in the other order (two references when there are two)]}
+  vqa              {"question_id", "image", "question", "answers": 10 x the exact answer,
+                   "metric": "vqa", "kind": count|colour|shape|position}; answers are
+                   written as a person would ("two", "red", "circles", "left")
+  pope             {"question_id", "image", "question": "Is there a {colour} {shape} in the
+                   image?", "label": yes|no, "category": random|adversarial}; even indices
+                   ask about a group that is there, odd ones about one that is not; in the
+                   adversarial half the absent object is a shape of the scene in another
+                   colour (POPE's co-occurring negatives). Both halves are balanced yes/no.
+  multiple_choice  {"question_id", "image", "question", "options": 4, "answer": index}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mir_jax.data import synthetic as syn
+
+TASKS = ("caption", "vqa", "pope", "multiple_choice")
+SUPPORT_OFFSET = 1_000_000
+_TASK_CODES = {"caption": 11, "vqa": 12, "pope": 13, "multiple_choice": 14}
+
+
+def _scene(task: str, seed: int, index: int, image_size: int):
+    rng = np.random.default_rng([seed, _TASK_CODES[task], syn.SPLIT_CODES["bench"], index])
+    scene = syn.random_scene(rng)
+    return scene, syn.render(scene, image_size, rng), rng
+
+
+def _caption(i, seed, size):
+    scene, image, _ = _scene("caption", seed, i, size)
+    refs = [syn.caption(scene)]
+    if len(scene) == 2:
+        refs.append(syn.caption(scene[::-1]))
+    return {"question_id": f"caption/{i}", "image": image, "captions": refs}
+
+
+def _vqa(i, seed, size):
+    scene, image, rng = _scene("vqa", seed, i, size)
+    g = scene[int(rng.integers(len(scene)))]
+    kinds = ["count", "colour", "shape"] + (["position"] if g["side"] else [])
+    kind = kinds[int(rng.integers(len(kinds)))]
+    plural = g["kind"] + "s"
+    if kind == "count":
+        q, a = f"How many {g['colour']} {plural} are there?", syn.NUMBERS[g["count"]]
+    elif kind == "colour":
+        q = f"What colour is the {g['kind']}?" if g["count"] == 1 else f"What colour are the {plural}?"
+        a = g["colour"]
+    elif kind == "shape":
+        if g["count"] == 1:
+            q, a = f"What shape is the {g['colour']} object?", g["kind"]
+        else:
+            q, a = f"What shape are the {g['colour']} objects?", plural
+    else:
+        q, a = f"Where are the {g['colour']} {plural}?", g["side"]
+    return {"question_id": f"vqa/{i}", "image": image, "question": q, "answers": [a] * 10,
+            "metric": "vqa", "kind": kind}
+
+
+def _pope(i, seed, size):
+    scene, image, rng = _scene("pope", seed, i, size)
+    category = "random" if (i // 2) % 2 == 0 else "adversarial"
+    if i % 2 == 0:
+        g = scene[int(rng.integers(len(scene)))]
+        colour, kind, label = g["colour"], g["kind"], "yes"
+    else:
+        colour, kind = syn.absent_object(scene, rng, same_kind=category == "adversarial")
+        label = "no"
+    return {"question_id": f"pope/{i}", "image": image, "question": syn.exists_question(colour, kind),
+            "label": label, "category": category}
+
+
+def _multiple_choice(i, seed, size):
+    scene, image, rng = _scene("multiple_choice", seed, i, size)
+    g = scene[int(rng.integers(len(scene)))]
+    question, options, answer = syn.choice_question(g, rng)
+    return {"question_id": f"multiple_choice/{i}", "image": image, "question": question,
+            "options": options, "answer": answer, "hint": None}
+
+
+_BUILDERS = {"caption": _caption, "vqa": _vqa, "pope": _pope, "multiple_choice": _multiple_choice}
+
+
+def embedded_task(task: str, num_samples: int, *, image_size: int, seed: int = 0,
+                  support: bool = False) -> list[dict]:
+    """The first `num_samples` records of an embedded task (or of its few-shot support set)."""
+    if task not in _BUILDERS:
+        raise ValueError(f"no embedded {task!r} benchmark; known: {list(TASKS)}")
+    offset = SUPPORT_OFFSET if support else 0
+    records = [_BUILDERS[task](offset + i, seed, image_size) for i in range(int(num_samples))]
+    if support:
+        for r in records:
+            r["question_id"] = "support/" + r["question_id"]
+    return records

@@ -1,0 +1,36 @@
+"""Captioning: CIDEr-D and BLEU-4 (METEOR where Java is present) with pycocoevalcap.
+
+Prompt: conversation templates ask `prompt` (default: the training caption prompt, "Describe
+the image briefly."); pre-trained models (plain/document) get the image alone, as LLaVA's
+stage 1 trains. Few-shot examples show the record's first reference caption.
+"""
+
+from __future__ import annotations
+
+from mir_jax.data.templates import CAPTION_PROMPT
+
+from .base import register
+from .caption_metrics import caption_scores
+from .generative import COMMON_OPTIONS, GenerativeEvaluator
+
+
+@register
+class CaptionEvaluator(GenerativeEvaluator):
+    name = "caption"
+    task = "caption"
+    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": 48, "prompt": CAPTION_PROMPT,
+               "metrics": ("bleu", "cider")}
+
+    def question(self, record, document):
+        return "" if document else self.options["prompt"] + self.options["prompt_suffix"]
+
+    def example_answer(self, record):
+        return record["captions"][0]
+
+    def score(self, records, answers):
+        out = caption_scores({r["question_id"]: a for r, a in zip(records, answers)},
+                             {r["question_id"]: list(r["captions"]) for r in records},
+                             metrics=tuple(self.options["metrics"]))
+        scores = {k: v for k, v in out.items() if isinstance(v, (int, float)) and k != "num_images"}
+        details = {k: v for k, v in out.items() if k not in scores}
+        return scores, details

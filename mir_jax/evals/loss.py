@@ -1,0 +1,54 @@
+"""Held-out language-model loss and perplexity, under the evaluator interface.
+
+Data: `data` is a data config of `mir_jax.data.mixture` (its `sources`, read from their
+held-out split; synthetic sources switch to "eval"), or "embedded" for the embedded MM1
+mixture (captions, interleaved documents, text). Loss is the mean next-token cross-entropy
+over label tokens (the training loss without z-loss), computed in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mir_jax.train_step import loss_sums
+
+from .base import EvalResult, Evaluator, register
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_sums(graphdef, state, batch):
+    model = nnx.merge(graphdef, state)
+    out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
+                segment_ids=batch["segment_ids"], positions=batch["positions"])
+    return loss_sums(out.logits, batch["labels"])
+
+
+@register
+class LossEvaluator(Evaluator):
+    name = "loss"
+    OPTIONS = {"data": "embedded", "num_samples": 256, "batch_size": 16, "seq_len": 0, "seed": 0}
+
+    def run(self, model) -> EvalResult:
+        from mir_jax.data import make_eval_iterator
+
+        o = self.options
+        data = None if o["data"] in (None, "embedded") else o["data"]
+        seq_len = int(o["seq_len"]) or min(model.context, 512)
+        batches = make_eval_iterator(
+            data, tokenizer=model.tokenizer, image_size=model.image.size, mean=model.image.mean,
+            std=model.image.std, num_image_tokens=model.num_image_tokens, batch_size=int(o["batch_size"]),
+            seq_len=seq_len, seed=int(o["seed"]), num_samples=int(o["num_samples"]))
+        graphdef, state = nnx.split(model.model)
+        keys = ("input_ids", "labels", "pixel_values", "image_mask", "segment_ids", "positions")
+        ce = tokens = 0.0
+        for batch in batches:
+            sums = _loss_sums(graphdef, state, {k: np.asarray(batch[k]) for k in keys})
+            ce, tokens = ce + float(sums["ce_sum"]), tokens + float(sums["tokens"])
+        if not tokens:
+            raise ValueError("evaluator 'loss': the data has no label tokens")
+        loss = ce / tokens
+        return self.result({"loss": loss, "perplexity": float(np.exp(loss)), "tokens": tokens})

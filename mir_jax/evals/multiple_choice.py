@@ -1,0 +1,85 @@
+"""Multiple choice (ScienceQA-IMG / MMBench / SEED style): lettered options, scored two ways.
+
+  generate    the question with its lettered options and LLaVA's instruction ("Answer with
+              the option's letter from the given choices directly."); the letter is parsed
+              from the generated text (`answers.parse_option_letter`): "accuracy", "unparsed".
+  likelihood  no generation: the log-probability of each option's text as the answer to the
+              bare question (with the hint), one batched forward pass over every (question,
+              option) pair; the most likely option is the choice: "likelihood_accuracy" (summed
+              log-probability) and "likelihood_accuracy_per_token" (divided by the option's
+              token count, which does not favour short options).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mir_jax.data.synthetic import choice_prompt
+
+from .answers import multiple_choice_scores, parse_option_letter
+from .base import EvalResult, answer_row, register
+from .generative import COMMON_OPTIONS, GenerativeEvaluator
+from .predict import continuation_logprobs, generate_texts
+from .prompts import DOCUMENT_TEMPLATES, encode
+
+MODES = ("both", "generate", "likelihood")
+
+
+@register
+class MultipleChoiceEvaluator(GenerativeEvaluator):
+    name = "multiple_choice"
+    task = "multiple_choice"
+    few_shot = False
+    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": 8, "mode": "both"}
+
+    def check_options(self):
+        super().check_options()
+        if self.options["mode"] not in MODES:
+            raise ValueError(f"evaluator 'multiple_choice': mode={self.options['mode']!r} not in {MODES}")
+
+    def _context(self, record) -> str:
+        return f"Context: {record['hint']}\n" if record.get("hint") else ""
+
+    def question(self, record, document):
+        q = self._context(record) + choice_prompt(record["question"], record["options"])
+        q += self.options["prompt_suffix"]
+        return f"Question: {q} Answer: " if document else q
+
+    def run(self, model) -> EvalResult:
+        o = self.options
+        records = self.records(model)
+        if not records:
+            raise ValueError("evaluator 'multiple_choice': no records to evaluate")
+        answers = [int(r["answer"]) for r in records]
+        scores, predictions, details = {"num_samples": len(records)}, [], {}
+        if o["mode"] in ("both", "generate"):
+            prompts = self.prompts(model, records)
+            texts = generate_texts(model, prompts, batch_size=int(o["batch_size"]),
+                                   max_new_tokens=int(o["max_new_tokens"]), progress=bool(o["progress"]),
+                                   desc=self.name)
+            chosen = [parse_option_letter(t, len(r["options"])) for t, r in zip(texts, records)]
+            mc = multiple_choice_scores(chosen, answers)
+            scores.update(accuracy=mc["accuracy"], unparsed=mc["unparsed"])
+            predictions = [answer_row(r["question_id"], p.text, t, model.name, choice=c)
+                           for r, p, t, c in zip(records, prompts, texts, chosen)]
+        if o["mode"] in ("both", "likelihood"):
+            document = model.template in DOCUMENT_TEMPLATES
+            pairs, owner = [], []
+            for n, r in enumerate(records):
+                q = self._context(r) + r["question"] + o["prompt_suffix"]
+                q = f"Question: {q} Answer: " if document else q
+                for option in r["options"]:
+                    pairs.append(encode(model, q, r.get("image"), answer=str(option)))
+                    owner.append(n)
+            sums, counts = continuation_logprobs(model, pairs, batch_size=int(o["batch_size"]),
+                                                 progress=bool(o["progress"]), desc=self.name + " (likelihood)")
+            owner = np.asarray(owner)
+            by_sum, by_token = [], []
+            for n in range(len(records)):
+                rows = np.nonzero(owner == n)[0]
+                by_sum.append(int(np.argmax(sums[rows])))
+                by_token.append(int(np.argmax(sums[rows] / np.maximum(counts[rows], 1))))
+            scores["likelihood_accuracy"] = float(np.mean(np.asarray(by_sum) == answers))
+            scores["likelihood_accuracy_per_token"] = float(np.mean(np.asarray(by_token) == answers))
+            details["likelihood_choices"] = by_sum
+        return self.result(scores, predictions, details)

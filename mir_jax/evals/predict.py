@@ -1,0 +1,157 @@
+"""Batched, jitted model calls for the downstream evaluators.
+
+`generate_texts`: greedy (or sampled) answers to many prompts, with the KV cache
+(`mir_jax.models.generate`), in batches of prompts of similar length: longest first, each
+batch left-padded to its longest prompt rounded up to `LENGTH_BUCKET` tokens, so a whole
+benchmark compiles a handful of shapes. The last batch is filled up with copies of its last
+prompt (their answers are dropped), so every batch has the same number of rows.
+
+`continuation_logprobs`: the summed log-probability of a given continuation after each
+prompt (multiple choice by likelihood), one forward pass per batch, no generation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from mir_jax.data.images import load_and_preprocess, normalize
+from mir_jax.models.generate import generate
+
+from .prompts import Prompt, cut_at_stop
+
+LENGTH_BUCKET = 16
+
+
+def _pixels(model, prompts: list[Prompt]):
+    """pixel_values float32 [B, N, H, W, 3] and image_mask [B, N] (N = most images in a row),
+    or (None, None) when no prompt has an image."""
+    n = max(len(p.images) for p in prompts)
+    if n == 0:
+        return None, None
+    size = model.image.size
+    raw = np.zeros((len(prompts), n, size, size, 3), np.uint8)
+    mask = np.zeros((len(prompts), n), bool)
+    for i, p in enumerate(prompts):
+        for j, ref in enumerate(p.images):
+            raw[i, j] = load_and_preprocess(ref, model.image)
+            mask[i, j] = True
+    return normalize(raw, model.image.mean, model.image.std), mask
+
+
+def _batches(prompts: list[Prompt], batch_size: int):
+    """(indices, rows) per batch, longest prompts first; the last batch padded with repeats."""
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        rows = idx + [idx[-1]] * (batch_size - len(idx))
+        yield idx, [prompts[i] for i in rows]
+
+
+def _data_parallel(model) -> int:
+    mesh = model.mesh
+    return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def _check_batch(model, batch_size: int) -> None:
+    if batch_size % _data_parallel(model):
+        raise ValueError(f"batch_size={batch_size} does not split over the mesh's "
+                         f"{_data_parallel(model)} data-parallel shards")
+
+
+def generate_texts(model, prompts: list[Prompt], *, batch_size: int = 16, max_new_tokens: int = 32,
+                   temperature: float = 0.0, seed: int = 0, progress: bool = False,
+                   desc: str = "generate") -> list[str]:
+    """The decoded answer to each prompt (cut at EOS and at the prompt's stop strings).
+
+    model: an `EvalModel`; prompts: `Prompt`s from `prompts.encode` (without answers).
+    A prompt plus `max_new_tokens` longer than the model's context is a one-line ValueError.
+    """
+    if not prompts:
+        return []
+    _check_batch(model, batch_size)
+    tok = model.tokenizer
+    longest = max(len(p.ids) for p in prompts)
+    if longest + max_new_tokens > model.context:
+        raise ValueError(f"the longest prompt has {longest} tokens: with max_new_tokens={max_new_tokens} "
+                         f"it exceeds the model's context of {model.context} (fewer shots or a "
+                         "smaller max_new_tokens)")
+    rng = jax.random.PRNGKey(seed) if temperature > 0 else None
+    out: list[str | None] = [None] * len(prompts)
+    total = -(-len(prompts) // batch_size)
+    for idx, rows in tqdm(_batches(prompts, batch_size), total=total, desc=desc, disable=not progress,
+                          leave=False, unit="batch"):
+        width = min(-(-max(len(p.ids) for p in rows) // LENGTH_BUCKET) * LENGTH_BUCKET,
+                    model.context - max_new_tokens)
+        ids = np.full((batch_size, width), tok.pad_id, np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
+        for i, p in enumerate(rows):
+            ids[i, width - len(p.ids):] = p.ids
+            mask[i, width - len(p.ids):] = 1
+        pixels, image_mask = _pixels(model, rows)
+        if rng is not None:
+            rng, key = jax.random.split(rng)
+        else:
+            key = None
+        new = generate(model.model, ids, pixels, image_mask, mask, max_new_tokens=max_new_tokens,
+                       eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, temperature=temperature,
+                       rng=key, mesh=model.mesh)
+        for i, row in zip(idx, new):
+            row = list(row)
+            if tok.eos_id in row:
+                row = row[: row.index(tok.eos_id)]
+            out[i] = cut_at_stop(tok.decode(row), prompts[i].stop)
+    return out  # type: ignore[return-value]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _answer_logprobs(graphdef, state, input_ids, pixel_values, image_mask, attention_mask, target):
+    """Per row: sum over target positions t of log p(input_ids[t] | tokens < t), and the count."""
+    model = nnx.merge(graphdef, state)
+    out = model(input_ids, pixel_values, image_mask, attention_mask=attention_mask)
+    logp = jax.nn.log_softmax(out.logits[:, :-1].astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
+    t = target[:, 1:]
+    return jnp.sum(jnp.where(t, picked, 0.0), axis=1), jnp.sum(t, axis=1)
+
+
+def continuation_logprobs(model, prompts: list[Prompt], *, batch_size: int = 16,
+                          progress: bool = False, desc: str = "score") -> tuple[np.ndarray, np.ndarray]:
+    """(sum of log-probabilities [n], token counts [n]) of each prompt's answer tokens
+    ids[answer_start:answer_end] given everything before them (prompts from `encode` with
+    `answer=`). Rows are right-padded; the model runs in its compute dtype, the log-softmax
+    in float32."""
+    n = len(prompts)
+    sums, counts = np.zeros(n), np.zeros(n, np.int64)
+    if not n:
+        return sums, counts
+    _check_batch(model, batch_size)
+    graphdef, state = nnx.split(model.model)
+    shard = None
+    if model.mesh is not None:
+        from mir_jax import sharding
+
+        state = jax.device_put(state, sharding.state_shardings(state, model.mesh))
+        shard = lambda x: jax.device_put(x, sharding.batch_sharding(model.mesh, x.ndim))  # noqa: E731
+    total = -(-n // batch_size)
+    for idx, rows in tqdm(_batches(prompts, batch_size), total=total, desc=desc, disable=not progress,
+                          leave=False, unit="batch"):
+        width = -(-max(len(p.ids) for p in rows) // LENGTH_BUCKET) * LENGTH_BUCKET
+        ids = np.full((batch_size, width), model.tokenizer.pad_id, np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
+        target = np.zeros((batch_size, width), bool)
+        for i, p in enumerate(rows):
+            ids[i, :len(p.ids)], mask[i, :len(p.ids)] = p.ids, 1
+            target[i, p.answer_start:p.answer_end] = True
+        pixels, image_mask = _pixels(model, rows)
+        args = [ids, pixels, image_mask, mask, target]
+        if shard is not None:
+            args = [None if a is None else shard(a) for a in args]
+        s, c = jax.device_get(_answer_logprobs(graphdef, state, *args))
+        sums[idx], counts[idx] = s[:len(idx)], c[:len(idx)]
+    return sums, counts

@@ -1,0 +1,106 @@
+"""Prompts for generation and likelihood scoring, phrased exactly as the model was trained.
+
+A prompt is the training rendering of the conversation (or document) with the answer left
+out: the record is rendered and tokenized by the training code itself
+(`mir_jax.data.templates`) with the answer in place, and the prompt is every token before
+the answer's first token. So the boundary falls where training put it for every tokenizer:
+after "ASSISTANT: " for the byte tokenizer (the space is its own token and the model learned
+to answer after it), after "ASSISTANT:" for SentencePiece (whose answer token "▁Two" carries
+the space), as LLaVA's own evaluation prompts end.
+
+Layouts, by the model's template:
+  conversation (vicuna_v1, chat): each few-shot example is a user turn "<image>\\n{question}"
+      and an assistant turn "{answer}", then the query's user turn; the answer is generated
+      until EOS.
+  document (plain, document): pre-trained models see interleaved text (MM1's few-shot setting):
+      "<image>{prefix}{answer}\\n" per example, then "<image>{prefix}"; generation stops at
+      EOS or a newline. A 0-shot caption under `plain` is LLaVA's stage-1 prompt "[bos]<image>".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mir_jax.data.templates import render, tokenize_segments
+from mir_jax.data.tokenizer import IMAGE_TOKEN
+
+CONVERSATION_TEMPLATES = ("vicuna_v1", "chat")
+DOCUMENT_TEMPLATES = ("plain", "document")
+_PLACEHOLDER = "X"  # stands in for the answer when only the prompt is wanted
+
+
+@dataclasses.dataclass
+class Prompt:
+    """ids: int32 [S] (image tokens expanded), answer at [answer_start, answer_end) when an
+    answer was given (eos excluded); images: refs in token order; stop: strings that end a
+    generated answer (besides EOS); text: the query as written in the answer file."""
+
+    ids: np.ndarray
+    images: list
+    text: str
+    stop: tuple[str, ...] = ()
+    answer_start: int = 0
+    answer_end: int = 0
+
+
+def encode(model, query: str, image, *, examples=(), answer: str | None = None,
+           prefix: str = "") -> Prompt:
+    """The prompt of `query` (with its `image`, or None) after few-shot `examples`
+    [(question, answer, image), ...], for `model` (an `EvalModel`).
+
+    With `answer`, the returned ids go on through the answer (and eos), for likelihood
+    scoring; without it they end where the answer would start. `prefix` (document layout
+    only) is written before each question, e.g. "Question: " / " Answer: " pairs are the
+    caller's to put in the question text.
+    """
+    tok, k = model.tokenizer, model.num_image_tokens
+    shots = [(q, a, im) for q, a, im in examples] + [(query, _PLACEHOLDER if answer is None else answer, image)]
+    images = [im for _, _, im in shots if im is not None]
+    if model.template in CONVERSATION_TEMPLATES:
+        turns = []
+        for q, a, im in shots:
+            turns += [("user", (IMAGE_TOKEN + "\n" if im is not None else "") + q), ("assistant", a)]
+        record = {"kind": "conversation", "images": images, "turns": turns}
+        segments = render(record, model.template, tok, model.system)
+        stop: tuple[str, ...] = ()
+    elif model.template in DOCUMENT_TEMPLATES:
+        segments = [("bos",)]
+        for n, (q, a, im) in enumerate(shots):
+            if im is not None:
+                segments.append(("image", sum(x is not None for _, _, x in shots[:n])))
+            last = n == len(shots) - 1
+            if prefix + q:
+                segments.append(("text", prefix + q, False))
+            segments.append(("text", a, last))
+            if not last:
+                segments.append(("text", "\n", False))
+        segments.append(("eos", True))
+        stop = ("\n",)
+    else:
+        raise ValueError(f"no prompt layout for template {model.template!r}; expected one of "
+                         f"{CONVERSATION_TEMPLATES + DOCUMENT_TEMPLATES}")
+    ids, loss, _ = tokenize_segments(segments, tok, k)
+    start = _last_answer_start(loss)
+    end = len(ids) - 1 if ids[-1] == tok.eos_id else len(ids)
+    ids = np.asarray(ids if answer is not None else ids[:start], np.int32)
+    return Prompt(ids, images, query, stop, start, end if answer is not None else start)
+
+
+def _last_answer_start(loss: list[bool]) -> int:
+    """Index of the first token of the last run of loss tokens (the final answer + eos)."""
+    i = len(loss)
+    while i > 0 and not loss[i - 1]:
+        i -= 1
+    while i > 0 and loss[i - 1]:
+        i -= 1
+    return i
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The generated answer up to the first stop string, stripped."""
+    for s in stop:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text.strip()
