@@ -328,7 +328,7 @@ def test_caption_scores_simple_tokenizer_match_pycocoevalcap(cm):
 
 @needs_java
 def test_simple_tokenizer_agrees_with_ptb(cm):
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer, PUNCTUATIONS
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
     assert set(PUNCTUATIONS) == set(cm._PTB_PUNCTUATIONS)
     captions = [c for v in REFS.values() for c in v] + list(PREDS.values()) + [
         "It's the dogs' bone; 'single' quotes!!",

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .templates import CAPTION_PROMPT
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 160, 60),
@@ -172,7 +174,7 @@ def _question(scene: list[dict], rng: np.random.Generator) -> tuple[str, str]:
     if q == "choice":
         question, options, answer = choice_question(g, rng)
         return choice_prompt(question, options), LETTERS[answer]
-    return "Describe the image.", caption(scene).capitalize()
+    return CAPTION_PROMPT, caption(scene).capitalize()
 
 
 def _passage(rng: np.random.Generator) -> str:
