@@ -340,3 +340,57 @@ def test_compilation_cache_folder_default_override_and_off(tmp_path):
     assert run() == os.path.join(str(tmp_path), "mir_jax", "jax")
     assert run(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine")) == str(tmp_path / "mine")
     assert run(MIR_JAX_COMPILATION_CACHE="0") == "None"
+
+
+def test_cli_downstream_evaluators_on_benchmark_files(tiny_llava, tmp_path):
+    """--evals with real-format files (caption JSONL, POPE JSONL, multiple-choice JSONL) and
+    the embedded VQA 0- and 2-shot: one table, evals.json, the plot and LLaVA answer files."""
+    from PIL import Image
+
+    path, _ = tiny_llava
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        Image.new("RGB", (30, 20), (60 * i, 100, 200)).save(data / f"{i}.png")
+    rows = {"captions.jsonl": [{"image": f"{i}.png", "captions": [f"picture {i}", "a picture"]} for i in range(4)],
+            "coco_pope_random.jsonl": [{"question_id": 10 + i, "image": f"{i}.png", "text": "Is there a dog?",
+                                        "label": "yes" if i % 2 else "no"} for i in range(4)],
+            "mc.jsonl": [{"question_id": f"m{i}", "image": f"{i}.png", "question": "Which?",
+                          "options": ["red", "blue", "green"], "answer": "B"} for i in range(4)]}
+    for name, records in rows.items():
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    run = _cli(f"--hf_model={path}", "--evals=caption,vqa,pope,multiple_choice", "--shots=0,2",
+               f"--caption_data=jsonl:path={data / 'captions.jsonl'}",
+               f"--pope_data=pope:jsonl={data / 'coco_pope_random.jsonl'}",
+               f"--mc_data=mc_jsonl:path={data / 'mc.jsonl'}", "--eval_samples=4", "--max_new_tokens=4",
+               f"--output_dir={out}", "--noprogress")
+    assert run.returncode == 0, run.stderr[-3000:]
+    scores = json.loads((out / "evals.json").read_text())["scores"]
+    (model,) = scores
+    keys = set(scores[model])
+    assert {"caption/cider", "caption_2shot/cider", "vqa/accuracy", "vqa_2shot/accuracy", "pope/f1",
+            "multiple_choice/accuracy", "multiple_choice/likelihood_accuracy"} <= keys
+    assert "mir/mir" not in keys  # --evals without mir: no MIR run, no mir.json
+    assert not (out / "mir.json").exists()
+    assert "pope/yes_ratio" in run.stdout and "vqa_2shot/accuracy" in run.stdout  # the table
+    pope = [json.loads(line) for line in (out / "pope_predictions.jsonl").read_text().splitlines()]
+    assert [p["question_id"] for p in pope] == ["10", "11", "12", "13"]
+    assert {"prompt", "text", "answer_id", "model_id"} <= set(pope[0]) and pope[0]["model_id"] == model
+    pope_scores = json.loads((out / "pope_scores.json").read_text())
+    assert pope_scores["details"]["per_category"].keys() == {"random"}  # from the file name
+    assert (out / "scores.png").stat().st_size > 1000
+
+
+def test_cli_downstream_bad_inputs_are_one_line(tiny_llava, tmp_path):
+    path, _ = tiny_llava
+    for args, message in [(["--evals=vqq"], "unknown evaluator(s) ['vqq']"),
+                          (["--evals=pope", f"--pope_data=pope:jsonl={tmp_path / 'nope.jsonl'}"], "nope.jsonl"),
+                          (["--evals=vqa", "--vqa_data=vqav2:questions=/q.json"], "load_vqav2 takes"),
+                          (["--evals=vqa", "--vqa_data=pope:jsonl=/x.jsonl"], "holds pope records"),
+                          (["--evals=caption", "--shots=two"], "--shots=two")]:
+        run = _cli(f"--hf_model={path}", *args, f"--output_dir={tmp_path / 'out'}", "--noprogress")
+        assert run.returncode == 2, (args, run.stderr[-2000:])
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("evaluate.py: error:") and message in last, (args, last)
+    assert not (tmp_path / "out").exists()
