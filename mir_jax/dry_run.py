@@ -206,7 +206,7 @@ def dry_run(config, *, hbm_gb: float = 16.0, devices=None, eval_step: bool = Tru
         else:
             ebatch = abstract_batch(stepper, ebs, eseq, 1, mc.vision.image_size)
             mem_e, flops_e, lower_e, compile_e = _compile(
-                stepper.jit_eval_step(ndims, with_hidden=True), (state, frozen, ebatch), mesh, stepper.rules)
+                stepper.jit_eval_step(ndims), (state, frozen, ebatch), mesh, stepper.rules)
             report["eval_mir"] = {"memory": mem_e, "flops": flops_e, "lower_s": lower_e, "compile_s": compile_e,
                                   "batch_size": ebs, "seq_len": eseq}
     peak = max(report["train"]["memory"]["total"], report.get("eval_mir", {}).get("memory", {}).get("total", 0))

@@ -109,6 +109,21 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedShar
     return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1), rules)
 
 
+def batch_from_full(full, mesh: Mesh, keys: Sequence[str], rules=LOGICAL_AXIS_RULES) -> dict:
+    """A whole batch present on every process (an evaluation set every host reads in full)
+    -> global jax.Arrays sharded over the batch axes: each device takes its own rows, so the
+    arrays equal a single process's whatever the number of hosts."""
+    out = {}
+    for k in keys:
+        if full.get(k) is None:
+            out[k] = None
+            continue
+        x = np.asarray(full[k])
+        out[k] = jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim, rules),
+                                              lambda index, x=x: x[index])
+    return out
+
+
 def active_mesh():
     """The mesh set by `use_mesh` (or `jax.set_mesh`) around the current code, or None."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -29,7 +29,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mir_jax.data.templates import IGNORE_INDEX
 from mir_jax.models import LlavaConfig, LlavaModel
 from mir_jax.partition import ParamPartition
-from mir_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, logical_to_mesh_spec, use_mesh
+from mir_jax.sharding import (
+    LOGICAL_AXIS_RULES,
+    batch_sharding,
+    logical_to_mesh_spec,
+    use_mesh,
+)
 
 # The batch keys (of the data contract, mir_jax.data.BATCH_KEYS) that the step reads.
 STEP_INPUTS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
@@ -135,7 +140,7 @@ class Stepper:
         self.state_shardings = {"step": self.replicated, "params": self.param_shardings,
                                 "opt_state": opt_shardings, "skipped": self.replicated,
                                 "bad_streak": self.replicated}
-        self._train_step = self._eval_step = self._init = None
+        self._train_step = self._init = None
 
     # ----- shapes and shardings ------------------------------------------------------------
     @property
@@ -262,10 +267,13 @@ class Stepper:
                        out_shardings=(self.state_shardings, self.replicated),
                        donate_argnums=(0,))
 
-    def jit_eval_step(self, batch_ndims: Mapping[str, int], *, with_hidden: bool = False):
-        """The jitted, sharded eval step (loss sums; with_hidden: and MIR rows)."""
+    def jit_eval_step(self, batch_ndims: Mapping[str, int]):
+        """The in-loop MIR evaluation (`mir_jax.evals.mir.mir_forward`: hidden states reduced to
+        MIR rows, label NLL sums) jitted for this mesh, for the dry run's memory estimate."""
+        from mir_jax.evals.mir import mir_forward
+
         batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in STEP_INPUTS}
-        return jax.jit(lambda s, f, b: self._eval_step_fn(s, f, b, with_hidden),
+        return jax.jit(lambda s, f, b: mir_forward(self.model(s, f), b),
                        in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh))
 
     def train_step(self, state, frozen, batch):
@@ -276,43 +284,8 @@ class Stepper:
         with use_mesh(self.mesh, self.rules):
             return self._train_step(state, frozen, {k: batch[k] for k in STEP_INPUTS})
 
-    # ----- eval step ----------------------------------------------------------------------------
-    def _eval_step_fn(self, state, frozen, batch, with_hidden: bool):
-        from mir_jax.mir.tokens import mir_rows, mir_token_masks
-
-        out = _forward(self.model(state, frozen), batch, hidden=with_hidden)
-        sums = loss_sums(out.logits, batch["labels"])
-        if not with_hidden:
-            return sums, None
-        vmask, tmask = mir_token_masks(out.modality_mask, batch["segment_ids"])
-        return sums, mir_rows(out.hidden_states, vmask, tmask)
-
-    def eval_step(self, state, frozen, batch, *, with_hidden: bool = False):
-        """Loss sums of a batch; with_hidden also returns MIR rows ([L, B*S, D], vision mask,
-        text mask) for `MIRAccumulator.update`."""
-        if self._eval_step is None:
-            self._eval_step = {}
-        if with_hidden not in self._eval_step:
-            self._eval_step[with_hidden] = self.jit_eval_step({k: np.ndim(batch[k]) for k in STEP_INPUTS},
-                                                              with_hidden=with_hidden)
-        with use_mesh(self.mesh, self.rules):
-            return self._eval_step[with_hidden](state, frozen, {k: batch[k] for k in STEP_INPUTS})
-
-
 def global_batch(local: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str, jax.Array]:
     """This process's rows -> global jax.Arrays sharded over (data, fsdp) (multi-host safe)."""
     return {k: jax.make_array_from_process_local_data(stepper.batch_sharding(np.ndim(local[k])),
                                                       np.asarray(local[k]))
             for k in STEP_INPUTS}
-
-
-def global_batch_from_full(full: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str, jax.Array]:
-    """The whole global batch, present on every process (evaluation sets, which every host reads
-    in full) -> global jax.Arrays: each device takes its own rows, so the arrays equal those
-    of a single process whatever the number of hosts."""
-    out = {}
-    for k in STEP_INPUTS:
-        x = np.asarray(full[k])
-        out[k] = jax.make_array_from_callback(x.shape, stepper.batch_sharding(x.ndim),
-                                              lambda index, x=x: x[index])
-    return out

@@ -41,10 +41,10 @@ from mir_jax.data import ImageConfig, make_eval_iterator, make_mir_batches, make
 from mir_jax.data.mixture import resolve_config
 from mir_jax.data.tokenizer import load_tokenizer
 from mir_jax.distributed import host_batch_slice
-from mir_jax.mir import MIRAccumulator, format_mir
+from mir_jax.mir import format_mir
 from mir_jax.models import LlavaConfig
 from mir_jax.sharding import make_mesh
-from mir_jax.train_step import StepConfig, Stepper, global_batch, global_batch_from_full
+from mir_jax.train_step import StepConfig, Stepper, global_batch
 
 log = logging.getLogger(__name__)
 
@@ -173,27 +173,22 @@ class Setup:
         return loss_batches, mir_batches
 
     def evaluate(self, state, frozen, loss_batches, mir_batches) -> dict[str, Any]:
-        st = self.stepper
+        """Held-out loss and MIR on the fixed batches, through the evaluators' own functions
+        (`mir_jax.evals.loss.held_out_loss`, `mir_jax.evals.evaluate_mir`): the loop and
+        `evaluate.py` evaluate a model one way. Parameters stay sharded as trained; the MIR
+        statistics are per-layer sums combined over the mesh (constant memory)."""
+        from mir_jax.evals import evaluate_mir
+        from mir_jax.evals.loss import held_out_loss
+
+        model = self.stepper.model(state, frozen)
         out: dict[str, Any] = {}
         if loss_batches:
-            ce = tokens = 0.0
-            for b in loss_batches:
-                sums, _ = st.eval_step(state, frozen, global_batch_from_full(b, st))
-                ce, tokens = ce + float(sums["ce_sum"]), tokens + float(sums["tokens"])
+            ce, tokens = held_out_loss(model, loss_batches, self.mesh)
             out["loss"] = ce / max(tokens, 1.0)
             out["tokens"] = tokens
         if mir_batches:
-            acc = MIRAccumulator(method=self.config.eval.mir_method, mesh=self.mesh)
-
-            def rows():
-                for b in mir_batches:
-                    # Hidden states are reduced to row masks in-graph; the accumulator keeps only
-                    # per-layer statistics (constant memory in the number of samples).
-                    _, (hs, vmask, tmask) = st.eval_step(state, frozen, global_batch_from_full(b, st),
-                                                         with_hidden=True)
-                    yield hs, hs, vmask, tmask
-
-            res = acc.run(rows)
+            res = evaluate_mir(model, lambda: mir_batches, method=self.config.eval.mir_method,
+                               mesh=self.mesh, progress=False)
             out["mir"] = float(res.overall)
             out["mir_per_layer"] = np.asarray(res.per_layer).tolist()
         return out

@@ -9,11 +9,14 @@ over label tokens (the training loss without z-loss), computed in float32.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from mir_jax import sharding
 from mir_jax.train_step import loss_sums
 
 from .base import EvalResult, Evaluator, register
@@ -25,6 +28,28 @@ def _loss_sums(graphdef, state, batch):
     out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
                 segment_ids=batch["segment_ids"], positions=batch["positions"])
     return loss_sums(out.logits, batch["labels"])
+
+
+LOSS_INPUTS = ("input_ids", "labels", "pixel_values", "image_mask", "segment_ids", "positions")
+
+
+def held_out_loss(model, batches: Iterable[dict], mesh: Mesh | None = None) -> tuple[float, float]:
+    """(summed cross-entropy, label-token count) of `model` over `batches` (host dicts of the
+    pipeline's batch contract). With a mesh, parameters follow the logical-axis rules and every
+    device takes its rows of each batch, which every process holds whole (multi-host safe);
+    the training loop's held-out loss is this function on its fixed batches."""
+    graphdef, state = nnx.split(model)
+    if mesh is not None:
+        state = jax.device_put(state, sharding.state_shardings(state, mesh))
+    ce = tokens = 0.0
+    for batch in batches:
+        if mesh is None:
+            sums = _loss_sums(graphdef, state, {k: np.asarray(batch[k]) for k in LOSS_INPUTS})
+        else:
+            with sharding.use_mesh(mesh):
+                sums = _loss_sums(graphdef, state, sharding.batch_from_full(batch, mesh, LOSS_INPUTS))
+        ce, tokens = ce + float(sums["ce_sum"]), tokens + float(sums["tokens"])
+    return ce, tokens
 
 
 @register
@@ -42,12 +67,7 @@ class LossEvaluator(Evaluator):
             data, tokenizer=model.tokenizer, image_size=model.image.size, mean=model.image.mean,
             std=model.image.std, num_image_tokens=model.num_image_tokens, batch_size=int(o["batch_size"]),
             seq_len=seq_len, seed=int(o["seed"]), num_samples=int(o["num_samples"]))
-        graphdef, state = nnx.split(model.model)
-        keys = ("input_ids", "labels", "pixel_values", "image_mask", "segment_ids", "positions")
-        ce = tokens = 0.0
-        for batch in batches:
-            sums = _loss_sums(graphdef, state, {k: np.asarray(batch[k]) for k in keys})
-            ce, tokens = ce + float(sums["ce_sum"]), tokens + float(sums["tokens"])
+        ce, tokens = held_out_loss(model.model, batches, model.mesh)
         if not tokens:
             raise ValueError("evaluator 'loss': the data has no label tokens")
         loss = ce / tokens

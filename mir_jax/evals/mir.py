@@ -12,8 +12,9 @@ runs on whole batches and hands device-resident hidden states to either
       and `compute_mir` runs once at the end (memory grows with the samples).
 
 Batches follow the data-pipeline contract (`mir_jax.data.pipeline`): input_ids with
-each image expanded into K image tokens, labels (-100 where no loss), attention_mask,
-positions, pixel_values [B, 1, H, W, 3], image_mask [B, 1].
+each image expanded into K image tokens, labels (-100 where no loss), segment_ids (0 on
+padding), positions, pixel_values [B, 1, H, W, 3], image_mask [B, 1]. The training loop's
+in-loop MIR is this same function on its own fixed batches.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mir_jax.mir.tokens import mir_rows, mir_token_masks
 from .base import EvalResult, Evaluator, register
 
 MODES = ("streaming", "exact")
-MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "attention_mask", "positions")
+MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "segment_ids", "positions")
 
 
 @dataclasses.dataclass
@@ -79,14 +80,13 @@ class MIREvaluation:
                               self.diagnostics)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, batch):
-    """Model forward + MIR token selection + label NLL sums (see `make_forward`)."""
-    model = nnx.merge(graphdef, state)
+def mir_forward(model, batch) -> tuple:
+    """Model forward + MIR token selection + label NLL sums, traceable (see `make_forward`;
+    the dry run compiles this for the training loop's mesh)."""
     out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
-                attention_mask=batch["attention_mask"], positions=batch["positions"],
+                segment_ids=batch["segment_ids"], positions=batch["positions"],
                 output_hidden_states=True)
-    vision_mask, text_mask = mir_token_masks(out.modality_mask, batch["attention_mask"])
+    vision_mask, text_mask = mir_token_masks(out.modality_mask, batch["segment_ids"])
     rows, vision_rows, text_rows = mir_rows(out.hidden_states.astype(jnp.float32),
                                             vision_mask, text_mask)
     labels = batch["labels"][:, 1:]
@@ -96,6 +96,11 @@ def _forward(graphdef, state, batch):
     return rows, vision_rows, text_rows, jnp.sum(nll * valid), jnp.sum(valid)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, batch):
+    return mir_forward(nnx.merge(graphdef, state), batch)
+
+
 def make_forward(model: nnx.Module, mesh: Mesh | None = None):
     """A function batch -> (rows, vision_mask, text_mask, nll_sum, nll_count), jitted.
 
@@ -103,17 +108,20 @@ def make_forward(model: nnx.Module, mesh: Mesh | None = None):
     not a layer); the masks [B*S] select MIR's vision and text tokens; the NLL sums
     are over label positions, for the language-model loss on the texts. The compiled
     program is shared by every model with the same structure (graphdef) and shapes.
+    With a mesh: parameters follow the logical-axis rules (already-sharded ones, as in the
+    training loop, stay where they are) and each device takes its rows of the batch, which
+    every process holds whole (`sharding.batch_from_full`, multi-host safe).
     """
     graphdef, state = nnx.split(model)
     if mesh is not None:
         state = jax.device_put(state, sharding.state_shardings(state, mesh))
 
     def run(batch: dict) -> tuple:
-        inputs = {k: np.asarray(batch[k]) for k in (*MODEL_INPUTS, "labels")}
-        if mesh is not None:
-            inputs = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
-                      for k, v in inputs.items()}
-        return _forward(graphdef, state, inputs)
+        keys = (*MODEL_INPUTS, "labels")
+        if mesh is None:
+            return _forward(graphdef, state, {k: np.asarray(batch[k]) for k in keys})
+        with sharding.use_mesh(mesh):
+            return _forward(graphdef, state, sharding.batch_from_full(batch, mesh, keys))
 
     return run
 
@@ -160,7 +168,7 @@ def evaluate_mir(
             consume(rows, vision_mask, text_mask)
             timings["mir_s"] += time.perf_counter() - t0
             if count_tokens:
-                counts["samples"] += int(np.sum(np.any(np.asarray(batch["attention_mask"]) != 0, axis=1)))
+                counts["samples"] += int(np.sum(np.any(np.asarray(batch["segment_ids"]) != 0, axis=1)))
                 counts["vision"] += int(jnp.sum(vision_mask))
                 counts["text"] += int(jnp.sum(text_mask))
                 counts["nll"] += float(nll)
