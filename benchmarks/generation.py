@@ -1,5 +1,6 @@
-"""Batched greedy decoding: our `mir_jax.models.generate.generate` (jitted prefill, one jitted step
-per token, KV cache; what `mir_jax.evals.predict.generate_texts` calls) against HF transformers'
+"""Batched greedy decoding: our `mir_jax.models.generate.generate` (jitted prefill, then the whole
+decoding loop as one jitted `while_loop` with the KV cache updated in place; what
+`mir_jax.evals.predict.generate_texts` calls) against HF transformers'
 `LlavaForConditionalGeneration.generate`, same weights, same prompts, one process.
 
 Config (issue: generation benchmark): the benchmarks' "small" LLaVA (`train_step.hf_config`: CLIP
@@ -14,13 +15,10 @@ compilation): the whole call with `--new_tokens` tokens, and the same call with 
 ("prefill": the prompt forward plus the first token's argmax). Decode = whole - prefill, i.e.
 the remaining new_tokens - 1 steps.
 
-EXPERIMENTS (not project code; `--no-experiments` skips them): `generate_on_device`, the same
-`_prefill`, then the whole decoding loop as one jitted `lax.while_loop` (argmax, EOS/pad
-bookkeeping and the early stop on the device; one host transfer at the end), in three steps:
-"loop" (the model's own step inside the loop: what the per-step host round trips cost),
-"inplace" (+ a step that writes only the new token into the cache), "head-major" (+ the cache
-laid out [L, B, KVH, T, Dh] for the steps). They share ours' prefill, so their decode time is
-whole call - ours' 1-token call. Each must give the same tokens as HF.
+EXPERIMENT (not project code; `--no-experiments` skips it): "head-major", ours' prefill, then the
+decoding loop with the cache laid out [L, B, KVH, T, Dh] (transposed once after the prefill) and
+the one-query attention as two batched dots. Its decode time is whole call - ours' 1-token call.
+It must give the same tokens as HF.
 
     python benchmarks/generation.py [--batch 16] [--new_tokens 32] [--preset small] [--repeats 3]
 """
@@ -58,18 +56,13 @@ def make_prompts(b: int, k: int, vocab: int, image_token: int):
 
 
 # ------------------------------------------------------------------------------------------------
-# EXPERIMENTS: proposals for mir_jax/models/generate.py and LlamaModel.decode, which this benchmark
-# does not change. Greedy only, one device, the same `_prefill`; EOS/pad bookkeeping as `generate`.
-#   "loop":       the model's own step (`lm.decode` with the cache, what `_step` computes) inside
-#                 one jitted while_loop: no host round trip per token.
-#   "inplace":    the same loop with a step whose layer scan carries the whole [L, B, T, KVH, Dh]
-#                 cache and writes only the new token's keys/values (one dynamic_update_slice at
-#                 (layer, :, index)). `lm.decode` passes the cache as the scan's xs/ys instead, so
-#                 every step zero-fills, slices, copies and re-stacks the whole cache.
-#   "head-major": "inplace" with the cache transposed once after the prefill to [L, B, KVH, T, Dh]
-#                 and the one-query attention as two batched dots over (B, KVH) (GQA: the query
-#                 heads grouped [KVH, G], as HF's repeat_kv). In the [B, T, KVH, Dh] layout the
-#                 model's attention (and a plain einsum) spends ~10x longer on the same reads.
+# EXPERIMENT: a proposal for mir_jax/models/generate.py, which this benchmark does not change.
+# Greedy only, one device, the same `_prefill`; EOS/pad bookkeeping as `generate`.
+#   "head-major": generate's in-place decoding loop with the cache transposed once after the
+#                 prefill to [L, B, KVH, T, Dh] and the one-query attention as two batched dots
+#                 over (B, KVH) (GQA: the query heads grouped [KVH, G], as HF's repeat_kv). In
+#                 the [B, T, KVH, Dh] layout the model's attention (and a plain einsum) spends
+#                 ~10x longer on the same reads.
 # ------------------------------------------------------------------------------------------------
 def _attend_head_major(q, ck, cv, key_valid, index):
     """q [B, 1, H, Dh]; ck/cv [B, KVH, T, Dh] -> [B, 1, H, Dh] (keys <= index and valid)."""
@@ -134,8 +127,6 @@ def _decode_loop_fn(variant: str):
     import jax.numpy as jnp
     from flax import nnx
 
-    from mir_jax.models.attention import Mask
-
     @functools.partial(jax.jit, static_argnums=(0, 6))
     def decode_loop(graphdef, state, logits, pos, key_valid, cache, n, start, eos, pad):
         """logits [B, V] of the prompt's last slot; start: the first cache slot to write (= S)."""
@@ -144,7 +135,6 @@ def _decode_loop_fn(variant: str):
         tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         done = jnp.isin(tok, eos)
         out = jnp.full((b, n), pad, jnp.int32).at[:, 0].set(tok)
-        no_image = jnp.zeros((b, 1), bool)
         if variant == "head-major":
             cache = tuple(jnp.swapaxes(c, 2, 3) for c in cache)  # [L, B, KVH, T, Dh], once
 
@@ -156,14 +146,8 @@ def _decode_loop_fn(variant: str):
             i, tok, pos, cache, done, out = c
             index = start + i - 1  # token i-1 goes to slot S + i - 1 and predicts token i
             pos = pos + 1
-            if variant == "loop":  # what generate's _step computes
-                mask = Mask(causal=True, q_offset=index, kv_valid=key_valid)
-                normed, _, cache = lm.decode(lm.embed(tok[:, None]), pos[:, None], mask, no_image,
-                                             cache=cache, cache_index=index)
-                logits = lm.logits(normed)[:, 0]
-            else:
-                logits, cache = _step_inplace(lm, tok, pos, key_valid, cache, index,
-                                              head_major=variant == "head-major")
+            logits, cache = _step_inplace(lm, tok, pos, key_valid, cache, index,
+                                          head_major=variant == "head-major")
             new = jnp.where(done, pad, jnp.argmax(logits, axis=-1).astype(jnp.int32))
             out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
             return i + 1, new, pos, cache, done | jnp.isin(new, eos), out
@@ -173,7 +157,7 @@ def _decode_loop_fn(variant: str):
     return decode_loop
 
 
-EXPERIMENTS = ("loop", "inplace", "head-major")
+EXPERIMENTS = ("head-major",)
 _LOOPS = {}
 
 
@@ -279,8 +263,8 @@ def main():
     print("| | whole call, s | new tokens/s | vs HF | prefill + 1st token, s | decode ms/step | decode tokens/s "
           "| decode vs HF |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    labels = {"ours": "ours (`generate`)", "HF": "HF `generate`", "loop": "experiment: loop on device",
-              "inplace": "experiment: + in-place cache", "head-major": "experiment: + head-major cache"}
+    labels = {"ours": "ours (`generate`)", "HF": "HF `generate`",
+              "head-major": "experiment: + head-major cache"}
     hf_dec = full["HF"] - pre["HF"]
     for x in names:
         dec = full[x] - pre[x]

@@ -242,22 +242,30 @@ def _host_model(setup: Setup, state, frozen):
     return setup.stepper.model(state, frozen), setup.mesh
 
 
+def _eval_handle(setup: Setup, model, mesh, step: int):
+    """The trained model as evaluators take it: the run's tokenizer, image preprocessing and
+    the prompt template of its training data."""
+    from mir_jax.evals import EvalModel
+    from mir_jax.evals.loading import training_template
+
+    mc, cfg = setup.model_config, setup.config
+    template, system = training_template(cfg.data)
+    image = ImageConfig(size=mc.vision.image_size, mean=tuple(cfg.image_mean), std=tuple(cfg.image_std),
+                        mode=resolve_config(cfg.data)["image_mode"])
+    return EvalModel(f"step_{step}", model, setup.tokenizer, image, template, system, mesh, setup.workdir)
+
+
 def run_downstream(setup: Setup, state, frozen, step: int, which) -> dict[str, float]:
     """Runs the given (key, every, evaluator) entries; returns {"KEY/score": value}; scores JSON
     and answer files go to WORKDIR/evals/step_N/. Every process must call it."""
-    from mir_jax.evals import EvalModel, write_result
-    from mir_jax.evals.loading import training_template
+    from mir_jax.evals import write_result
 
     if not which:
         return {}
     model, mesh = _host_model(setup, state, frozen)
     if model is None:
         return {}
-    mc, cfg = setup.model_config, setup.config
-    template, system = training_template(cfg.data)
-    image = ImageConfig(size=mc.vision.image_size, mean=tuple(cfg.image_mean), std=tuple(cfg.image_std),
-                        mode=resolve_config(cfg.data)["image_mode"])
-    handle = EvalModel(f"step_{step}", model, setup.tokenizer, image, template, system, mesh, setup.workdir)
+    handle = _eval_handle(setup, model, mesh, step)
     out = {}
     for key, _, evaluator in which:
         result = evaluator.run(handle)
@@ -268,34 +276,20 @@ def run_downstream(setup: Setup, state, frozen, step: int, which) -> dict[str, f
 
 
 def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]]:
-    """Greedy continuations of the first `n` held-out caption prompts: [(target, generated)].
-    Every process must call it (gathering sharded parameters is a collective); only process 0
-    generates, the others get []."""
-    from mir_jax.models import generate
+    """Greedy captions of the first `n` embedded-benchmark images, prompted as the run's
+    training data is (the caption evaluator's prompt): [(reference, generated)]. Every process
+    must call it (gathering sharded parameters is a collective); only process 0 generates, the
+    others get []."""
+    from mir_jax.evals import get_evaluator
 
-    model, _ = _host_model(setup, state, frozen)
+    model, mesh = _host_model(setup, state, frozen)
     if model is None:
         return []
-    ex = next(make_eval_iterator({"sources": [{"type": "synthetic", "kind": "caption"}]},
-                                 num_samples=n, batch_size=n, **setup.data_kwargs))
-    prompts, targets = [], []
-    for ids, labels in zip(ex["input_ids"], ex["labels"]):
-        sup = np.nonzero(labels != -100)[0]
-        if not len(sup):
-            continue
-        start = sup[0]
-        prompts.append(ids[:start])
-        targets.append(setup.tokenizer.decode(labels[sup]))
-    width = max(len(p) for p in prompts)
-    pad = setup.tokenizer.pad_id
-    ids = np.full((len(prompts), width), pad, np.int32)
-    mask = np.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
-    new = generate(model, ids, ex["pixel_values"][: len(prompts)], ex["image_mask"][: len(prompts)], mask,
-                   max_new_tokens=int(setup.config.seq_len) - width, eos_token_id=setup.tokenizer.eos_id,
-                   pad_token_id=pad)
-    return [(t, setup.tokenizer.decode(g)) for t, g in zip(targets, np.asarray(new))]
+    shards = 1 if mesh is None else setup.stepper.data_parallel
+    caption = get_evaluator("caption", num_samples=n, batch_size=shards * -(-n // shards))
+    result = caption.run(_eval_handle(setup, model, mesh, int(setup.config.total_steps)))
+    references = caption.records(_eval_handle(setup, model, mesh, 0))
+    return [(r["captions"][0], p["text"]) for r, p in zip(references, result.predictions)]
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""Autoregressive generation with a KV cache: one jitted prefill, one jitted step per token.
+"""Autoregressive generation with a KV cache: one jitted prefill, then the whole decoding loop
+in one jitted `while_loop` on the device (the cache donated and updated in place, one slot a
+step; no host round trip per token).
 
 Batched prompts must be LEFT-padded (as for HF `generate`), so every row's next token goes to the
 same cache slot. Positions follow HF `generate`: the count of earlier real tokens.
@@ -38,10 +40,8 @@ def _prefill(graphdef, state, input_ids, pixel_values, image_mask, key_valid, ca
     return lm.logits(normed[:, -1:])[:, 0], positions[:, -1], cache
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(5,))
-def _step(graphdef, state, tokens, positions, key_valid, cache, index):
+def _step(model, tokens, positions, key_valid, cache, index):
     """tokens, positions [B]; index: the cache slot being written (scalar)."""
-    model = nnx.merge(graphdef, state)
     lm = model.language_model
     x = lm.embed(tokens[:, None])
     mask = Mask(causal=True, q_offset=index, kv_valid=key_valid)  # the query sits at slot `index`
@@ -58,6 +58,35 @@ def _sample(logits, temperature: float, top_k: int | None, key):
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _decode(graphdef, max_new_tokens: int, temperature: float, top_k, state, logits, positions,
+            key_valid, cache, start, eos, pad, rng):
+    """The whole decoding loop on the device (one `while_loop`, no host round trip per token).
+    Token 0 comes from the prompt's `logits`; step i feeds token i-1 (cache slot start + i - 1)
+    and samples token i. Rows that emitted EOS get `pad` afterwards; the loop stops when every
+    row is done. Returns the new tokens [B, max_new_tokens]."""
+    model = nnx.merge(graphdef, state)
+    b = logits.shape[0]
+    rng, key = jax.random.split(rng)
+    tok = _sample(logits, temperature, top_k, key)
+    out = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(tok)
+
+    def cond(c):
+        i, _, _, _, done, _, _ = c
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(c):
+        i, tok, pos, cache, done, out, rng = c
+        logits, cache = _step(model, tok, pos + 1, key_valid, cache, start + i - 1)
+        rng, key = jax.random.split(rng)
+        new = jnp.where(done, pad, _sample(logits, temperature, top_k, key))
+        out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
+        return i + 1, new, pos + 1, cache, done | jnp.isin(new, eos), out, rng
+
+    init = (jnp.int32(1), tok, positions, cache, jnp.isin(tok, eos), out, rng)
+    return jax.lax.while_loop(cond, body, init)[5]
 
 
 def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, attention_mask=None, *,
@@ -98,18 +127,7 @@ def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, a
         key_valid = inputs[-1]
         cache = jax.device_put(cache, sharding.logical_sharding(mesh, (None, "batch", None, None, None)))
     logits, pos, cache = _prefill(graphdef, state, *inputs, cache)
-    out = np.full((b, max_new_tokens), pad, np.int32)
-    done = np.zeros(b, bool)
-    for i in range(max_new_tokens):
-        key = None
-        if temperature > 0:
-            rng, key = jax.random.split(rng)
-        tok = np.asarray(_sample(logits, temperature, top_k, key))
-        tok = np.where(done, pad, tok)
-        out[:, i] = tok
-        done |= np.isin(tok, eos)
-        if done.all() or i == max_new_tokens - 1:
-            break
-        pos = pos + 1
-        logits, cache = _step(graphdef, state, jnp.asarray(tok), pos, key_valid, cache, jnp.int32(s + i))
-    return out
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    out = _decode(graphdef, int(max_new_tokens), float(temperature), top_k, state, logits, pos,
+                  key_valid, cache, jnp.int32(s), jnp.asarray(eos), jnp.int32(pad), rng)
+    return np.asarray(out)

@@ -2,8 +2,8 @@
 qkv bias (Qwen2) and tied embeddings; MoCa (modality calibration) after each layer when enabled.
 
 Layers are stacked and scanned (`layers.run_stack`). A KV cache, when given, is a pair of arrays
-[L, B, T, KVH, Dh]; the new keys/values are written at `cache_index` and the queries attend to the
-whole cache under the caller's mask. `attention` (the config key) names the attention
+[L, B, T, KVH, Dh] carried through the layer scan; each layer writes its new keys/values at
+`cache_index` in place and its queries attend to its slice under the caller's mask. `attention` (the config key) names the attention
 implementation (`mir_jax.models.attention`).
 """
 
@@ -48,10 +48,15 @@ class Attention(nnx.Module):
         v = self.v_proj(x)
         q = constrain(q, ("batch", "length", "act_heads", None))
         if cache is not None:
-            ck, cv = cache
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            cache = (k, v)
+            # cache: the stacked (keys, values) [L, B, T, KVH, Dh] and this layer's index. The new
+            # keys/values are written into the stack at (layer, cache_index) and attention reads
+            # the layer's slice of it: with the stack in a loop carry XLA updates it in place, a
+            # decoding step moving one slot (a per-layer copy would move the whole cache).
+            ck, cv, layer_index = cache
+            at = (layer_index, 0, cache_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
+            k, v, cache = ck[layer_index], cv[layer_index], (ck, cv)
         out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation=self.attention_impl)
         return self.o_proj(out), cache
 
@@ -125,11 +130,21 @@ class LlamaModel(nnx.Module):
         """
         cfg = self.cfg
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+        if cache is None:
+            def body(layer, h, _):
+                h, _ = layer(h, cos, sin, mask, modality_mask)
+                return h, (h if collect else None)
 
-        def body(layer, h, layer_cache):
-            h, new_cache = layer(h, cos, sin, mask, modality_mask, layer_cache, cache_index)
-            return h, ((h if collect else None), new_cache)
+            last, ys = run_stack(self.layers, body, x, None, scan=self.scan_layers, remat=self.remat)
+            return self.norm(last), ys, None
 
-        last, (ys, new_cache) = run_stack(self.layers, body, x, cache, scan=self.scan_layers,
-                                          remat=self.remat if cache is None else "none")
-        return self.norm(last), ys, new_cache
+        # The stacked cache rides in the scan's carry (as a scanned-over input/output XLA would
+        # rebuild all of it every step); each layer writes its slot (Attention).
+        def cached_body(layer, carry, _):
+            h, ck, cv, i = carry
+            h, (ck, cv) = layer(h, cos, sin, mask, modality_mask, (ck, cv, i), cache_index)
+            return (h, ck, cv, i + 1), (h if collect else None)
+
+        (last, ck, cv, _), ys = run_stack(self.layers, cached_body, (x, *cache, jnp.int32(0)), None,
+                                          scan=self.scan_layers)
+        return self.norm(last), ys, (ck, cv)
