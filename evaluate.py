@@ -234,7 +234,7 @@ def main(argv):
     import numpy as np
 
     from mir_jax.evals.mir import plot_per_layer
-    from mir_jax.sharding import make_mesh
+    from mir_jax.sharding import data_parallel_size, make_mesh
 
     paths = list(FLAGS.compare)
     paths += [p for p in (FLAGS.hf_model, FLAGS.checkpoint) if p]
@@ -245,9 +245,9 @@ def main(argv):
         mesh = make_mesh(shape) if jax.device_count() > 1 or shape != (-1, 1, 1) else None
     except ValueError as e:
         _fail(f"--mesh_shape: {e}")
-    if mesh is not None and FLAGS.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        _fail(f"--batch_size={FLAGS.batch_size} is not divisible by the data axes "
-              f"{mesh.shape['data']}x{mesh.shape['fsdp']}")
+    if FLAGS.batch_size % data_parallel_size(mesh):
+        _fail(f"--batch_size={FLAGS.batch_size} is not divisible by the mesh's "
+              f"{data_parallel_size(mesh)} data-parallel shards")
 
     from mir_jax.evals import ALL, write_result
 

@@ -109,6 +109,18 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedShar
     return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1), rules)
 
 
+def batch_axes(rules=LOGICAL_AXIS_RULES) -> tuple[str, ...]:
+    """The mesh axes of the logical "batch" axis (from the rules table)."""
+    axes = logical_to_mesh_spec(("batch",), rules)[0]
+    return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def data_parallel_size(mesh: Mesh | None, rules=LOGICAL_AXIS_RULES) -> int:
+    """How many ways the logical "batch" axis splits on `mesh` (1 without one): the number a
+    batch size must divide by."""
+    return 1 if mesh is None else math.prod(mesh.shape[a] for a in batch_axes(rules))
+
+
 def batch_from_full(full, mesh: Mesh, keys: Sequence[str], rules=LOGICAL_AXIS_RULES) -> dict:
     """A whole batch present on every process (an evaluation set every host reads in full)
     -> global jax.Arrays sharded over the batch axes: each device takes its own rows, so the

@@ -15,7 +15,6 @@ int32, pixel_values [B, M, H, W, 3] float32, image_mask [B, M] bool; labels are 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,8 +30,9 @@ from mir_jax.models import LlavaConfig, LlavaModel
 from mir_jax.partition import ParamPartition
 from mir_jax.sharding import (
     LOGICAL_AXIS_RULES,
+    batch_axes,
     batch_sharding,
-    logical_to_mesh_spec,
+    data_parallel_size,
     use_mesh,
 )
 
@@ -146,12 +146,12 @@ class Stepper:
     @property
     def batch_axes(self) -> tuple[str, ...]:
         """The mesh axes of the logical "batch" axis (from the rules table)."""
-        axes = logical_to_mesh_spec(("batch",), self.rules)[0]
-        return (axes,) if isinstance(axes, str) else tuple(axes or ())
+        return batch_axes(self.rules)
 
     @property
     def data_parallel(self) -> int:
-        return math.prod(self.mesh.shape[a] for a in self.batch_axes)
+        """How many ways a batch splits on this mesh (`sharding.data_parallel_size`)."""
+        return data_parallel_size(self.mesh, self.rules)
 
     def batch_sharding(self, ndim: int) -> NamedSharding:
         return batch_sharding(self.mesh, ndim, self.rules)

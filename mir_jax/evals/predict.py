@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mir_jax.data.images import load_and_preprocess, normalize
 from mir_jax.models.generate import generate
+from mir_jax.sharding import data_parallel_size
 
 from .prompts import Prompt, cut_at_stop
 
@@ -53,15 +54,11 @@ def _batches(prompts: list[Prompt], batch_size: int):
         yield idx, [prompts[i] for i in rows]
 
 
-def _data_parallel(model) -> int:
-    mesh = model.mesh
-    return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
-
-
 def _check_batch(model, batch_size: int) -> None:
-    if batch_size % _data_parallel(model):
-        raise ValueError(f"batch_size={batch_size} does not split over the mesh's "
-                         f"{_data_parallel(model)} data-parallel shards")
+    shards = data_parallel_size(model.mesh)
+    if batch_size % shards:
+        raise ValueError(f"batch_size={batch_size} does not split over the mesh's {shards} "
+                         "data-parallel shards")
 
 
 def generate_texts(model, prompts: list[Prompt], *, batch_size: int = 16, max_new_tokens: int = 32,
