@@ -5,8 +5,10 @@ ml_collections ConfigDict; `arg` is a comma list of options, e.g. "runlocal" or
 
 Top-level keys (all read by `mir_jax.trainer`):
   seed, total_steps, batch_size (global), num_micro_batches, seq_len, z_loss, max_bad_steps,
-  log_every, peak_flops (0 = from the device kind), init_from (HF/original LLaVA checkpoint dir
-  or "" for random weights), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
+  log_every, peak_flops (0 = from the device kind), init_from (HF/original LLaVA checkpoint dir,
+  a training workdir or WORKDIR@STEP, or "" for random weights), init_parts ("all" or a comma
+  list of vision, connector, llm: the parts taken from init_from, the rest fresh;
+  `mir_jax.init_from`), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
   mesh: (data, fsdp, tensor), one entry may be -1 (= the remaining devices),
   model: `LlavaConfig` fields (vision, connector, text, ..., dtype, remat, scan_layers),
   data: the data config of `mir_jax.data.mixture` (sources, pack, ...),
@@ -81,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.peak_flops = 0.0
     c.init_from = required()  # e.g. a stage-1 checkpoint (mir_jax.hf.build_stage1)
+    c.init_parts = "all"
     c.tokenizer = required()  # the LLM's Hugging Face tokenizer directory
     c.image_mean = CLIP_MEAN
     c.image_std = CLIP_STD

@@ -195,15 +195,24 @@ def _tokenizer_problems(config, model_config) -> list[str]:
 
 
 def _init_from_problems(config) -> list[str]:
+    from mir_jax import init_from as init_lib
+
     init = _get(config, "init_from")
     how = ("--config.init_from=DIR (a Hugging Face or original LLaVA checkpoint directory, e.g. "
-           "one written by mir_jax.hf.build_stage1 + save_pretrained; --config.init_from= starts "
-           "from random weights)")
+           "one written by mir_jax.hf.build_stage1 + save_pretrained, or a training workdir, "
+           "WORKDIR@STEP for a given step; --config.init_from= starts from random weights)")
     if init is None:
         return [f"init_from is not set: {how}"]
-    if init and init is not _MISSING and not os.path.isdir(init):
-        return [f"init_from directory {init!r} does not exist: {how}"]
-    return []
+    out = []
+    if init and init is not _MISSING and not init_lib.source_exists(init):
+        out.append(f"init_from directory {init!r} does not exist: {how}")
+    parts = _get(config, "init_parts")
+    if parts is not _MISSING:
+        try:
+            init_lib.parse_parts(parts)
+        except init_lib.InitError as e:
+            out.append(str(e))
+    return out
 
 
 def _exists(path: str, *, folder: bool = False) -> bool:

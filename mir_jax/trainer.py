@@ -62,18 +62,6 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _differences(got: dict, want: dict, prefix: str = "model.") -> list[str]:
-    """'model.text.num_layers: 2 there, 3 here' for every leaf where two config dicts differ."""
-    out = []
-    for k in sorted(set(got) | set(want)):
-        a, b = got.get(k), want.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} there, {b!r} here")
-    return out
-
-
 def _check_tokenizer(tokenizer, model_cfg: LlavaConfig) -> None:
     if tokenizer.vocab_size > model_cfg.text.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model's "
@@ -137,21 +125,40 @@ class Setup:
             return step, state, frozen
         params = None
         if self.config.get("init_from"):
-            from flax import nnx
-
-            from mir_jax import hf
-
-            try:
-                _, model = hf.load_pretrained(self.config.init_from)
-            except Exception as e:  # noqa: BLE001 -- no config.json, no weights, unknown layout, ...
-                raise ConfigError(f"init_from {self.config.init_from!r} does not load ({_first_line(e)})") from e
-            differ = _differences(model.config.to_dict(), self.model_config.to_dict())
-            if differ:
-                raise ConfigError(f"init_from {self.config.init_from!r} is not config.model: "
-                                  f"{'; '.join(differ[:5])}" + (f" ({len(differ) - 5} more)" if len(differ) > 5 else ""))
-            params = nnx.state(model, nnx.Param)
+            params = self._initial_params(str(self.config.init_from))
         state, frozen = self.stepper.init(int(self.config.seed), params)
         return 0, state, frozen
+
+    def _initial_params(self, spec: str):
+        """The Param State to start from: `init_parts` of the model at `spec` over a fresh
+        initialization (see `mir_jax.init_from`)."""
+        from flax import nnx
+
+        from mir_jax import init_from as init_lib
+
+        try:
+            parts = init_lib.parse_parts(str(self.config.get("init_parts") or "all"))
+            source = init_lib.load_source(spec)
+        except init_lib.InitError as e:
+            raise ConfigError(str(e)) from e
+        except Exception as e:  # noqa: BLE001 -- no config.json, no weights, damaged checkpoint, ...
+            raise ConfigError(f"init_from {spec!r} does not load ({_first_line(e)})") from e
+        differ = init_lib.config_differences(source.config.to_dict(), self.model_config.to_dict(), parts)
+        if differ:
+            raise ConfigError(f"init_from {spec!r} is not config.model: {'; '.join(differ[:5])}"
+                              + (f" ({len(differ) - 5} more)" if len(differ) > 5 else ""))
+        theirs = nnx.state(source, nnx.Param)
+        if parts == tuple(init_lib.PARTS.values()) and source.config.moca == self.model_config.moca:
+            return theirs
+        state, frozen = self.stepper.init(int(self.config.seed))
+        fresh = jax.device_get(self.stepper.partition.combine(state["params"], frozen))
+        try:
+            merged, kept_fresh = init_lib.merge_params(fresh, theirs, parts)
+        except init_lib.InitError as e:
+            raise ConfigError(str(e)) from e
+        log.info("init_from %s: %s taken%s", spec, ", ".join(parts),
+                 f"; fresh (not in the source): {', '.join(kept_fresh)}" if kept_fresh else "")
+        return merged
 
     # ----- evaluation -------------------------------------------------------------------------
     def eval_batches(self) -> tuple[list[dict], list[dict]]:
