@@ -57,19 +57,34 @@ def test_caption_describes_the_pixels(index):
 
 def test_qa_answers_match_the_scene():
     src = SyntheticSource("qa", image_size=16)
-    checked = 0
-    for i in range(60):
+    checked = exists = choices = 0
+    for i in range(120):
         rec = src[i]
         scene = src.scene(i)
         assert rec["turns"][0][1].startswith("<image>\n")
         for (_, q), (_, a) in zip(rec["turns"][::2], rec["turns"][1::2]):
-            m = re.match(r"How many (\w+) (\w+)s are there\?", q.replace("<image>\n", ""))
+            q = q.replace("<image>\n", "")
+            m = re.fullmatch(r"How many (\w+) (\w+)s are there\?", q)
             if m:
                 (g,) = [g for g in scene if g["colour"] == m.group(1)]
                 assert g["kind"] == m.group(2)
                 assert a == ["One.", "Two.", "Three."][g["count"] - 1]
                 checked += 1
-    assert checked > 5
+            m = re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", q)
+            if m:
+                present = any((g["colour"], g["kind"]) == m.groups() for g in scene)
+                assert a == ("Yes." if present else "No.")
+                exists += 1
+            if q.endswith("Answer with the option's letter from the given choices directly."):
+                # "How many red circles are there?\nA. two\nB. one ..." answered with a letter.
+                lines = q.split("\n")
+                options = {line[0]: line[3:] for line in lines[1:-1]}
+                m = re.fullmatch(r"How many (\w+) (\w+)s are there\?", lines[0])
+                if m:
+                    (g,) = [g for g in scene if g["colour"] == m.group(1)]
+                    assert options[a] == ["zero", "one", "two", "three"][g["count"]]
+                    choices += 1
+    assert checked > 5 and exists > 5 and choices > 0
 
 
 def test_text_and_interleaved_records():
