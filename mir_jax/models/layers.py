@@ -8,6 +8,7 @@ in float32 (as HF does) so bf16 compute stays stable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -107,11 +108,18 @@ class Dense(nnx.Module):
         self.bias = param(rngs, zeros, out_shape, names[self.n_in:]) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., *in_shape] -> [..., *out_shape]."""
+        """x [..., *in_shape] -> [..., *out_shape].
+
+        Computed as one 2-D matmul [prod(lead), prod(in)] x [prod(in), prod(out)]: XLA:CPU runs a
+        dot_general with several free dimensions far slower than the same GEMM on 2-D operands
+        (BENCHMARKS.md, "Dense"); the reshapes only merge dimensions whose major one carries the
+        sharding (batch, heads), so they are free on every backend."""
         k = self.kernel[...].astype(self.dtype)
         x = x.astype(self.dtype)
-        y = jax.lax.dot_general(
-            x, k, (((tuple(range(x.ndim - self.n_in, x.ndim))), tuple(range(self.n_in))), ((), ())))
+        lead, in_shape = x.shape[:x.ndim - self.n_in], x.shape[x.ndim - self.n_in:]
+        out_shape = k.shape[self.n_in:]
+        y = jnp.matmul(x.reshape(-1, math.prod(in_shape)), k.reshape(math.prod(in_shape), -1))
+        y = y.reshape(*lead, *out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
