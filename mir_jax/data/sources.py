@@ -25,6 +25,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 TEXT_EXTENSIONS = (".story", ".txt", ".jsonl", ".json")
 
 
+def json_lines(path: str, data: bytes):
+    """(line number, raw line, object) of each non-empty line of JSON Lines text; a malformed
+    line or one that is not an object is a DataError naming ``path:line``."""
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        yield lineno, line, obj
+
+
 class JsonRecords:
     """The JSON objects of a ``.json`` (array) or ``.jsonl`` file, stored compactly.
 
@@ -42,15 +57,7 @@ class JsonRecords:
         chunks: list[bytes] = []
         lines: list[int] = []
         if self.file.endswith(".jsonl"):
-            for lineno, line in enumerate(data.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{self.file}:{lineno}: malformed JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise DataError(f"{self.file}:{lineno}: expected a JSON object")
+            for lineno, line, _ in json_lines(self.file, data):
                 chunks.append(line.strip())
                 lines.append(lineno)
         else:

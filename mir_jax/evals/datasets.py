@@ -89,7 +89,7 @@ import re
 from collections.abc import Iterator
 
 from mir_jax.data.errors import DataError
-from mir_jax.data.sources import JsonRecords
+from mir_jax.data.sources import JsonRecords, json_lines
 
 # -- file reading ---------------------------------------------------------------------
 
@@ -128,15 +128,7 @@ def _parse_json(path: str):
 
 def _json_lines(path: str, data: bytes) -> Iterator[tuple[dict, str]]:
     # JSON Lines in a .json file (POPE's coco_pope_*.json); messages as JsonRecords'.
-    for lineno, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object")
+    for lineno, _, obj in json_lines(path, data):
         yield obj, f"{path}:{lineno}"
 
 
