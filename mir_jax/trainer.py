@@ -13,8 +13,8 @@
 3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, held-out loss
    and MIR every `eval.every` steps, the downstream evaluators of `config.evals` (captioning,
    VQA, POPE, multiple choice; `mir_jax.evals`) every one's `every` steps (rows of split
-   "downstream" in metrics.jsonl, answer files in WORKDIR/evals/step_N/), checkpoint every `checkpoint.every` steps and on SIGTERM
-   (then it returns {"preempted": True, "signal": 15});
+   "downstream" in metrics.jsonl, answer files in WORKDIR/evals/step_N/), checkpoint every
+   `checkpoint.every` steps and on SIGTERM (then it returns {"preempted": True, "signal": 15});
 4. at the end: final evaluation (MIR and every downstream evaluator), a checkpoint, the plot,
    a few greedy captions.
 Bad-sample counts (per source and reason) are printed and logged (split "data") with each
@@ -109,6 +109,11 @@ class Setup:
             config.data, batch_size=self.local_batch, seed=int(config.seed),
             shard_index=self.data_shard, shard_count=self.data_shard_count, **self.data_kwargs)
         self.downstream = downstream_evaluators(config)
+        for key, _, evaluator in self.downstream:  # generation shards its batches like training's
+            bs = int(evaluator.options.get("batch_size") or 0)
+            if self.process_count == 1 and bs % self.stepper.data_parallel:
+                raise ValueError(f"evals entry {key!r}: batch_size={bs} does not split over the "
+                                 f"{self.stepper.data_parallel} data-parallel shards")
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                          keep=int(config.checkpoint.keep),
                                          every=int(config.checkpoint.every),

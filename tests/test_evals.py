@@ -11,7 +11,7 @@ import types
 
 import numpy as np
 import pytest
-import train_fixtures  # noqa: F401  (puts the repository root, and configs/, on sys.path)
+import train_fixtures  # puts the repository root, and configs/, on sys.path
 from flax import nnx
 
 from mir_jax.data import ByteTokenizer, ImageConfig
@@ -267,3 +267,13 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
     baseline = get_evaluator("caption", num_samples=32, batch_size=16).run(handle).scores["cider"]
     print(f"caption CIDEr-D: trained {trained:.3f}, untrained {baseline:.3f}")
     assert trained > 0.3 and baseline < 0.05
+
+
+def test_loop_evaluator_batch_must_split_over_the_mesh_before_training(tmp_path):
+    from mir_jax.trainer import Setup
+
+    c = train_fixtures.tiny_train_config()  # mesh (-1, 1, 1): the 8 test devices, 8-way data parallel
+    c.evals = [{"name": "vqa", "every": 3, "batch_size": 12}]
+    with pytest.raises(ValueError, match="evals entry 'vqa': batch_size=12 does not split over the 8"):
+        Setup(c, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
