@@ -249,13 +249,17 @@ def main(argv):
         _fail(f"--batch_size={FLAGS.batch_size} is not divisible by the mesh's "
               f"{data_parallel_size(mesh)} data-parallel shards")
 
-    from mir_jax.evals import ALL, write_result
+    from mir_jax.evals import ALL, DOWNSTREAM, write_result
 
     names = list(ALL) if FLAGS.evals == ["all"] else list(FLAGS.evals)
     unknown = sorted(set(names) - set(ALL))
     if unknown:
         _fail(f"--evals: unknown evaluator(s) {unknown}; known: {', '.join(ALL)} (or all)")
     downstream = _downstream([n for n in names if n != "mir"])
+    generative = sorted(set(names) & set(DOWNSTREAM))
+    if generative and jax.process_count() > 1:
+        _fail(f"--evals: {', '.join(generative)} generate in one process (several processes: "
+              "--evals=mir,loss; one process can still use all its local devices)")
 
     from mir_jax.data.errors import DataError
     from mir_jax.models import with_compute_dtype
