@@ -188,14 +188,12 @@ def _downstream(names: list[str]) -> list[tuple[str, object]]:
                   "multiple_choice": "mc_data"}
     out = []
     for name in names:
+        options = dict(num_samples=FLAGS.eval_samples, seed=FLAGS.seed)
         flag = data_flags.get(name)
-        options = dict(num_samples=FLAGS.eval_samples, progress=FLAGS.progress, seed=FLAGS.seed)
-        if flag:
-            options["data"] = _data_spec(FLAGS[flag].value, flag)
-        if FLAGS.max_new_tokens and name != "loss":
-            options["max_new_tokens"] = FLAGS.max_new_tokens
-        if name == "loss":
-            options = dict(num_samples=FLAGS.eval_samples, seed=FLAGS.seed)
+        if flag:  # a generating evaluator (loss reads the embedded held-out mixture)
+            options.update(data=_data_spec(FLAGS[flag].value, flag), progress=FLAGS.progress)
+            if FLAGS.max_new_tokens:
+                options["max_new_tokens"] = FLAGS.max_new_tokens
         for k in (shots if name in ("caption", "vqa") else [0]):
             try:
                 evaluator = get_evaluator(name, **options, **({"shots": k} if k else {}))

@@ -263,7 +263,7 @@ def _evals_problems(config) -> list[str]:
     evals = _get(config, "evals")
     if evals is _MISSING or not evals:
         return []
-    from mir_jax.evals import get_evaluator
+    from mir_jax.evals.base import get_evaluator, split_entry
 
     out = []
     for i, entry in enumerate(evals):
@@ -271,12 +271,11 @@ def _evals_problems(config) -> list[str]:
         if not isinstance(entry, dict) or "name" not in entry:
             out.append(f"evals[{i}]={entry!r} must be a dict with a 'name' (and 'every', options)")
             continue
-        options = {k: v for k, v in entry.items() if k not in ("name", "every", "key")}
-        every = entry.get("every", 0)
+        name, every, _, options = split_entry(entry)
         if not _int(every) or every < 0:
             out.append(f"evals[{i}].every={every!r} must be an integer >= 0 (0: at the end only)")
         try:
-            get_evaluator(entry["name"], **options)
+            get_evaluator(name, **options)
         except ValueError as e:
             out.append(f"evals[{i}]: {e}")
     return out

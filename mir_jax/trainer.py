@@ -225,17 +225,14 @@ def _mfu_numbers(setup: Setup, batch: dict) -> tuple[int, float]:
 
 
 def downstream_evaluators(config) -> list[tuple[str, int, object]]:
-    """(key, every, evaluator) for each entry {name, every, key?, **options} of `config.evals`.
-    The key names its metrics ("vqa/accuracy"); by default the evaluator's name, with
-    "_Kshot" for K-shot entries."""
-    from mir_jax.evals import get_evaluator
+    """(key, every, evaluator) for each entry {name, every, key?, **options} of `config.evals`
+    (`evals.base.split_entry`)."""
+    from mir_jax.evals.base import get_evaluator, split_entry
 
     out = []
     for entry in config.get("evals") or []:
-        entry = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
-        name, every = entry.pop("name"), int(entry.pop("every", 0) or 0)
-        key = entry.pop("key", None) or name + (f"_{int(entry['shots'])}shot" if entry.get("shots") else "")
-        out.append((key, every, get_evaluator(name, **entry)))
+        name, every, key, options = split_entry(entry.to_dict() if hasattr(entry, "to_dict") else dict(entry))
+        out.append((key, int(every or 0), get_evaluator(name, **options)))
     return out
 
 
@@ -299,9 +296,10 @@ def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]
         return []
     shards = 1 if mesh is None else setup.stepper.data_parallel
     caption = get_evaluator("caption", num_samples=n, batch_size=shards * -(-n // shards))
-    result = caption.run(_eval_handle(setup, model, mesh, int(setup.config.total_steps)))
-    references = caption.records(_eval_handle(setup, model, mesh, 0))
-    return [(r["captions"][0], p["text"]) for r, p in zip(references, result.predictions)]
+    handle = _eval_handle(setup, model, mesh, int(setup.config.total_steps))
+    records = caption.records(handle)
+    _, texts = caption.generate(handle, records)
+    return [(r["captions"][0], t) for r, t in zip(records, texts)]
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict[str, Any]:

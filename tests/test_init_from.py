@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import train_fixtures as fx
 from flax import nnx
 
-import train_fixtures as fx
 from mir_jax.config_check import ConfigError
 from mir_jax.trainer import Setup, train_and_evaluate
 

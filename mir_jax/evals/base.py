@@ -106,6 +106,36 @@ class Evaluator:
                           details or {}, dict(self.options))
 
 
+def bind_model(model, mesh: Mesh | None, jitted, keys):
+    """batch (a host dict of the pipeline's batch contract) -> jitted(graphdef, state, inputs),
+    for a jitted function of (graphdef, state, {key: array}) with graphdef static.
+
+    Without a mesh the inputs are the host arrays. With one, the parameters follow the
+    logical-axis rules (already-sharded ones, as in the training loop, stay where they are),
+    each device takes its rows of the batch, which every process holds whole
+    (`sharding.batch_from_full`, multi-host safe), and the call runs under the mesh so the
+    model's sharding constraints apply. MIR, the held-out loss and likelihood scoring all run
+    through this."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from mir_jax import sharding
+
+    graphdef, state = nnx.split(model)
+    if mesh is not None:
+        state = jax.device_put(state, sharding.state_shardings(state, mesh))
+
+    def run(batch):
+        if mesh is None:
+            return jitted(graphdef, state, {k: None if batch.get(k) is None else np.asarray(batch[k])
+                                            for k in keys})
+        with sharding.use_mesh(mesh):
+            return jitted(graphdef, state, sharding.batch_from_full(batch, mesh, keys))
+
+    return run
+
+
 REGISTRY: dict[str, type[Evaluator]] = {}
 
 
@@ -113,6 +143,19 @@ def register(cls: type[Evaluator]) -> type[Evaluator]:
     """Class decorator: make an evaluator available by its `name`."""
     REGISTRY[cls.name] = cls
     return cls
+
+
+ENTRY_KEYS = ("name", "every", "key")
+
+
+def split_entry(entry: dict) -> tuple[str, object, str, dict]:
+    """A `config.evals` entry {name, every, key?, **options} -> (name, every, key, options).
+    The key names its metrics ("vqa/accuracy"): by default the evaluator's name, with
+    "_Kshot" for K-shot entries."""
+    options = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+    name = entry["name"]
+    key = entry.get("key") or name + (f"_{int(options['shots'])}shot" if options.get("shots") else "")
+    return name, entry.get("every", 0), key, options
 
 
 def get_evaluator(name: str, **options) -> Evaluator:

@@ -97,15 +97,23 @@ class GenerativeEvaluator(Evaluator):
             out.append(encode(model, self.question(r, document), r.get("image"), examples=examples))
         return out
 
-    def run(self, model: EvalModel) -> EvalResult:
-        o = self.options
+    def nonempty_records(self, model: EvalModel) -> list[dict]:
         records = self.records(model)
         if not records:
             raise ValueError(f"evaluator {self.name!r}: no records to evaluate")
+        return records
+
+    def generate(self, model: EvalModel, records: list[dict]) -> tuple[list[Prompt], list[str]]:
+        """(prompts, generated answers) for the records."""
+        o = self.options
         prompts = self.prompts(model, records)
-        answers = generate_texts(model, prompts, batch_size=int(o["batch_size"]),
-                                 max_new_tokens=int(o["max_new_tokens"]), progress=bool(o["progress"]),
-                                 desc=self.name)
+        return prompts, generate_texts(model, prompts, batch_size=int(o["batch_size"]),
+                                       max_new_tokens=int(o["max_new_tokens"]),
+                                       progress=bool(o["progress"]), desc=self.name)
+
+    def run(self, model: EvalModel) -> EvalResult:
+        records = self.nonempty_records(model)
+        prompts, answers = self.generate(model, records)
         scores, details = self.score(records, answers)
         scores["num_samples"] = len(records)
         predictions = [answer_row(r["question_id"], p.text, a, model.name)

@@ -16,10 +16,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from mir_jax import sharding
 from mir_jax.train_step import loss_sums
 
-from .base import EvalResult, Evaluator, register
+from .base import EvalResult, Evaluator, bind_model, register
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -35,19 +34,12 @@ LOSS_INPUTS = ("input_ids", "labels", "pixel_values", "image_mask", "segment_ids
 
 def held_out_loss(model, batches: Iterable[dict], mesh: Mesh | None = None) -> tuple[float, float]:
     """(summed cross-entropy, label-token count) of `model` over `batches` (host dicts of the
-    pipeline's batch contract). With a mesh, parameters follow the logical-axis rules and every
-    device takes its rows of each batch, which every process holds whole (multi-host safe);
-    the training loop's held-out loss is this function on its fixed batches."""
-    graphdef, state = nnx.split(model)
-    if mesh is not None:
-        state = jax.device_put(state, sharding.state_shardings(state, mesh))
+    pipeline's batch contract), on `mesh` if given (`base.bind_model`, multi-host safe); the
+    training loop's held-out loss is this function on its fixed batches."""
+    run = bind_model(model, mesh, _loss_sums, LOSS_INPUTS)
     ce = tokens = 0.0
     for batch in batches:
-        if mesh is None:
-            sums = _loss_sums(graphdef, state, {k: np.asarray(batch[k]) for k in LOSS_INPUTS})
-        else:
-            with sharding.use_mesh(mesh):
-                sums = _loss_sums(graphdef, state, sharding.batch_from_full(batch, mesh, LOSS_INPUTS))
+        sums = run(batch)
         ce, tokens = ce + float(sums["ce_sum"]), tokens + float(sums["tokens"])
     return ce, tokens
 

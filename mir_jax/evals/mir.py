@@ -27,15 +27,15 @@ from collections.abc import Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from mir_jax import mir, sharding
+from mir_jax import mir
 from mir_jax.mir.tokens import mir_rows, mir_token_masks
+from mir_jax.train_step import loss_sums
 
-from .base import EvalResult, Evaluator, register
+from .base import EvalResult, Evaluator, bind_model, register
 
 MODES = ("streaming", "exact")
 MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "segment_ids", "positions")
@@ -89,11 +89,8 @@ def mir_forward(model, batch) -> tuple:
     vision_mask, text_mask = mir_token_masks(out.modality_mask, batch["segment_ids"])
     rows, vision_rows, text_rows = mir_rows(out.hidden_states.astype(jnp.float32),
                                             vision_mask, text_mask)
-    labels = batch["labels"][:, 1:]
-    valid = labels >= 0
-    nll = optax.softmax_cross_entropy_with_integer_labels(
-        out.logits[:, :-1].astype(jnp.float32), jnp.where(valid, labels, 0))
-    return rows, vision_rows, text_rows, jnp.sum(nll * valid), jnp.sum(valid)
+    sums = loss_sums(out.logits, batch["labels"])
+    return rows, vision_rows, text_rows, sums["ce_sum"], sums["tokens"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -108,22 +105,9 @@ def make_forward(model: nnx.Module, mesh: Mesh | None = None):
     not a layer); the masks [B*S] select MIR's vision and text tokens; the NLL sums
     are over label positions, for the language-model loss on the texts. The compiled
     program is shared by every model with the same structure (graphdef) and shapes.
-    With a mesh: parameters follow the logical-axis rules (already-sharded ones, as in the
-    training loop, stay where they are) and each device takes its rows of the batch, which
-    every process holds whole (`sharding.batch_from_full`, multi-host safe).
+    With a mesh, see `base.bind_model` (multi-host safe).
     """
-    graphdef, state = nnx.split(model)
-    if mesh is not None:
-        state = jax.device_put(state, sharding.state_shardings(state, mesh))
-
-    def run(batch: dict) -> tuple:
-        keys = (*MODEL_INPUTS, "labels")
-        if mesh is None:
-            return _forward(graphdef, state, {k: np.asarray(batch[k]) for k in keys})
-        with sharding.use_mesh(mesh):
-            return _forward(graphdef, state, sharding.batch_from_full(batch, mesh, keys))
-
-    return run
+    return bind_model(model, mesh, _forward, (*MODEL_INPUTS, "labels"))
 
 
 def evaluate_mir(

@@ -19,7 +19,7 @@ from mir_jax.data.synthetic import choice_prompt
 from .answers import multiple_choice_scores, parse_option_letter
 from .base import EvalResult, answer_row, register
 from .generative import COMMON_OPTIONS, GenerativeEvaluator
-from .predict import continuation_logprobs, generate_texts
+from .predict import continuation_logprobs
 from .prompts import DOCUMENT_TEMPLATES, encode
 
 MODES = ("both", "generate", "likelihood")
@@ -47,16 +47,11 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
 
     def run(self, model) -> EvalResult:
         o = self.options
-        records = self.records(model)
-        if not records:
-            raise ValueError("evaluator 'multiple_choice': no records to evaluate")
+        records = self.nonempty_records(model)
         answers = [int(r["answer"]) for r in records]
         scores, predictions, details = {"num_samples": len(records)}, [], {}
         if o["mode"] in ("both", "generate"):
-            prompts = self.prompts(model, records)
-            texts = generate_texts(model, prompts, batch_size=int(o["batch_size"]),
-                                   max_new_tokens=int(o["max_new_tokens"]), progress=bool(o["progress"]),
-                                   desc=self.name)
+            prompts, texts = self.generate(model, records)
             chosen = [parse_option_letter(t, len(r["options"])) for t, r in zip(texts, records)]
             mc = multiple_choice_scores(chosen, answers)
             scores.update(accuracy=mc["accuracy"], unparsed=mc["unparsed"])

@@ -24,6 +24,7 @@ from mir_jax.data.images import load_and_preprocess, normalize
 from mir_jax.models.generate import generate
 from mir_jax.sharding import data_parallel_size
 
+from .base import bind_model
 from .prompts import Prompt, cut_at_stop
 
 LENGTH_BUCKET = 16
@@ -52,6 +53,11 @@ def _batches(prompts: list[Prompt], batch_size: int):
         idx = order[s:s + batch_size]
         rows = idx + [idx[-1]] * (batch_size - len(idx))
         yield idx, [prompts[i] for i in rows]
+
+
+def _bucketed(length: int) -> int:
+    """`length` rounded up to a multiple of LENGTH_BUCKET (few distinct compiled shapes)."""
+    return -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
 
 
 def _check_batch(model, batch_size: int) -> None:
@@ -83,8 +89,7 @@ def generate_texts(model, prompts: list[Prompt], *, batch_size: int = 16, max_ne
     total = -(-len(prompts) // batch_size)
     for idx, rows in tqdm(_batches(prompts, batch_size), total=total, desc=desc, disable=not progress,
                           leave=False, unit="batch"):
-        width = min(-(-max(len(p.ids) for p in rows) // LENGTH_BUCKET) * LENGTH_BUCKET,
-                    model.context - max_new_tokens)
+        width = min(_bucketed(max(len(p.ids) for p in rows)), model.context - max_new_tokens)
         ids = np.full((batch_size, width), tok.pad_id, np.int32)
         mask = np.zeros((batch_size, width), np.int32)
         for i, p in enumerate(rows):
@@ -107,14 +112,18 @@ def generate_texts(model, prompts: list[Prompt], *, batch_size: int = 16, max_ne
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _answer_logprobs(graphdef, state, input_ids, pixel_values, image_mask, attention_mask, target):
+def _answer_logprobs(graphdef, state, batch):
     """Per row: sum over target positions t of log p(input_ids[t] | tokens < t), and the count."""
     model = nnx.merge(graphdef, state)
-    out = model(input_ids, pixel_values, image_mask, attention_mask=attention_mask)
+    ids = batch["input_ids"]
+    out = model(ids, batch["pixel_values"], batch["image_mask"], attention_mask=batch["attention_mask"])
     logp = jax.nn.log_softmax(out.logits[:, :-1].astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
-    t = target[:, 1:]
+    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    t = batch["target"][:, 1:]
     return jnp.sum(jnp.where(t, picked, 0.0), axis=1), jnp.sum(t, axis=1)
+
+
+SCORE_INPUTS = ("input_ids", "pixel_values", "image_mask", "attention_mask", "target")
 
 
 def continuation_logprobs(model, prompts: list[Prompt], *, batch_size: int = 16,
@@ -122,23 +131,17 @@ def continuation_logprobs(model, prompts: list[Prompt], *, batch_size: int = 16,
     """(sum of log-probabilities [n], token counts [n]) of each prompt's answer tokens
     ids[answer_start:answer_end] given everything before them (prompts from `encode` with
     `answer=`). Rows are right-padded; the model runs in its compute dtype, the log-softmax
-    in float32."""
+    in float32; on the model's mesh if it has one (`base.bind_model`)."""
     n = len(prompts)
     sums, counts = np.zeros(n), np.zeros(n, np.int64)
     if not n:
         return sums, counts
     _check_batch(model, batch_size)
-    graphdef, state = nnx.split(model.model)
-    shard = None
-    if model.mesh is not None:
-        from mir_jax import sharding
-
-        state = jax.device_put(state, sharding.state_shardings(state, model.mesh))
-        shard = lambda x: jax.device_put(x, sharding.batch_sharding(model.mesh, x.ndim))  # noqa: E731
+    run = bind_model(model.model, model.mesh, _answer_logprobs, SCORE_INPUTS)
     total = -(-n // batch_size)
     for idx, rows in tqdm(_batches(prompts, batch_size), total=total, desc=desc, disable=not progress,
                           leave=False, unit="batch"):
-        width = -(-max(len(p.ids) for p in rows) // LENGTH_BUCKET) * LENGTH_BUCKET
+        width = _bucketed(max(len(p.ids) for p in rows))
         ids = np.full((batch_size, width), model.tokenizer.pad_id, np.int32)
         mask = np.zeros((batch_size, width), np.int32)
         target = np.zeros((batch_size, width), bool)
@@ -146,9 +149,7 @@ def continuation_logprobs(model, prompts: list[Prompt], *, batch_size: int = 16,
             ids[i, :len(p.ids)], mask[i, :len(p.ids)] = p.ids, 1
             target[i, p.answer_start:p.answer_end] = True
         pixels, image_mask = _pixels(model, rows)
-        args = [ids, pixels, image_mask, mask, target]
-        if shard is not None:
-            args = [None if a is None else shard(a) for a in args]
-        s, c = jax.device_get(_answer_logprobs(graphdef, state, *args))
+        s, c = jax.device_get(run({"input_ids": ids, "pixel_values": pixels, "image_mask": image_mask,
+                                   "attention_mask": mask, "target": target}))
         sums[idx], counts[idx] = s[:len(idx)], c[:len(idx)]
     return sums, counts

@@ -13,7 +13,7 @@ Layouts, by the model's template:
       and an assistant turn "{answer}", then the query's user turn; the answer is generated
       until EOS.
   document (plain, document): pre-trained models see interleaved text (MM1's few-shot setting):
-      "<image>{prefix}{answer}\\n" per example, then "<image>{prefix}"; generation stops at
+      "<image>{question}{answer}\\n" per example, then "<image>{question}"; generation stops at
       EOS or a newline. A 0-shot caption under `plain` is LLaVA's stage-1 prompt "[bos]<image>".
 """
 
@@ -45,18 +45,16 @@ class Prompt:
     answer_end: int = 0
 
 
-def encode(model, query: str, image, *, examples=(), answer: str | None = None,
-           prefix: str = "") -> Prompt:
+def encode(model, query: str, image, *, examples=(), answer: str | None = None) -> Prompt:
     """The prompt of `query` (with its `image`, or None) after few-shot `examples`
     [(question, answer, image), ...], for `model` (an `EvalModel`).
 
     With `answer`, the returned ids go on through the answer (and eos), for likelihood
-    scoring; without it they end where the answer would start. `prefix` (document layout
-    only) is written before each question, e.g. "Question: " / " Answer: " pairs are the
-    caller's to put in the question text.
+    scoring; without it they end where the answer would start. In the document layout the
+    question text is written as given (the evaluators write "Question: {q} Answer: ").
     """
     tok, k = model.tokenizer, model.num_image_tokens
-    shots = [(q, a, im) for q, a, im in examples] + [(query, _PLACEHOLDER if answer is None else answer, image)]
+    shots = [*examples, (query, _PLACEHOLDER if answer is None else answer, image)]
     images = [im for _, _, im in shots if im is not None]
     if model.template in CONVERSATION_TEMPLATES:
         turns = []
@@ -71,8 +69,8 @@ def encode(model, query: str, image, *, examples=(), answer: str | None = None,
             if im is not None:
                 segments.append(("image", sum(x is not None for _, _, x in shots[:n])))
             last = n == len(shots) - 1
-            if prefix + q:
-                segments.append(("text", prefix + q, False))
+            if q:
+                segments.append(("text", q, False))
             segments.append(("text", a, last))
             if not last:
                 segments.append(("text", "\n", False))
