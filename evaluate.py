@@ -105,8 +105,8 @@ def _fail(message: str) -> None:
 
 def _load(path: str):
     """An `EvalModel` for an HF directory or a mir-jax workdir (one-line error otherwise)."""
-    from mir_jax.checkpoint import CheckpointError
     from mir_jax.evals.loading import load_model
+    from mir_jax.train.checkpoint import CheckpointError
 
     try:
         return load_model(path, template=FLAGS.prompt_template, image_mode=FLAGS.image_mode)
@@ -353,7 +353,7 @@ def _plot_scores(scores: dict[str, dict[str, float]], path: str) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from mir_jax.metrics import HEADLINE_SCORES
+    from mir_jax.train.metrics import HEADLINE_SCORES
 
     keys = sorted({k for s in scores.values() for k in s if k.split("/")[-1] in HEADLINE_SCORES})
     models = list(scores)

@@ -43,7 +43,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "Multi-process: this process's index (else $JAX_PROCESS_ID).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "Compile the sharded train/eval steps abstractly and report per-device memory "
-                             "against --hbm_gb; writes nothing (exit 0 fits, 3 does not; mir_jax/dry_run.py).")
+                             "against --hbm_gb; writes nothing (exit 0 fits, 3 does not; mir_jax/train/dry_run.py).")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "--dry_run: on this many fake CPU devices.")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "--dry_run: for this TPU topology (needs libtpu).")
 _HBM_GB = flags.DEFINE_float("hbm_gb", 16.0, "--dry_run: memory per device, GB (2**30 bytes).")
@@ -53,9 +53,9 @@ flags.register_validator("workdir", lambda v: v is not None or "--dry_run" in sy
 
 
 def dry_run(config) -> int:
-    """train.py --dry_run (see mir_jax/dry_run.py): fake devices are set before JAX starts."""
-    from mir_jax import dry_run as dr
+    """train.py --dry_run (see mir_jax/train/dry_run.py): fake devices are set before JAX starts."""
     from mir_jax.config_check import ConfigError
+    from mir_jax.train import dry_run as dr
 
     try:
         if _NUM_DEVICES.value is not None:
@@ -114,10 +114,10 @@ def main(argv):
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("mir_jax").setLevel(logging.INFO)
-    from mir_jax.checkpoint import CheckpointError
     from mir_jax.config_check import ConfigError
     from mir_jax.data import DataError
-    from mir_jax.trainer import NonFiniteError, train_and_evaluate
+    from mir_jax.train.checkpoint import CheckpointError
+    from mir_jax.train.loop import NonFiniteError, train_and_evaluate
 
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)

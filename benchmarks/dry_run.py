@@ -1,5 +1,5 @@
 """Dry-run memory table: the 7B recipes' train steps compiled for N fake CPU devices with each
-remat policy (`mir_jax.dry_run`, one fresh process per row: fake devices are per process).
+remat policy (`mir_jax.train.dry_run`, one fresh process per row: fake devices are per process).
 
     python benchmarks/dry_run.py --num_devices=256 [--configs=mm1_mix,llava15_pretrain,llava15_sft]
         [--remat=none,dots_no_batch,full] [--mesh.llava15_sft=1,128,2]
@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = r"""
 import json, sys
 sys.path.insert(0, {root!r})
-from mir_jax import dry_run as dr
+from mir_jax.train import dry_run as dr
 dr.configure_fake_devices({n})
 import importlib
 c = importlib.import_module("configs." + {name!r}).get_config()

@@ -7,7 +7,7 @@ row, every parameter trained. Both sides: next-token loss over the text position
 (lr 1e-4, wd 0.01 on ours' matrices / all of torch's), global-norm clipping at 1.0.
 
 Prints tokens/s of each, the ratio, model FLOPs per token (LLM + the vision tower's share) and
-MFU against the device peak (`mir_jax.metrics.peak_flops_per_device`; on a CPU an upper bound
+MFU against the device peak (`mir_jax.train.metrics.peak_flops_per_device`; on a CPU an upper bound
 from the core count). The first-step losses of the two must agree (same weights, same batch).
 
     python benchmarks/train_step.py [--steps 3] [--write BENCHMARKS.md]
@@ -67,7 +67,7 @@ def run_ours(model_dir: str | None, hf_cfg, batch, dtype: str):
 
     from mir_jax import hf as hf_io
     from mir_jax.sharding import make_mesh
-    from mir_jax.train_step import Stepper, global_batch
+    from mir_jax.train.step import Stepper, global_batch
 
     recipe = {"connector": True, "vision": "all", "llm": "all"}
     remat = "none" if dtype == "float32" else "dots_no_batch"
@@ -129,7 +129,7 @@ def main():
 
     import jax
 
-    from mir_jax.metrics import model_flops_per_token, peak_flops_per_device
+    from mir_jax.train.metrics import model_flops_per_token, peak_flops_per_device
 
     vocab, image_token = 32000, 31999
     hf_cfg = hf_config(args.preset, vocab, image_token)

@@ -3,16 +3,16 @@ ml_collections ConfigDict; `arg` is a comma list of options, e.g. "runlocal" or
 "runlocal,moca". Every key can be overridden from the command line
 (`--config.optimizer.lr=3e-4`); an unknown key is an error.
 
-Top-level keys (all read by `mir_jax.trainer`):
+Top-level keys (all read by `mir_jax.train.loop`):
   seed, total_steps, batch_size (global), num_micro_batches, seq_len, z_loss, max_bad_steps,
   log_every, peak_flops (0 = from the device kind), init_from (HF/original LLaVA checkpoint dir,
   a training workdir or WORKDIR@STEP, or "" for random weights), init_parts ("all" or a comma
   list of vision, connector, llm: the parts taken from init_from, the rest fresh;
-  `mir_jax.init_from`), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
+  `mir_jax.train.init_from`), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
   mesh: (data, fsdp, tensor), one entry may be -1 (= the remaining devices),
   model: `LlavaConfig` fields (vision, connector, text, ..., dtype, remat, scan_layers),
   data: the data config of `mir_jax.data.mixture` (sources, pack, ...),
-  trainable: {connector, vision: none|all|from:K, llm: none|all|until:K, moca} (see partition.py),
+  trainable: {connector, vision: none|all|from:K, llm: none|all|until:K, moca} (see mir_jax/train/partition.py),
   optimizer: {lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, clip_norm},
   checkpoint: {every, keep, async_save},
   eval: {every, at_end, batch_size, num_samples, mir_samples, mir_images, mir_texts, mir_method,

@@ -113,7 +113,7 @@ def _value_problems(config) -> list[str]:
 def _model_problems(config) -> tuple[list[str], object]:
     """(problems, LlavaConfig or None): the model config as the trainer will build it."""
     from mir_jax.models import LlavaConfig
-    from mir_jax.partition import resolve_recipe
+    from mir_jax.train.partition import resolve_recipe
 
     model = _get(config, "model")
     if model is _MISSING:
@@ -195,7 +195,7 @@ def _tokenizer_problems(config, model_config) -> list[str]:
 
 
 def _init_from_problems(config) -> list[str]:
-    from mir_jax import init_from as init_lib
+    from mir_jax.train import init_from as init_lib
 
     init = _get(config, "init_from")
     how = ("--config.init_from=DIR (a Hugging Face or original LLaVA checkpoint directory, e.g. "

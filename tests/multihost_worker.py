@@ -76,7 +76,7 @@ def train(record_path: str, sigterm_at_step: int, argv: list[str]) -> None:
     _faster_start()
     import jax
 
-    from mir_jax.train_step import Stepper
+    from mir_jax.train.step import Stepper
 
     record = {"steps": [], "writes": []}
     workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
@@ -124,8 +124,8 @@ def reference(out_path: str) -> None:
     import numpy as np
 
     from mir_jax.data import make_train_iterator
-    from mir_jax.train_step import global_batch
-    from mir_jax.trainer import Setup
+    from mir_jax.train.loop import Setup
+    from mir_jax.train.step import global_batch
 
     config = multihost_config.get_config()
     hosts = 2

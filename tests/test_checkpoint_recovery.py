@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import train_fixtures as fx
 
-from mir_jax.checkpoint import (
+from mir_jax.train.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatch,
     load_for_evaluation,
 )
-from mir_jax.trainer import Setup, train_and_evaluate
+from mir_jax.train.loop import Setup, train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(run, tmp_path, kin
     damage(os.path.join(ckpts, "6"))
     damaged_files = _files(os.path.join(ckpts, "6"))
     config = fx.tiny_train_config()
-    with caplog.at_level(logging.WARNING, logger="mir_jax.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mir_jax.train.checkpoint"):
         step, state, frozen, data = _restore(workdir, config)
     assert step == 3
     # The same arrays and data position as step 3 restored from the intact run.
@@ -145,7 +145,7 @@ def test_evaluation_loader_falls_back_and_changes_nothing(run, tmp_path, caplog)
     ckpts = os.path.join(workdir, "checkpoints")
     _truncate_largest_array_file(os.path.join(ckpts, "6"))
     before = _files(ckpts)
-    with caplog.at_level(logging.WARNING, logger="mir_jax.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mir_jax.train.checkpoint"):
         _, model, _ = load_for_evaluation(workdir)
     _, want, _ = load_for_evaluation(run, step=3)
     warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]

@@ -14,9 +14,9 @@ import train_fixtures as fx
 
 from mir_jax.config_check import ConfigError, JsonListParser, check_config
 from mir_jax.data import BadSampleFractionError, make_train_iterator
-from mir_jax.metrics import read_jsonl
 from mir_jax.models import LlavaConfig
-from mir_jax.trainer import train_and_evaluate
+from mir_jax.train.loop import train_and_evaluate
+from mir_jax.train.metrics import read_jsonl
 
 
 def _recipes() -> list[str]:

@@ -1,4 +1,4 @@
-"""train.py --dry_run / mir_jax.dry_run: every full-size recipe compiles its sharded train step
+"""train.py --dry_run / mir_jax.train.dry_run: every full-size recipe compiles its sharded train step
 and MIR eval step on fake CPU devices, and the per-device bytes it reports for parameters and
 optimizer state are the closed form from the parameter count and the sharding rules.
 
@@ -28,12 +28,12 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 CHILD = r"""
 import importlib, json, math, sys
 sys.path.insert(0, {root!r})
-from mir_jax import dry_run as dr
+from mir_jax.train import dry_run as dr
 dr.configure_fake_devices({n})
 import jax
 from mir_jax.models import LlavaConfig
 from mir_jax.sharding import logical_to_mesh_spec, make_mesh
-from mir_jax.train_step import Stepper
+from mir_jax.train.step import Stepper
 out = {{}}
 for name in {names!r}:
     c = importlib.import_module("configs." + name).get_config()
@@ -61,7 +61,7 @@ print("JSON " + json.dumps(out))
 
 
 def _env():
-    from mir_jax.dry_run import fake_device_env
+    from mir_jax.train.dry_run import fake_device_env
 
     env = fake_device_env(DEVICES)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")

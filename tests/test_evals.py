@@ -242,9 +242,9 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
     WORKDIR/evals/; the trained model's CIDEr is far above the untrained model's (measured:
     ~0.6 at step 120 against 0.0)."""
     from configs import mm1_mix
-    from mir_jax.metrics import read_jsonl
     from mir_jax.models import LlavaConfig, LlavaModel
-    from mir_jax.trainer import train_and_evaluate
+    from mir_jax.train.loop import train_and_evaluate
+    from mir_jax.train.metrics import read_jsonl
 
     c = mm1_mix.get_config("runlocal")
     c.total_steps, c.log_every, c.batch_size = 120, 20, 8
@@ -270,7 +270,7 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
 
 
 def test_loop_evaluator_batch_must_split_over_the_mesh_before_training(tmp_path):
-    from mir_jax.trainer import Setup
+    from mir_jax.train.loop import Setup
 
     c = train_fixtures.tiny_train_config()  # mesh (-1, 1, 1): the 8 test devices, 8-way data parallel
     c.evals = [{"name": "vqa", "every": 3, "batch_size": 12}]

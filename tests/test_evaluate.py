@@ -178,8 +178,8 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     load the workdir the way `evaluate.py --checkpoint` does: same MIR on the same batches."""
     import train_fixtures
 
-    from mir_jax.checkpoint import load_for_evaluation
-    from mir_jax.trainer import train_and_evaluate
+    from mir_jax.train.checkpoint import load_for_evaluation
+    from mir_jax.train.loop import train_and_evaluate
 
     config = train_fixtures.tiny_train_config()
     config.eval.at_end = True

@@ -12,7 +12,7 @@ import train_fixtures as fx
 from flax import nnx
 
 from mir_jax.config_check import ConfigError
-from mir_jax.trainer import Setup, train_and_evaluate
+from mir_jax.train.loop import Setup, train_and_evaluate
 
 
 def _flat(tree) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from mir_jax import distributed
-from mir_jax.metrics import read_jsonl
+from mir_jax.train.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "multihost_worker.py")

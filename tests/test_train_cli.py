@@ -18,7 +18,7 @@ import pytest
 import train_fixtures as fx
 from PIL import Image
 
-from mir_jax.metrics import read_jsonl
+from mir_jax.train.metrics import read_jsonl
 
 # A user's machine: one CPU device (the test process fakes 8; subprocesses do not need them).
 # One persistent compilation cache for this module's runs: a resumed run compiles what the
@@ -183,7 +183,7 @@ def test_readme_pretrain_command_with_init_from_and_a_json_list_of_sources(tmp_p
     shapes the run starts from init_from, reads the JSON list's source and trains."""
     from configs import llava15_pretrain
     from mir_jax import hf
-    from mir_jax.checkpoint import load_for_evaluation
+    from mir_jax.train.checkpoint import load_for_evaluation
 
     sources = _llava_pretrain_files(tmp_path)
     init = _stage1_dir(tmp_path, llava15_pretrain.get_config("runlocal"))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import train_fixtures as fx
 
-from mir_jax.checkpoint import Checkpointer, StopSignal
-from mir_jax.metrics import read_jsonl
-from mir_jax.trainer import Setup, train_and_evaluate
+from mir_jax.train.checkpoint import Checkpointer, StopSignal
+from mir_jax.train.loop import Setup, train_and_evaluate
+from mir_jax.train.metrics import read_jsonl
 
 
 def _losses(workdir):

@@ -13,7 +13,7 @@ import train_fixtures as fx
 from flax import nnx
 
 from mir_jax.sharding import make_mesh
-from mir_jax.train_step import StepConfig, Stepper, global_batch
+from mir_jax.train.step import StepConfig, Stepper, global_batch
 
 Z_LOSS = 1e-2
 

@@ -41,7 +41,7 @@ def is_workdir(path: str) -> bool:
 def load_model(path: str, *, template: str | None = None, image_mode: str | None = None,
                step: int | None = None) -> EvalModel:
     """The model at `path` (see the module docstring). FileNotFoundError (one line) when the
-    path is neither a workdir nor an HF directory; `mir_jax.checkpoint.CheckpointError` when no
+    path is neither a workdir nor an HF directory; `mir_jax.train.checkpoint.CheckpointError` when no
     checkpoint restores."""
     from mir_jax.data import ByteTokenizer, load_tokenizer
 
@@ -49,7 +49,7 @@ def load_model(path: str, *, template: str | None = None, image_mode: str | None
         raise FileNotFoundError(f"model path {path!r} does not exist")
     name = os.path.basename(os.path.normpath(path))
     if is_workdir(path):
-        from mir_jax import checkpoint
+        from mir_jax.train import checkpoint
 
         cfg, model, pre = checkpoint.load_for_evaluation(path, step)
         run_template, system = training_template(pre.get("data"))

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from mir_jax.train_step import loss_sums
+from mir_jax.train.step import loss_sums
 
 from .base import EvalResult, Evaluator, bind_model, register
 

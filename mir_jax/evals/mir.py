@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from mir_jax import mir
 from mir_jax.mir.tokens import mir_rows, mir_token_masks
-from mir_jax.train_step import loss_sums
+from mir_jax.train.step import loss_sums
 
 from .base import EvalResult, Evaluator, bind_model, register
 

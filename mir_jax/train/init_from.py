@@ -59,7 +59,7 @@ def load_source(spec: str):
     """The model at `spec` (workdir[@step] or HF directory): an nnx LlavaModel."""
     path, step = split_step(spec)
     if os.path.isdir(os.path.join(path, "checkpoints")):
-        from mir_jax import checkpoint
+        from mir_jax.train import checkpoint
 
         _, model, _ = checkpoint.load_for_evaluation(path, step)
         return model

@@ -156,7 +156,7 @@ def dry_run(config, *, hbm_gb: float = 16.0, devices=None, eval_step: bool = Tru
     from mir_jax.config_check import ConfigError, _model_problems, _value_problems
     from mir_jax.models import LlavaConfig
     from mir_jax.sharding import make_mesh
-    from mir_jax.train_step import StepConfig, Stepper
+    from mir_jax.train.step import StepConfig, Stepper
 
     problems = _value_problems(config) + _model_problems(config)[0]
     if problems:

@@ -27,7 +27,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mir_jax.data.templates import IGNORE_INDEX
 from mir_jax.models import LlavaConfig, LlavaModel
-from mir_jax.partition import ParamPartition
 from mir_jax.sharding import (
     LOGICAL_AXIS_RULES,
     batch_axes,
@@ -35,6 +34,7 @@ from mir_jax.sharding import (
     data_parallel_size,
     use_mesh,
 )
+from mir_jax.train.partition import ParamPartition
 
 # The batch keys (of the data contract, mir_jax.data.BATCH_KEYS) that the step reads.
 STEP_INPUTS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
@@ -260,7 +260,7 @@ class Stepper:
 
     def jit_train_step(self, batch_ndims: Mapping[str, int]):
         """The jitted, sharded train step (state donated) for batches of these ranks; call,
-        or `.lower(...)`, it under `use_mesh(self.mesh, self.rules)` (see `mir_jax.dry_run`)."""
+        or `.lower(...)`, it under `use_mesh(self.mesh, self.rules)` (see `mir_jax.train.dry_run`)."""
         batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in STEP_INPUTS}
         return jax.jit(self._train_step_fn,
                        in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),

@@ -34,8 +34,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from mir_jax import metrics as metrics_lib
-from mir_jax.checkpoint import Checkpointer, StopSignal
 from mir_jax.config_check import ConfigError, check_config
 from mir_jax.data import ImageConfig, make_eval_iterator, make_mir_batches, make_train_iterator
 from mir_jax.data.mixture import resolve_config
@@ -44,7 +42,9 @@ from mir_jax.distributed import host_batch_slice
 from mir_jax.mir import format_mir
 from mir_jax.models import LlavaConfig
 from mir_jax.sharding import make_mesh
-from mir_jax.train_step import StepConfig, Stepper, global_batch
+from mir_jax.train import metrics as metrics_lib
+from mir_jax.train.checkpoint import Checkpointer, StopSignal
+from mir_jax.train.step import StepConfig, Stepper, global_batch
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,10 @@ class Setup:
 
     def _initial_params(self, spec: str):
         """The Param State to start from: `init_parts` of the model at `spec` over a fresh
-        initialization (see `mir_jax.init_from`)."""
+        initialization (see `mir_jax.train.init_from`)."""
         from flax import nnx
 
-        from mir_jax import init_from as init_lib
+        from mir_jax.train import init_from as init_lib
 
         try:
             parts = init_lib.parse_parts(str(self.config.get("init_parts") or "all"))

@@ -289,7 +289,7 @@ def load_for_evaluation(workdir: str, step: int | None = None):
 
     from mir_jax.data import load_tokenizer
     from mir_jax.sharding import make_mesh
-    from mir_jax.train_step import StepConfig, Stepper
+    from mir_jax.train.step import StepConfig, Stepper
 
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
