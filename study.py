@@ -1,0 +1,107 @@
+r"""Run a paper's experiment: every variant of a study through its stages, then MIR, scores
+and their rank correlation, as one command.
+
+    python study.py --study=configs/studies/mir_vs_sft.py:runlocal --workdir=/tmp/mir_vs_sft
+
+Each run is an ordinary training workdir, DIR/VARIANT/STAGE (DIR/shared/STAGE for a stage
+the whole study shares); rerunning the same command skips finished runs and resumes
+interrupted ones. --print_commands prints every run's train.py command instead (submit them
+as separate jobs, in the order printed), and --collect assembles the results of finished
+workdirs without running anything. Results in DIR: study.json (schema:
+mir_jax/studies/collect.py), study.md, mir_vs_score.png, mir_per_layer.png.
+
+--set=STAGE.KEY=VALUE (repeatable; STAGE a stage name or "all") adds an override to every run
+of that stage, e.g. the paths a full-size study needs:
+    --set=stage1.init_from=/ckpt/llava-stage1-start --set=all.tokenizer=/ckpt/vicuna-7b-v1.5
+
+Exit status: 0 all runs done and collected; 1 a bad study or a failed run (one line each;
+the other variants still run); 143 a run was stopped by SIGTERM (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+_STUDY = flags.DEFINE_string("study", None, "configs/studies/NAME.py[:ARG].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Every run's workdir and the results go here.")
+_PRINT = flags.DEFINE_bool("print_commands", False, "Print each run's command; run nothing.")
+_COLLECT = flags.DEFINE_bool("collect", False, "Assemble results from finished workdirs; run nothing.")
+_SET = flags.DEFINE_multi_string("set", [], "STAGE.KEY=VALUE: an override for every run of STAGE (or all).")
+_ECHO = flags.DEFINE_bool("echo", False, "Also stream each run's output here (it always goes to WORKDIR/train.log).")
+flags.mark_flags_as_required(["study", "workdir"])
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def _summary(result: dict) -> str:
+    corr = result["correlation"]
+
+    def f(x):
+        return "n/a" if x is None else f"{x:+.3f}"
+
+    return (f"MIR vs score: Spearman {f(corr['mir']['spearman'])}, Kendall {f(corr['mir']['kendall'])}; "
+            f"loss vs score: Spearman {f(corr['loss']['spearman'])}, Kendall {f(corr['loss']['kendall'])}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from mir_jax import studies
+
+    try:
+        study = studies.load(_STUDY.value, REPO)
+        runs = studies.plan(study, _WORKDIR.value, studies.parse_set(_SET.value))
+    except studies.StudyError as e:
+        sys.exit(f"study.py: {e}")
+    if _PRINT.value:
+        for run in runs:
+            print(studies.shell_line(studies.command(run, REPO)))
+        return
+    directory = os.path.abspath(_WORKDIR.value)
+    os.makedirs(directory, exist_ok=True)
+    failed: dict[str, str] = {}  # workdir -> why
+    if not _COLLECT.value:
+        start = time.time()
+        for i, run in enumerate(runs, 1):
+            head = f"[{i}/{len(runs)}] {run.label}"
+            blocked = [w for w in run.after if w in failed]
+            if blocked:
+                failed[run.workdir] = "its source failed"
+                print(f"{head}: skipped, its source {os.path.relpath(blocked[0], directory)} failed", flush=True)
+                continue
+            state = studies.status(run)
+            if state == "done":
+                recorded = studies.runs.recorded_command(run)
+                note = ("" if recorded in (None, studies.command(run, REPO)[1:])
+                        else " (its study_run.json records a different command: delete the workdir to rerun)")
+                print(f"{head}: done, skipped{note}", flush=True)
+                continue
+            print(f"{head}: {'resuming' if state == 'partial' else 'running'} -> {run.workdir}", flush=True)
+            try:
+                wall = studies.execute(run, REPO, echo=_ECHO.value)
+            except studies.RunFailed as e:
+                if e.returncode == 143:
+                    sys.exit(f"study.py: {e}; rerun the same command to resume")
+                failed[run.workdir] = str(e)
+                print(f"{head}: FAILED: {e}", flush=True)
+                continue
+            print(f"{head}: done in {wall:.0f}s (study {time.time() - start:.0f}s so far)", flush=True)
+    result = studies.collect(study, runs)
+    with open(os.path.join(directory, "study.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    written = studies.report.write(result, directory)
+    print(f"study.py: {study.name}: {len(study.variants)} variants; {_summary(result)}")
+    print("wrote " + ", ".join(os.path.relpath(p, directory) for p in [os.path.join(directory, "study.json"), *written]))
+    missing = [v["name"] for v in result["variants"] if v["score"] is None]
+    if failed or (missing and _COLLECT.value):
+        why = "; ".join(failed.values()) if failed else f"no score yet for {missing}"
+        sys.exit(f"study.py: incomplete: {why}")
+
+
+if __name__ == "__main__":
+    app.run(main)

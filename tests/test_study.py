@@ -1,0 +1,216 @@
+"""study.py and mir_jax.studies: the rank correlations equal scipy.stats; a study config's
+mistakes are one line; a 2-variant study with a shared first stage runs end to end through
+real train.py runs, writes a study.json of the documented schema whose numbers are the runs'
+own final metrics rows, and skips every finished run when rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from mir_jax import studies
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----- correlation helpers against scipy ---------------------------------------------------------
+
+@pytest.mark.parametrize("case", range(40))
+def test_correlations_equal_scipy(case):
+    rng = np.random.default_rng(case)
+    n = int(rng.integers(3, 12))
+    if case % 3 == 0:  # ties in both variables
+        x, y = rng.integers(0, 4, n).astype(float), rng.integers(0, 3, n).astype(float)
+    else:
+        x = rng.normal(size=n)
+        y = (-0.8 if case % 2 else 0.3) * x + rng.normal(size=n)
+    want_rho = scipy.stats.spearmanr(x, y).statistic
+    want_tau = scipy.stats.kendalltau(x, y).statistic  # tau-b, scipy's default
+    if np.isnan(want_rho):
+        assert np.isnan(studies.spearman(x, y))
+    else:
+        np.testing.assert_allclose(studies.spearman(x, y), want_rho, rtol=1e-12, atol=1e-12)
+    if np.isnan(want_tau):
+        assert np.isnan(studies.kendall(x, y))
+    else:
+        np.testing.assert_allclose(studies.kendall(x, y), want_tau, rtol=1e-12, atol=1e-12)
+
+
+def test_correlations_hand_cases():
+    assert studies.spearman([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+    assert studies.kendall([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # C=2, D=1 of 3 pairs
+    assert np.isnan(studies.spearman([1, 1, 1], [1, 2, 3]))  # a constant variable: undefined
+    assert np.isnan(studies.kendall([1.0], [2.0]))
+    # A NaN pair is dropped: what remains is perfectly ordered.
+    assert studies.spearman([1, 2, np.nan, 4], [1, 2, 0, 3]) == pytest.approx(1.0)
+
+
+# ----- the study spec --------------------------------------------------------------------------
+
+def _stages():
+    return [{"name": "s0", "config": "configs/llava15_pretrain.py:runlocal", "shared": True},
+            {"name": "s1", "config": "configs/llava15_pretrain.py:runlocal", "init_from": "s0",
+             "overrides": {"total_steps": 2, "optimizer.lr": 0.01}}]
+
+
+def _study(**changes):
+    d = {"name": "t", "stages": _stages(), "variants": [{"name": "a", "overrides": {"s1": {"optimizer.lr": 0.1}}},
+                                                        {"name": "b", "overrides": {"all": {"seed": 3}}}],
+         "mir_stage": "s1", "score_stage": "s1", "score_metrics": ["pope/accuracy"]}
+    d.update(changes)
+    return d
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"variants": [{"name": "a", "overrides": {"s9": {"seed": 1}}}]}, "overrides stage 's9'"),
+    ({"variants": [{"name": "a", "overrides": {"s0": {"seed": 1}}}]}, "overrides the shared stage 's0'"),
+    ({"variants": [{"name": "a"}, {"name": "a"}]}, "used twice"),
+    ({"score_metrics": ["accuracy"]}, "'evaluator/metric'"),
+    ({"mir_stage": "s5"}, "mir_stage='s5' is not a stage"),
+    ({"stages": [{"name": "s1", "config": "c.py", "init_from": "s0"}]}, "not an earlier stage"),
+    ({"stages": [{"name": "s1", "config": "c.py", "epochs": 2}]}, "keys ['epochs'] unknown"),
+    ({"varients": []}, "study keys ['varients'] unknown"),
+])
+def test_bad_study_is_one_line(changes, message):
+    with pytest.raises(studies.StudyError, match=message.replace("[", r"\[").replace("(", r"\(")) as e:
+        studies.from_dict(_study(**changes))
+    assert "\n" not in str(e.value)
+
+
+def test_plan_layout_chaining_and_override_order(tmp_path):
+    study = studies.from_dict(_study())
+    runs = studies.plan(study, str(tmp_path), studies.parse_set(["s1.total_steps=7", "all.tokenizer=byte"]))
+    assert [r.label for r in runs] == ["shared/s0", "a/s1", "b/s1"]
+    s0, a, b = runs
+    assert s0.workdir == str(tmp_path / "shared" / "s0") and a.workdir == str(tmp_path / "a" / "s1")
+    assert a.overrides["init_from"] == b.overrides["init_from"] == s0.workdir and a.after == (s0.workdir,)
+    # stage < variant "all" < variant stage < --set all < --set stage
+    assert a.overrides["optimizer.lr"] == 0.1 and b.overrides["optimizer.lr"] == 0.01
+    assert b.overrides["seed"] == 3 and "seed" not in s0.overrides
+    assert a.overrides["total_steps"] == "7" and s0.overrides["tokenizer"] == "byte"
+    argv = studies.command(a, REPO)
+    assert argv[1] == os.path.join(REPO, "train.py")
+    assert f"--config.init_from={s0.workdir}" in argv and "--config.optimizer.lr=0.1" in argv
+    assert studies.runs.format_value([{"name": "pope"}]) == '[{"name": "pope"}]'
+    assert studies.runs.format_value(True) == "true"
+    with pytest.raises(studies.StudyError, match="--set names stage"):
+        studies.plan(study, str(tmp_path), studies.parse_set(["s7.seed=1"]))
+    with pytest.raises(studies.StudyError, match="STAGE.KEY=VALUE"):
+        studies.parse_set(["seed=1"])
+
+
+# ----- end to end --------------------------------------------------------------------------------
+
+_SMALL = {"total_steps": 2, "checkpoint.every": 2, "log_every": 1, "eval.num_samples": 16,
+          "eval.mir_samples": 8, "eval.sample_captions": 0, "evals": []}
+
+STUDY_FILE = '''
+def get_study(arg=None):
+    small = {small!r}
+    return {{
+        "name": "two_variants",
+        "stages": [
+            {{"name": "s0", "config": "configs/llava15_pretrain.py:runlocal", "shared": True,
+             "overrides": small}},
+            {{"name": "s1", "config": "configs/llava15_pretrain.py:runlocal", "init_from": "s0",
+             "overrides": {{**small, "init_parts": "all",
+                           "evals": [{{"name": "pope", "every": 0, "num_samples": 8}}]}}}},
+        ],
+        "variants": [{{"name": "lr_low", "overrides": {{"s1": {{"optimizer.lr": 1e-4}}}}}},
+                     {{"name": "lr_high", "overrides": {{"s1": {{"optimizer.lr": 3e-2}}}}}}],
+        "mir_stage": "s1", "score_stage": "s1", "score_metrics": ["pope/accuracy", "pope/f1"],
+    }}
+'''
+
+
+def _study_py(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "study.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    spec = base / "two_variants.py"
+    spec.write_text(textwrap.dedent(STUDY_FILE.format(small=_SMALL)))
+    out = base / "runs"
+    proc = _study_py(f"--study={spec}", f"--workdir={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return spec, out, proc
+
+
+def _final_rows(workdir):
+    rows = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    ev = [r for r in rows if r["split"] == "eval" and r["step"] == 2][-1]
+    down = [r for r in rows if r["split"] == "downstream" and r["step"] == 2][-1]
+    return ev, down
+
+
+def test_study_runs_and_writes_the_schema(finished_study):
+    spec, out, proc = finished_study
+    assert "[1/3] shared/s0: running" in proc.stdout and "[3/3] lr_high/s1: running" in proc.stdout
+    result = json.loads((out / "study.json").read_text())
+    assert set(result) >= {"study", "variants", "correlation"} and result["study"] == "two_variants"
+    assert set(result["correlation"]) == {"mir", "loss"}
+    for pred in ("mir", "loss"):
+        assert set(result["correlation"][pred]) == {"spearman", "kendall"}
+    assert [v["name"] for v in result["variants"]] == ["lr_low", "lr_high"]
+    for v in result["variants"]:
+        assert set(v) >= {"name", "overrides", "workdirs", "mir", "mir_per_layer", "stage1_loss", "scores", "score"}
+        assert v["workdirs"] == {"s0": str(out / "shared" / "s0"), "s1": str(out / v["name"] / "s1")}
+        ev, down = _final_rows(v["workdirs"]["s1"])  # the run's own rows, read here
+        assert v["mir"] == pytest.approx(ev["mir"]) and v["stage1_loss"] == pytest.approx(ev["loss"])
+        assert v["mir_per_layer"] == pytest.approx(ev["mir_per_layer"]) and len(v["mir_per_layer"]) == 3
+        assert v["scores"]["pope"]["accuracy"] == pytest.approx(down["pope/accuracy"])
+        assert v["score"] == pytest.approx((down["pope/accuracy"] + down["pope/f1"]) / 2)
+        # The shared stage seeded this run: its config records the shared workdir.
+        config = json.loads(open(os.path.join(v["workdirs"]["s1"], "config.json")).read())
+        assert config["init_from"] == str(out / "shared" / "s0")
+    assert [v["overrides"] for v in result["variants"]][1] == {"s1": {"optimizer.lr": 0.03}}
+    # Two variants: the rank correlations are +-1 in the direction the numbers say.
+    m = [v["mir"] for v in result["variants"]]
+    s = [v["score"] for v in result["variants"]]
+    if m[0] != m[1] and s[0] != s[1]:
+        sign = float(np.sign((m[0] - m[1]) * (s[0] - s[1])))
+        assert result["correlation"]["mir"] == {"spearman": pytest.approx(sign), "kendall": pytest.approx(sign)}
+    assert (out / "study.md").read_text().count("| lr_") == 2
+    assert (out / "mir_vs_score.png").stat().st_size > 0 and (out / "mir_per_layer.png").stat().st_size > 0
+
+
+def test_rerun_skips_finished_runs(finished_study):
+    spec, out, _ = finished_study
+    metrics = out / "lr_low" / "s1" / "metrics.jsonl"
+    before = metrics.read_text()
+    proc = _study_py(f"--study={spec}", f"--workdir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done, skipped") == 3 and "running" not in proc.stdout
+    assert metrics.read_text() == before
+
+
+def test_print_commands_and_collect(finished_study, tmp_path):
+    spec, out, _ = finished_study
+    proc = _study_py(f"--study={spec}", f"--workdir={out}", "--print_commands")
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and len(lines) == 3
+    assert all(x.startswith("python ") and "train.py --config=" in x for x in lines)
+    assert f"--config.init_from={out / 'shared' / 's0'}" in lines[1]
+    (out / "study.json").unlink()
+    proc = _study_py(f"--study={spec}", f"--workdir={out}", "--collect")
+    assert proc.returncode == 0 and "running" not in proc.stdout
+    assert len(json.loads((out / "study.json").read_text())["variants"]) == 2
+    # --collect on a directory with no runs: every score missing, one line, exit 1.
+    proc = _study_py(f"--study={spec}", f"--workdir={tmp_path / 'empty'}", "--collect")
+    assert proc.returncode == 1 and "no score yet" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_bad_study_path_is_one_line(tmp_path):
+    proc = _study_py(f"--study={tmp_path / 'nope.py'}", f"--workdir={tmp_path}")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"study.py: --study '{tmp_path / 'nope.py'}': no file {tmp_path / 'nope.py'}"]
