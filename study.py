@@ -56,6 +56,8 @@ def main(argv):
     try:
         study = studies.load(_STUDY.value, REPO)
         runs = studies.plan(study, _WORKDIR.value, studies.parse_set(_SET.value))
+        for run in runs:  # every run's overrides parse, before the first run starts
+            studies.runs.resolve_config(run, REPO)
     except studies.StudyError as e:
         sys.exit(f"study.py: {e}")
     if _PRINT.value:

@@ -80,19 +80,13 @@ def check_overrides(argv: list[str]) -> None:
         config = module.get_config(arg) if arg else module.get_config()
     except Exception:  # let config_flags report problems with the file itself
         return
-    for a in argv:
-        if not a.startswith("--config.") or "=" not in a:
-            continue
-        key = a[len("--config."):].split("=", 1)[0]
-        node, walked = config, []
-        for part in key.split("."):
-            keys = list(node.keys()) if hasattr(node, "keys") else []
-            if part not in keys:
-                where = ".".join(walked) or "the top level"
-                sys.exit(f"train.py: unknown config key {key!r} in {a!r}: {where} has no {part!r}; "
-                         f"known: {sorted(keys)}")
-            node, walked = node[part], walked + [part]
+    from mir_jax.config_check import unknown_key
 
+    for a in argv:
+        if a.startswith("--config.") and "=" in a:
+            problem = unknown_key(config, a[len("--config."):].split("=", 1)[0])
+            if problem:
+                sys.exit(f"train.py: {problem} in {a!r}")
 
 def main(argv):
     if len(argv) > 1:

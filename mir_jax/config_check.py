@@ -323,3 +323,17 @@ def register_list_overrides() -> None:
     from ml_collections import config_flags
 
     config_flags.register_flag_parser_for_type(list, JsonListParser())
+
+
+def unknown_key(config, key: str) -> str | None:
+    """Why `--config.KEY=...` names no key of `config` ("a.b: 'a' has no 'b'; known: [...]"),
+    or None when the key exists (a KEY config flags would otherwise fail on with a bare
+    AttributeError or KeyError)."""
+    node, walked = config, []
+    for part in key.split("."):
+        keys = list(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+            where = ".".join(walked) or "the top level"
+            return f"unknown config key {key!r}: {where} has no {part!r}; known: {sorted(keys)}"
+        node, walked = node[part], walked + [part]
+    return None

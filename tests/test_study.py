@@ -210,6 +210,46 @@ def test_print_commands_and_collect(finished_study, tmp_path):
     assert proc.returncode == 1 and "no score yet" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_bad_override_is_one_line_before_anything_runs(tmp_path):
+    spec = tmp_path / "bad.py"
+    spec.write_text(textwrap.dedent('''
+        def get_study(arg=None):
+            return {"name": "bad", "stages": [{"name": "s1", "config": "configs/llava15_pretrain.py:runlocal"}],
+                    "variants": [{"name": "a", "overrides": {"s1": {"optimizer.learning_rate": 0.1}}}],
+                    "score_metrics": ["pope/accuracy"]}
+    '''))
+    proc = _study_py(f"--study={spec}", f"--workdir={tmp_path / 'runs'}")
+    assert proc.returncode == 1 and not (tmp_path / "runs").exists()
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("study.py: a/s1: ") and "optimizer.learning_rate" in line
+
+
+def test_shipped_studies_resolve(tmp_path):
+    """Every run of every shipped study, miniature and full size, parses as train.py would parse
+    it, and the studies are what their docstrings say."""
+    seen = {}
+    for name in ("mir_vs_sft", "data_scale", "mm1_ablation"):
+        for arg in (":runlocal", ""):
+            study = studies.load(f"configs/studies/{name}.py{arg}", REPO)
+            runs = studies.plan(study, str(tmp_path))
+            seen[name + arg] = {r.label: studies.runs.resolve_config(r, REPO) for r in runs}
+    mvs = seen["mir_vs_sft:runlocal"]
+    assert len([k for k in mvs if k.endswith("/stage1")]) >= 6
+    assert {mvs[k].init_from for k in mvs if k.endswith("/stage1")} == {str(tmp_path / "shared" / "stage0")}
+    assert all(mvs[k].init_parts == "vision,llm" and mvs[k].trainable.vision == "none" for k in mvs if k.endswith("/stage1"))
+    assert mvs["linear_connector/sft"].model.connector.name == "linear" and mvs["moca/sft"].model.moca
+    sft = {k: v for k, v in mvs.items() if k.endswith("/sft") and not k.startswith(("linear", "moca"))}
+    plain = [json.loads(c.to_json()) for c in sft.values()]
+    assert len({p.pop("init_from") for p in plain}) == len(sft)  # each SFT starts from its own stage 1
+    assert all(p == plain[0] for p in plain)  # and is otherwise the same run
+    scales = [c.data.sources[0]["data_scale"] for k, c in seen["data_scale"].items() if k.endswith("/stage1")]
+    assert len(scales) == 4 and max(scales) / min(scales) >= 30
+    assert seen["mir_vs_sft"]["data_1pct/stage1"].data.sources[0]["data_scale"] == 5_581
+    mm1 = seen["mm1_ablation:runlocal"]
+    assert {(c.model.connector.name, c.model.connector.num_tokens) for k, c in mm1.items() if "pretrain" in k} == {
+        (c, n) for c in ("avgpool", "attnpool", "c_abstractor") for n in (4, 16)}
+
+
 def test_bad_study_path_is_one_line(tmp_path):
     proc = _study_py(f"--study={tmp_path / 'nope.py'}", f"--workdir={tmp_path}")
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [

@@ -162,3 +162,39 @@ def execute(run: Run, repo_root: str, *, echo: bool = False) -> float:
     with open(os.path.join(run.workdir, "study_run.json"), "w") as f:
         json.dump({"command": argv[1:], "wall_s": round(wall, 1)}, f, indent=1)
     return wall
+
+
+def resolve_config(run: Run, repo_root: str):
+    """The ConfigDict the run's train.py command would train with, parsed the way train.py
+    parses it (ml_collections config flags), without running anything: a study checks every
+    run's overrides before the first run starts. Raises StudyError (one line) for a key the
+    recipe lacks or a value of the wrong type."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from mir_jax.config_check import register_list_overrides, unknown_key
+
+    register_list_overrides()
+    argv = command(run, repo_root)
+    path, _, arg = argv[2][len("--config="):].partition(":")
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)  # the recipes import `configs.common`
+    try:
+        module = config_flags.config_flags._LoadConfigModule("config", path)  # what config flags run
+        base = module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # noqa: BLE001 -- a broken or missing recipe: one line
+        raise StudyError(f"{run.label}: config {run.stage.config!r} does not load: {type(e).__name__}: {e}") from e
+    for key in run.overrides:
+        problem = unknown_key(base, key)
+        if problem:
+            raise StudyError(f"{run.label}: {problem}")
+    args = [argv[1], *[a for a in argv[2:] if not a.startswith("--workdir=")]]
+    fv = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", None, "recipe", flag_values=fv, lock_config=True,
+                                             sys_argv=args)
+    try:
+        fv(args)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        message = " ".join(str(e).split())
+        raise StudyError(f"{run.label}: {message}") from e
+    return holder.value

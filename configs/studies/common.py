@@ -1,0 +1,55 @@
+"""Pieces the shipped studies share: the LLaVA chain (stage 0 -> stage 1 -> SFT) in
+miniature or full size, and the embedded benchmark at the end of a run.
+
+In miniature (`:runlocal`) every study starts from one shared stage 0 (`configs/stage0.py`:
+the tiny vision tower and LLM pre-trained on the embedded corpus), so stage 1 trains a fresh
+connector between a pretrained vision tower and a pretrained, frozen LLM, as LLaVA's does. At
+full size there is no stage 0 (the vision tower and the LLM are someone else's: CLIP and
+Vicuna): give the stage-1 start and the paths with `study.py --set`, e.g.
+    --set=stage1.init_from=/ckpt/clip-vicuna-stage1-start --set=all.tokenizer=/ckpt/vicuna-7b-v1.5
+    --set=stage1.data.sources='[...LCS-558K...]' --set=sft.data.sources='[...mix665k...]'
+(`hf.build_stage1(clip, vicuna)` saved with `hf.save_pretrained` makes the stage-1 start).
+"""
+
+from __future__ import annotations
+
+# The benchmark after SFT: every evaluator at the end of the run only ("every": 0), on the
+# embedded benchmark (or, full size, the files the evaluator options name).
+SFT_EVALS = [{"name": n, "every": 0, "num_samples": 64} for n in ("vqa", "pope", "multiple_choice")]
+SFT_SCORE = ["vqa/accuracy", "pope/accuracy", "multiple_choice/accuracy"]
+
+# Study runs keep what the study reads (the final held-out loss and MIR, the final scores)
+# and drop what only a person watching a single run wants (sample captions, mid-run evals).
+_QUIET = {"eval.sample_captions": 0, "eval.every": 100_000}
+
+
+def parse_arg(arg: str | None) -> bool:
+    """True for "runlocal"; anything else but nothing is an error."""
+    opts = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    if opts - {"runlocal"}:
+        raise ValueError(f"unknown study option(s) {sorted(opts - {'runlocal'})}; known: ['runlocal']")
+    return "runlocal" in opts
+
+
+def stage0(runlocal: bool) -> list[dict]:
+    """The shared stage 0 in miniature; nothing at full size (CLIP and an LLM are the start)."""
+    if not runlocal:
+        return []
+    return [{"name": "stage0", "config": "configs/stage0.py:runlocal", "shared": True, "overrides": dict(_QUIET)}]
+
+
+def stage1(runlocal: bool, config: str = "configs/llava15_pretrain.py", evals=None, **overrides) -> dict:
+    """LLaVA stage 1: a fresh connector between the (frozen) vision tower and LLM."""
+    over = {**_QUIET, "evals": list(evals or []), **overrides}
+    stage = {"name": "stage1", "config": config + (":runlocal" if runlocal else ""), "overrides": over}
+    if runlocal:
+        stage["init_from"] = "stage0"
+        over.setdefault("init_parts", "vision,llm")
+    return stage
+
+
+def sft(runlocal: bool, evals=None, **overrides) -> dict:
+    """LLaVA stage 2 (instruction tuning) from the stage-1 result, scored at its end."""
+    over = {**_QUIET, "init_parts": "all", "evals": list(evals if evals is not None else SFT_EVALS), **overrides}
+    return {"name": "sft", "config": "configs/llava15_sft.py" + (":runlocal" if runlocal else ""),
+            "init_from": "stage1", "overrides": over}
