@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import struct
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -703,14 +702,7 @@ def load_image_processing(path: str, *, pad_to_square: bool | None = None) -> Im
         pad_to_square=bool(pad_to_square))
 
 
-def load_tokenizer(path: str, **kwargs) -> Any:
-    """transformers' AutoTokenizer for a checkpoint directory (its own vocabulary and template)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, **kwargs)
-
-
 __all__ = [
     "IMAGE_TOKEN_INDEX_ORIGINAL", "ImageProcessing", "build_stage1", "config_from_hf", "config_to_hf",
-    "index_safetensors", "load_image_processing", "load_pretrained", "load_tokenizer", "save_pretrained",
+    "index_safetensors", "load_image_processing", "load_pretrained", "save_pretrained",
 ]

@@ -262,11 +262,14 @@ def test_preprocessing_and_tokenizer_from_checkpoint(tmp_path):
     assert ip.resize_shortest_edge == 336 and ip.crop_size == (336, 336) and ip.do_center_crop
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tk = Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "world": 2, "<image>": 3}, unk_token="<unk>"))
+    tk = Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "world": 2, "<image>": 3, "</s>": 4}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(str(tmp_path))
-    tok = mhf.load_tokenizer(str(tmp_path))
-    assert tok("hello <image> world")["input_ids"] == [1, 3, 2]
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="</s>").save_pretrained(
+        str(tmp_path))
+    from mir_jax.data import load_tokenizer
+
+    tok = load_tokenizer(str(tmp_path))  # the one loader: a directory -> HFTokenizer
+    assert tok.tok("hello <image> world")["input_ids"] == [1, 3, 2] and tok.image_token_id == 3 and tok.eos_id == 4
 
 
 def test_evaluator_generation_matches_hf_prompt_by_prompt(clip_llama):

@@ -51,9 +51,8 @@ def masked_mean_and_centered(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, 
     """
     weights = mask.astype(x.dtype)
     count = jnp.sum(weights, axis=-1)
-    # The masked row sum as a matrix-vector product: XLA:CPU reduces the middle axis of
-    # an [L, N, D] array poorly (mean and centering of one [1, 4096, 2048]: 0.34 s; with
-    # the sum as a GEMV: 0.01 s; a plain 2-D column sum is fine, ~3 ms).
+    # The masked row sum as a matrix-vector product: XLA:CPU reduces the middle axis of an
+    # [L, N, D] array poorly, and a GEMV does not (timings: BENCHMARKS.md, kernel notes).
     total = jnp.einsum("...n,...nd->...d", weights, x, precision=HIGHEST)
     mean = total / jnp.maximum(count, 1.0)[..., None]
     centered = (x - mean[..., None, :]) * weights[..., None]
@@ -69,8 +68,8 @@ def gram_of_rows(x: jax.Array) -> jax.Array:
 
     For large D only the blocks on and below the diagonal are multiplied (10 of 16
     for 4x4 blocks) and the rest are their transposes: XLA has no symmetric rank-k
-    update, and a full GEMM spends 60% more on the same numbers (0.21 s -> 0.14 s
-    at N=4096, D=2048 on 2 CPU cores).
+    update, and a full GEMM spends about 60% more on the same numbers (BENCHMARKS.md,
+    kernel notes).
     """
     dim = x.shape[-1]
     if dim < _GRAM_BLOCKED_FROM or dim % _GRAM_BLOCKS:
@@ -116,10 +115,10 @@ _COUNT_BLOCK = 16  # rows per uint8 partial count (a block count is at most 16)
 def _count_true_along_rows(pred: jax.Array) -> jax.Array:
     """Number of True entries over axis -2: [..., N, D] bool -> [..., D] int32.
 
-    Why this shape: XLA:CPU vectorises a straight bool->int32 column sum poorly
-    (18 ms for 4096 x 2048 here); summing blocks of 16 rows in uint8 first (a
-    block count is at most 16) and then the N/16 block counts in int32 runs
-    ~7x faster, and these counts are the whole cost of the median.
+    Why this shape: XLA:CPU vectorises a straight bool->int32 column sum poorly;
+    summing blocks of 16 rows in uint8 first (a block count is at most 16) and then
+    the N/16 block counts in int32 is several times faster (BENCHMARKS.md, kernel
+    notes), and these counts are the whole cost of the median.
     """
     n, d = pred.shape[-2:]
     blocks = -(-n // _COUNT_BLOCK)
@@ -167,8 +166,8 @@ def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
          halves of the rows whose high half equals p (the others masked out)
          finish the exact order statistic.
     Each pass is one compare and one blocked count (`_count_true_along_rows`).
-    At 4096 x 2048 on this project's 2-core CPU: ~0.08 s, against 3.6 s for
-    jnp.sort and 0.4 s for the same bisection with uint32 keys and int32 counts.
+    Far cheaper than jnp.sort, and than the same bisection with uint32 keys and
+    int32 counts (BENCHMARKS.md, kernel notes).
 
     Args:
       x: [..., N, D] values (computed in float32).
@@ -289,7 +288,7 @@ def trace_sqrt_product_factored(cov_a: jax.Array, cov_b: jax.Array) -> jax.Array
     LLM-like features with the outlier rule off, 9e-4 by JAX's eigvalsh, 1.5e-4 by
     LAPACK's values-only solver, 2.5e-6 here; two well-aligned sets, 3e-2 / 3e-4 /
     7e-5. The price: a values-only SVD of a D×D matrix costs about twice a symmetric
-    eigensolve (1.3 s vs 0.6-0.75 s at D=2048 on 2 CPU cores).
+    eigensolve (BENCHMARKS.md, kernel notes).
     """
     factor_a, _ = _covariance_factor(cov_a)
     factor_b, _ = _covariance_factor(cov_b)
