@@ -48,6 +48,39 @@ def _summary(result: dict) -> str:
             f"loss vs score: Spearman {f(corr['loss']['spearman'])}, Kendall {f(corr['loss']['kendall'])}")
 
 
+def _run(runs, directory: str, handled: set, failed: dict) -> None:
+    """Runs every run of `runs` not yet handled in this invocation, in order; a failed run is
+    recorded in `failed` (workdir -> why) and the runs that start from it are skipped."""
+    from mir_jax import studies
+
+    todo = [r for r in runs if r.workdir not in handled]
+    start = time.time()
+    for i, run in enumerate(todo, 1):
+        handled.add(run.workdir)
+        head = f"[{i}/{len(todo)}] {run.label}"
+        blocked = [w for w in run.after if w in failed]
+        if blocked:
+            failed[run.workdir] = "its source failed"
+            print(f"{head}: skipped, its source {os.path.relpath(blocked[0], directory)} failed", flush=True)
+            continue
+        if studies.status(run) == "done":
+            recorded = studies.runs.recorded_command(run)
+            note = ("" if recorded in (None, studies.command(run, REPO)[1:])
+                    else " (its study_run.json records a different command: delete the workdir to rerun)")
+            print(f"{head}: done, skipped{note}", flush=True)
+            continue
+        print(f"{head}: {'resuming' if studies.status(run) == 'partial' else 'running'} -> {run.workdir}", flush=True)
+        try:
+            wall = studies.execute(run, REPO, echo=_ECHO.value)
+        except studies.RunFailed as e:
+            if e.returncode == 143:
+                sys.exit(f"study.py: {e}; rerun the same command to resume")
+            failed[run.workdir] = str(e)
+            print(f"{head}: FAILED: {e}", flush=True)
+            continue
+        print(f"{head}: done in {wall:.0f}s ({time.time() - start:.0f}s so far)", flush=True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -55,45 +88,43 @@ def main(argv):
 
     try:
         study = studies.load(_STUDY.value, REPO)
-        runs = studies.plan(study, _WORKDIR.value, studies.parse_set(_SET.value))
-        for run in runs:  # every run's overrides parse, before the first run starts
-            studies.runs.resolve_config(run, REPO)
+        extra = studies.parse_set(_SET.value)
     except studies.StudyError as e:
         sys.exit(f"study.py: {e}")
-    if _PRINT.value:
-        for run in runs:
-            print(studies.shell_line(studies.command(run, REPO)))
-        return
     directory = os.path.abspath(_WORKDIR.value)
-    os.makedirs(directory, exist_ok=True)
     failed: dict[str, str] = {}  # workdir -> why
-    if not _COLLECT.value:
-        start = time.time()
-        for i, run in enumerate(runs, 1):
-            head = f"[{i}/{len(runs)}] {run.label}"
-            blocked = [w for w in run.after if w in failed]
-            if blocked:
-                failed[run.workdir] = "its source failed"
-                print(f"{head}: skipped, its source {os.path.relpath(blocked[0], directory)} failed", flush=True)
-                continue
-            state = studies.status(run)
-            if state == "done":
-                recorded = studies.runs.recorded_command(run)
-                note = ("" if recorded in (None, studies.command(run, REPO)[1:])
-                        else " (its study_run.json records a different command: delete the workdir to rerun)")
-                print(f"{head}: done, skipped{note}", flush=True)
-                continue
-            print(f"{head}: {'resuming' if state == 'partial' else 'running'} -> {run.workdir}", flush=True)
-            try:
-                wall = studies.execute(run, REPO, echo=_ECHO.value)
-            except studies.RunFailed as e:
-                if e.returncode == 143:
-                    sys.exit(f"study.py: {e}; rerun the same command to resume")
-                failed[run.workdir] = str(e)
-                print(f"{head}: FAILED: {e}", flush=True)
-                continue
-            print(f"{head}: done in {wall:.0f}s (study {time.time() - start:.0f}s so far)", flush=True)
-    result = studies.collect(study, runs)
+    handled: set[str] = set()
+    printed = 0
+    # Rounds: the study's variants, then (for a study with `derive`) the variants its results
+    # so far call for, until there are no new ones.
+    while True:
+        try:
+            runs = studies.plan(study, directory, extra)
+            for run in runs:  # every run's overrides parse, before any of them starts
+                if run.workdir not in handled:
+                    studies.runs.resolve_config(run, REPO)
+        except studies.StudyError as e:
+            sys.exit(f"study.py: {e}")
+        if _PRINT.value:
+            for run in runs[printed:]:
+                print(studies.shell_line(studies.command(run, REPO)))
+            printed = len(runs)
+        elif not _COLLECT.value:
+            os.makedirs(directory, exist_ok=True)
+            _run(runs, directory, handled, failed)
+        result = studies.collect(study, runs)
+        try:
+            grown = studies.with_derived(study, {v["name"]: v for v in result["variants"]})
+        except studies.StudyError as e:
+            sys.exit(f"study.py: {e}")
+        if grown is study:
+            break
+        study = grown
+    if _PRINT.value:
+        if study.derive is not None:
+            print("# this study adds variants from these runs' scores: rerun --print_commands once they finish")
+        return
+    os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "study.json"), "w") as f:
         json.dump(result, f, indent=1)
     written = studies.report.write(result, directory)

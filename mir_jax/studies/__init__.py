@@ -6,8 +6,8 @@ from . import report, runs
 from .collect import collect, final_rows, nested_scores
 from .correlation import kendall, rank_correlations, spearman
 from .runs import Run, RunFailed, command, execute, plan, shell_line, status
-from .spec import Stage, Study, StudyError, Variant, from_dict, load, parse_set
+from .spec import Stage, Study, StudyError, Variant, from_dict, load, parse_set, with_derived
 
 __all__ = ["Run", "RunFailed", "Stage", "Study", "StudyError", "Variant", "collect", "command", "execute",
            "final_rows", "from_dict", "kendall", "load", "nested_scores", "parse_set", "plan",
-           "rank_correlations", "shell_line", "spearman", "status", "report", "runs"]
+           "rank_correlations", "shell_line", "spearman", "status", "with_derived", "report", "runs"]

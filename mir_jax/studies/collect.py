@@ -94,6 +94,9 @@ def collect(study: Study, runs: list[Run]) -> dict[str, Any]:
         xs, ys = zip(*pairs)
         return {k: _finite(c) for k, c in rank_correlations(xs, ys).items()}
 
-    return {"study": study.name, "description": study.description, "score_metrics": list(study.score_metrics),
-            "variants": variants,
-            "correlation": {"mir": correlations("mir"), "loss": correlations("stage1_loss")}}
+    out = {"study": study.name, "description": study.description, "score_metrics": list(study.score_metrics),
+           "variants": variants,
+           "correlation": {"mir": correlations("mir"), "loss": correlations("stage1_loss")}}
+    if study.summarize is not None:
+        out["summary"] = study.summarize({v["name"]: v for v in variants})
+    return out

@@ -15,7 +15,15 @@ dict (`arg` as for recipes, e.g. "runlocal"):
      "mir_stage": "stage1",                       # MIR and loss: its final held-out eval
      "score_stage": "sft",                        # scores: its final downstream evals
      "score_metrics": ["vqa/accuracy", ...],      # "score" = their mean
-     "description": "..."}
+     "description": "...",
+     "derive": None,                              # optional: results -> more variants
+     "summarize": None}                           # optional: results -> study.json "summary"
+
+`derive(results)`, given {variant name: its study.json entry} for the variants so far, returns
+variants to add (dicts as above; those already known are ignored): the driver runs them,
+collects, and calls it again until nothing is new. This is how a procedure whose next run
+depends on earlier scores (Individual Select's greedy pass) is one study. `summarize(results)`
+returns what the procedure concluded (e.g. the selected set), stored as study.json's "summary".
 
 Overrides are `--config.KEY=VALUE` pairs (`KEY` dotted, e.g. "model.connector.name"); a
 variant's overrides are keyed by stage name, or "all" for every stage of the variant. A
@@ -30,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import Any
 
 
@@ -61,12 +70,15 @@ class Study:
     score_stage: str
     score_metrics: tuple[str, ...]
     description: str = ""
+    derive: Callable[[dict], list] | None = None
+    summarize: Callable[[dict], dict] | None = None
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
 
-_STUDY_KEYS = {"name", "stages", "variants", "mir_stage", "score_stage", "score_metrics", "description"}
+_STUDY_KEYS = {"name", "stages", "variants", "mir_stage", "score_stage", "score_metrics", "description", "derive",
+               "summarize"}
 _STAGE_KEYS = {f.name for f in dataclasses.fields(Stage)}
 
 
@@ -98,23 +110,15 @@ def from_dict(d: dict) -> Study:
         stages.append(stage)
     if not stages:
         raise StudyError("a study needs at least one stage")
-    names = {s.name for s in stages}
-    variants = []
-    for v in d.get("variants") or []:
-        variant = Variant(_check_name("variant", v.get("name")), dict(v.get("overrides") or {}))
-        if variant.name in {x.name for x in variants} or variant.name == "shared":
-            raise StudyError(f"variant name {variant.name!r} is used twice or reserved")
-        for stage_name in variant.overrides:
-            if stage_name != "all" and stage_name not in names:
-                raise StudyError(f"variant {variant.name!r} overrides stage {stage_name!r}, which the study "
-                                 f"lacks ({sorted(names)} or 'all')")
-            if stage_name != "all" and next(s for s in stages if s.name == stage_name).shared:
-                raise StudyError(f"variant {variant.name!r} overrides the shared stage {stage_name!r}")
-        variants.append(variant)
+    variants = _variants(d.get("variants") or [], tuple(stages), ())
     if not variants:
         raise StudyError("a study needs at least one variant")
+    for key in ("derive", "summarize"):
+        if d.get(key) is not None and not callable(d[key]):
+            raise StudyError(f"{key} must be a function of the results so far")
     score_stage = d.get("score_stage") or stages[-1].name
     mir_stage = d.get("mir_stage")
+    names = {s.name for s in stages}
     for key, value in (("score_stage", score_stage), ("mir_stage", mir_stage)):
         if value is not None and value not in names:
             raise StudyError(f"{key}={value!r} is not a stage ({sorted(names)})")
@@ -122,7 +126,34 @@ def from_dict(d: dict) -> Study:
     if not metrics or any(not isinstance(m, str) or "/" not in m for m in metrics):
         raise StudyError(f"score_metrics={list(metrics)!r}: give one or more 'evaluator/metric' names")
     return Study(_check_name("study", d.get("name")), tuple(stages), tuple(variants), mir_stage, score_stage,
-                 metrics, str(d.get("description") or ""))
+                 metrics, str(d.get("description") or ""), d.get("derive"), d.get("summarize"))
+
+
+def _variants(items: list[dict], stages: tuple[Stage, ...], known: tuple[Variant, ...]) -> list[Variant]:
+    names, out = {s.name for s in stages}, []
+    for v in items:
+        variant = Variant(_check_name("variant", v.get("name")), dict(v.get("overrides") or {}))
+        if variant.name in {x.name for x in (*known, *out)} or variant.name == "shared":
+            raise StudyError(f"variant name {variant.name!r} is used twice or reserved")
+        for stage_name in variant.overrides:
+            if stage_name != "all" and stage_name not in names:
+                raise StudyError(f"variant {variant.name!r} overrides stage {stage_name!r}, which the study "
+                                 f"lacks ({sorted(names)} or 'all')")
+            if stage_name != "all" and next(s for s in stages if s.name == stage_name).shared:
+                raise StudyError(f"variant {variant.name!r} overrides the shared stage {stage_name!r}")
+        out.append(variant)
+    return out
+
+
+def with_derived(study: Study, results: dict[str, dict]) -> Study:
+    """The study with the variants `study.derive(results)` adds (those not yet in it)."""
+    if study.derive is None:
+        return study
+    known = {v.name for v in study.variants}
+    new = [v for v in (study.derive(results) or []) if v.get("name") not in known]
+    if not new:
+        return study
+    return dataclasses.replace(study, variants=study.variants + tuple(_variants(new, study.stages, study.variants)))
 
 
 def load(spec: str, repo_root: str) -> Study:
