@@ -113,11 +113,10 @@ def test_bad_init_from_is_one_line(stage1, tmp_path):
 # ---------------------------------------------------------------------------------------------
 CONNECTORS = {
     "linear": (dict(name="linear"), False),
-    "mlp2x_gelu": (dict(name="mlp2x_gelu"), False),
     "avgpool": (dict(name="avgpool", num_tokens=4), False),
     "attnpool": (dict(name="attnpool", num_tokens=4, num_heads=2), False),
     "c_abstractor": (dict(name="c_abstractor", num_tokens=4, depth=1), False),
-    "mlp2x_gelu+moca": (dict(name="mlp2x_gelu"), True),
+    "mlp2x_gelu+moca": (dict(name="mlp2x_gelu"), True),  # LLaVA's connector, with MoCa's parameters
 }
 
 
