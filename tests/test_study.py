@@ -254,3 +254,31 @@ def test_bad_study_path_is_one_line(tmp_path):
     proc = _study_py(f"--study={tmp_path / 'nope.py'}", f"--workdir={tmp_path}")
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"study.py: --study '{tmp_path / 'nope.py'}': no file {tmp_path / 'nope.py'}"]
+
+
+def test_individual_select_greedy_pass(tmp_path):
+    """The greedy pass on made-up scores: candidates by individual gain, each kept only if it
+    improves the score; derived variants appear one round at a time."""
+    study = studies.load("configs/studies/individual_select.py:runlocal", REPO)
+    base = 0.40
+    single = {"counting": 0.50, "attributes": 0.45, "yes_no": 0.55, "choice": 0.38, "redundant": 0.40,
+              "noisy": 0.20}
+    results = {"base": {"score": base}, **{f"plus_{c}": {"score": s} for c, s in single.items()}, "all": {"score": 0.47}}
+    assert study.derive({"base": {"score": base}}) == []  # singles not scored yet: nothing to derive
+    # Order by gain: yes_no (+.15), counting (+.10), attributes (+.05); choice, redundant, noisy <= 0.
+    (first,) = study.derive(results)
+    assert first["name"] == "select_yes_no+counting"
+    assert [s["name"] for s in first["overrides"]["sft"]["data.sources"]] == ["qa_base", "qa_yes_no", "qa_counting"]
+    results[first["name"]] = {"score": 0.60}  # improves on 0.55: kept
+    (second,) = study.derive(results)
+    assert second["name"] == "select_yes_no+counting+attributes"
+    results[second["name"]] = {"score": 0.58}  # worse than 0.60: dropped, and the pass is over
+    assert study.derive(results) == []
+    summary = study.summarize(results)
+    assert summary["complete"] and summary["selected"] == ["yes_no", "counting"]
+    assert summary["selected_score"] == 0.60 and summary["all_score"] == 0.47
+    assert summary["individual_gain"]["noisy"] == pytest.approx(-0.20)
+    round_one = {k: v for k, v in results.items() if not k.startswith("select_")}
+    grown = studies.with_derived(study, round_one)
+    assert [v.name for v in grown.variants][-2:] == ["all", "select_yes_no+counting"]
+    assert studies.with_derived(grown, round_one) is grown  # nothing new: the rounds end

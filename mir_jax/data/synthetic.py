@@ -18,7 +18,13 @@ Kinds of records (``SyntheticSource(kind=...)``):
 * ``text`` -- text-only passages about shapes and colours;
 * ``qa`` -- instruction-style conversations: counts, colours, shapes, positions, a description,
   yes/no existence ("Is there a blue square in the image?" -> "No.") and lettered multiple
-  choice (LLaVA's layout, answered with the letter).
+  choice (LLaVA's layout, answered with the letter);
+* ``text_qa`` -- the same conversations without an image: the scene is told in words first
+  ("In the picture: two large red circles on the left and one small blue square on the
+  right.\n" opens the first user turn), then the ``qa`` questions and answers about it. An LLM
+  pre-trained on it answers questions about a scene it is told about; instruction tuning then
+  only has to teach it to read the scene from the image tokens instead (the miniature's
+  "stage 0", ``configs/stage0.py``).
 
 ``split="bench"`` is the held-out benchmark's split (``mir_jax.evals.benchmark``): its scenes
 come from seeds neither training nor the held-out loss/MIR sets (``"eval"``) use.
@@ -42,7 +48,7 @@ KINDS = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 NUMBERS = ("zero", "one", "two", "three")
 GRID = 4
-KIND_CODES = {"caption": 1, "interleaved": 2, "text": 3, "qa": 4}
+KIND_CODES = {"caption": 1, "interleaved": 2, "text": 3, "qa": 4, "text_qa": 5}
 SPLIT_CODES = {"train": 0, "eval": 1, "bench": 2}
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Fay")
 _SIDES = {"circle": "no corners", "square": "four equal sides", "triangle": "three sides"}
@@ -151,10 +157,52 @@ def choice_prompt(question: str, options: list[str]) -> str:
     return "\n".join(lines + [CHOICE_INSTRUCTION])
 
 
-def _question(scene: list[dict], rng: np.random.Generator) -> tuple[str, str]:
+QUESTION_FAMILIES = ("count", "colour", "shape", "describe", "position", "exists", "choice")
+
+
+def _question(scene: list[dict], rng: np.random.Generator, families=None,
+              wrong_answers: float = 0.0) -> tuple[str, str]:
+    """One (question, answer) about ``scene``. ``families`` limits the question families (a
+    subset of QUESTION_FAMILIES; "describe" when none of them applies, e.g. "position" on a
+    one-group scene); ``wrong_answers`` is the chance the answer is replaced by a wrong one
+    (noisy instruction data). With the defaults the draws are the qa kind's as they always were."""
+    q, a, family, g = _question_and_family(scene, rng, families)
+    if wrong_answers and rng.random() < wrong_answers:
+        a = _wrong_answer(family, a, g, rng)
+    return q, a
+
+
+def _wrong_answer(family: str, right: str, g: dict, rng: np.random.Generator) -> str:
+    """An answer of the same form as ``right`` that is not right."""
+    if family == "count":
+        pool = [n.capitalize() + "." for n in NUMBERS[1:]]
+    elif family == "colour":
+        pool = [c.capitalize() + "." for c in COLOURS]
+    elif family == "shape":
+        pool = [f"A {k}." for k in KINDS] if g["count"] == 1 else [_plural(k, 2).capitalize() + "." for k in KINDS]
+    elif family == "position":
+        pool = ["On the left.", "On the right."]
+    elif family == "exists":
+        pool = ["Yes.", "No."]
+    elif family == "choice":
+        pool = list(LETTERS[:4])
+    else:
+        pool = [caption(random_scene(rng)).capitalize() for _ in range(4)]
+    pool = [x for x in pool if x != right]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _question_and_family(scene: list[dict], rng: np.random.Generator, families=None):
     g = scene[int(rng.integers(len(scene)))]
     kinds = ["count", "colour", "shape", "describe"] + (["position"] if g["side"] else []) + ["exists", "choice"]
+    if families is not None:
+        kinds = [k for k in kinds if k in families] or ["describe"]
     q = kinds[int(rng.integers(len(kinds)))]
+    question, answer = _ask(q, g, scene, rng)
+    return question, answer, q, g
+
+
+def _ask(q: str, g: dict, scene: list[dict], rng: np.random.Generator) -> tuple[str, str]:
     plural = _plural(g["kind"], 2)
     if q == "count":
         return f"How many {g['colour']} {plural} are there?", NUMBERS[g["count"]].capitalize() + "."
@@ -175,6 +223,26 @@ def _question(scene: list[dict], rng: np.random.Generator) -> tuple[str, str]:
         question, options, answer = choice_question(g, rng)
         return choice_prompt(question, options), LETTERS[answer]
     return CAPTION_PROMPT, caption(scene).capitalize()
+
+
+SCENE_INTRO = "In the picture: "
+
+
+def scene_sentence(scene: list[dict]) -> str:
+    """The scene in the caption's words, as text_qa tells it: "In the picture: two large red
+    circles on the left and one small blue square on the right." """
+    return SCENE_INTRO + caption(scene)
+
+
+def conversation_turns(scene: list[dict], rng: np.random.Generator, opening: str, *, families=None,
+                       wrong_answers: float = 0.0) -> list[tuple[str, str]]:
+    """1-2 question/answer turns about ``scene`` (the qa kind's questions), the first user turn
+    opened by ``opening``: "<image>\n" for qa, the scene sentence and a newline for text_qa."""
+    turns = []
+    for k in range(int(rng.integers(1, 3))):
+        q, a = _question(scene, rng, families, wrong_answers)
+        turns += [("user", (opening if k == 0 else "") + q), ("assistant", a)]
+    return turns
 
 
 def _passage(rng: np.random.Generator) -> str:
@@ -202,20 +270,32 @@ class SyntheticSource:
     """Random-access source of embedded-corpus records (see module docstring).
 
     Args:
-      kind: "caption", "interleaved", "text" or "qa".
+      kind: "caption", "interleaved", "text", "qa" or "text_qa".
       num_samples: the source's (virtual) length.
       image_size: images are drawn directly at the encoder's resolution.
       seed, split: with the kind and index, determine every sample.
+      questions: qa/text_qa only: the question families to ask (some of QUESTION_FAMILIES:
+        count, colour, shape, describe, position, exists, choice); None = all of them.
+      wrong_answers: qa/text_qa only: the chance each answer is replaced by a wrong one of the
+        same form (noisy instruction data, e.g. the Individual Select study's noisy candidate).
     """
 
     def __init__(self, kind: str = "caption", *, num_samples: int = 100_000, image_size: int = 64,
-                 seed: int = 0, split: str = "train"):
+                 seed: int = 0, split: str = "train", questions=None, wrong_answers: float = 0.0):
         if kind not in KIND_CODES:
             raise ValueError(f"synthetic kind {kind!r} not in {tuple(KIND_CODES)}")
         if split not in SPLIT_CODES:
             raise ValueError(f"split {split!r} not in {tuple(SPLIT_CODES)}")
+        if questions is not None:
+            unknown = sorted(set(questions) - set(QUESTION_FAMILIES))
+            if unknown or not questions:
+                raise ValueError(f"synthetic questions {list(questions)!r}: use some of {list(QUESTION_FAMILIES)}")
+            questions = tuple(questions)
+        if not 0.0 <= float(wrong_answers) <= 1.0:
+            raise ValueError(f"synthetic wrong_answers={wrong_answers!r} must be in [0, 1]")
         self.kind, self.num_samples, self.image_size = kind, int(num_samples), int(image_size)
         self.seed, self.split = int(seed), split
+        self.questions, self.wrong_answers = questions, float(wrong_answers)
         self.name = f"synthetic_{kind}"
 
     def __len__(self) -> int:
@@ -224,8 +304,11 @@ class SyntheticSource:
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, KIND_CODES[self.kind], SPLIT_CODES[self.split], index])
 
+    def _qa_options(self) -> dict:
+        return {"families": self.questions, "wrong_answers": self.wrong_answers}
+
     def scene(self, index: int) -> list[dict]:
-        """The scene of a caption/qa sample (for tests and demos)."""
+        """The scene of a caption, qa or text_qa sample (for tests and demos)."""
         return random_scene(self._rng(index))
 
     def __getitem__(self, index: int) -> dict:
@@ -235,15 +318,16 @@ class SyntheticSource:
         base = {"id": rid, "file": "<synthetic>"}
         if self.kind == "text":
             return {**base, "kind": "text", "text": _passage(rng)}
+        if self.kind == "text_qa":
+            scene = random_scene(rng)
+            turns = conversation_turns(scene, rng, scene_sentence(scene) + "\n", **self._qa_options())
+            return {**base, "kind": "conversation", "images": [], "turns": turns}
         if self.kind in ("caption", "qa"):
             scene = random_scene(rng)
             image = render(scene, self.image_size, rng)
             if self.kind == "caption":
                 return {**base, "kind": "caption", "images": [image], "caption": caption(scene)}
-            turns = []
-            for k in range(int(rng.integers(1, 3))):
-                q, a = _question(scene, rng)
-                turns += [("user", ("<image>\n" if k == 0 else "") + q), ("assistant", a)]
+            turns = conversation_turns(scene, rng, "<image>\n", **self._qa_options())
             return {**base, "kind": "conversation", "images": [image], "turns": turns}
         n = int(rng.integers(2, 4))
         images, segments = [], [{"text": "Here are some pictures of shapes."}]
