@@ -5,7 +5,7 @@
 * ``sources``: list of source specs, each a dict with ``type`` (see
   ``sources.SOURCE_TYPES``) and its fields (``path``, ``image_folder``, ``kind``,
   ``name``, ...), plus ``weight`` (default 1), ``template`` (default by type:
-  llava/qa -> vicuna_v1, captions -> plain, documents -> document),
+  llava and synthetic qa/text_qa -> vicuna_v1, captions -> plain, documents -> document),
   ``data_scale`` (train on the first N samples), ``overlong`` ("skip" /
   "truncate"; default by record kind) and ``max_bad_fraction``. Empty or absent:
   the embedded MM1 mixture (synthetic captions 45%, interleaved 45%, text 10%).
@@ -87,7 +87,7 @@ def resolve_config(data_config) -> dict:
 
 def default_template(spec: dict) -> str:
     t = spec.get("type")
-    if t == "llava" or (t == "synthetic" and spec.get("kind") == "qa"):
+    if t == "llava" or (t == "synthetic" and spec.get("kind") in ("qa", "text_qa")):
         return "vicuna_v1"
     if t in ("captions", "tfds") or (t == "synthetic" and spec.get("kind", "caption") == "caption"):
         return "plain"
