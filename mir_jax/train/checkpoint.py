@@ -2,7 +2,8 @@
 
 One step directory per save, four items:
   state   the train state pytree (trainable params, optimizer state, step, skip counters);
-  frozen  the frozen parameters (they may come from a pretrained model, so they are saved too);
+  frozen  the frozen parameters (they may come from a pretrained model, so they are saved too;
+          absent when everything trains, as in configs/stage0.py);
   data    every host's grain iterator state (grain's handler: one JSON per process);
   config  the run's config as JSON (what produced the checkpoint; informational on restore).
 
@@ -191,11 +192,11 @@ class Checkpointer:
             return False
         if step in self.manager.all_steps():
             return False
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), frozen=ocp.args.StandardSave(frozen),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(config))
-        return bool(self.manager.save(step, args=args, force=True))
+        items = dict(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+                     config=ocp.args.JsonSave(config))
+        if frozen:  # a run that trains everything has no frozen item (orbax cannot save an empty tree)
+            items["frozen"] = ocp.args.StandardSave(frozen)
+        return bool(self.manager.save(step, args=ocp.args.Composite(**items), force=True))
 
     def restore(self, abstract_state, abstract_frozen, data_iterator, step: int | None = None):
         """Restores (state, frozen) into the given abstract targets (ShapeDtypeStructs with
@@ -204,24 +205,24 @@ class Checkpointer:
         step None: the newest step that restores (see `restore_newest`); newer damaged steps
         are renamed `<step>.damaged` (kept, not deleted) so this run can save those steps again."""
         def restore_one(s):
-            damage = find_damage(self.manager.directory / str(s), ("state", "frozen", "data", "config"))
+            damage = find_damage(self.manager.directory / str(s),
+                                 ("state", "frozen", "data", "config") if abstract_frozen else ("state", "data", "config"))
             if damage:
                 raise CheckpointError(damage)
             meta = self.manager.item_metadata(s)
             check_shapes(meta["state"], abstract_state, "state", s)
-            check_shapes(meta["frozen"], abstract_frozen, "frozen", s)
-            args = ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                frozen=ocp.args.StandardRestore(abstract_frozen),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-                config=ocp.args.JsonRestore())
-            return self.manager.restore(s, args=args)
+            items = dict(state=ocp.args.StandardRestore(abstract_state),
+                         data=grain.checkpoint.CheckpointRestore(data_iterator), config=ocp.args.JsonRestore())
+            if abstract_frozen:
+                check_shapes(meta["frozen"], abstract_frozen, "frozen", s)
+                items["frozen"] = ocp.args.StandardRestore(abstract_frozen)
+            return self.manager.restore(s, args=ocp.args.Composite(**items))
 
         steps = self.manager.all_steps() if step is None else [step]
         step, out, damaged = restore_newest(self.manager.directory, steps, restore_one)
         if damaged:
             self._set_aside(damaged)
-        return step, out["state"], out["frozen"], out["config"]
+        return step, out["state"], out["frozen"] if abstract_frozen else {}, out["config"]
 
     def _set_aside(self, steps) -> None:
         """Renames damaged step directories `<step>.damaged[.n]`: orbax ignores them (not a step
@@ -300,7 +301,7 @@ def load_for_evaluation(workdir: str, step: int | None = None):
     mesh = make_mesh((jax.device_count(), 1, 1))
 
     def restore_one(s):
-        damage = find_damage(manager.directory / str(s), ("state", "frozen", "config"))
+        damage = find_damage(manager.directory / str(s), ("state", "config"))
         if damage:
             raise CheckpointError(damage)
         config = ml_collections.ConfigDict(
@@ -310,10 +311,15 @@ def load_for_evaluation(workdir: str, step: int | None = None):
         abstract_state, abstract_frozen = stepper.abstract_state()
         meta = manager.item_metadata(s)
         check_shapes(meta["state"], abstract_state, "state", s)
-        check_shapes(meta["frozen"], abstract_frozen, "frozen", s)
-        out = manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            frozen=ocp.args.StandardRestore(abstract_frozen)))
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if abstract_frozen:  # a run that trained everything saved no frozen item
+            damage = find_damage(manager.directory / str(s), ("frozen",))
+            if damage:
+                raise CheckpointError(damage)
+            check_shapes(meta["frozen"], abstract_frozen, "frozen", s)
+            items["frozen"] = ocp.args.StandardRestore(abstract_frozen)
+        out = dict(manager.restore(s, args=ocp.args.Composite(**items)))
+        out.setdefault("frozen", {})
         return config, stepper, out
 
     from absl import logging as absl_logging
