@@ -5,6 +5,10 @@ mlp2x_gelu connector, only the connector trains; lr 1e-3, global batch 256, one 
 Set `init_from` to a stage-1 start (`mir_jax.hf.build_stage1(clip, vicuna)` saved with
 `hf.save_pretrained`) and `data.sources[0].path` / `image_folder` to the LCS-558K layout
 (blip_laion_cc_sbu_558k.json + images/).
+
+`runlocal`: the tiny model on embedded captions; `--config.init_from=S0` (a
+`configs/stage0.py:runlocal` workdir) takes its vision tower and LLM (`init_parts` defaults to
+"vision,llm" there) under a fresh connector, as LLaVA's stage 1 does.
 """
 
 from configs import common
@@ -37,4 +41,8 @@ def get_config(arg=None):
         c.optimizer.lr = 1e-2
         c.optimizer.weight_decay = 0.0
         c.evals = common.runlocal_evals("pretrain")
+        # LLaVA's stage-1 start: a fresh connector on the vision tower and LLM of init_from, here
+        # a configs/stage0.py workdir (a no-op while init_from is ""). At full size init_from is
+        # already that start (hf.build_stage1's fresh connector), taken whole ("all").
+        c.init_parts = "vision,llm"
     return c

@@ -30,6 +30,10 @@ def _recipes() -> list[str]:
 
 
 RECIPES = _recipes()
+# Recipes with no full-size form: stage 0 at full size is a pre-trained CLIP and LLM
+# (mir_jax.hf.build_stage1), so configs/stage0.py without runlocal is a one-line ValueError.
+RUNLOCAL_ONLY = ("stage0",)
+FULL_SIZE = [n for n in RECIPES if n not in RUNLOCAL_ONLY]
 # Options beyond runlocal that change the data (moca on the stage-1 recipe).
 VARIANTS = [(n, "runlocal") for n in RECIPES] + [("moca", "runlocal,pretrain")]
 
@@ -39,8 +43,15 @@ def _config(name: str, arg: str | None = "runlocal"):
 
 
 def test_the_recipes_are_found():
-    assert {"mm1_mix", "llava15_pretrain", "llava15_sft", "moca"} <= set(RECIPES)
+    assert {"mm1_mix", "llava15_pretrain", "llava15_sft", "moca", "stage0"} <= set(RECIPES)
     assert "common" not in RECIPES
+
+
+@pytest.mark.parametrize("name", RUNLOCAL_ONLY)
+def test_runlocal_only_recipes_say_so_in_one_line(name):
+    with pytest.raises(ValueError) as e:
+        _config(name, None)
+    assert "runlocal" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("name, arg", VARIANTS)
@@ -84,7 +95,7 @@ def test_runlocal_trains_a_few_steps(name, tmp_path):
 
 # ----- checks before anything heavy ------------------------------------------------------------
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", FULL_SIZE)
 def test_full_size_recipes_say_everything_that_must_be_set(name, tmp_path):
     with pytest.raises(ConfigError) as e:
         check_config(_config(name, None))

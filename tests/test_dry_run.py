@@ -22,8 +22,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 16
 SHALLOW = ["--config.model.text.num_layers=2", "--config.model.vision.num_layers=2"]
+# stage0.py has no full-size form (stage 0 at full size is a pre-trained CLIP and LLM).
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if os.path.basename(p) not in ("__init__.py", "common.py"))
+                 if os.path.basename(p) not in ("__init__.py", "common.py", "stage0.py"))
 
 CHILD = r"""
 import importlib, json, math, sys

@@ -282,3 +282,28 @@ def test_individual_select_greedy_pass(tmp_path):
     grown = studies.with_derived(study, round_one)
     assert [v.name for v in grown.variants][-2:] == ["all", "select_yes_no+counting"]
     assert studies.with_derived(grown, round_one) is grown  # nothing new: the rounds end
+
+
+def _execute_notebook(name, env):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(os.path.join(REPO, "notebooks", name), as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return nb
+
+
+def test_notebooks_execute(finished_study):
+    """Both notebooks run top to bottom: the quick start as it is, mir_predicts_sft on this
+    test's study (MIR_STUDY_DIR), so neither can drift from the code."""
+    _, out, _ = finished_study
+    nb = _execute_notebook("mir_predicts_sft.ipynb", {"MIR_STUDY_DIR": str(out)})
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "two_variants - 2 variants" in text and "mir   vs score: Spearman" in text and "MIR" in text.splitlines()[-1]
+    _execute_notebook("mir_quickstart.ipynb", {"MPLBACKEND": "Agg"})

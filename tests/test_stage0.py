@@ -1,0 +1,90 @@
+"""configs/stage0.py (the miniature's pre-trained vision tower and LLM) and its chaining into
+stage 1: the recipe trains everything on captions + text + text_qa for a few steps, its
+checkpoint (no frozen item: nothing is frozen) resumes and loads, and llava15_pretrain:runlocal
+with init_from=that workdir starts from exactly its vision tower and LLM, as orbax wrote them,
+with a fresh connector."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import train_fixtures  # noqa: F401 -- puts the repository root, and configs/, on sys.path
+from flax import nnx
+
+from configs import llava15_pretrain, llava15_sft, stage0
+from mir_jax.train.loop import Setup, train_and_evaluate
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).replace(".", "/"):
+            np.asarray(v) for path, v in leaves}
+
+
+def _short(c, steps: int):
+    c.total_steps, c.log_every = steps, 1
+    c.checkpoint.async_save = False
+    c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
+    c.evals = []
+    c.data.num_threads = 1
+    return c
+
+
+def _start_params(config, workdir) -> dict[str, np.ndarray]:
+    setup = Setup(config, str(workdir))
+    try:
+        _, state, frozen = setup.initial_state()
+        return _flat(nnx.to_pure_dict(jax.device_get(setup.stepper.partition.combine(state["params"], frozen))))
+    finally:
+        setup.checkpointer.close()
+
+
+@pytest.fixture(scope="module")
+def s0(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("stage0")
+    result = train_and_evaluate(_short(stage0.get_config("runlocal"), 3), str(workdir))
+    assert result["step"] == 3 and np.isfinite(result["loss"])
+    return workdir
+
+
+def test_the_recipe():
+    c = stage0.get_config("runlocal")
+    assert (c.trainable.vision, c.trainable.llm, c.trainable.connector) == ("all", "all", True)
+    kinds = {s["kind"]: s for s in c.data.sources}
+    assert set(kinds) == {"caption", "text", "text_qa"}
+    assert kinds["caption"]["template"] == "plain" and kinds["text_qa"]["template"] == "vicuna_v1"
+    # The same model as stage 1's (so init_from's shapes match) and SFT's system prompt.
+    assert c.model.to_dict() == llava15_pretrain.get_config("runlocal").model.to_dict()
+    assert c.data.system == llava15_sft.get_config("runlocal").data.system
+    assert llava15_pretrain.get_config("runlocal").init_parts == "vision,llm"
+    with pytest.raises(ValueError, match="runlocal-only.*build_stage1") as e:
+        stage0.get_config()
+    assert "\n" not in str(e.value)
+
+
+def test_stage0_trains_everything_and_resumes(s0):
+    ckpt = s0 / "checkpoints" / "3"
+    assert (ckpt / "state").is_dir() and not (ckpt / "frozen").exists()  # nothing is frozen
+    again = train_and_evaluate(_short(stage0.get_config("runlocal"), 3), str(s0))  # restores step 3
+    assert again == {"step": 3, "already_done": True}
+
+
+def test_stage1_starts_from_stage0_with_a_fresh_connector(s0, tmp_path):
+    saved = _flat(ocp.StandardCheckpointer().restore(str(s0 / "checkpoints" / "3" / "state"))["params"])
+    c = _short(llava15_pretrain.get_config("runlocal"), 2)
+    fresh = _start_params(c, tmp_path / "fresh")
+    c.init_from = str(s0)  # init_parts: the recipe's default, vision,llm
+    got = _start_params(c, tmp_path / "s1")
+    assert got.keys() == saved.keys() == fresh.keys()
+    parts = {k.split("/")[0] for k in got}
+    assert parts == {"vision_tower", "connector", "language_model"}
+    for k in got:
+        if k.startswith("connector/"):
+            np.testing.assert_array_equal(got[k], fresh[k], err_msg=k)
+        else:
+            np.testing.assert_array_equal(got[k], saved[k], err_msg=k)
+    # Stage 0 did train (3 steps) what stage 1 takes, and its connector is not what stage 1 starts with.
+    assert all(not np.array_equal(saved[k], fresh[k]) for k in got if k.endswith("embed_tokens/embedding"))
+    assert any(not np.array_equal(saved[k], got[k]) for k in got if k.startswith("connector/"))
