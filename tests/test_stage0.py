@@ -29,14 +29,18 @@ def _short(c, steps: int):
     c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
     c.evals = []
     c.data.num_threads = 1
+    c.eval.num_samples = c.eval.mir_samples = 0  # no held-out or MIR batches to build
     return c
 
 
-def _start_params(config, workdir) -> dict[str, np.ndarray]:
+def _start_params(config, workdir) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the run's starting parameters, a fresh initialization with its seed)."""
     setup = Setup(config, str(workdir))
     try:
+        combine = lambda sf: _flat(nnx.to_pure_dict(jax.device_get(setup.stepper.partition.combine(*sf))))  # noqa: E731
         _, state, frozen = setup.initial_state()
-        return _flat(nnx.to_pure_dict(jax.device_get(setup.stepper.partition.combine(state["params"], frozen))))
+        fresh_state, fresh_frozen = setup.stepper.init(int(config.seed))
+        return combine((state["params"], frozen)), combine((fresh_state["params"], fresh_frozen))
     finally:
         setup.checkpointer.close()
 
@@ -74,9 +78,8 @@ def test_stage0_trains_everything_and_resumes(s0):
 def test_stage1_starts_from_stage0_with_a_fresh_connector(s0, tmp_path):
     saved = _flat(ocp.StandardCheckpointer().restore(str(s0 / "checkpoints" / "3" / "state"))["params"])
     c = _short(llava15_pretrain.get_config("runlocal"), 2)
-    fresh = _start_params(c, tmp_path / "fresh")
     c.init_from = str(s0)  # init_parts: the recipe's default, vision,llm
-    got = _start_params(c, tmp_path / "s1")
+    got, fresh = _start_params(c, tmp_path / "s1")
     assert got.keys() == saved.keys() == fresh.keys()
     parts = {k.split("/")[0] for k in got}
     assert parts == {"vision_tower", "connector", "language_model"}
