@@ -63,13 +63,14 @@ def _run(runs, directory: str, handled: set, failed: dict) -> None:
             failed[run.workdir] = "its source failed"
             print(f"{head}: skipped, its source {os.path.relpath(blocked[0], directory)} failed", flush=True)
             continue
-        if studies.status(run) == "done":
+        state = studies.status(run)
+        if state == "done":
             recorded = studies.runs.recorded_command(run)
             note = ("" if recorded in (None, studies.command(run, REPO)[1:])
                     else " (its study_run.json records a different command: delete the workdir to rerun)")
             print(f"{head}: done, skipped{note}", flush=True)
             continue
-        print(f"{head}: {'resuming' if studies.status(run) == 'partial' else 'running'} -> {run.workdir}", flush=True)
+        print(f"{head}: {'resuming' if state == 'partial' else 'running'} -> {run.workdir}", flush=True)
         try:
             wall = studies.execute(run, REPO, echo=_ECHO.value)
         except studies.RunFailed as e:
