@@ -67,7 +67,8 @@ def dry_run(config) -> int:
 
 def check_overrides(argv: list[str]) -> None:
     """Exits with a clear message when a --config.KEY override names a key the recipe lacks
-    (before flag parsing, which would otherwise fail with a bare AttributeError)."""
+    (before flag parsing, which would otherwise fail with a bare AttributeError), or when the
+    recipe itself refuses its argument with a ValueError (config_flags would print a traceback)."""
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if spec is None:
         return
@@ -77,8 +78,13 @@ def check_overrides(argv: list[str]) -> None:
         from ml_collections.config_flags import config_flags as _cf
 
         module = _cf._LoadConfigModule("config", path)  # what config_flags itself runs
-        config = module.get_config(arg) if arg else module.get_config()
     except Exception:  # let config_flags report problems with the file itself
+        return
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except ValueError as e:  # the recipe refuses this argument (e.g. stage0 at full size)
+        sys.exit(f"train.py: --config={spec}: {e}")
+    except Exception:
         return
     from mir_jax.config_check import unknown_key
 

@@ -124,6 +124,8 @@ def test_sigterm_then_a_damaged_checkpoint_then_a_rerun_of_the_finished_run(tmp_
      "train.py: config has 1 problem: total_steps=-5 must be a positive integer"),
     ("configs/moca.py:runlocal", ["--config.model.connector.name=mlp2x_relu", "--config.optimizer.lr=0"],
      "train.py: config has 2 problems: optimizer.lr=0.0 must be > 0; model: unknown connector 'mlp2x_relu'"),
+    # A recipe that refuses its argument (stage 0 exists only as the miniature).
+    ("configs/stage0.py", [], "train.py: --config=configs/stage0.py: configs/stage0.py is runlocal-only"),
 ])
 def test_config_problems_are_one_line_before_anything_heavy(tmp_path, config, overrides, message):
     proc = _run(config, tmp_path / "w", *overrides, timeout=120)

@@ -3,6 +3,10 @@
 Prompt: conversation templates ask `prompt` (default: the training caption prompt, "Describe
 the image briefly."); pre-trained models (plain/document) get the image alone, as LLaVA's
 stage 1 trains. Few-shot examples show the record's first reference caption.
+
+max_new_tokens (default None): the longest reference caption of the evaluated records in the
+model's tokens, plus `CAPTION_SLACK` (a capital, a full stop, eos): a fixed budget either cuts
+long captions (a byte tokenizer spends a token per character) or wastes decode steps.
 """
 
 from __future__ import annotations
@@ -13,13 +17,21 @@ from .base import register
 from .caption_metrics import caption_scores
 from .generative import COMMON_OPTIONS, GenerativeEvaluator
 
+CAPTION_SLACK = 4
+
 
 @register
 class CaptionEvaluator(GenerativeEvaluator):
     name = "caption"
     task = "caption"
-    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": 48, "prompt": CAPTION_PROMPT,
+    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": None, "prompt": CAPTION_PROMPT,
                "metrics": ("bleu", "cider")}
+
+    def max_new_tokens(self, model, records):
+        if self.options["max_new_tokens"] is not None:
+            return int(self.options["max_new_tokens"])
+        encode = model.tokenizer.encode
+        return max(len(encode(c)) for r in records for c in r["captions"]) + CAPTION_SLACK
 
     def question(self, record, document):
         return "" if document else self.options["prompt"] + self.options["prompt_suffix"]

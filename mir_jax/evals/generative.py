@@ -103,12 +103,16 @@ class GenerativeEvaluator(Evaluator):
             raise ValueError(f"evaluator {self.name!r}: no records to evaluate")
         return records
 
+    def max_new_tokens(self, model: EvalModel, records: list[dict]) -> int:
+        """The generation budget per answer (the option; subclasses may derive a default)."""
+        return int(self.options["max_new_tokens"])
+
     def generate(self, model: EvalModel, records: list[dict]) -> tuple[list[Prompt], list[str]]:
         """(prompts, generated answers) for the records."""
         o = self.options
         prompts = self.prompts(model, records)
         return prompts, generate_texts(model, prompts, batch_size=int(o["batch_size"]),
-                                       max_new_tokens=int(o["max_new_tokens"]),
+                                       max_new_tokens=self.max_new_tokens(model, records),
                                        progress=bool(o["progress"]), desc=self.name)
 
     def run(self, model: EvalModel) -> EvalResult:
