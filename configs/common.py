@@ -15,8 +15,9 @@ Top-level keys (all read by `mir_jax.train.loop`):
   trainable: {connector, vision: none|all|from:K, llm: none|all|until:K, moca} (see mir_jax/train/partition.py),
   optimizer: {lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, clip_norm},
   checkpoint: {every, keep, async_save},
-  eval: {every, at_end, batch_size, num_samples, mir_samples, mir_images, mir_texts, mir_method,
-         mir_seq_len (0 = seq_len), sample_captions},
+  eval: {every, at_end, batch_size (0 = 16 rounded up to a multiple of the data-parallel shards,
+         `mir_jax.sharding.eval_batch_rows`), num_samples, mir_samples, mir_images, mir_texts,
+         mir_method, mir_seq_len (0 = seq_len), sample_captions},
   evals: downstream evaluators run in the loop, a list of {name, every (0: at the end only),
          key (optional metric prefix), **options} (`mir_jax.evals`; e.g.
          `--config.evals='[{"name": "vqa", "every": 500, "shots": 4}]'`).
@@ -33,7 +34,9 @@ import ml_collections
 
 from mir_jax.config_check import required
 from mir_jax.data import CLIP_MEAN, CLIP_STD
+from mir_jax.data.mixture import DEFAULTS as DATA_DEFAULTS
 from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
+from mir_jax.train.partition import RECIPE_DEFAULTS
 
 
 def parse_arg(arg: str | None, known=("runlocal",)) -> set[str]:
@@ -74,6 +77,24 @@ def tiny_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
     return cfg.to_dict()
 
 
+def data_config(**values) -> ml_collections.ConfigDict:
+    """The data config with every key of `mir_jax.data.mixture.DEFAULTS` (the one place the
+    defaults live), so each can be overridden from the command line: keys whose default is
+    None become typed placeholders; eval_sources (a list, default: the sources) stays absent."""
+    c = ml_collections.ConfigDict()
+    for key, value in DATA_DEFAULTS.items():
+        if value is not None:
+            c[key] = value
+        elif key in _DATA_PLACEHOLDERS:
+            c[key] = ml_collections.config_dict.placeholder(_DATA_PLACEHOLDERS[key])
+    c.sources = []
+    c.update(values)
+    return c
+
+
+_DATA_PLACEHOLDERS = {"system": str, "max_images": int}
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -92,14 +113,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_std = CLIP_STD
     c.mesh = (-1, 1, 1)
     c.model = {}
-    c.data = ml_collections.ConfigDict({"sources": [], "pack": False})
-    c.trainable = ml_collections.ConfigDict({"connector": True, "vision": "none", "llm": "none", "moca": True})
+    c.data = data_config()
+    c.trainable = ml_collections.ConfigDict(dict(RECIPE_DEFAULTS))  # the defaults live in partition
     c.optimizer = ml_collections.ConfigDict({
         "lr": 1e-3, "warmup_steps": 0, "end_factor": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
         "weight_decay": 0.0, "clip_norm": 1.0})
     c.checkpoint = ml_collections.ConfigDict({"every": 1000, "keep": 3, "async_save": True})
     c.eval = ml_collections.ConfigDict({
-        "every": 1000, "at_end": True, "batch_size": 16, "num_samples": 256, "mir_samples": 100,
+        "every": 1000, "at_end": True, "batch_size": 0, "num_samples": 256, "mir_samples": 100,
         "mir_images": "synthetic", "mir_texts": "synthetic", "mir_method": "auto", "mir_seq_len": 0,
         "sample_captions": 0})
     c.evals = []
@@ -126,7 +147,7 @@ def apply_runlocal(c: ml_collections.ConfigDict, connector: ConnectorConfig, *, 
     c.batch_size = 16
     c.seq_len = 128
     c.log_every = 10
-    c.data = ml_collections.ConfigDict({"sources": sources or [], "pack": True})
+    c.data = data_config(sources=sources or [], pack=True)
     c.optimizer.lr = 3e-3
     c.optimizer.warmup_steps = 20
     c.optimizer.end_factor = 0.1

@@ -26,7 +26,9 @@ def get_config(arg=None):
     c.optimizer.weight_decay = 0.0
     c.checkpoint.every = 1000
     c.eval.every = 1000
-    c.mesh = (1, -1, 1)
+    # 2-way tensor parallelism: the global batch of 128 rows splits over at most 128
+    # data-parallel shards, so on 256 chips fsdp x tensor = 128 x 2 (BENCHMARKS.md, "Dry run").
+    c.mesh = (1, -1, 2)
     if "runlocal" in opts:
         common.apply_runlocal(c, ConnectorConfig(name="mlp2x_gelu"),
                               sources=[{"type": "synthetic", "kind": "qa", "template": "vicuna_v1"}])

@@ -67,7 +67,7 @@ VALUE_RULES = {
     "optimizer.end_factor": _NONNEG, "optimizer.b1": _BETA, "optimizer.b2": _BETA,
     "optimizer.eps": _POSITIVE, "optimizer.weight_decay": _NONNEG, "optimizer.clip_norm": _NONNEG,
     "checkpoint.every": _NONNEG_INT, "checkpoint.keep": _POSITIVE_INT,
-    "eval.every": _NONNEG_INT, "eval.batch_size": _POSITIVE_INT, "eval.num_samples": _NONNEG_INT,
+    "eval.every": _NONNEG_INT, "eval.batch_size": _NONNEG_INT, "eval.num_samples": _NONNEG_INT,
     "eval.mir_samples": _NONNEG_INT, "eval.mir_seq_len": _NONNEG_INT,
     "eval.sample_captions": _NONNEG_INT,
 }
@@ -83,10 +83,6 @@ def _get(config, key: str):
         except (KeyError, TypeError, AttributeError):
             return _MISSING
     return node
-
-
-def _plain(x):
-    return x.to_dict() if hasattr(x, "to_dict") else x
 
 
 def _value_problems(config) -> list[str]:
@@ -119,13 +115,13 @@ def _model_problems(config) -> tuple[list[str], object]:
     if model is _MISSING:
         return [], None
     try:
-        mc = LlavaConfig.from_dict(_plain(model))
+        mc = LlavaConfig.from_dict(model)
     except (ValueError, TypeError, KeyError) as e:  # unknown connector name, bad remat, ...
         return [f"model: {e}"], None
     trainable = _get(config, "trainable")
     if trainable is not _MISSING:
         try:
-            resolve_recipe(_plain(trainable), mc.vision.num_layers, mc.text.num_layers)
+            resolve_recipe(trainable, mc.vision.num_layers, mc.text.num_layers)
         except ValueError as e:
             return [str(e)], mc
     return [], mc
@@ -146,7 +142,7 @@ def _data_problems(config) -> list[str]:
         return [f"data: {e}"]
     out = []
     # eval_sources defaults to sources: check it only where the config sets it.
-    for which in ("sources", "eval_sources") if _plain(data).get("eval_sources") else ("sources",):
+    for which in ("sources", "eval_sources") if data.get("eval_sources") else ("sources",):
         for i, s in enumerate(cfg[which]):
             where = f"data.{which}[{i}]"
             if s.get("type") not in SOURCE_TYPES:
@@ -234,7 +230,7 @@ def _path_problems(config) -> list[str]:
             cfg = None  # reported by _data_problems
         if cfg is not None:
             missing = []
-            for which in ("sources", "eval_sources") if _plain(data).get("eval_sources") else ("sources",):
+            for which in ("sources", "eval_sources") if data.get("eval_sources") else ("sources",):
                 for i, s in enumerate(cfg[which]):
                     if s.get("type") in ("llava", "captions", "interleaved", "text", "images"):
                         path = s.get("path")
@@ -248,7 +244,7 @@ def _path_problems(config) -> list[str]:
                         if isinstance(d, str) and "://" not in d and not os.path.isdir(d):
                             missing.append(f"data.{which}[{i}].data_dir {d!r}")
             if missing:
-                now = json.dumps(_plain(data).get("sources") or [])
+                now = json.dumps(list(data.get("sources") or []))
                 out.append(f"{', '.join(missing)} not found: set the sources with "
                            f"--config.data.sources='<JSON list>' (now: {now})")
     for key in ("eval.mir_images", "eval.mir_texts"):
@@ -267,7 +263,6 @@ def _evals_problems(config) -> list[str]:
 
     out = []
     for i, entry in enumerate(evals):
-        entry = _plain(entry)
         if not isinstance(entry, dict) or "name" not in entry:
             out.append(f"evals[{i}]={entry!r} must be a dict with a 'name' (and 'every', options)")
             continue

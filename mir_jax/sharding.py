@@ -121,6 +121,24 @@ def data_parallel_size(mesh: Mesh | None, rules=LOGICAL_AXIS_RULES) -> int:
     return 1 if mesh is None else math.prod(mesh.shape[a] for a in batch_axes(rules))
 
 
+EVAL_ROWS = 16  # the eval batch of eval.batch_size=0 on up to 16 data-parallel shards
+
+
+def eval_batch_rows(requested: int, data_parallel: int, process_count: int = 1) -> int:
+    """The eval batch in rows: `requested`, or for 0 ("auto") the smallest multiple of the
+    data-parallel shards and hosts that is at least EVAL_ROWS, so one recipe evaluates on 1 or
+    256 chips (a fixed 16 does not split over 256 shards; the eval batch only chunks a fixed
+    sample set, so its size changes no result). ValueError when `requested` does not split."""
+    step = math.lcm(max(int(data_parallel), 1), max(int(process_count), 1))
+    if int(requested) == 0:
+        return step * -(-EVAL_ROWS // step)
+    if int(requested) % step:
+        raise ValueError(f"eval batch size {requested} is not divisible by the {data_parallel} "
+                         f"data-parallel shards and {process_count} hosts "
+                         "(--config.eval.batch_size=0 picks one that is)")
+    return int(requested)
+
+
 def batch_from_full(full, mesh: Mesh, keys: Sequence[str], rules=LOGICAL_AXIS_RULES) -> dict:
     """A whole batch present on every process (an evaluation set every host reads in full)
     -> global jax.Arrays sharded over the batch axes: each device takes its own rows, so the

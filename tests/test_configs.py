@@ -54,6 +54,25 @@ def test_runlocal_only_recipes_say_so_in_one_line(name):
     assert "runlocal" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("name, arg", [(n, None) for n in FULL_SIZE] + VARIANTS)
+def test_every_data_and_trainable_key_can_be_overridden(name, arg):
+    # --config.data.KEY / --config.trainable.KEY must name a key the recipe holds (ml_collections
+    # refuses new keys): every key the data pipeline and the partition read is there, with the
+    # library's default unless the recipe sets it (hand-listed: the keys a recipe sets).
+    from mir_jax.config_check import unknown_key
+    from mir_jax.data.mixture import DEFAULTS
+    from mir_jax.train.partition import RECIPE_DEFAULTS
+
+    c = _config(name, arg)
+    for key in set(DEFAULTS) - {"eval_sources"}:
+        assert unknown_key(c, f"data.{key}") is None, key
+    for key in RECIPE_DEFAULTS:
+        assert unknown_key(c, f"trainable.{key}") is None, key
+    set_by_recipes = {"sources", "pack", "system", "num_threads"}
+    for key in set(DEFAULTS) - {"eval_sources"} - set_by_recipes:
+        assert c.data[key] == DEFAULTS[key], key
+
+
 @pytest.mark.parametrize("name, arg", VARIANTS)
 def test_runlocal_data_fits_the_recipe(name, arg):
     """The embedded corpus has no broken records, so any skipped sample means the recipe's
@@ -155,7 +174,7 @@ def test_byte_tokenizer_on_a_full_size_model_is_named():
     ("optimizer.b2", 1.0, "optimizer.b2=1.0 must be in [0, 1)"),
     ("optimizer.warmup_steps", -1, "optimizer.warmup_steps=-1 must be an integer >= 0"),
     ("checkpoint.keep", 0, "checkpoint.keep=0 must be a positive integer"),
-    ("eval.batch_size", 0, "eval.batch_size=0 must be a positive integer"),
+    ("eval.batch_size", -2, "eval.batch_size=-2 must be an integer >= 0"),
     ("eval.mir_method", "fast", "eval.mir_method='fast' is not one of"),
     ("model.connector.name", "mlp2x_relu", "model: unknown connector 'mlp2x_relu'"),
     ("trainable.llm", "until:99", "trainable.llm='until:99': K must be in [1, 3]"),

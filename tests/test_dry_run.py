@@ -42,19 +42,26 @@ for name in {names!r}:
     c.model.vision.num_layers = 2
     # The MIR eval step (same model, eval batch) once: its compile is as slow as the train step's.
     r = dr.dry_run(c, hbm_gb=1e6, eval_step=name == "llava15_sft")
-    # The closed form's inputs: parameter counts split by "has an fsdp-sharded axis" (the rules
-    # table), read off the parameters' logical names, not off any sharding object.
-    st = Stepper(LlavaConfig.from_dict(c.model.to_dict()), c.trainable, c.optimizer, 10, make_mesh(c.mesh))
-    counts = {{"trainable": [0, 0], "frozen": [0, 0]}}  # [sharded over fsdp, replicated]
+    # The closed form's inputs: per leaf, its element count over the product of the mesh axes
+    # its logical names map to (the rules table), read off the parameters' logical names, not
+    # off any sharding object; [per-device elements, replicated elements] per part.
+    mesh = make_mesh(c.mesh)
+    st = Stepper(LlavaConfig.from_dict(c.model.to_dict()), c.trainable, c.optimizer, 10, mesh)
+    counts = {{"trainable": [0, 0], "frozen": [0, 0]}}
+    totals = {{"trainable": 0, "frozen": 0}}
     for leaf in st.partition.leaves:
         n = math.prod(leaf.shape)
-        sharded = "fsdp" in jax.tree.leaves(tuple(logical_to_mesh_spec(leaf.names)))
+        axes = [a for a in jax.tree.leaves(tuple(logical_to_mesh_spec(leaf.names))) if a]
+        ways = math.prod(mesh.shape[a] for a in axes)
         rows = n // leaf.shape[0] * (leaf.rows[1] - leaf.rows[0]) if isinstance(leaf.rows, tuple) else n
-        if leaf.rows is not None:
-            counts["trainable"][0 if sharded else 1] += rows
-        if leaf.rows != "all":
-            counts["frozen"][0 if sharded else 1] += n - (rows if leaf.rows is not None else 0)
-    r["counts"] = counts
+        parts = {{"trainable": rows if leaf.rows is not None else 0}}
+        parts["frozen"] = n - parts["trainable"] if leaf.rows != "all" else 0
+        for part, k in parts.items():
+            counts[part][0] += k // ways
+            counts[part][1] += k if ways == 1 else 0
+            totals[part] += k
+    r["counts"], r["totals"] = counts, totals
+    r["expected_mesh"] = dict(mesh.shape)
     r["param_itemsize"] = {{str(l.dtype) for l in jax.tree.leaves(st.abstract_state()[0]["params"])}}.pop()
     out[name] = r
 print("JSON " + json.dumps(out))
@@ -87,22 +94,26 @@ def test_every_full_size_config_is_dry_run():
 def test_per_device_bytes_are_the_closed_form(reports, name):
     r = reports[name]
     n = r["devices"]
-    assert n == DEVICES and r["mesh"] == {"data": 1, "fsdp": DEVICES, "tensor": 1}
+    assert n == DEVICES and r["mesh"] == r["expected_mesh"]
+    # llava15_sft (and moca, its MoCa form): 2-way tensor parallel, so that its batch of 128
+    # splits on 256 chips too.
+    tensor = 2 if name in ("llava15_sft", "moca") else 1
+    assert r["mesh"] == {"data": 1, "fsdp": DEVICES // tensor, "tensor": tensor}
     assert r["param_itemsize"] == "float32"  # parameters are kept in float32 (compute in bf16)
-    (tr_sh, tr_rep), (fr_sh, fr_rep) = r["counts"]["trainable"], r["counts"]["frozen"]
+    (tr_dev, tr_rep), (fr_dev, _) = r["counts"]["trainable"], r["counts"]["frozen"]
     p = r["params"]
-    assert p["trainable"] == tr_sh + tr_rep and p["frozen"] == fr_sh + fr_rep
+    assert p["trainable"] == r["totals"]["trainable"] and p["frozen"] == r["totals"]["frozen"]
     assert p["total"] == p["trainable"] + p["frozen"]
     # Only norms, biases and the like are replicated: the per-device bytes are ~4 P / N.
     assert tr_rep <= 0.01 * p["trainable"]
     d = r["per_device"]
-    # fsdp-sharded float32: 4 P / N bytes a device (+ 4 bytes per replicated parameter).
-    assert d["trainable_params"] == 4 * (tr_sh // n + tr_rep)
-    assert d["frozen_params"] == 4 * (fr_sh // n + fr_rep)
+    # float32: 4 bytes x (elements / the ways each parameter is split), summed.
+    assert d["trainable_params"] == 4 * tr_dev
+    assert d["frozen_params"] == 4 * fr_dev
     # AdamW: mu and nu for each trainable parameter, same sharding, plus a few replicated scalars.
     assert 2 * d["trainable_params"] <= d["opt_state"] <= 2 * d["trainable_params"] + 64
     b = r["batch"]
-    rows = b["batch_size"] // n
+    rows = b["batch_size"] // (r["mesh"]["data"] * r["mesh"]["fsdp"])  # batch over data x fsdp
     # four int32 [B, S] arrays, float32 images [B, M, H, W, 3], bool image mask [B, M]
     image = 336  # the 7B recipes' CLIP ViT-L/14-336
     assert d["batch"] == rows * (4 * 4 * b["seq_len"] + b["max_images"] * (4 * 3 * image**2 + 1))
@@ -138,7 +149,9 @@ def test_readme_command_and_impossible_budget():
 
 def test_bad_input_is_one_line():
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for extra, want in ((["--num_devices=7"], "not divisible by the 7 data-parallel shards"),
+    for extra, want in ((["--num_devices=7"], "mesh shape (1, -1, 2) does not divide the 7 available devices"),
+                        (["--num_devices=16", "--config.batch_size=12"],
+                         "not divisible by the 8 data-parallel shards"),
                         (["--topology=v5e:16x16"], "needs libtpu"),
                         (["--num_devices=16", "--hbm_gb=0"], "--hbm_gb=0 must be > 0")):
         p = subprocess.run([sys.executable, "train.py", "--config=configs/llava15_sft.py", "--dry_run", *extra],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mir_jax.sharding import LOGICAL_AXIS_RULES, MESH_AXES, logical_to_mesh_spec
+from mir_jax.sharding import LOGICAL_AXIS_RULES, MESH_AXES, eval_batch_rows, logical_to_mesh_spec
 from mir_jax.train.partition import RECIPE_DEFAULTS, resolve_recipe
 
 
@@ -43,6 +43,20 @@ def test_rules_name_each_logical_axis_once_and_only_mesh_axes():
 def test_other_rules_are_data():
     rules = (("embed", "tensor"), ("mlp", None))
     assert logical_to_mesh_spec(("embed", "mlp"), rules) == P("tensor", None)
+
+
+@pytest.mark.parametrize("requested, shards, hosts, want", [
+    (0, 1, 1, 16), (0, 8, 1, 16), (0, 256, 1, 256), (0, 5, 1, 20),  # auto: 16 rounded up
+    (0, 8, 3, 24),                                                   # lcm(8, 3) = 24 >= 16
+    (32, 8, 1, 32), (16, 8, 2, 16),                                  # explicit and divisible
+])
+def test_eval_batch_rows(requested, shards, hosts, want):
+    assert eval_batch_rows(requested, shards, hosts) == want
+
+
+def test_eval_batch_rows_refuses_what_does_not_split():
+    with pytest.raises(ValueError, match="eval batch size 16 is not divisible by the 256 data-parallel"):
+        eval_batch_rows(16, 256)
 
 
 @pytest.mark.parametrize("recipe, vision_rows, llm_rows", [

@@ -66,22 +66,15 @@ def mm1_sources(num_samples: int = 100_000) -> list[dict]:
     ]
 
 
-def _as_dict(cfg) -> dict:
-    if cfg is None:
-        return {}
-    if hasattr(cfg, "to_dict"):
-        return cfg.to_dict()
-    return dict(cfg)
-
-
 def resolve_config(data_config) -> dict:
-    """data_config with defaults filled in and sources as a list of plain dicts."""
-    cfg = {**DEFAULTS, **_as_dict(data_config)}
+    """data_config (a dict, or the trainer's ConfigDict: anything `dict()` takes) with the
+    defaults filled in and sources as a list of plain dicts."""
+    cfg = {**DEFAULTS, **dict(data_config or {})}
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown data config keys: {sorted(unknown)}")
-    cfg["sources"] = [_as_dict(s) for s in (cfg["sources"] or mm1_sources())]
-    cfg["eval_sources"] = [_as_dict(s) for s in (cfg["eval_sources"] or cfg["sources"])]
+    cfg["sources"] = [dict(s) for s in (cfg["sources"] or mm1_sources())]
+    cfg["eval_sources"] = [dict(s) for s in (cfg["eval_sources"] or cfg["sources"])]
     return cfg
 
 

@@ -69,10 +69,6 @@ def topology_devices(topology: str) -> list:
         raise DryRunError(f"--topology={topology}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
-def _plain(x):
-    return x.to_dict() if hasattr(x, "to_dict") else x
-
-
 def _nbytes_per_device(tree) -> int:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
     total = 0
@@ -95,7 +91,7 @@ def train_max_images(config, num_image_tokens: int) -> int:
     """Images a training row holds, as the data pipeline decides it (no file is read)."""
     from mir_jax.data import mixture
 
-    cfg = mixture.resolve_config(_plain(config.data))
+    cfg = mixture.resolve_config(config.data)
     specs = [s for s in cfg["sources"] if float(s.get("weight", 1.0)) > 0]
     return mixture._max_images(cfg, specs, int(config.seq_len), num_image_tokens)
 
@@ -155,14 +151,14 @@ def dry_run(config, *, hbm_gb: float = 16.0, devices=None, eval_step: bool = Tru
     and returns the report (a JSON-able dict; `format_report` prints it)."""
     from mir_jax.config_check import ConfigError, _model_problems, _value_problems
     from mir_jax.models import LlavaConfig
-    from mir_jax.sharding import make_mesh
+    from mir_jax.sharding import eval_batch_rows, make_mesh
     from mir_jax.train.step import StepConfig, Stepper
 
     problems = _value_problems(config) + _model_problems(config)[0]
     if problems:
         raise ConfigError("; ".join(problems))
     devices = list(jax.devices() if devices is None else devices)
-    mc = LlavaConfig.from_dict(_plain(config.model))
+    mc = LlavaConfig.from_dict(config.model)
     try:
         mesh = make_mesh(tuple(config.mesh), devices)
     except ValueError as e:
@@ -198,11 +194,11 @@ def dry_run(config, *, hbm_gb: float = 16.0, devices=None, eval_step: bool = Tru
     report["train"] = {"memory": mem, "flops": flops, "lower_s": lower_s, "compile_s": compile_s}
     ev = config.eval
     if eval_step and int(ev.get("mir_samples", 0) or 0) > 0:
-        ebs, eseq = int(ev.batch_size), int(ev.get("mir_seq_len") or seq)
-        if ebs % stepper.data_parallel:
-            report["problems"].append(
-                f"eval.batch_size={ebs} does not split over the {stepper.data_parallel} data-parallel "
-                f"shards (the trainer refuses it): --config.eval.batch_size={stepper.data_parallel * max(1, -(-ebs // stepper.data_parallel))}")
+        eseq = int(ev.get("mir_seq_len") or seq)
+        try:
+            ebs = eval_batch_rows(int(ev.batch_size), stepper.data_parallel)
+        except ValueError as e:
+            report["problems"].append(f"eval.batch_size: {e} (the trainer refuses it)")
         else:
             ebatch = abstract_batch(stepper, ebs, eseq, 1, mc.vision.image_size)
             mem_e, flops_e, lower_e, compile_e = _compile(

@@ -41,7 +41,7 @@ from mir_jax.data.tokenizer import load_tokenizer
 from mir_jax.distributed import host_batch_slice
 from mir_jax.mir import format_mir
 from mir_jax.models import LlavaConfig
-from mir_jax.sharding import make_mesh
+from mir_jax.sharding import eval_batch_rows, make_mesh
 from mir_jax.train import metrics as metrics_lib
 from mir_jax.train.checkpoint import Checkpointer, StopSignal
 from mir_jax.train.step import StepConfig, Stepper, global_batch
@@ -79,7 +79,7 @@ class Setup:
     def __init__(self, config, workdir: str):
         check_config(config)  # every impossible value and unset path in one message, first
         self.config, self.workdir = config, workdir
-        self.model_config = LlavaConfig.from_dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
+        self.model_config = LlavaConfig.from_dict(config.model)
         self.mesh = make_mesh(tuple(config.mesh))
         self.stepper = Stepper(self.model_config, config.trainable, config.optimizer, config.total_steps,
                                self.mesh, StepConfig(int(config.num_micro_batches), float(config.z_loss)))
@@ -87,10 +87,8 @@ class Setup:
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         if config.batch_size % self.process_count:
             raise ValueError(f"batch size {config.batch_size} does not split over {self.process_count} hosts")
-        eval_bs = int(config.eval.batch_size)
-        if eval_bs % self.stepper.data_parallel or eval_bs % self.process_count:
-            raise ValueError(f"eval batch size {eval_bs} is not divisible by the {self.stepper.data_parallel} "
-                             f"data-parallel shards and {self.process_count} hosts")
+        self.eval_batch_size = eval_batch_rows(int(config.eval.batch_size), self.stepper.data_parallel,
+                                               self.process_count)
         try:
             self.tokenizer = load_tokenizer(config.tokenizer or None)
         except Exception as e:  # noqa: BLE001 -- whatever transformers raises on files it cannot read
@@ -174,7 +172,7 @@ class Setup:
         equal a single process's (per-host slices of a finite set differ in length once bad
         samples are skipped, and hosts would disagree on the number of eval steps)."""
         cfg, ev = self.config, self.config.eval
-        kw = dict(self.data_kwargs, batch_size=int(ev.batch_size))
+        kw = dict(self.data_kwargs, batch_size=self.eval_batch_size)
         loss_batches = list(make_eval_iterator(cfg.data, num_samples=int(ev.num_samples), seed=int(cfg.seed), **kw)) \
             if ev.num_samples else []
         mir_batches = []
@@ -231,7 +229,7 @@ def downstream_evaluators(config) -> list[tuple[str, int, object]]:
 
     out = []
     for entry in config.get("evals") or []:
-        name, every, key, options = split_entry(entry.to_dict() if hasattr(entry, "to_dict") else dict(entry))
+        name, every, key, options = split_entry(dict(entry))
         out.append((key, int(every or 0), get_evaluator(name, **options)))
     return out
 

@@ -67,7 +67,7 @@ def _parse_range(spec: str, prefix: str, num_layers: int, what: str) -> int:
 
 def resolve_recipe(recipe: Mapping | None, num_vision_layers: int, num_llm_layers: int) -> dict:
     """Recipe with defaults, validated; "from:K"/"until:K" turned into row ranges."""
-    recipe = dict(recipe.to_dict() if hasattr(recipe, "to_dict") else (recipe or {}))
+    recipe = dict(recipe or {})  # a dict or the trainer's ConfigDict
     unknown = sorted(set(recipe) - set(RECIPE_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown trainable keys {unknown}; known: {sorted(RECIPE_DEFAULTS)}")
