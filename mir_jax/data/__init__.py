@@ -5,7 +5,7 @@ The batch contract (keys, shapes, dtypes) is documented in ``mir_jax.data.pipeli
 
 from .errors import BadSample, BadSampleFractionError, BadSampleStats, DataError, SkipSample
 from .images import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageConfig, image_config_from_hf
-from .mir_eval import MirPairs, make_mir_batches, make_mir_iterator, mir_sample_lengths
+from .mir_inputs import MirPairs, make_mir_batches, make_mir_iterator, mir_sample_lengths
 from .mixture import (
     build_dataset,
     make_eval_iterator,
