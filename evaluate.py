@@ -7,7 +7,9 @@ Examples:
   # Our training workdir (config read from its checkpoint), real data:
   python evaluate.py --checkpoint=/tmp/mir_jax_runlocal \
       --images=/data/textvqa/val_images --texts=/data/cnn/stories --num_samples=100
-  # Several models in one table and one plot:
+  # A given step of it (WORKDIR@STEP; the default is the newest checkpoint that restores):
+  python evaluate.py --checkpoint=/tmp/mir_jax_runlocal@500
+  # Several models (or steps: /ckpt/a@500,/ckpt/a) in one table and one plot:
   python evaluate.py --compare=/ckpt/a,/ckpt/b,/hf/llava --output_dir=/tmp/cmp
   # Every evaluator on the embedded benchmark (captions, VQA, POPE, multiple choice), MIR, loss:
   python evaluate.py --checkpoint=/tmp/mir_jax_runlocal --evals=all
@@ -21,10 +23,14 @@ exceed the model's context (max_position_embeddings), and the output says how ma
 batches run longest first and are only as long as their longest row, so padding stays
 small. --seq_len=N cuts at N instead. The definition of MIR is in docs/mir.md.
 
-Outputs (in --output_dir; default: WORKDIR/mir_eval for --checkpoint, DIR_mir_eval beside
-an HF directory): mir.json (config, data spec, per-layer values, overall, method, LM
-loss/perplexity, timings), mir_per_layer.png, and a table on stdout. Files are written
-only once an evaluation has completed (never partial results that look complete).
+A workdir loads parameters only (no optimizer is built) with the preprocessing it was trained
+with (`mir_jax.evals.loading`); a step it does not have is one error line listing its steps.
+
+Outputs (in --output_dir; default: WORKDIR/mir_eval for --checkpoint=WORKDIR,
+WORKDIR/mir_eval_stepSTEP for WORKDIR@STEP, DIR_mir_eval beside an HF directory):
+mir.json (config, data spec, per-layer values, overall, method, LM loss/perplexity,
+timings), mir_per_layer.png, and a table on stdout. Files are written only once an
+evaluation has completed (never partial results that look complete).
 Downstream evaluators (`mir_jax.evals`) add, per evaluator, EVAL_scores.json and
 EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every score of every model)
 and scores.png; one table of all scores is printed. --X_data takes "embedded" (the default:
@@ -45,8 +51,10 @@ from mir_jax.mir import METHODS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_model", None, "Hugging Face LLaVA directory (HF or original LLaVA layout).")
-flags.DEFINE_string("checkpoint", None, "mir-jax training workdir (latest checkpoint is used).")
-flags.DEFINE_list("compare", [], "Several models (workdirs or HF directories) in one table and plot.")
+flags.DEFINE_string("checkpoint", None, "mir-jax training workdir: WORKDIR (its newest checkpoint that "
+                    "restores) or WORKDIR@STEP (that step's).")
+flags.DEFINE_list("compare", [], "Several models (WORKDIR, WORKDIR@STEP or HF directories) in one table "
+                  "and plot.")
 flags.DEFINE_string("images", "synthetic",
                     "Image folder, caption JSONL, LLaVA JSON/JSONL (conversations or questions, "
                     "e.g. llava_textvqa_val_v051_ocr.jsonl), a TFDS name as 'tfds:NAME' "
@@ -79,7 +87,8 @@ flags.DEFINE_enum("image_mode", None, ["pad", "crop", "resize"],
                   "Image preprocessing (default: the checkpoint's own).")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic corpus (--images/--texts=synthetic).")
 flags.DEFINE_string("output_dir", None, "Where mir.json and the plot go (default: WORKDIR/mir_eval "
-                    "for --checkpoint, DIR_mir_eval beside an HF directory --hf_model=DIR).")
+                    "for --checkpoint=WORKDIR, WORKDIR/mir_eval_stepSTEP for WORKDIR@STEP, "
+                    "DIR_mir_eval beside an HF directory --hf_model=DIR).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_list("evals", ["mir"], "Evaluators: mir, loss, caption, vqa, pope, multiple_choice, "
                   "or all.")
@@ -104,13 +113,14 @@ def _fail(message: str) -> None:
 
 
 def _load(path: str):
-    """An `EvalModel` for an HF directory or a mir-jax workdir (one-line error otherwise)."""
+    """An `EvalModel` for an HF directory, a mir-jax WORKDIR or WORKDIR@STEP (one-line error
+    otherwise: no such path or step, nothing restores, a preprocessor this pipeline cannot do)."""
     from mir_jax.evals.loading import load_model
     from mir_jax.train.checkpoint import CheckpointError
 
     try:
         return load_model(path, template=FLAGS.prompt_template, image_mode=FLAGS.image_mode)
-    except (FileNotFoundError, CheckpointError) as e:
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
         _fail(str(e))
 
 
@@ -204,10 +214,14 @@ def _downstream(names: list[str]) -> list[tuple[str, object]]:
 
 
 def _default_output_dir(paths: list[str]) -> str:
-    """WORKDIR/mir_eval for one of our workdirs; DIR_mir_eval beside an HF directory."""
-    first = os.path.normpath(paths[0])
+    """WORKDIR/mir_eval for one of our workdirs (WORKDIR/mir_eval_stepSTEP for WORKDIR@STEP: a
+    step's results do not overwrite the newest's); DIR_mir_eval beside an HF directory."""
+    from mir_jax.train.init_from import split_step
+
+    first, step = split_step(paths[0])
+    first = os.path.normpath(first)
     if os.path.isdir(os.path.join(first, "checkpoints")):
-        return os.path.join(first, "mir_eval")
+        return os.path.join(first, "mir_eval" if step is None else f"mir_eval_step{step}")
     return first + "_mir_eval"
 
 

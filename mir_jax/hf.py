@@ -649,60 +649,7 @@ def _module_at(model, path: tuple):
     return m
 
 
-# ==============================================================================================
-# Preprocessing that travels with a checkpoint
-# ==============================================================================================
-@dataclasses.dataclass(frozen=True)
-class ImageProcessing:
-    """What a checkpoint's image processor does, as plain numbers for the data pipeline.
-
-    Resize so the shortest edge is `resize_shortest_edge` (CLIP) or to exactly `size` (SigLIP,
-    resize_shortest_edge None), center-crop to `crop_size` if `do_center_crop`, scale by
-    `rescale_factor`, normalize with mean/std. `pad_to_square` is the original LLaVA's
-    `image_aspect_ratio == "pad"` (pad with the mean colour before resizing).
-    """
-
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
-    size: tuple[int, int]
-    resize_shortest_edge: int | None
-    do_center_crop: bool
-    crop_size: tuple[int, int]
-    rescale_factor: float
-    resample: int
-    pad_to_square: bool = False
-
-
-def load_image_processing(path: str, *, pad_to_square: bool | None = None) -> ImageProcessing:
-    """Reads preprocessor_config.json from `path` (for the original LLaVA layout, from its vision
-    tower directory when the checkpoint has none)."""
-    file = os.path.join(path, "preprocessor_config.json")
-    if not os.path.exists(file) and os.path.exists(os.path.join(path, "config.json")):
-        d = _read_json(path)
-        if "mm_vision_tower" in d:
-            if pad_to_square is None:
-                pad_to_square = d.get("image_aspect_ratio") == "pad"
-            return load_image_processing(_resolve_tower(d["mm_vision_tower"], path), pad_to_square=pad_to_square)
-    p = _read_json(file)
-    size = p.get("size", 224)
-    shortest = None
-    if isinstance(size, int):
-        shortest, hw = size, (size, size)
-    elif "shortest_edge" in size:
-        shortest = size["shortest_edge"]
-        hw = (shortest, shortest)
-    else:
-        hw = (size["height"], size["width"])
-    crop = p.get("crop_size", hw)
-    crop = (crop, crop) if isinstance(crop, int) else (crop["height"], crop["width"])
-    return ImageProcessing(
-        image_mean=tuple(p.get("image_mean", (0.5, 0.5, 0.5))), image_std=tuple(p.get("image_std", (0.5, 0.5, 0.5))),
-        size=hw, resize_shortest_edge=shortest, do_center_crop=bool(p.get("do_center_crop", False)),
-        crop_size=crop, rescale_factor=float(p.get("rescale_factor", 1 / 255)), resample=int(p.get("resample", 3)),
-        pad_to_square=bool(pad_to_square))
-
-
 __all__ = [
-    "IMAGE_TOKEN_INDEX_ORIGINAL", "ImageProcessing", "build_stage1", "config_from_hf", "config_to_hf",
-    "index_safetensors", "load_image_processing", "load_pretrained", "save_pretrained",
+    "IMAGE_TOKEN_INDEX_ORIGINAL", "build_stage1", "config_from_hf", "config_to_hf",
+    "index_safetensors", "load_pretrained", "save_pretrained",
 ]

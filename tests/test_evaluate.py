@@ -178,7 +178,7 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     load the workdir the way `evaluate.py --checkpoint` does: same MIR on the same batches."""
     import train_fixtures
 
-    from mir_jax.train.checkpoint import load_for_evaluation
+    from mir_jax.evals.loading import load_for_evaluation
     from mir_jax.train.loop import train_and_evaluate
 
     config = train_fixtures.tiny_train_config()
@@ -191,9 +191,9 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     in_loop = result["eval"]["mir"]
 
     model_config, model, pre = load_for_evaluation(str(tmp_path))
-    assert model_config.text.num_layers == 2 and pre["image_size"] == 32
-    batches = make_mir_batches(config.eval.mir_images, config.eval.mir_texts, tokenizer=pre["tokenizer"],
-                               num_samples=8, image_size=32, mean=pre["mean"], std=pre["std"],
+    assert model_config.text.num_layers == 2 and pre.image.size == 32
+    batches = make_mir_batches(config.eval.mir_images, config.eval.mir_texts, tokenizer=pre.tokenizer,
+                               num_samples=8, image_size=32, mean=pre.image.mean, std=pre.image.std,
                                num_image_tokens=model_config.num_image_tokens, batch_size=8, seq_len=256)
     reloaded = evaluate_mir(model, lambda: iter(batches), method=config.eval.mir_method, progress=False)
     assert abs(reloaded.overall - in_loop) < 1e-4

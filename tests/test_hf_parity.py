@@ -257,9 +257,12 @@ def test_preprocessing_and_tokenizer_from_checkpoint(tmp_path):
     proc = transformers.CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
                                            image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6])
     proc.save_pretrained(str(tmp_path))
-    ip = mhf.load_image_processing(str(tmp_path))
-    assert ip.image_mean == pytest.approx((0.1, 0.2, 0.3)) and ip.image_std == pytest.approx((0.4, 0.5, 0.6))
-    assert ip.resize_shortest_edge == 336 and ip.crop_size == (336, 336) and ip.do_center_crop
+    from mir_jax.data import image_config_from_hf
+
+    ip = image_config_from_hf(str(tmp_path), mode=None)  # the processor's own mode
+    assert ip.mean == pytest.approx((0.1, 0.2, 0.3)) and ip.std == pytest.approx((0.4, 0.5, 0.6))
+    # shortest edge 336 (= the crop: no separate shortest_edge), crop 336, centre crop:
+    assert ip.shortest_edge is None and ip.size == 336 and ip.mode == "crop"
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     tk = Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "world": 2, "<image>": 3, "</s>": 4}, unk_token="<unk>"))

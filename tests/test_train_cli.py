@@ -185,7 +185,7 @@ def test_readme_pretrain_command_with_init_from_and_a_json_list_of_sources(tmp_p
     shapes the run starts from init_from, reads the JSON list's source and trains."""
     from configs import llava15_pretrain
     from mir_jax import hf
-    from mir_jax.train.checkpoint import load_for_evaluation
+    from mir_jax.evals.loading import load_for_evaluation
 
     sources = _llava_pretrain_files(tmp_path)
     init = _stage1_dir(tmp_path, llava15_pretrain.get_config("runlocal"))

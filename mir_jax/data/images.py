@@ -8,7 +8,8 @@ cheaper than per image and keeps 4x less data moving between processes.
 Modes (``image_mode``):
 * ``pad``  -- LLaVA's ``image_aspect_ratio="pad"``: pad to a square with the mean
   colour (``int(m * 255)`` per channel), then resize (bicubic).
-* ``crop`` -- CLIP: resize the shorter side to ``size`` (bicubic), centre crop.
+* ``crop`` -- CLIP: resize the shorter side to ``size`` (or ``shortest_edge``; bicubic),
+  centre crop to ``size``.
 * ``resize`` -- squash to ``size x size`` (bicubic).
 """
 
@@ -33,33 +34,95 @@ IMAGE_MODES = ("pad", "crop", "resize")
 
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
-    """Encoder input: square ``size`` px, per-channel ``mean``/``std`` in [0, 1] units."""
+    """How an image becomes the encoder's input: the one preprocessing type of the project.
+
+    size: the encoder's square input, px. mean/std: per channel, in [0, 1] units (`normalize`).
+    mode: ``pad`` / ``crop`` / ``resize`` (see the module docstring). resample: PIL's filter code
+    (3 = bicubic, what CLIP's and SigLIP's processors use). shortest_edge: ``crop`` mode resizes
+    the shorter side to this before the centre crop to ``size`` (HF CLIP's ``size.shortest_edge``
+    when it differs from ``crop_size``; None: ``size``). jpeg_draft: decode large JPEGs at
+    reduced scale (faster, slightly different).
+    """
 
     size: int = 64
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     mode: str = "pad"
-    jpeg_draft: bool = False  # decode large JPEGs at reduced scale (faster, slightly different)
+    resample: int = 3  # PIL.Image.BICUBIC
+    shortest_edge: int | None = None
+    jpeg_draft: bool = False
 
     def __post_init__(self):
         if self.mode not in IMAGE_MODES:
             raise ValueError(f"image mode {self.mode!r} not in {IMAGE_MODES}")
+        if self.shortest_edge is not None and self.shortest_edge < self.size:
+            raise ValueError(f"image shortest_edge {self.shortest_edge} is smaller than the crop size {self.size}")
 
 
-def image_config_from_hf(path: str, mode: str = "pad") -> ImageConfig:
-    """Read size/mean/std from a checkpoint's ``preprocessor_config.json``."""
-    file = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else path
+# ==============================================================================================
+# The one reader of a checkpoint's preprocessor_config.json
+# ==============================================================================================
+def _preprocessor_file(path: str) -> tuple[str, bool]:
+    """(preprocessor_config.json to read, whether the checkpoint pads images to a square).
+
+    `path`: the file itself, an HF directory, or an original-LLaVA directory (no processor file
+    of its own: its vision tower's, and its `image_aspect_ratio == "pad"`)."""
+    if not os.path.isdir(path):
+        return path, False
+    file = os.path.join(path, "preprocessor_config.json")
+    config = os.path.join(path, "config.json")
+    if not os.path.exists(file) and os.path.exists(config):
+        with open(config) as f:
+            d = json.load(f)
+        if "mm_vision_tower" in d:
+            # The tower's lookup (a local path, beside the checkpoint, or the HF cache) lives in hf.
+            from mir_jax.hf import _resolve_tower
+
+            tower = _resolve_tower(d["mm_vision_tower"], path)
+            return os.path.join(tower, "preprocessor_config.json"), d.get("image_aspect_ratio") == "pad"
+    return file, False
+
+
+def _square(value, what: str, file: str) -> int:
+    """An HF size (int, {"height", "width"} or {"shortest_edge"}) as one side in px."""
+    if isinstance(value, int):
+        return value
+    if "shortest_edge" in value:
+        return int(value["shortest_edge"])
+    if value.get("height") != value.get("width"):
+        raise ValueError(f"{file}: {what} {value} is not square (the encoder takes square images)")
+    return int(value["height"])
+
+
+def image_config_from_hf(path: str, mode: str | None = "pad") -> ImageConfig:
+    """The ImageConfig of a checkpoint's ``preprocessor_config.json`` (see `_preprocessor_file`
+    for what `path` may be).
+
+    size is the crop size when the processor centre-crops, else its resize size; a CLIP
+    ``shortest_edge`` larger than the crop becomes `shortest_edge`. mode: as given (default
+    ``pad``, LLaVA-1.5's training setting and the data pipeline's default), or None for what the
+    checkpoint does: ``pad`` for an original-LLaVA ``image_aspect_ratio="pad"``, else ``crop``
+    when it centre-crops, else ``resize``. Raises ValueError (one line) for a processor this
+    pipeline cannot reproduce (a non-square size, a rescale other than 1/255)."""
+    file, pads = _preprocessor_file(path)
     with open(file) as f:
-        cfg = json.load(f)
-    size = cfg.get("crop_size") or cfg.get("size") or 224
-    if isinstance(size, dict):
-        size = size.get("height") or size.get("shortest_edge") or next(iter(size.values()))
-    return ImageConfig(
-        size=int(size),
-        mean=tuple(float(x) for x in cfg.get("image_mean", CLIP_MEAN)),
-        std=tuple(float(x) for x in cfg.get("image_std", CLIP_STD)),
-        mode=mode,
-    )
+        p = json.load(f)
+    siglip = "siglip" in str(p.get("image_processor_type", "")).lower()
+    resize = _square(p.get("size", 224), "size", file)
+    crops = bool(p.get("do_center_crop", "crop_size" in p))  # HF CLIP crops unless told otherwise
+    size = _square(p.get("crop_size", resize), "crop_size", file) if crops else resize
+    if p.get("do_rescale", True) and abs(float(p.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise ValueError(f"{file}: rescale_factor {p['rescale_factor']} (the pipeline scales by 1/255)")
+    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if siglip else (CLIP_MEAN, CLIP_STD)
+    if p.get("do_normalize", True):
+        mean = tuple(float(x) for x in p.get("image_mean", mean))
+        std = tuple(float(x) for x in p.get("image_std", std))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if mode is None:
+        mode = "pad" if pads else "crop" if crops else "resize"
+    return ImageConfig(size=size, mean=mean, std=std, mode=mode, resample=int(p.get("resample", 3)),
+                       shortest_edge=resize if crops and resize > size else None)
 
 
 def load_image(ref, size_hint: int | None = None, draft: bool = False) -> Image.Image:
@@ -101,14 +164,15 @@ def preprocess(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
         canvas.paste(img, ((side - w) // 2, (side - h) // 2))
         img = canvas
     elif cfg.mode == "crop":
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        short = cfg.shortest_edge or size
+        scale = short / min(w, h)
+        nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
         if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BICUBIC)
+            img = img.resize((nw, nh), cfg.resample)
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
+        img = img.resize((size, size), cfg.resample)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -116,7 +180,7 @@ def load_and_preprocess(ref, cfg: ImageConfig) -> np.ndarray:
     """Any image reference -> uint8 [size, size, 3]; skips pass through as SkipSample."""
     if isinstance(ref, np.ndarray) and ref.shape == (cfg.size, cfg.size, 3) and ref.dtype == np.uint8:
         return ref  # already at the encoder's resolution (e.g. the synthetic corpus)
-    return preprocess(load_image(ref, cfg.size, cfg.jpeg_draft), cfg)
+    return preprocess(load_image(ref, max(cfg.size, cfg.shortest_edge or 0), cfg.jpeg_draft), cfg)
 
 
 def normalize(pixels: np.ndarray, mean, std, out: np.ndarray | None = None) -> np.ndarray:

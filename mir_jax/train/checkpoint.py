@@ -19,6 +19,11 @@ ignores, so that it can write those steps again). Only when no step restores is 
 (`CheckpointError`, one line).
 A checkpoint whose parameter shapes differ from the config's (e.g. another `num_layers`) is not
 damage but a config mismatch: one line naming the parameter and both shapes, no fallback.
+
+Evaluation and init_from read parameters only (`restore_params`): the state item's `params`
+subtree and the frozen item, restored into targets built from the checkpoint's own model config
+and trainable recipe (no optimizer built, its moments never read), with the same fallback and
+one-line errors.
 """
 
 from __future__ import annotations
@@ -276,51 +281,90 @@ class StopSignal:
         self._previous = {}
 
 
-def load_for_evaluation(workdir: str, step: int | None = None):
-    """(LlavaConfig, model, preprocessing) from a training workdir's checkpoint (latest by default).
-
-    The run's config is read from the checkpoint itself; parameters are restored straight into
-    single-host shardings (trainable and frozen parts merged back into one model). The
-    preprocessing dict holds what the data pipeline needs to feed this model as it was trained:
-    tokenizer, image_size, mean, std, image_mode, and the data config (for its templates).
-    """
+def _workdir_checkpoints(workdir: str) -> str:
+    """WORKDIR/checkpoints (FileNotFoundError, one line, when there is none)."""
     import os
-
-    import ml_collections
-
-    from mir_jax.data import load_tokenizer
-    from mir_jax.sharding import make_mesh
-    from mir_jax.train.step import StepConfig, Stepper
 
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: not a mir-jax training workdir")
-    manager = ocp.CheckpointManager(directory, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "frozen": ocp.StandardCheckpointHandler(),
+    return directory
+
+
+def abstract_params(model_config, recipe, mesh):
+    """(graphdef, partition, trainable, frozen) of the model: trainable/frozen {key: ShapeDtypeStruct} as
+    the train state and the frozen item hold them (split by `recipe`), in `mesh`'s shardings,
+    built from the model config alone (no optimizer, nothing allocated)."""
+    from flax import nnx
+
+    from mir_jax.models import LlavaModel
+    from mir_jax.train.partition import ParamPartition
+
+    abstract = nnx.eval_shape(lambda: LlavaModel(model_config, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    partition = ParamPartition(params, recipe, num_vision_layers=model_config.vision.num_layers,
+                               num_llm_layers=model_config.text.num_layers)
+    trainable, frozen = jax.eval_shape(partition.split, params)
+    trainable_sh, frozen_sh = partition.shardings(mesh)
+    add = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)  # noqa: E731
+    return (graphdef, partition, jax.tree.map(add, trainable, trainable_sh),
+            jax.tree.map(add, frozen, frozen_sh))
+
+
+def _restore_args(tree):
+    """PyTreeRestore of exactly `tree`'s leaves (ShapeDtypeStructs with shardings)."""
+    return ocp.args.PyTreeRestore(item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
+                                  partial_restore=True)
+
+
+def restore_params(workdir: str, step: int | None = None, mesh=None):
+    """(step, run config, LlavaConfig, model): the parameters of a training workdir's checkpoint
+    (the newest that restores, or the one at `step`), nothing else.
+
+    Only the state item's `params` subtree and the frozen item are read (an orbax partial
+    restore into abstract targets built from the checkpoint's own model config and trainable
+    recipe): no optimizer is built and its moments are never read. Arrays land in `mesh`'s
+    shardings (default: data parallel over all devices, i.e. parameters replicated). Errors are
+    one line: FileNotFoundError (not a workdir), CheckpointError (no such step, with the
+    available ones; nothing restores), CheckpointMismatch (shapes differ from the config)."""
+    import ml_collections
+    from flax import nnx
+
+    from mir_jax.models import LlavaConfig
+    from mir_jax.sharding import make_mesh
+
+    manager = ocp.CheckpointManager(_workdir_checkpoints(workdir), item_handlers={
+        "state": ocp.PyTreeCheckpointHandler(), "frozen": ocp.PyTreeCheckpointHandler(),
         "config": ocp.JsonCheckpointHandler()})
-    mesh = make_mesh((jax.device_count(), 1, 1))
+    steps = sorted(manager.all_steps())
+    if step is not None and step not in steps:
+        manager.close()
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; its steps: "
+                              + (", ".join(map(str, steps)) or "none"))
+    mesh = mesh or make_mesh((jax.device_count(), 1, 1))
 
     def restore_one(s):
-        damage = find_damage(manager.directory / str(s), ("state", "config"))
+        step_dir = manager.directory / str(s)
+        damage = find_damage(step_dir, ("state", "config"))
         if damage:
             raise CheckpointError(damage)
         config = ml_collections.ConfigDict(
             manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
-        stepper = Stepper(config.model, config.trainable, config.optimizer, int(config.total_steps), mesh,
-                          StepConfig(int(config.num_micro_batches), float(config.z_loss)))
-        abstract_state, abstract_frozen = stepper.abstract_state()
+        model_config = LlavaConfig.from_dict(config.model)
+        graphdef, partition, trainable, frozen = abstract_params(model_config, config.trainable, mesh)
         meta = manager.item_metadata(s)
-        check_shapes(meta["state"], abstract_state, "state", s)
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if abstract_frozen:  # a run that trained everything saved no frozen item
-            damage = find_damage(manager.directory / str(s), ("frozen",))
+        # Compared as the train state names them ("state.params.<key>"), optimizer left out.
+        check_shapes({"params": meta["state"]["params"]}, {"params": trainable}, "state", s)
+        items = {"state": _restore_args({"params": trainable})}
+        if frozen:  # a run that trained everything saved no frozen item
+            damage = find_damage(step_dir, ("frozen",))
             if damage:
                 raise CheckpointError(damage)
-            check_shapes(meta["frozen"], abstract_frozen, "frozen", s)
-            items["frozen"] = ocp.args.StandardRestore(abstract_frozen)
-        out = dict(manager.restore(s, args=ocp.args.Composite(**items)))
-        out.setdefault("frozen", {})
-        return config, stepper, out
+            check_shapes(meta["frozen"], frozen, "frozen", s)
+            items["frozen"] = _restore_args(frozen)
+        out = manager.restore(s, args=ocp.args.Composite(**items))
+        params = partition.combine(out["state"]["params"], out["frozen"] if frozen else {})
+        return config, model_config, nnx.merge(graphdef, params)
 
     from absl import logging as absl_logging
 
@@ -329,16 +373,11 @@ def load_for_evaluation(workdir: str, step: int | None = None):
     # evaluation does not ask for it (no iterator to restore into), so the warning says nothing.
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
-        step, (config, stepper, out), _ = restore_newest(
-            directory, manager.all_steps() if step is None else [step], restore_one)
+        step, (config, model_config, model), _ = restore_newest(
+            manager.directory, steps if step is None else [step], restore_one)
     finally:
         absl_logging.set_verbosity(verbosity)
         manager.close()
-    model = stepper.model(out["state"], out["frozen"])
-    log.info("loaded %s at step %d", directory, step)
-    preprocessing = dict(tokenizer=load_tokenizer(config.tokenizer or None),
-                         image_size=stepper.config.vision.image_size,
-                         mean=tuple(config.image_mean), std=tuple(config.image_std),
-                         image_mode=config.data.get("image_mode", "pad") if "data" in config else "pad",
-                         data=config.data.to_dict() if "data" in config else None)
-    return stepper.config, model, preprocessing
+    log.info("loaded %s at step %d", manager.directory, step)
+    return step, config, model_config, model
+

@@ -43,7 +43,8 @@ def parse_parts(spec: str) -> tuple[str, ...]:
 
 
 def split_step(spec: str) -> tuple[str, int | None]:
-    """'WORKDIR@STEP' -> (WORKDIR, STEP); anything else -> (spec, None)."""
+    """'WORKDIR@STEP' -> (WORKDIR, STEP); anything else -> (spec, None). The one parser of the
+    form (init_from here, evaluate.py's --checkpoint/--compare via `mir_jax.evals.loading`)."""
     path, at, step = spec.rpartition("@")
     if at and step.isdigit() and os.path.isdir(os.path.join(path, "checkpoints")):
         return path, int(step)
@@ -58,16 +59,11 @@ def source_exists(spec: str) -> bool:
 def load_source(spec: str):
     """The model at `spec` (workdir[@step] or HF directory): an nnx LlavaModel."""
     path, step = split_step(spec)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        from mir_jax.train import checkpoint
-
-        _, model, _ = checkpoint.load_for_evaluation(path, step)
-        return model
     if step is None and "@" in spec and not os.path.isdir(spec):
         raise InitError(f"init_from {spec!r}: {spec.rpartition('@')[0]!r} is not a training workdir")
-    from mir_jax import hf
+    from mir_jax.evals.loading import load_weights  # the one loader (parameters only)
 
-    return hf.load_pretrained(path)[1]
+    return load_weights(path, step)[1]
 
 
 def _flat(state) -> dict[tuple, np.ndarray]:
