@@ -113,17 +113,23 @@ def load_weights(path: str, step: int | None = None, *, mesh=None):
     return hf.load_pretrained(directory)
 
 
+def run_image_config(run_config, model_config, image_mode: str | None = None) -> ImageConfig:
+    """The pixels a training run fed its model (its image_mean/std, its data config's image
+    mode, the tower's size): what the loop's own evaluations and `evaluate.py` both use."""
+    from mir_jax.data.mixture import resolve_config
+
+    data = run_config.get("data")
+    mode = image_mode or (resolve_config(data)["image_mode"] if data is not None else "pad")
+    return ImageConfig(size=model_config.vision.image_size, mean=tuple(run_config.image_mean),
+                       std=tuple(run_config.image_std), mode=mode)
+
+
 def _workdir_preprocessing(run_config, model_config, image_mode: str | None) -> Preprocessing:
     """What the run's data pipeline fed its model (its config: tokenizer, image_*, data)."""
     from mir_jax.data import load_tokenizer
-    from mir_jax.data.mixture import resolve_config
 
-    data = run_config.data.to_dict() if "data" in run_config else None
-    template, system = training_template(data)
-    # The mode as the training loop's own evaluations resolve it (the data config's defaults).
-    mode = image_mode or (resolve_config(data)["image_mode"] if data is not None else "pad")
-    image = ImageConfig(size=model_config.vision.image_size, mean=tuple(run_config.image_mean),
-                        std=tuple(run_config.image_std), mode=mode)
+    template, system = training_template(run_config.get("data"))
+    image = run_image_config(run_config, model_config, image_mode)
     return Preprocessing(image, load_tokenizer(run_config.tokenizer or None), template, system)
 
 

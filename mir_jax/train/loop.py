@@ -35,8 +35,7 @@ import jax
 import numpy as np
 
 from mir_jax.config_check import ConfigError, check_config
-from mir_jax.data import ImageConfig, make_eval_iterator, make_mir_batches, make_train_iterator
-from mir_jax.data.mixture import resolve_config
+from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
 from mir_jax.data.tokenizer import load_tokenizer
 from mir_jax.distributed import host_batch_slice
 from mir_jax.mir import format_mir
@@ -253,12 +252,10 @@ def _eval_handle(setup: Setup, model, mesh, step: int):
     """The trained model as evaluators take it: the run's tokenizer, image preprocessing and
     the prompt template of its training data."""
     from mir_jax.evals import EvalModel
-    from mir_jax.evals.loading import training_template
+    from mir_jax.evals.loading import run_image_config, training_template
 
-    mc, cfg = setup.model_config, setup.config
-    template, system = training_template(cfg.data)
-    image = ImageConfig(size=mc.vision.image_size, mean=tuple(cfg.image_mean), std=tuple(cfg.image_std),
-                        mode=resolve_config(cfg.data)["image_mode"])
+    template, system = training_template(setup.config.data)
+    image = run_image_config(setup.config, setup.model_config)
     return EvalModel(f"step_{step}", model, setup.tokenizer, image, template, system, mesh, setup.workdir)
 
 
