@@ -24,7 +24,6 @@ $JAX_NUM_PROCESSES, $JAX_PROCESS_ID); on SLURM, Open MPI and Cloud TPU JAX detec
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -73,7 +72,6 @@ def check_overrides(argv: list[str]) -> None:
     if spec is None:
         return
     path, _, arg = spec.partition(":")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
         from ml_collections.config_flags import config_flags as _cf
 

@@ -1,7 +1,26 @@
-"""Test-wide settings: 8 fake CPU devices (set before JAX is first imported) and float32."""
+"""Test-wide settings: 8 fake CPU devices (set before JAX is first imported) and float32; and the
+fixtures several test files share."""
 
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402 -- after the environment: pytest plugins may import JAX
+
+
+@pytest.fixture(scope="session")
+def stage1(tmp_path_factory) -> str:
+    """A connector-only training run (towers and LLM are a frozen item) of 4 steps of the tiny
+    test model, checkpoints at steps 2 and 4: its WORKDIR (a str, basename "run"). Shared by the
+    loading and init_from tests; a test may add files beside its checkpoints, never change them."""
+    from mir_jax.train.loop import train_and_evaluate
+    from tests import train_fixtures as fx
+
+    workdir = str(tmp_path_factory.mktemp("stage1") / "run")
+    c = fx.tiny_train_config(total_steps=4)
+    c.checkpoint.every = 2
+    c.trainable.llm = "none"
+    train_and_evaluate(c, workdir)
+    return workdir

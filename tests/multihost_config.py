@@ -7,14 +7,7 @@ at the end.
     python train.py --config=tests/multihost_config.py --workdir=... [--coordinator_address=...]
 """
 
-import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)  # the configs package lives at the repository root
-
-from configs import llava15_pretrain  # noqa: E402
+from configs import llava15_pretrain  # train.py runs from the repository root, which holds configs/
 
 NUM_SAMPLES = 40
 

@@ -1,13 +1,13 @@
 """Helper processes of tests/test_multiprocess.py.
 
-    python tests/multihost_worker.py train RECORD.json [SIGTERM_AT_STEP] -- TRAIN.PY FLAGS...
+    python -m tests.multihost_worker train RECORD.json [SIGTERM_AT_STEP] -- TRAIN.PY FLAGS...
         Runs train.py's own main (flags as given) and records, for the test, what this process
         did: the rows of every training batch that reached its devices (one fingerprint per
         row) and every file it opened for writing outside checkpoints/. SIGTERM_AT_STEP > 0:
         process 1 (only) sends itself SIGTERM once it has dispatched that step, as a
         preemption notice that reaches one host first.
 
-    python tests/multihost_worker.py reference OUT.json
+    python -m tests.multihost_worker reference OUT.json
         The single-process expectation, on 2 local devices (the two processes' global device
         count): tests/multihost_config.py's run fed, every step, host 0's and host 1's data
         shards concatenated into one global batch; losses, held-out loss and in-loop MIR at the
@@ -24,8 +24,7 @@ import os
 import signal
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # run as `python -m tests.multihost_worker` from it
 
 
 def row_fingerprints(input_ids, pixel_values) -> list[str]:
@@ -120,12 +119,12 @@ def train(record_path: str, sigterm_at_step: int, argv: list[str]) -> None:
 def reference(out_path: str) -> None:
     import tempfile
 
-    import multihost_config
     import numpy as np
 
     from mir_jax.data import make_train_iterator
     from mir_jax.train.loop import Setup
     from mir_jax.train.step import global_batch
+    from tests import multihost_config
 
     config = multihost_config.get_config()
     hosts = 2
@@ -166,7 +165,6 @@ if __name__ == "__main__":
         head = sys.argv[2:sep]
         train(head[0], int(head[1]) if len(head) > 1 else 0, sys.argv[sep + 1:])
     elif mode == "reference":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         reference(sys.argv[2])
     else:
         sys.exit(f"unknown mode {mode!r}")

@@ -12,11 +12,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import train_fixtures as fx
 
 from mir_jax.evals.loading import load_for_evaluation
 from mir_jax.train.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch
 from mir_jax.train.loop import Setup, train_and_evaluate
+from tests import train_fixtures as fx
 
 
 @pytest.fixture(scope="module")

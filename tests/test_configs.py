@@ -10,13 +10,13 @@ import os
 
 import numpy as np
 import pytest
-import train_fixtures as fx
 
 from mir_jax.config_check import ConfigError, JsonListParser, check_config
 from mir_jax.data import BadSampleFractionError, make_train_iterator
 from mir_jax.models import LlavaConfig
 from mir_jax.train.loop import train_and_evaluate
 from mir_jax.train.metrics import read_jsonl
+from tests import train_fixtures as fx
 
 
 def _recipes() -> list[str]:

@@ -28,7 +28,6 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 
 CHILD = r"""
 import importlib, json, math, sys
-sys.path.insert(0, {root!r})
 from mir_jax.train import dry_run as dr
 dr.configure_fake_devices({n})
 import jax

@@ -11,7 +11,6 @@ import types
 
 import numpy as np
 import pytest
-import train_fixtures  # puts the repository root, and configs/, on sys.path
 from flax import nnx
 
 from mir_jax.data import ByteTokenizer, ImageConfig
@@ -21,6 +20,7 @@ from mir_jax.evals import benchmark as bench
 from mir_jax.evals.fewshot import select_examples
 from mir_jax.evals.predict import continuation_logprobs
 from mir_jax.evals.prompts import encode
+from tests import train_fixtures
 
 TOK = ByteTokenizer()
 K = 4  # image tokens per image in the stub configs below

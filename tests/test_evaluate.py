@@ -8,12 +8,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-import reference_mir as ref
+
+from tests import reference_mir as ref
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-from torch_init import save_random_llava  # noqa: E402
 
 from mir_jax import hf  # noqa: E402
 from mir_jax.data import ByteTokenizer, make_mir_batches  # noqa: E402
@@ -21,6 +20,7 @@ from mir_jax.data.images import CLIP_MEAN, CLIP_STD  # noqa: E402
 from mir_jax.evals.mir import evaluate_mir  # noqa: E402
 from mir_jax.mir.tokens import mir_token_masks  # noqa: E402
 from mir_jax.sharding import make_mesh  # noqa: E402
+from tests.torch_init import save_random_llava  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE, PATCH = 28, 7  # 16 patches -> K = 16 image tokens (CLIP drops its class token)

@@ -15,10 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch_init import save_random_llava  # noqa: E402
-
 from mir_jax import hf as mhf  # noqa: E402
 from mir_jax.models import generate  # noqa: E402
+from tests.torch_init import save_random_llava  # noqa: E402
 
 TOL = 1e-4
 IMG = 28  # 4x4 patches of 7 px -> 16 patches

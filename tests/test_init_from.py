@@ -5,17 +5,18 @@ with the arrays orbax wrote, read back without our code."""
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import train_fixtures as fx
 from flax import nnx
 
 from mir_jax.config_check import ConfigError
-from mir_jax.train.loop import Setup, train_and_evaluate
+from mir_jax.train.loop import Setup
 from mir_jax.train.step import _forward
+from tests import train_fixtures as fx
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -28,8 +29,9 @@ def _flat(tree) -> dict[str, np.ndarray]:
 def _saved_params(workdir, step) -> dict[str, np.ndarray]:
     """Trainable + frozen parameters of a checkpoint, as orbax stored them."""
     ckpt = ocp.StandardCheckpointer()
-    state = ckpt.restore(str(workdir / "checkpoints" / str(step) / "state"))
-    frozen = ckpt.restore(str(workdir / "checkpoints" / str(step) / "frozen"))
+    step_dir = os.path.join(workdir, "checkpoints", str(step))
+    state = ckpt.restore(os.path.join(step_dir, "state"))
+    frozen = ckpt.restore(os.path.join(step_dir, "frozen"))
     return {**_flat(state["params"]), **_flat(frozen)}
 
 
@@ -41,17 +43,6 @@ def _start_params(config, workdir) -> dict[str, np.ndarray]:
         return _flat(nnx.to_pure_dict(jax.device_get(params)))
     finally:
         setup.checkpointer.close()
-
-
-@pytest.fixture(scope="module")
-def stage1(tmp_path_factory):
-    """A connector-only run of 4 steps with checkpoints at steps 2 and 4."""
-    workdir = tmp_path_factory.mktemp("stage1")
-    c = fx.tiny_train_config(total_steps=4)
-    c.checkpoint.every = 2
-    c.trainable.llm = "none"
-    train_and_evaluate(c, str(workdir))
-    return workdir
 
 
 def _stage2(**top):

@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reference_mir as ref
 import torch
 
 from mir_jax import mir
 from mir_jax.mir import linalg
 from mir_jax.sharding import make_mesh
+from tests import reference_mir as ref
 
 EXACT = ["eigh", "gram", "auto"]
 

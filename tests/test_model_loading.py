@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import train_fixtures as fx
 from flax import nnx
 
 from mir_jax.data import image_config_from_hf
@@ -22,6 +21,7 @@ from mir_jax.data.images import ImageConfig, load_and_preprocess, normalize
 from mir_jax.evals.loading import load_for_evaluation, load_model, load_weights
 from mir_jax.train.checkpoint import CheckpointError
 from mir_jax.train.loop import train_and_evaluate
+from tests import train_fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,17 +51,6 @@ def _assert_bitwise_equal(got: dict, want: dict) -> None:
     for k in want:
         assert got[k].dtype == want[k].dtype, k
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-
-
-@pytest.fixture(scope="module")
-def stage1(tmp_path_factory):
-    """Connector-only training (the towers are a frozen item), checkpoints at steps 2 and 4."""
-    workdir = str(tmp_path_factory.mktemp("stage1") / "run")
-    c = fx.tiny_train_config(total_steps=4)
-    c.checkpoint.every = 2
-    c.trainable.llm = "none"
-    train_and_evaluate(c, workdir)
-    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +132,8 @@ def tiny_hf(tmp_path_factory):
     """A random HF LLaVA (CLIP + Llama) with a CLIP processor that resizes to 32 and crops 28."""
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from torch_init import save_random_llava
-
     from mir_jax.data import ByteTokenizer
+    from tests.torch_init import save_random_llava
 
     tok = ByteTokenizer()
     vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

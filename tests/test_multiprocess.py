@@ -30,7 +30,7 @@ from mir_jax import distributed
 from mir_jax.train.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "multihost_worker.py")
+WORKER = ["-m", "tests.multihost_worker"]  # from ROOT (cwd), so `tests` and `configs` import
 CONFIG = os.path.join(ROOT, "tests", "multihost_config.py")
 TIMEOUT_S = 600  # ~75 s on 2 idle cores; much more when they are shared
 SIGTERM_AT_STEP = 1  # the hosts agree on that step or a later one (seen: 0-2 steps later)
@@ -62,7 +62,7 @@ def _start_pair(tmp_path, workdir, tag: str, sigterm_at_step: int = 0, via_env: 
     procs = []
     for pid in range(2):
         record = tmp_path / f"{tag}_p{pid}.json"
-        cmd = [sys.executable, WORKER, "train", str(record), str(sigterm_at_step), "--",
+        cmd = [sys.executable, *WORKER, "train", str(record), str(sigterm_at_step), "--",
                f"--config={CONFIG}", f"--workdir={workdir}"]
         env = _env(tmp_path, 1)
         if via_env:
@@ -109,7 +109,7 @@ def runs(tmp_path_factory):
     ref_env = _env(tmp_path, 2)
     ref_env.pop("JAX_COMPILATION_CACHE_DIR")
     ref_log = open(tmp_path / "reference.log", "w")
-    ref = subprocess.Popen([sys.executable, WORKER, "reference", str(ref_path)], cwd=ROOT,
+    ref = subprocess.Popen([sys.executable, *WORKER, "reference", str(ref_path)], cwd=ROOT,
                            env=ref_env, stdout=ref_log, stderr=subprocess.STDOUT)
     try:
         return _launches(tmp_path, workdir, ref, ref_path, ref_log, t0, deadline)

@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import train_fixtures  # noqa: F401 -- puts the repository root, and configs/, on sys.path
 from flax import nnx
 
 from configs import llava15_pretrain, llava15_sft, stage0

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 import pytest
-import train_fixtures as fx
 from PIL import Image
 
 from mir_jax.train.metrics import read_jsonl
+from tests import train_fixtures as fx
 
 # A user's machine: one CPU device (the test process fakes 8; subprocesses do not need them).
 # One persistent compilation cache for this module's runs: a resumed run compiles what the

@@ -10,11 +10,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-import train_fixtures as fx
 
 from mir_jax.train.checkpoint import Checkpointer, StopSignal
 from mir_jax.train.loop import Setup, train_and_evaluate
 from mir_jax.train.metrics import read_jsonl
+from tests import train_fixtures as fx
 
 
 def _losses(workdir):

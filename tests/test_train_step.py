@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import train_fixtures as fx
 from flax import nnx
 
 from mir_jax.sharding import make_mesh
 from mir_jax.train.step import StepConfig, Stepper, global_batch
+from tests import train_fixtures as fx
 
 Z_LOSS = 1e-2
 

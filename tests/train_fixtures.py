@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
+
+from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # the configs package lives at the repository root
-
-from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 
 OPT = {"lr": 3e-3, "warmup_steps": 2, "end_factor": 0.1, "b1": 0.9, "b2": 0.98, "eps": 1e-8,
        "weight_decay": 0.1, "clip_norm": 1.0}
