@@ -3,10 +3,11 @@ corpus (byte tokenizer: vocab 264, image token id 3)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
-from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
+from mir_jax.models import ConnectorConfig, LlavaConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,16 +17,16 @@ SEQ_LEN = 128
 
 
 def tiny_model_config(**overrides) -> LlavaConfig:
-    """Every sharded dimension is even, so the model lays out on data=2 x fsdp=2 x tensor=2."""
-    base = dict(
-        vision=VisionConfig(kind="clip", image_size=32, patch_size=8, hidden_size=32,
-                            intermediate_size=64, num_layers=2, num_heads=2),
-        connector=ConnectorConfig(name="mlp2x_gelu"),
-        text=TextConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_layers=2,
-                        num_heads=2, num_kv_heads=2, max_position_embeddings=512),
-        image_token_id=3, pad_token_id=0, eos_token_id=2)
-    base.update(overrides)
-    return LlavaConfig.from_dict(base)
+    """`LlavaConfig.tiny()` (the library's test model) for the byte tokenizer (vocab 264, image
+    token 3) with every sharded dimension even (2 heads of 16), so the model lays out on
+    data=2 x fsdp=2 x tensor=2."""
+    base = LlavaConfig.tiny()
+    d = dict(
+        vision=dataclasses.replace(base.vision, num_heads=2),
+        text=dataclasses.replace(base.text, vocab_size=264, hidden_size=32, intermediate_size=64, num_heads=2),
+        image_token_id=3)
+    d.update(overrides)
+    return base.replace(**d)
 
 
 @functools.lru_cache(maxsize=4)
