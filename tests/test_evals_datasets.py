@@ -14,6 +14,7 @@ from mir_jax.evals.datasets import (
     load_coco_captions,
     load_gqa,
     load_karpathy_captions,
+    load_mmbench,
     load_multiple_choice,
     load_pope,
     load_scienceqa,
@@ -340,6 +341,73 @@ def test_scienceqa(tmp_path):
 # -- bad input ------------------------------------------------------------------------
 
 
+def _mmbench_tsv(path, rows, columns=("index", "question", "hint", "A", "B", "C", "D", "answer",
+                                        "category", "image", "source", "l2-category", "comment", "split")):
+    """An MMBench-layout TSV as pandas' DataFrame.to_csv(sep="\t") writes it (quoting minimal,
+    a missing value an empty field)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([r.get(c, "") for c in columns])
+    return str(path)
+
+
+def _png_base64(colour) -> tuple[str, bytes]:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2), colour).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode(), buf.getvalue()
+
+
+def test_mmbench_tsv(tmp_path):
+    import numpy as np
+
+    from mir_jax.data.images import load_image
+
+    red, red_bytes = _png_base64((255, 0, 0))
+    blue, _ = _png_base64((0, 0, 255))
+    rows = [
+        # Three options (D empty), a hint with a newline and a tab inside quotes, answer C.
+        {"index": "101", "question": " What colour is it? ", "hint": "Look\tclosely.\nIt is bright.",
+         "A": "blue", "B": "green", "C": "red", "D": "", "answer": "C", "category": "attribute",
+         "image": red, "l2-category": "fine-grained perception"},
+        # Four options, no hint (pandas writes NaN as an empty field, or as "nan").
+        {"index": "205", "question": "Which is it?", "hint": "nan", "A": "1", "B": "2", "C": "3",
+         "D": "4", "answer": "A", "category": "counting", "image": blue, "l2-category": ""},
+    ]
+    path = _mmbench_tsv(tmp_path / "MMBench_DEV_EN.tsv", rows)
+    recs = load_mmbench(path)
+    assert [r["question_id"] for r in recs] == ["101", "205"]
+    a, b = recs
+    assert (a["question"], a["options"], a["answer"]) == ("What colour is it?", ["blue", "green", "red"], 2)
+    assert a["hint"] == "Look\tclosely.\nIt is bright." and b["hint"] is None
+    assert (b["options"], b["answer"]) == (["1", "2", "3", "4"], 0)
+    assert (a["category"], a["l2_category"], b["l2_category"]) == ("attribute", "fine-grained perception", None)
+    assert a["image"] == red_bytes  # the encoded file, byte for byte
+    pixels = np.asarray(load_image(a["image"]))
+    assert pixels.shape == (2, 3, 3) and (pixels == [255, 0, 0]).all()
+    assert load_task("mmbench", tsv=path, limit=1) == [a]
+    assert TASK_KINDS["mmbench"] == "multiple_choice"
+
+    # One line for each kind of damage.
+    test_split = _mmbench_tsv(tmp_path / "test.tsv", rows, columns=("index", "question", "hint", "A", "B", "image"))
+    assert "no 'answer' column" in one_line_error(load_mmbench, test_split)
+    other = _mmbench_tsv(tmp_path / "other.tsv", rows, columns=("id", "text"))
+    assert "not an MMBench TSV: no column(s) ['A', 'B', 'image', 'index', 'question']" in one_line_error(load_mmbench, other)
+    bad = _mmbench_tsv(tmp_path / "bad.tsv", [dict(rows[0], image="not base64!")])
+    assert "bad.tsv:2 (index 101): 'image' is not base64" in one_line_error(load_mmbench, bad)
+    wrong = _mmbench_tsv(tmp_path / "wrong.tsv", [dict(rows[0], answer="D")])
+    assert "out of range for 3 options" in one_line_error(load_mmbench, wrong)
+    twice = _mmbench_tsv(tmp_path / "twice.tsv", [rows[0], rows[0]])
+    assert "question_id '101' appears twice" in one_line_error(load_mmbench, twice)
+    assert "file not found" in one_line_error(load_mmbench, tmp_path / "none.tsv")
+
+
 def test_missing_files(tmp_path):
     missing = str(tmp_path / "nope.json")
     for fn, args in [(load_coco_captions, (missing,)), (load_pope, (str(tmp_path / "x.jsonl"),)),
@@ -384,7 +452,7 @@ def test_load_task_names(tmp_path):
     msg = one_line_error(load_task, "okvqa", path="x")
     assert "unknown task format 'okvqa'" in msg
     for name in ("coco", "karpathy", "jsonl", "vqav2", "textvqa", "gqa", "pope", "scienceqa",
-                 "mc_jsonl"):
+                 "mc_jsonl", "mmbench"):
         assert name in msg and name in LOADERS and name in TASK_KINDS
     msg = one_line_error(load_task, "pope", path="x.jsonl")
     assert "'pope'" in msg and "jsonl, image_folder" in msg

@@ -9,7 +9,8 @@ an answer, a missing image, a duplicated question id) is one
 :class:`~mir_jax.data.errors.DataError` line naming the file and the line (JSONL) or the
 record. ``question_id`` is always a ``str``.
 
-Record shapes (``image`` is an absolute path, or None for a text-only question)::
+Record shapes (``image`` is an absolute path, or None for a text-only question; MMBench's
+``image`` is the encoded picture's bytes)::
 
     caption          {"question_id", "image", "captions": [str, ...]}
     vqa              {"question_id", "image", "question", "answers": [str, ...],
@@ -76,16 +77,28 @@ Formats and the fields read:
   then gives the order). Image = ``image_folder/<split>/<pid>/<image>`` as in ScienceQA's
   ``images/`` layout; ``images_only=True`` keeps ScienceQA-IMG.
 
+* ``mmbench`` (:func:`load_mmbench`), MMBench's TSV files (``MMBench_DEV_EN.tsv``,
+  ``mmbench_dev_20230712.tsv``, CCBench/SEED variants of the same layout): ``index``,
+  ``question``, ``hint``, the option columns ``A``..``E`` (those present and non-empty, in
+  order; pandas writes a missing option as an empty field or ``nan``), ``answer`` (a letter;
+  the test split has none and is refused), ``image`` (the picture, base64). The image stays
+  encoded (``image`` holds its bytes, decoded when fed); extras ``"category"`` and
+  ``"l2_category"`` where the columns exist. ``question_id`` = ``index``. Each row is scored
+  once (no circular re-ordering of the options).
 Text questions are the first line of the LLaVA ``text`` (the lines after it are LLaVA's
 prompt additions); an empty hint is None.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import csv
 import inspect
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 
 from mir_jax.data.errors import DataError
@@ -658,6 +671,65 @@ def load_scienceqa(problems_json, image_folder=None, split="test", pid_splits=No
 
 # -- dispatch -------------------------------------------------------------------------
 
+MMBENCH_OPTIONS = ("A", "B", "C", "D", "E")
+
+
+def _mmbench_field(row: dict, key: str) -> str | None:
+    """A TSV field, None when absent, empty or pandas' "nan"."""
+    value = row.get(key)
+    if value is None or value.strip() in ("", "nan", "NaN"):
+        return None
+    return value.strip()
+
+
+def load_mmbench(tsv, limit=None) -> list[dict]:
+    """MMBench TSV -> multiple-choice records (see the module docstring)."""
+    _check_limit(limit)
+    path = os.fspath(tsv)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    csv.field_size_limit(sys.maxsize)  # one field is a whole base64 image
+    out: list[dict] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        columns = set(reader.fieldnames or ())
+        missing = sorted({"index", "question", "image", "A", "B"} - columns)
+        if missing:
+            raise DataError(f"{path}: not an MMBench TSV: no column(s) {missing} (has {sorted(columns)})")
+        if "answer" not in columns:
+            raise DataError(f"{path}: no 'answer' column (MMBench's test split has no answers; "
+                            "use a dev file)")
+        for line, row in enumerate(reader, start=2):
+            if _full(out, limit):
+                break
+            where = f"{path}:{line}"
+            qid = _mmbench_field(row, "index")
+            if qid is None:
+                raise DataError(f"{where}: empty 'index'")
+            where = f"{where} (index {qid})"
+            options = [v for v in (_mmbench_field(row, k) for k in MMBENCH_OPTIONS) if v is not None]
+            if len(options) < 2:
+                raise DataError(f"{where}: fewer than 2 options in columns A-E")
+            answer = _mmbench_field(row, "answer")
+            if answer is None:
+                raise DataError(f"{where}: empty 'answer'")
+            encoded = _mmbench_field(row, "image")
+            if encoded is None:
+                raise DataError(f"{where}: empty 'image'")
+            try:
+                image = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise DataError(f"{where}: 'image' is not base64 ({e})") from e
+            record = {"question_id": qid, "image": image, "question": row["question"].strip(),
+                      "options": options, "answer": _answer_index(answer, options, where),
+                      "hint": _hint(_mmbench_field(row, "hint"))}
+            for key, extra in (("category", "category"), ("l2-category", "l2_category")):
+                if key in columns:
+                    record[extra] = _mmbench_field(row, key)
+            out.append(record)
+    return _unique(out, path)
+
+
 LOADERS = {
     "coco": load_coco_captions,
     "karpathy": load_karpathy_captions,
@@ -668,6 +740,7 @@ LOADERS = {
     "pope": load_pope,
     "scienceqa": load_scienceqa,
     "mc_jsonl": load_multiple_choice,
+    "mmbench": load_mmbench,
 }
 
 # The record kind each format gives (the shapes in the module docstring).
@@ -675,7 +748,7 @@ TASK_KINDS = {
     "coco": "caption", "karpathy": "caption", "jsonl": "caption",
     "vqav2": "vqa", "textvqa": "vqa", "gqa": "vqa",
     "pope": "pope",
-    "scienceqa": "multiple_choice", "mc_jsonl": "multiple_choice",
+    "scienceqa": "multiple_choice", "mc_jsonl": "multiple_choice", "mmbench": "multiple_choice",
 }
 
 
