@@ -36,7 +36,7 @@ EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every score of 
 and scores.png; one table of all scores is printed. --X_data takes "embedded" (the default:
 the embedded benchmark) or FORMAT:KEY=PATH,... with the loader's argument names
 (`mir_jax/evals/datasets.py`: coco, karpathy, jsonl, vqav2, textvqa, gqa, pope, scienceqa,
-mc_jsonl, mmbench), e.g. --mc_data=mmbench:tsv=/data/MMBench_DEV_EN.tsv.
+mc_jsonl, mmbench; mmbench takes the key tsv).
 """
 
 from __future__ import annotations
