@@ -255,17 +255,28 @@ def make_stack(n: int, make_layer: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.R
     return create(rngs)
 
 
+# On XLA:CPU a scanned layer stack pays for stacking every layer's residuals (and gradients) into
+# [L, ...] buffers and slicing them back, which an unrolled loop over the same stacked parameters
+# does not (BENCHMARKS.md, "Components"); stacks this shallow compile quickly unrolled, so there
+# they run unrolled. Accelerators keep the scan (compile time independent of depth).
+_CPU_UNROLL_MAX_LAYERS = 8
+
+
 def run_stack(stack: nnx.Module, body: Callable, carry, xs=None, *, n: int | None = None,
-              scan: bool = True, remat: str = "none"):
+              scan: bool = True, remat: str = "none", cpu_unroll: bool = True):
     """Applies `body(layer, carry, x) -> (carry, y)` over the first `n` stacked layers.
 
     With `scan` the layers run in one `lax.scan` (compile time independent of depth); without,
-    the loop is unrolled over the same stacked parameters. `remat` names a checkpoint policy.
+    the loop is unrolled over the same stacked parameters. With `cpu_unroll`, on the CPU
+    backend a stack of at most _CPU_UNROLL_MAX_LAYERS layers is unrolled even when `scan`
+    asks for the scan (same result). `remat` names a checkpoint policy.
     Returns (carry, ys stacked on axis 0).
     """
     graphdef, state = nnx.split(stack)
     total = jax.tree.leaves(state)[0].shape[0]
     n = total if n is None else n
+    if scan and cpu_unroll and jax.default_backend() == "cpu" and n <= _CPU_UNROLL_MAX_LAYERS:
+        scan = False
     if n < total:
         state = jax.tree.map(lambda a: a[:n], state)
 

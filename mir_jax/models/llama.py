@@ -148,5 +148,5 @@ class LlamaModel(nnx.Module):
             return (h, ck, cv, i + 1), (h if collect else None)
 
         (last, ck, cv, _), ys = run_stack(self.layers, cached_body, (x, *cache, jnp.int32(0)), None,
-                                          scan=self.scan_layers)
+                                          scan=self.scan_layers, cpu_unroll=False)
         return self.norm(last), ys, (ck, cv)
