@@ -176,10 +176,9 @@ def test_cli_bad_inputs_are_clear_and_write_nothing(tiny_llava, tmp_path):
 def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     """Train a tiny model for 6 steps (MIR evaluated in the loop on the final parameters), then
     load the workdir the way `evaluate.py --checkpoint` does: same MIR on the same batches."""
-    import train_fixtures
-
     from mir_jax.evals.loading import load_for_evaluation
     from mir_jax.train.loop import train_and_evaluate
+    from tests import train_fixtures
 
     config = train_fixtures.tiny_train_config()
     config.eval.at_end = True
