@@ -216,11 +216,12 @@ def _downstream(names: list[str]) -> list[tuple[str, object]]:
 def _default_output_dir(paths: list[str]) -> str:
     """WORKDIR/mir_eval for one of our workdirs (WORKDIR/mir_eval_stepSTEP for WORKDIR@STEP: a
     step's results do not overwrite the newest's); DIR_mir_eval beside an HF directory."""
+    from mir_jax.evals.loading import is_workdir
     from mir_jax.train.init_from import split_step
 
     first, step = split_step(paths[0])
     first = os.path.normpath(first)
-    if os.path.isdir(os.path.join(first, "checkpoints")):
+    if is_workdir(first):
         return os.path.join(first, "mir_eval" if step is None else f"mir_eval_step{step}")
     return first + "_mir_eval"
 

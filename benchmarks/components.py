@@ -117,6 +117,11 @@ def main():
         graphdef, state = nnx.split(module)
         return (lambda st, *xs: nnx.merge(graphdef, st)(*xs)), state
 
+    def bench_module(name, ours, theirs, x):
+        """One-input block: our nnx module against the torch module holding the same weights."""
+        fn, st = split(ours)
+        bench(name, fn, (st, jnp.asarray(x)), torch_step(theirs, [torch.tensor(x)], theirs.parameters()))
+
     # --- Dense at every shape the model uses (rows x in -> out) ------------------------------
     n_txt, n_vis = b * s, b * tv
     dense_shapes = [
@@ -171,20 +176,12 @@ def main():
 
     # --- norms -------------------------------------------------------------------------------
     x_txt, x_vis = randn(b, s, d), randn(b, tv, dv)
-    fn, st = split(dec.input_layernorm)
-    bench(f"rmsnorm [{b},{s},{d}]", fn, (st, jnp.asarray(x_txt)),
-          torch_step(t_dec.input_layernorm, [torch.tensor(x_txt)], t_dec.input_layernorm.parameters()))
-    fn, st = split(vit.layer_norm1)
-    bench(f"layernorm [{b},{tv},{dv}]", fn, (st, jnp.asarray(x_vis)),
-          torch_step(t_vit.layer_norm1, [torch.tensor(x_vis)], t_vit.layer_norm1.parameters()))
+    bench_module(f"rmsnorm [{b},{s},{d}]", dec.input_layernorm, t_dec.input_layernorm, x_txt)
+    bench_module(f"layernorm [{b},{tv},{dv}]", vit.layer_norm1, t_vit.layer_norm1, x_vis)
 
     # --- MLPs --------------------------------------------------------------------------------
-    fn, st = split(dec.mlp)
-    bench(f"swiglu mlp [{b},{s},{d}] f={f}", fn, (st, jnp.asarray(x_txt)),
-          torch_step(t_dec.mlp, [torch.tensor(x_txt)], t_dec.mlp.parameters()))
-    fn, st = split(vit.mlp)
-    bench(f"vit mlp [{b},{tv},{dv}] f={fv}", fn, (st, jnp.asarray(x_vis)),
-          torch_step(t_vit.mlp, [torch.tensor(x_vis)], t_vit.mlp.parameters()))
+    bench_module(f"swiglu mlp [{b},{s},{d}] f={f}", dec.mlp, t_dec.mlp, x_txt)
+    bench_module(f"vit mlp [{b},{tv},{dv}] f={fv}", vit.mlp, t_vit.mlp, x_vis)
 
     # --- whole layers ------------------------------------------------------------------------
     dg, dst = nnx.split(dec)

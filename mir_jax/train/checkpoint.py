@@ -295,15 +295,9 @@ def abstract_params(model_config, recipe, mesh):
     """(graphdef, partition, trainable, frozen) of the model: trainable/frozen {key: ShapeDtypeStruct} as
     the train state and the frozen item hold them (split by `recipe`), in `mesh`'s shardings,
     built from the model config alone (no optimizer, nothing allocated)."""
-    from flax import nnx
+    from mir_jax.train.partition import partition_model
 
-    from mir_jax.models import LlavaModel
-    from mir_jax.train.partition import ParamPartition
-
-    abstract = nnx.eval_shape(lambda: LlavaModel(model_config, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(abstract, nnx.Param)
-    partition = ParamPartition(params, recipe, num_vision_layers=model_config.vision.num_layers,
-                               num_llm_layers=model_config.text.num_layers)
+    graphdef, params, partition = partition_model(model_config, recipe)
     trainable, frozen = jax.eval_shape(partition.split, params)
     trainable_sh, frozen_sh = partition.shardings(mesh)
     add = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)  # noqa: E731

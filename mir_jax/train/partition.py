@@ -197,3 +197,19 @@ class ParamPartition:
                 k = n // leaf.shape[0] * (b - a)
                 tr, fr = tr + k, fr + n - k
         return tr, fr
+
+
+def partition_model(model_config, recipe) -> tuple[nnx.GraphDef, nnx.State, ParamPartition]:
+    """(graphdef, abstract Param state, ParamPartition) of the model `model_config` describes,
+    split by the trainable `recipe`: built with `nnx.eval_shape`, so nothing is allocated and
+    no parameter is placed on a device. What the train step (`step.Stepper`) and the params-only
+    checkpoint restore (`checkpoint.abstract_params`) both start from."""
+    from mir_jax.models import LlavaModel
+
+    abstract = nnx.eval_shape(lambda: LlavaModel(model_config, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise NotImplementedError("the model holds non-Param state; the train step only carries Params")
+    partition = ParamPartition(params, recipe, num_vision_layers=model_config.vision.num_layers,
+                               num_llm_layers=model_config.text.num_layers)
+    return graphdef, params, partition

@@ -34,7 +34,7 @@ from mir_jax.sharding import (
     data_parallel_size,
     use_mesh,
 )
-from mir_jax.train.partition import ParamPartition
+from mir_jax.train.partition import partition_model
 
 # The batch keys (of the data contract, mir_jax.data.BATCH_KEYS) that the step reads.
 STEP_INPUTS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
@@ -121,13 +121,7 @@ class Stepper:
         self.mesh, self.rules, self.step_config = mesh, rules, step
         # Built without an active mesh: parameters only get their sharding from `out_shardings`
         # below (no eager per-variable placement, no full copy on one device).
-        abstract = nnx.eval_shape(lambda: LlavaModel(self.config, rngs=nnx.Rngs(0)))
-        self.graphdef, abstract_params, abstract_rest = nnx.split(abstract, nnx.Param, ...)
-        if jax.tree.leaves(abstract_rest):
-            raise NotImplementedError("the model holds non-Param state; the train step only carries Params")
-        self.partition = ParamPartition(abstract_params, recipe,
-                                        num_vision_layers=self.config.vision.num_layers,
-                                        num_llm_layers=self.config.text.num_layers)
+        self.graphdef, abstract_params, self.partition = partition_model(self.config, recipe)
         self.schedule = learning_rate_schedule(opt, total_steps)
         self.tx = make_optimizer(opt, total_steps, self.partition.decay_mask())
         self.param_shardings, self.frozen_shardings = self.partition.shardings(mesh, rules)
