@@ -285,7 +285,9 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
     c.checkpoint.every, c.checkpoint.async_save = 0, False
     c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
     c.data.num_threads = 1
-    c.evals = [{"name": "caption", "every": 60, "num_samples": 32, "batch_size": 16}]
+    # 48 new tokens, not the default longest reference (+4): the test is about the loop, and the
+    # threshold below was measured at 48.
+    c.evals = [{"name": "caption", "every": 60, "num_samples": 32, "batch_size": 16, "max_new_tokens": 48}]
     result = train_and_evaluate(c, str(tmp_path))
     rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "downstream"]
     assert [r["step"] for r in rows] == [60, 120]
@@ -298,7 +300,7 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
 
     untrained = LlavaModel(LlavaConfig.from_dict(c.model.to_dict()), rngs=nnx.Rngs(0))
     handle = EvalModel("untrained", untrained, TOK, ImageConfig(size=32), "plain")
-    baseline = get_evaluator("caption", num_samples=32, batch_size=16).run(handle).scores["cider"]
+    baseline = get_evaluator("caption", num_samples=32, batch_size=16, max_new_tokens=48).run(handle).scores["cider"]
     print(f"caption CIDEr-D: trained {trained:.3f}, untrained {baseline:.3f}")
     assert trained > 0.3 and baseline < 0.05
 

@@ -242,6 +242,10 @@ def test_shipped_studies_resolve(tmp_path):
     plain = [json.loads(c.to_json()) for c in sft.values()]
     assert len({p.pop("init_from") for p in plain}) == len(sft)  # each SFT starts from its own stage 1
     assert all(p == plain[0] for p in plain)  # and is otherwise the same run
+    # The miniature's SFT: a modest budget, and captioning among the scores (the one benchmark
+    # there that moves with stage 1).
+    assert plain[0]["total_steps"] == 150 and "caption" in [e["name"] for e in plain[0]["evals"]]
+    assert seen["mir_vs_sft"]["full/sft"].total_steps == 5198  # full size: the recipe's own length
     scales = [c.data.sources[0]["data_scale"] for k, c in seen["data_scale"].items() if k.endswith("/stage1")]
     assert len(scales) == 4 and max(scales) / min(scales) >= 30
     assert seen["mir_vs_sft"]["data_1pct/stage1"].data.sources[0]["data_scale"] == 5_581

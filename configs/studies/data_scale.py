@@ -1,6 +1,7 @@
 """More pre-training data is not always better ("Rethinking Overlooked Aspects in VLMs"; MIR's
 data-scale study): stage 1 on 4 nested subsets spanning 32x, the same steps and the same SFT
-for each, then MIR, loss and the post-SFT scores.
+for each, then MIR, loss and the post-SFT scores (VQA, POPE, multiple choice and captioning,
+as in mir_vs_sft).
 
     python study.py --study=configs/studies/data_scale.py:runlocal --workdir=/tmp/data_scale
 
@@ -23,13 +24,14 @@ def get_study(arg=None):
     source = ({"type": "synthetic", "kind": "caption", "template": "plain"} if runlocal else
               {"type": "llava", "path": "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
                "image_folder": "LLaVA-Pretrain/images", "template": "plain"})
+    sft = common.sft(runlocal, evals=common.WITH_CAPTION_EVALS, **common.sft_budget(runlocal))
     return {
         "name": "data_scale",
         "description": "Stage-1 data scale sweep (nested subsets, 32x), the same steps and SFT for each.",
-        "stages": [*common.stage0(runlocal), common.stage1(runlocal), common.sft(runlocal)],
+        "stages": [*common.stage0(runlocal), common.stage1(runlocal), sft],
         "variants": [{"name": f"scale_{n}", "overrides": {"stage1": {"data.sources": [{**source, "data_scale": n}]}}}
                      for n in scales],
         "mir_stage": "stage1",
         "score_stage": "sft",
-        "score_metrics": common.SFT_SCORE,
+        "score_metrics": common.WITH_CAPTION_SCORE,
     }
