@@ -21,16 +21,11 @@ from mir_jax.train.metrics import read_jsonl
 from tests import train_fixtures as fx
 
 # A user's machine: one CPU device (the test process fakes 8; subprocesses do not need them).
-# One persistent compilation cache for this module's runs: a resumed run compiles what the
-# first one did, and the cache turns its ~25 s of compiling into ~2 s.
-ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+# The runs share the suite's persistent compilation cache (conftest): a resumed run compiles
+# what the first one did, and the cache turns its ~25 s of compiling into ~2 s.
+ENV = {**os.environ, "XLA_FLAGS": ""}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    ENV["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-    yield
-    ENV.pop("JAX_COMPILATION_CACHE_DIR")
 # Keeps the runlocal recipe to seconds: 4 rows a step, held-out loss only (no MIR, no samples,
 # no downstream evaluators).
 FAST = ["--config.batch_size=4", "--config.log_every=1", "--config.eval.batch_size=4",

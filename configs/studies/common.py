@@ -22,9 +22,6 @@ SFT_SCORE = ["vqa/accuracy", "pope/accuracy", "multiple_choice/accuracy"]
 # samples, since at 64 CIDEr-D moved by up to 0.4 between two runs of the same model.
 WITH_CAPTION_EVALS = [*SFT_EVALS, {"name": "caption", "every": 0, "num_samples": 256}]
 WITH_CAPTION_SCORE = [*SFT_SCORE, "caption/cider"]
-# The miniature's SFT in the studies that rank stage-1 variants: a modest budget, so that what
-# stage 1 left is not simply trained over (the chain in docs/miniature_world.md uses the same).
-RUNLOCAL_SFT_STEPS = 150
 
 # Study runs keep what the study reads (the final held-out loss and MIR, the final scores)
 # and drop what only a person watching a single run wants (sample captions, mid-run evals).
@@ -63,6 +60,9 @@ def sft(runlocal: bool, evals=None, **overrides) -> dict:
             "init_from": "stage1", "overrides": over}
 
 
-def sft_budget(runlocal: bool) -> dict:
-    """The SFT length overrides of the studies that rank stage-1 variants (none at full size)."""
-    return {"total_steps": RUNLOCAL_SFT_STEPS} if runlocal else {}
+def ranking_sft(runlocal: bool) -> dict:
+    """The SFT of the studies that rank stage-1 variants (mir_vs_sft, data_scale), scored with
+    WITH_CAPTION_SCORE. In miniature a modest 150 steps (the chain's budget in
+    docs/miniature_world.md), so that what stage 1 left is not simply trained over; at full
+    size the recipe's own length."""
+    return sft(runlocal, evals=WITH_CAPTION_EVALS, **({"total_steps": 150} if runlocal else {}))

@@ -24,11 +24,10 @@ def get_study(arg=None):
     source = ({"type": "synthetic", "kind": "caption", "template": "plain"} if runlocal else
               {"type": "llava", "path": "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
                "image_folder": "LLaVA-Pretrain/images", "template": "plain"})
-    sft = common.sft(runlocal, evals=common.WITH_CAPTION_EVALS, **common.sft_budget(runlocal))
     return {
         "name": "data_scale",
         "description": "Stage-1 data scale sweep (nested subsets, 32x), the same steps and SFT for each.",
-        "stages": [*common.stage0(runlocal), common.stage1(runlocal), sft],
+        "stages": [*common.stage0(runlocal), common.stage1(runlocal), common.ranking_sft(runlocal)],
         "variants": [{"name": f"scale_{n}", "overrides": {"stage1": {"data.sources": [{**source, "data_scale": n}]}}}
                      for n in scales],
         "mir_stage": "stage1",

@@ -41,12 +41,11 @@ def get_study(arg=None):
                                                           "optimizer.lr": 2e-3 if runlocal else 2e-5}}},
         {"name": "moca", "overrides": {"all": {"model.moca": True}}},
     ]
-    sft = common.sft(runlocal, evals=common.WITH_CAPTION_EVALS, **common.sft_budget(runlocal))
     return {
         "name": "mir_vs_sft",
         "description": "Stage-1 variants of differing quality, the same SFT for all: does stage-1 MIR rank "
                        "them by their post-SFT score (Spearman <= -0.7 wanted), and does stage-1 loss?",
-        "stages": [*common.stage0(runlocal), common.stage1(runlocal), sft],
+        "stages": [*common.stage0(runlocal), common.stage1(runlocal), common.ranking_sft(runlocal)],
         "variants": variants,
         "mir_stage": "stage1",
         "score_stage": "sft",
