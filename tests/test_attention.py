@@ -155,6 +155,20 @@ def test_blockwise_matches_reference_decoding_offset_and_explicit_mask():
     check(blockwise(8, 16), q, k, v, jnp.asarray(dense), dense, rng)
 
 
+def test_cache_attention_over_a_head_major_cache_matches_reference():
+    # The decoding step's attention: queries at a traced slot of a [B, KVH, T, Dh] cache, key
+    # padding on the left, GQA (3 query heads a kv head); one query, then three.
+    b, t, h, kvh, dh = 3, 41, 6, 2, 16
+    for s, offset in ((1, 30), (3, 37)):
+        rng, q, k, v = case(2 + s, b, s, t, h, kvh, dh)
+        valid = np.ones((b, t), bool)
+        valid[1, :9], valid[2, :20] = False, False
+        mask = attn.Mask(causal=True, q_offset=jnp.int32(offset), kv_valid=jnp.asarray(valid))
+        ref = numpy_mask(s, t, causal=True, offset=offset, valid=valid)
+        check(lambda q, k, v, m: attn.cache_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), m),
+              q, k, v, mask, ref, rng)
+
+
 def test_cudnn_wrapper_arguments_through_xla():
     # The cuDNN path's call (BTNH layout, GQA, is_causal or a [B, 1, S, T] mask) run through
     # jax.nn.dot_product_attention's XLA implementation: only the kernel itself is not run here.

@@ -7,6 +7,7 @@ Tiny random HF models are built here with torch; their weights are re-drawn at u
 
 import json
 import os
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -132,7 +133,11 @@ def test_save_pretrained_round_trip(siglip_qwen, clip_llama, tmp_path):
         np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
 
 
-def test_greedy_generation_matches_hf(clip_llama):
+@pytest.mark.parametrize("per_layer", [True, False], ids=["per_layer_cache", "stacked_cache"])
+def test_greedy_generation_matches_hf(clip_llama, per_layer, monkeypatch):
+    # Both decoding loops: one cache buffer a layer (CPU's) and the stacked cache under the
+    # layer scan (accelerators').
+    monkeypatch.setattr(sys.modules["mir_jax.models.generate"], "per_layer_cache", lambda: per_layer)
     path, hfm = clip_llama
     cfg, model = mhf.load_pretrained(path)
     k = cfg.num_image_tokens

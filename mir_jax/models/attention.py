@@ -51,6 +51,9 @@ BLOCKWISE_MIN_KV = 1024
 # (the fastest of 128-1024 on this CPU; a tile's float32 scores are B*H*256*256*4 bytes).
 BLOCK_Q = 256
 BLOCK_KV = 256
+# Fewer queries than this are a decoding step: "auto" picks "dense" for them on every backend,
+# and the decoder attends them straight over its head-major KV cache (`cache_attention`).
+DECODE_MAX_QUERIES = 16
 _NEG_INF = -jnp.inf
 
 
@@ -199,7 +202,7 @@ def select_implementation(name: str, q, k, mask: Mask | None = None, *, backend:
     mask = Mask() if mask is None else mask
     backend = backend or jax.default_backend()
     s, t, dh = q.shape[1], k.shape[1], q.shape[-1]
-    if s < 16:
+    if s < DECODE_MAX_QUERIES:
         return "dense"
     if backend in ("gpu", "cuda", "rocm") and cudnn_supports(q.dtype, dh):
         return "cudnn"
@@ -237,6 +240,32 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.A
     probs = _masked_softmax(logits, None if m is None else m[:, None, None], v.dtype)
     out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
     return out.reshape(b, s, h, dh)
+
+
+def cache_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, mask: Mask | jax.Array | None = None) -> jax.Array:
+    """Attention of new queries over a head-major KV cache (the decoding step's attention).
+
+    q [B, S, H, Dh]; ck, cv [B, KVH, T, Dh] (the cache's layout, see `generate.init_cache`);
+    mask over the T cache slots (`Mask`: causal with q_offset = the first query's slot, and
+    kv_valid for left padding). Returns [B, S, H, Dh] in q's dtype; a fully masked row gets the
+    mean of the values, as `dense_attention`.
+
+    Two batched dots over (B, KVH), the query heads grouped [KVH, G] (as HF's `repeat_kv`):
+    with T contiguous per head, each one-query dot streams its keys once. In the token-major
+    [B, T, KVH, Dh] layout XLA:CPU's dot for the same reads is several times slower
+    (BENCHMARKS.md, "Batched greedy generation"); on accelerators it is bandwidth-bound either way.
+    """
+    mask = Mask.of(mask)
+    b, s, h, dh = q.shape
+    kvh, t = ck.shape[1], ck.shape[2]
+    m = mask.materialize(s, t)
+    qg = q.reshape(b, s, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4) * jnp.asarray(dh**-0.5, q.dtype)
+    qg = qg.reshape(b, kvh, (h // kvh) * s, dh)  # [B, KVH, G*S, Dh]: one dot per (row, kv head)
+    logits = jnp.einsum("bkqd,bktd->bkqt", qg, ck.astype(q.dtype), preferred_element_type=jnp.float32)
+    logits = logits.reshape(b, kvh, h // kvh, s, t)
+    probs = _masked_softmax(logits, None if m is None else m[:, None, None], q.dtype)
+    out = jnp.einsum("bkqt,bktd->bkqd", probs.reshape(b, kvh, -1, t), cv.astype(q.dtype))
+    return out.reshape(b, kvh, h // kvh, s, dh).transpose(0, 3, 1, 2, 4).reshape(b, s, h, dh)
 
 
 def _masked_softmax(logits: jax.Array, mask: jax.Array | None, dtype) -> jax.Array:

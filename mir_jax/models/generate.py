@@ -1,6 +1,7 @@
 """Autoregressive generation with a KV cache: one jitted prefill, then the whole decoding loop
 in one jitted `while_loop` on the device (the cache donated and updated in place, one slot a
-step; no host round trip per token).
+step; no host round trip per token). The cache is head-major [B, KVH, T, Dh] per layer; on CPU
+one buffer a layer (`per_layer_cache`).
 
 Batched prompts must be LEFT-padded (as for HF `generate`), so every row's next token goes to the
 same cache slot. Positions follow HF `generate`: the count of earlier real tokens.
@@ -21,14 +22,21 @@ from mir_jax.models.llava import LlavaModel
 
 
 def init_cache(model: LlavaModel, batch: int, length: int):
-    """Zero KV cache: (k, v), each [L, B, length, KVH, Dh] in the compute dtype."""
+    """Zero KV cache (k, v), each [L, B, KVH, length, Dh] in the compute dtype: head-major, so a
+    decoding step's one query streams each head's keys contiguously."""
     t = model.config.text
-    shape = (t.num_layers, batch, length, t.num_kv_heads, t.head_dim)
-    z = jnp.zeros(shape, model.config.compute_dtype)
-    return (z, z)
+    shape = (t.num_layers, batch, t.num_kv_heads, length, t.head_dim)
+    return tuple(jnp.zeros(shape, model.config.compute_dtype) for _ in "kv")  # two buffers (donated)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+def per_layer_cache() -> bool:
+    """Whether `generate`'s decoding loop keeps one cache buffer a layer (the layers unrolled):
+    on XLA:CPU, where slicing a layer out of the stacked cache and weights inside the loop copies
+    the slice every step. Accelerators keep the stacked cache and the layer scan."""
+    return jax.default_backend() == "cpu"
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(6,))
 def _prefill(graphdef, state, input_ids, pixel_values, image_mask, key_valid, cache):
     model = nnx.merge(graphdef, state)
     b, s = input_ids.shape
@@ -40,19 +48,32 @@ def _prefill(graphdef, state, input_ids, pixel_values, image_mask, key_valid, ca
     return lm.logits(normed[:, -1:])[:, 0], positions[:, -1], cache
 
 
-def _step(model, tokens, positions, key_valid, cache, index):
-    """tokens, positions [B]; index: the cache slot being written (scalar)."""
+def _step(model, tokens, positions, key_valid, cache, index, layers=None):
+    """tokens, positions [B]; index: the cache slot being written (scalar); layers: per-layer
+    modules for a per-layer cache (`LlamaModel.decode`)."""
     lm = model.language_model
     x = lm.embed(tokens[:, None])
     mask = Mask(causal=True, q_offset=index, kv_valid=key_valid)  # the query sits at slot `index`
     no_image = jnp.zeros(tokens.shape + (1,), bool)
-    normed, _, cache = lm.decode(x, positions[:, None], mask, no_image, cache=cache, cache_index=index)
+    normed, _, cache = lm.decode(x, positions[:, None], mask, no_image, cache=cache, cache_index=index,
+                               layers=layers)
     return lm.logits(normed)[:, 0], cache
+
+
+def _argmax(logits):
+    """jnp.argmax over the last axis (the first index of the maximum), as a max and a min: two
+    plain reductions, which XLA:CPU vectorizes, where its argmax (one variadic reduce over
+    (value, index) pairs) is several times slower over a 32k vocabulary. A row with a NaN
+    matches nowhere and gives the last index (argmax: the NaN's)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    last = logits.shape[-1] - 1
+    return jnp.min(jnp.where(logits == top, index, last), axis=-1)
 
 
 def _sample(logits, temperature: float, top_k: int | None, key):
     if temperature <= 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return _argmax(logits)
     logits = logits / temperature
     if top_k:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
@@ -60,15 +81,18 @@ def _sample(logits, temperature: float, top_k: int | None, key):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _decode(graphdef, max_new_tokens: int, temperature: float, top_k, state, logits, positions,
-            key_valid, cache, start, eos, pad, rng):
+def _decode_loop(per_layer: bool, graphdef, max_new_tokens: int, temperature: float, top_k, state, logits,
+                 positions, key_valid, cache, start, eos, pad, rng):
     """The whole decoding loop on the device (one `while_loop`, no host round trip per token).
     Token 0 comes from the prompt's `logits`; step i feeds token i-1 (cache slot start + i - 1)
     and samples token i. Rows that emitted EOS get `pad` afterwards; the loop stops when every
-    row is done. Returns the new tokens [B, max_new_tokens]."""
+    row is done. Returns (the new tokens [B, max_new_tokens], the final cache or None)."""
     model = nnx.merge(graphdef, state)
     b = logits.shape[0]
+    layers = None
+    if per_layer:  # split once, here, so that the loop body reads every layer's arrays in place
+        cache = tuple(tuple(c[i] for i in range(c.shape[0])) for c in cache)
+        layers = model.language_model.unstack_layers()
     rng, key = jax.random.split(rng)
     tok = _sample(logits, temperature, top_k, key)
     out = jnp.full((b, max_new_tokens), pad, jnp.int32).at[:, 0].set(tok)
@@ -79,14 +103,23 @@ def _decode(graphdef, max_new_tokens: int, temperature: float, top_k, state, log
 
     def body(c):
         i, tok, pos, cache, done, out, rng = c
-        logits, cache = _step(model, tok, pos + 1, key_valid, cache, start + i - 1)
+        logits, cache = _step(model, tok, pos + 1, key_valid, cache, start + i - 1, layers)
         rng, key = jax.random.split(rng)
         new = jnp.where(done, pad, _sample(logits, temperature, top_k, key))
         out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
         return i + 1, new, pos + 1, cache, done | jnp.isin(new, eos), out, rng
 
     init = (jnp.int32(1), tok, positions, cache, jnp.isin(tok, eos), out, rng)
-    return jax.lax.while_loop(cond, body, init)[5]
+    final = jax.lax.while_loop(cond, body, init)
+    # The stacked cache is returned (and dropped by the caller) so that its donated buffers alias
+    # an output: the loop then updates them in place instead of copying them in first. The
+    # per-layer buffers are new ones, made from the stack once (nothing to donate).
+    return final[5], (None if per_layer else final[3])
+
+
+_decode = {per_layer: jax.jit(functools.partial(_decode_loop, per_layer), static_argnums=(0, 1, 2, 3),
+                              donate_argnums=() if per_layer else (8,))
+           for per_layer in (False, True)}
 
 
 def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, attention_mask=None, *,
@@ -128,6 +161,7 @@ def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, a
         cache = jax.device_put(cache, sharding.logical_sharding(mesh, (None, "batch", None, None, None)))
     logits, pos, cache = _prefill(graphdef, state, *inputs, cache)
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    out = _decode(graphdef, int(max_new_tokens), float(temperature), top_k, state, logits, pos,
-                  key_valid, cache, jnp.int32(s), jnp.asarray(eos), jnp.int32(pad), rng)
+    decode = _decode[per_layer_cache()]
+    out, _ = decode(graphdef, int(max_new_tokens), float(temperature), top_k, state, logits, pos,
+                    key_valid, cache, jnp.int32(s), jnp.asarray(eos), jnp.int32(pad), rng)
     return np.asarray(out)

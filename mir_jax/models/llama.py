@@ -2,9 +2,10 @@
 qkv bias (Qwen2) and tied embeddings; MoCa (modality calibration) after each layer when enabled.
 
 Layers are stacked and scanned (`layers.run_stack`). A KV cache, when given, is a pair of arrays
-[L, B, T, KVH, Dh] carried through the layer scan; each layer writes its new keys/values at
-`cache_index` in place and its queries attend to its slice under the caller's mask. `attention` (the config key) names the attention
-implementation (`mir_jax.models.attention`).
+[L, B, KVH, T, Dh] (head-major: each head's keys contiguous, for the decoding step) carried
+through the layer scan; each layer writes its new keys/values at `cache_index` in place and its
+queries attend to its slice under the caller's mask. `attention` (the config key) names the
+attention implementation (`mir_jax.models.attention`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mir_jax.models.attention import DECODE_MAX_QUERIES, cache_attention
 from mir_jax.models.config import TextConfig
 from mir_jax.models.layers import (
     Dense,
@@ -48,15 +50,25 @@ class Attention(nnx.Module):
         v = self.v_proj(x)
         q = constrain(q, ("batch", "length", "act_heads", None))
         if cache is not None:
-            # cache: the stacked (keys, values) [L, B, T, KVH, Dh] and this layer's index. The new
+            # cache: the stacked (keys, values) [L, B, KVH, T, Dh] and this layer's index. The new
             # keys/values are written into the stack at (layer, cache_index) and attention reads
             # the layer's slice of it: with the stack in a loop carry XLA updates it in place, a
             # decoding step moving one slot (a per-layer copy would move the whole cache).
             ck, cv, layer_index = cache
-            at = (layer_index, 0, cache_index, 0, 0)
-            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
-            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
-            k, v, cache = ck[layer_index], cv[layer_index], (ck, cv)
+            k, v = k.transpose(0, 2, 1, 3).astype(ck.dtype), v.transpose(0, 2, 1, 3).astype(cv.dtype)
+            if layer_index is None:  # this layer's own buffers [B, KVH, T, Dh]
+                ck = jax.lax.dynamic_update_slice(ck, k, (0, 0, cache_index, 0))
+                cv = jax.lax.dynamic_update_slice(cv, v, (0, 0, cache_index, 0))
+                cache, ck_l, cv_l = (ck, cv), ck, cv
+            else:
+                at = (layer_index, 0, 0, cache_index, 0)
+                ck = jax.lax.dynamic_update_slice(ck, k[None], at)
+                cv = jax.lax.dynamic_update_slice(cv, v[None], at)
+                cache, ck_l, cv_l = (ck, cv), ck[layer_index], cv[layer_index]
+            if q.shape[1] < DECODE_MAX_QUERIES:
+                return self.o_proj(cache_attention(q, ck_l, cv_l, mask)), cache
+            # A prompt (prefill): the model's attention over the slice, back in [B, T, KVH, Dh].
+            k, v = ck_l.transpose(0, 2, 1, 3), cv_l.transpose(0, 2, 1, 3)
         out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, implementation=self.attention_impl)
         return self.o_proj(out), cache
 
@@ -123,8 +135,13 @@ class LlamaModel(nnx.Module):
         out = jnp.matmul(h.reshape(-1, h.shape[-1]), w.astype(self.dtype), preferred_element_type=jnp.float32)
         return constrain(out.reshape(*h.shape[:-1], -1), ("batch", "length", "act_vocab"))
 
+    def unstack_layers(self) -> list[DecoderLayer]:
+        """The stacked decoder layers as one module a layer (parameters sliced out of the stack)."""
+        graphdef, state = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(self.cfg.num_layers)]
+
     def decode(self, x, positions, mask, modality_mask, *, collect: bool = False,
-               cache=None, cache_index=None):
+               cache=None, cache_index=None, layers: list[DecoderLayer] | None = None):
         """Runs the decoder layers and the final norm.
 
         x [B, S, D] input embeddings; positions [B, S]; mask an `attention.Mask` (or a bool
@@ -139,6 +156,17 @@ class LlamaModel(nnx.Module):
 
             last, ys = run_stack(self.layers, body, x, None, scan=self.scan_layers, remat=self.remat)
             return self.norm(last), ys, None
+
+        if isinstance(cache[0], (tuple, list)):
+            # One buffer a layer (`generate`'s decoding loop on CPU): the layers run unrolled and
+            # each updates its own buffer in place, where slicing a layer out of the stacked
+            # buffer would copy the slice on XLA:CPU every step.
+            layers = self.unstack_layers() if layers is None else layers
+            ck, cv, h, ys = list(cache[0]), list(cache[1]), x, []
+            for i, layer in enumerate(layers):
+                h, (ck[i], cv[i]) = layer(h, cos, sin, mask, modality_mask, (ck[i], cv[i], None), cache_index)
+                ys.append(h)
+            return self.norm(h), (jnp.stack(ys) if collect else None), (tuple(ck), tuple(cv))
 
         # The stacked cache rides in the scan's carry (as a scanned-over input/output XLA would
         # rebuild all of it every step); each layer writes its slot (Attention).
