@@ -17,6 +17,9 @@ Implementations (the model config's `attention` key; `select_implementation` res
                splash_attention`), under `shard_map` when a mesh is active; on other backends
                it runs in Pallas' interpreter (slow: tests only).
 
+Decoding steps (fewer than DECODE_MAX_QUERIES queries over a KV cache) take `cache_attention`,
+whose keys/values are the cache's head-major [B, KVH, T, Dh] layout.
+
 Masks are described, not materialized (`Mask`): causal (with an offset for KV-cache decoding),
 packed segment ids, key padding, and optionally an explicit boolean array. Dense paths
 materialize [B, S, T] booleans; the blockwise path builds one tile of it at a time; the
