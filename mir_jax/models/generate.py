@@ -1,7 +1,7 @@
 """Autoregressive generation with a KV cache: one jitted prefill, then the whole decoding loop
 in one jitted `while_loop` on the device (the cache donated and updated in place, one slot a
-step; no host round trip per token). The cache is head-major [B, KVH, T, Dh] per layer; on CPU
-one buffer a layer (`per_layer_cache`).
+step; no host round trip per token). The cache is head-major, [L, B, KVH, T, Dh]; on CPU the
+decoding loop holds it as one buffer a layer (`per_layer_cache`).
 
 Batched prompts must be LEFT-padded (as for HF `generate`), so every row's next token goes to the
 same cache slot. Positions follow HF `generate`: the count of earlier real tokens.

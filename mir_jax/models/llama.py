@@ -145,7 +145,13 @@ class LlamaModel(nnx.Module):
         """Runs the decoder layers and the final norm.
 
         x [B, S, D] input embeddings; positions [B, S]; mask an `attention.Mask` (or a bool
-        [B, S, T] array); modality_mask bool [B, S]. Returns (normed [B, S, D], per-layer outputs [L, B, S, D] or None, new cache).
+        [B, S, T] array); modality_mask bool [B, S]. Returns (normed [B, S, D], per-layer outputs
+        [L, B, S, D] or None, new cache).
+
+        cache: None, or (keys, values) written at slot `cache_index`: either stacked arrays
+        [L, B, KVH, T, Dh] (the layers run as a scan over them), or tuples of L arrays
+        [B, KVH, T, Dh] (the layers run unrolled; `layers`, from `unstack_layers`, saves slicing
+        the stacked parameters again on every call).
         """
         cfg = self.cfg
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
