@@ -28,10 +28,16 @@ one-line errors.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
+import os
 import signal
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +138,59 @@ def find_damage(step_dir, items) -> str | None:
     return None
 
 
+def _is_orbax_coroutine(obj) -> bool:
+    code = getattr(obj, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+    """A read that finished after orbax closed its event loop: tensorstore's completion callback
+    fails in asyncio's call_soon_threadsafe."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        return False
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return any(f.name == "call_soon_threadsafe" for f in frames)
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads(directory, failed: list[int]):
+    """Drops the noise of orbax's abandoned array reads while a damaged step fails to restore.
+
+    When one array read fails, orbax returns at once and closes its event loop, abandoning the
+    step's other reads; each then prints a screenful of traceback, after the one-line warning
+    has already said it all, in one of three ways:
+      - a read coroutine, closed on garbage collection, turns GeneratorExit into a new
+        Exception (orbax's read catches BaseException): "Exception ignored in: <coroutine>";
+      - a read task or future that failed with nobody awaiting it: asyncio logs "... exception
+        was never retrieved";
+      - a read that completes after the loop closed: tensorstore's completion callback fails
+        in call_soon_threadsafe with "RuntimeError: Event loop is closed".
+    Only these are dropped; unraisable errors and asyncio records about anything else pass.
+    `failed`: the steps that failed so far (the caller's list; read on exit)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (_is_orbax_coroutine(unraisable.object) or _is_closed_loop_callback(unraisable)):
+            previous(unraisable)
+
+    def not_orbax_read(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message
+                    and (str(directory) in message or f"{os.sep}orbax{os.sep}" in message))
+
+    asyncio_log = logging.getLogger("asyncio")
+    sys.unraisablehook = hook
+    asyncio_log.addFilter(not_orbax_read)
+    try:
+        yield
+    finally:
+        if failed:
+            gc.collect()  # collect the abandoned reads now, while their noise is still dropped
+            time.sleep(0.2)  # reads still in flight in tensorstore (no handle to wait on) end here
+        asyncio_log.removeFilter(not_orbax_read)
+        sys.unraisablehook = previous
+
+
 def restore_newest(directory, steps, restore_one: Callable[[int], Any]) -> tuple[int, Any, list[int]]:
     """Calls `restore_one(step)` for `steps`, newest first, until one returns.
 
@@ -143,18 +202,19 @@ def restore_newest(directory, steps, restore_one: Callable[[int], Any]) -> tuple
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}")
     failed, causes = [], []
-    for step in steps:
-        try:
-            return step, restore_one(step), failed
-        except CheckpointMismatch:
-            raise
-        except Exception as e:  # noqa: BLE001 -- any failure to read a step is damage to report
-            cause = _cause(e)
-            older = [s for s in steps if s < step]
-            log.warning("checkpoint step %d in %s does not restore (%s); %s", step, directory, cause,
-                        f"trying step {older[0]}" if older else "no older checkpoint")
-            failed.append(step)
-            causes.append(f"step {step}: {cause}")
+    with _quiet_abandoned_reads(directory, failed):
+        for step in steps:
+            try:
+                return step, restore_one(step), failed
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001 -- any failure to read a step is damage to report
+                cause = _cause(e)
+                older = [s for s in steps if s < step]
+                log.warning("checkpoint step %d in %s does not restore (%s); %s", step, directory, cause,
+                            f"trying step {older[0]}" if older else "no older checkpoint")
+                failed.append(step)
+                causes.append(f"step {step}: {cause}")
     raise CheckpointError(f"no checkpoint in {directory} restores ({'; '.join(causes)}); nothing was "
                           "deleted: move the directory aside to start afresh")
 
@@ -283,7 +343,6 @@ class StopSignal:
 
 def _workdir_checkpoints(workdir: str) -> str:
     """WORKDIR/checkpoints (FileNotFoundError, one line, when there is none)."""
-    import os
 
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
