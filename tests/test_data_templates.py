@@ -163,6 +163,8 @@ def test_byte_tokenizer_layout():
     assert tok.vocab_size == 264 and tok.vocab_size % 8 == 0
     assert tok.encode("Aé") == [65 + 4, 0xC3 + 4, 0xA9 + 4]
     assert tok.encode_with_offsets("Aé")[1] == [(0, 1), (1, 2), (1, 2)]
+    assert tok.encode_with_offsets("Hi!") == ([72 + 4, 105 + 4, 33 + 4], [(0, 1), (1, 2), (2, 3)])  # ASCII path
+    assert tok.encode_with_offsets("") == ([], [])
     assert tok.decode([1, 65 + 4, 3, 0xC3 + 4, 0xA9 + 4, 2, 0]) == "A<image>é"
     rec = {"kind": "caption", "id": "c", "file": "f", "images": [IMAGE], "caption": "hi"}
     out = process(rec, "plain", tok)

@@ -32,6 +32,8 @@ come from seeds neither training nor the held-out loss/MIR sets (``"eval"``) use
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .templates import CAPTION_PROMPT
@@ -91,12 +93,20 @@ def caption(scene: list[dict]) -> str:
     return " and ".join(group_phrase(g) for g in scene) + "."
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) float32 [size, size] coordinates of the pixel centres (read-only, shared)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
 def render(scene: list[dict], size: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 [size, size, 3]: a light background with the scene's shapes."""
     bg = int(rng.integers(225, 256))
     img = np.full((size, size, 3), bg, np.uint8)
     cell = size / GRID
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    yy, xx = _pixel_centres(size)
     for g in scene:
         r = cell * (0.42 if g["size"] == "large" else 0.24)
         colour = np.array(COLOURS[g["colour"]], np.uint8)

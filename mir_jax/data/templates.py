@@ -28,6 +28,8 @@ A segment is ``("text", str, loss)``, ``("image", index)``, ``("bos",)`` or ``("
 
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import (
     BAD_RECORD,
     EMPTY_CONVERSATION,
@@ -237,14 +239,13 @@ def tokenize_segments(segments, tokenizer, num_image_tokens: int):
         if not texts:
             return
         text = "".join(texts)
-        char_loss = []
-        for t, m in zip(texts, masks):
-            char_loss += [m] * len(t)
+        char_loss = np.repeat(np.asarray(masks, bool), [len(t) for t in texts])
         toks, offs = tokenizer.encode_with_offsets(text)
-        for tok, (s, e) in zip(toks, offs):
-            last = min(max(e - 1, s), len(text) - 1)
-            ids.append(int(tok))
-            loss.append(char_loss[last])
+        if toks:
+            se = np.asarray(offs, np.int64).reshape(-1, 2)
+            last = np.minimum(np.maximum(se[:, 1] - 1, se[:, 0]), len(text) - 1)  # a token's last character
+            ids.extend(int(t) for t in toks)
+            loss.extend(char_loss[last].tolist())
         texts.clear()
         masks.clear()
 

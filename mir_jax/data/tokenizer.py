@@ -40,6 +40,9 @@ class ByteTokenizer:
         return [b + self.offset for b in text.encode("utf-8")]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        data = text.encode("utf-8")
+        if len(data) == len(text):  # ASCII: byte i is character i
+            return [b + self.offset for b in data], [(i, i + 1) for i in range(len(text))]
         ids, offsets = [], []
         for ci, ch in enumerate(text):
             for b in ch.encode("utf-8"):
