@@ -138,9 +138,12 @@ def find_damage(step_dir, items) -> str | None:
     return None
 
 
+_ORBAX_PACKAGE = f"{os.sep}orbax{os.sep}"  # in the path of every orbax source file
+
+
 def _is_orbax_coroutine(obj) -> bool:
     code = getattr(obj, "cr_code", None)
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+    return code is not None and _ORBAX_PACKAGE in code.co_filename
 
 
 def _is_closed_loop_callback(unraisable) -> bool:
@@ -176,7 +179,7 @@ def _quiet_abandoned_reads(directory, failed: list[int]):
     def not_orbax_read(record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not ("exception was never retrieved" in message
-                    and (str(directory) in message or f"{os.sep}orbax{os.sep}" in message))
+                    and (str(directory) in message or _ORBAX_PACKAGE in message))
 
     asyncio_log = logging.getLogger("asyncio")
     sys.unraisablehook = hook
@@ -343,7 +346,6 @@ class StopSignal:
 
 def _workdir_checkpoints(workdir: str) -> str:
     """WORKDIR/checkpoints (FileNotFoundError, one line, when there is none)."""
-
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: not a mir-jax training workdir")
