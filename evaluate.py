@@ -395,4 +395,7 @@ _OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "image_folder", "te
               "mc_data", "shots", "eval_samples", "max_new_tokens", "prompt_template")
 
 if __name__ == "__main__":
+    from mir_jax.allocator import reexec_with_caching_allocator
+
+    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     app.run(main)

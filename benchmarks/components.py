@@ -23,6 +23,8 @@ import numpy as np
 from timing import interleaved_best
 from train_step import OPT, hf_config, make_batch
 
+from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -301,11 +303,12 @@ def main():
 
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), best of {repeats}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.1f}")
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load {os.getloadavg()[0]:.1f}, allocator {preloaded()}")
     print("\n| component (forward + backward) | ours ms | torch ms | torch / ours |\n|---|---:|---:|---:|")
     for name, o, t in rows:
         print(f"| {name} | {o:.1f} | {t:.1f} | {t / o:.2f}x |")
 
 
 if __name__ == "__main__":
+    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     main()

@@ -30,6 +30,8 @@ import numpy as np
 from timing import interleaved_best
 from train_step import hf_config
 
+from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+
 VOCAB, IMAGE_TOKEN, PAD, BOS = 32000, 31999, 0, 1
 
 
@@ -114,7 +116,7 @@ def main():
           f"{int(am.sum(1).min())}-{s} tokens (left-padded to {s}), {n} new tokens, greedy, no EOS")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
           f"({jax.devices()[0].platform}), torch {torch.__version__} ({torch.get_num_threads()} threads, "
-          f"torch's default here), transformers {__import__('transformers').__version__}")
+          f"torch's default here), transformers {__import__('transformers').__version__}; allocator {preloaded()}")
     print(f"tokens: every side == HF on all {b}x{n}; best of {args.repeats}, interleaved, after a warm-up")
     print()
     print("| | whole call, s | new tokens/s | vs HF | prefill + 1st token, s | decode ms/step | decode tokens/s "
@@ -130,4 +132,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     main()

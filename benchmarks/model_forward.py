@@ -16,6 +16,8 @@ import tempfile
 import numpy as np
 from timing import interleaved_best
 
+from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+
 
 def build_hf(tmp: str, *, vocab: int, image_token: int):
     import torch
@@ -92,7 +94,7 @@ def main():
     line = (f"| LLaVA forward (ViT 4x256 @224, Llama 4x512, V=32k, B={args.batch}, S={args.length}, f32) "
             f"| {tokens / ours:,.0f} tok/s | {tokens / theirs:,.0f} tok/s | {theirs / ours:.2f}x "
             f"| {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads) |")
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), {preloaded()} |")
     print(f"ours (jax.jit):     {ours * 1e3:8.1f} ms/batch  {tokens / ours:10,.0f} tokens/s")
     print(f"HF PyTorch eager:   {theirs * 1e3:8.1f} ms/batch  {tokens / theirs:10,.0f} tokens/s")
     print(f"speed-up: {theirs / ours:.2f}x   (max |logit diff| {diff:.2e})")
@@ -106,4 +108,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     main()

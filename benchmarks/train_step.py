@@ -25,6 +25,8 @@ import time
 import numpy as np
 from timing import interleaved_best
 
+from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+
 OPT = {"lr": 1e-4, "warmup_steps": 0, "end_factor": 1.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
        "weight_decay": 0.01, "clip_norm": 1.0}
 
@@ -156,7 +158,7 @@ def main():
     fpt = model_flops_per_token(cfg, args.length, images_per_token=1 / args.length)
     peak = peak_flops_per_device() * jax.device_count()
     print(f"config: {args.preset} ({n_params / 1e6:.1f}M parameters), B={args.batch}, S={args.length}, "
-          f"{args.dtype}; device {jax.devices()[0].device_kind} x{jax.device_count()}")
+          f"{args.dtype}; device {jax.devices()[0].device_kind} x{jax.device_count()}; allocator {preloaded()}")
     print(f"model FLOPs/token (training, LLM + vision share): {fpt / 1e9:.3f} GFLOP; "
           f"device peak {peak / 1e12:.3f} TFLOP/s")
     print(f"ours (jax.jit):        {ours * 1e3:9.1f} ms/step  {tokens / ours:10,.0f} tokens/s  "
@@ -172,10 +174,11 @@ def main():
     if args.write:
         line = (f"| LLaVA train step + AdamW ({args.preset}, B={args.batch}, S={args.length}, {args.dtype}) "
                 f"| {tokens / ours:,.0f} tok/s, MFU {tokens / ours * fpt / peak:.1%} {line_hf or '| - | - '}"
-                f"| {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} |")
+                f"| {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {preloaded()} |")
         with open(args.write, "a") as f:
             f.write(line + "\n")
 
 
 if __name__ == "__main__":
+    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     main()
