@@ -65,9 +65,11 @@ def preload_plan(environ, platform: str = sys.platform, find=find_tcmalloc) -> s
     return choice
 
 
-def preloaded() -> str:
-    """What this process runs with: the preloaded allocator's name or path, or "glibc malloc"."""
-    return os.environ.get(PRELOADED) or "glibc malloc"
+def preloaded(environ=os.environ) -> str:
+    """What this process runs with: the preloaded allocator's name or path (ours or the user's),
+    or "system malloc"."""
+    own = [p for p in environ.get("LD_PRELOAD", "").split() if any(n in p for n in _ALLOCATOR_NAMES)]
+    return environ.get(PRELOADED) or (own[0] if own else "system malloc")
 
 
 def reexec_with_caching_allocator() -> None:
