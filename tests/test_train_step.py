@@ -193,3 +193,19 @@ def test_batch_not_divisible_by_data_axis_is_a_clear_error():
         make_mesh((3, 1, 1))
     with pytest.raises(ValueError, match="trainable.llm='until:9'"):
         _stepper(recipe={"llm": "until:9"})
+
+
+# --- the CPU peak that MFU divides by (hand-computed: cores x 2 FMA units x lanes x 2 x GHz) ----
+CPUINFO_AVX512 = "flags\t\t: fpu sse avx2 fma avx512f avx512dq\ncpu MHz\t\t: 2600.000\ncpu MHz\t\t: 2593.906\n"
+
+
+@pytest.mark.parametrize("cpuinfo, max_khz, cores, want", [
+    (CPUINFO_AVX512, "", 2, 2 * 2 * 16 * 2 * 2.6e9),             # VM: nominal clock from cpu MHz
+    (CPUINFO_AVX512, "3500000\n", 2, 2 * 2 * 16 * 2 * 3.5e9),     # bare metal: cpufreq's max (turbo)
+    ("flags\t\t: fpu sse avx2 fma\ncpu MHz\t\t: 3000.0\n", "", 8, 8 * 2 * 8 * 2 * 3.0e9),  # AVX2: 8 lanes
+    ("Features\t: fp asimd\n", "", 4, 4 * 2 * 8 * 2 * 2.5e9),     # no clock given: 2.5 GHz
+])
+def test_cpu_peak_flops_from_the_cpu_features(cpuinfo, max_khz, cores, want):
+    from mir_jax.train.metrics import _cpu_peak_flops
+
+    assert _cpu_peak_flops(cpuinfo, max_khz, cores) == pytest.approx(want, rel=1e-12)

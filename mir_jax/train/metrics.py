@@ -39,21 +39,36 @@ def peak_flops_per_device(device=None) -> float:
     return float("nan")
 
 
-def _cpu_peak_flops() -> float:
-    """float32 peak of this machine: cores x 2 FMA units x SIMD lanes (16 with AVX-512, else 8)
-    x 2 FLOPs x clock (from /proc/cpuinfo, else 2.5 GHz)."""
-    lanes, ghz = 8, 2.5
+def _read(path: str) -> str | None:
     try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        if " avx512f" in info:
-            lanes = 16
-        mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
-        if mhz:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cpu_peak_flops(cpuinfo: str | None = None, max_freq_khz: str | None = None, cores: int | None = None) -> float:
+    """float32 peak FLOP/s of this machine: cores x 2 FMA units x SIMD lanes (16 float32 with
+    AVX-512, else 8) x 2 FLOPs an FMA x clock. The clock is the highest the kernel reports:
+    cpufreq's `cpuinfo_max_freq` (the turbo clock, on bare metal), else the highest "cpu MHz"
+    of /proc/cpuinfo (in a VM the nominal clock; turbo can run above it, so MFU there can read
+    high), else 2.5 GHz. `config.peak_flops` overrides all of this.
+
+    The arguments stand in for /proc/cpuinfo's text, cpufreq's value (kHz) and the core count."""
+    cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    if max_freq_khz is None:
+        max_freq_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    lanes = 16 if cpuinfo and " avx512f" in cpuinfo else 8
+    ghz = 2.5
+    try:
+        mhz = [float(line.split(":")[1]) for line in (cpuinfo or "").splitlines() if line.startswith("cpu MHz")]
+        if max_freq_khz and max_freq_khz.strip():
+            ghz = float(max_freq_khz) / 1e6
+        elif mhz:
             ghz = max(mhz) / 1000
-    except (OSError, ValueError):
+    except ValueError:
         pass
-    return (os.cpu_count() or 1) * 2 * lanes * 2 * ghz * 1e9
+    return (cores or os.cpu_count() or 1) * 2 * lanes * 2 * ghz * 1e9
 
 
 def model_flops_per_token(model_config, seq_len: int, images_per_token: float) -> float:
