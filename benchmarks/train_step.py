@@ -8,7 +8,8 @@ row, every parameter trained. Both sides: next-token loss over the text position
 
 Prints tokens/s of each, the ratio, model FLOPs per token (LLM + the vision tower's share) and
 MFU against the device peak (`mir_jax.train.metrics.peak_flops_per_device`; on a CPU derived from
-the cores, SIMD width and the clock the kernel reports, which in a VM is the nominal one). The first-step losses of the two must agree (same weights, same batch).
+the cores, SIMD width and the clock the kernel reports, which in a VM is the nominal one). The
+first-step losses of the two must agree (same weights, same batch).
 
     python benchmarks/train_step.py [--steps 3] [--write BENCHMARKS.md]
     python benchmarks/train_step.py --preset 1b --dtype bfloat16 --no-hf   # on an accelerator

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import os
+import re
 import sys
 
 CHOICE = "MIR_JAX_MALLOC"
@@ -49,13 +50,20 @@ def find_tcmalloc() -> str | None:
     return None
 
 
+def _preloaded_allocator(environ) -> str | None:
+    """The first LD_PRELOAD entry (space- or colon-separated, as ld.so reads them) that names a
+    known allocator, or None."""
+    entries = re.split(r"[\s:]+", environ.get("LD_PRELOAD", ""))
+    return next((p for p in entries if any(name in p for name in _ALLOCATOR_NAMES)), None)
+
+
 def preload_plan(environ, platform: str = sys.platform, find=find_tcmalloc) -> str | None:
     """The library to re-execute with in LD_PRELOAD, or None to run as is. Raises ValueError
     (one line) when MIR_JAX_MALLOC names a file that does not exist."""
     choice = environ.get(CHOICE, "tcmalloc").strip()
     if not platform.startswith("linux") or environ.get(PRELOADED) or choice.lower() in ("system", "off", "0"):
         return None
-    if any(name in environ.get("LD_PRELOAD", "") for name in _ALLOCATOR_NAMES):
+    if _preloaded_allocator(environ):
         return None  # the user preloaded an allocator of their own
     if choice.lower() == "tcmalloc" or not choice:
         return find()
@@ -68,8 +76,7 @@ def preload_plan(environ, platform: str = sys.platform, find=find_tcmalloc) -> s
 def preloaded(environ=os.environ) -> str:
     """What this process runs with: the preloaded allocator's name or path (ours or the user's),
     or "system malloc"."""
-    own = [p for p in environ.get("LD_PRELOAD", "").split() if any(n in p for n in _ALLOCATOR_NAMES)]
-    return environ.get(PRELOADED) or (own[0] if own else "system malloc")
+    return environ.get(PRELOADED) or _preloaded_allocator(environ) or "system malloc"
 
 
 def reexec_with_caching_allocator() -> None:

@@ -59,16 +59,18 @@ def _cpu_peak_flops(cpuinfo: str | None = None, max_freq_khz: str | None = None,
     if max_freq_khz is None:
         max_freq_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     lanes = 16 if cpuinfo and " avx512f" in cpuinfo else 8
-    ghz = 2.5
+    return (cores or os.cpu_count() or 1) * 2 * lanes * 2 * _cpu_ghz(cpuinfo or "", max_freq_khz) * 1e9
+
+
+def _cpu_ghz(cpuinfo: str, max_freq_khz: str | None) -> float:
+    """cpufreq's maximum, else the highest "cpu MHz" line, else 2.5 (also for unreadable values)."""
     try:
-        mhz = [float(line.split(":")[1]) for line in (cpuinfo or "").splitlines() if line.startswith("cpu MHz")]
         if max_freq_khz and max_freq_khz.strip():
-            ghz = float(max_freq_khz) / 1e6
-        elif mhz:
-            ghz = max(mhz) / 1000
+            return float(max_freq_khz) / 1e6
+        mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
+        return max(mhz) / 1000 if mhz else 2.5
     except ValueError:
-        pass
-    return (cores or os.cpu_count() or 1) * 2 * lanes * 2 * ghz * 1e9
+        return 2.5
 
 
 def model_flops_per_token(model_config, seq_len: int, images_per_token: float) -> float:
