@@ -47,7 +47,12 @@ import sys
 
 from absl import app, flags
 
-from mir_jax.mir import METHODS
+if __name__ == "__main__":  # first, before `mir_jax.mir` imports jax: the re-exec then costs no jax import
+    from mir_jax.allocator import reexec_with_caching_allocator
+
+    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
+
+from mir_jax.mir import METHODS  # noqa: E402 (after the re-exec)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_model", None, "Hugging Face LLaVA directory (HF or original LLaVA layout).")
@@ -395,7 +400,4 @@ _OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "image_folder", "te
               "mc_data", "shots", "eval_samples", "max_new_tokens", "prompt_template")
 
 if __name__ == "__main__":
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     app.run(main)

@@ -113,3 +113,19 @@ def test_default_preloads_tcmalloc_when_installed(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("start") == 2 and "'libtcmalloc': True" in r.stdout, r.stdout
     assert r.stderr == ""
+
+
+@linux_only
+@pytest.mark.parametrize("tool", ["train.py", "evaluate.py", "study.py", "benchmarks/train_step.py"])
+def test_each_tool_decides_first_before_importing_jax(tool):
+    # A bad choice stops the tool at the decision, so what it imported by then shows: not jax,
+    # whose import would be repeated by the re-exec (about a second).
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.PRELOADED, allocator.CHOICE)}
+    env["MIR_JAX_MALLOC"] = "/no/such/lib.so"
+    r = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, tool), "--helpshort"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: MIR_JAX_MALLOC='/no/such/lib.so'"), r.stderr[-500:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "absl" in imported or "argparse" in imported, sorted(imported)[:20]  # the tool itself ran
+    assert "jax" not in imported and "torch" not in imported, sorted(m for m in imported if "jax" in m)
