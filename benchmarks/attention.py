@@ -17,12 +17,17 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from timing import interleaved_best  # noqa: E402
+if __name__ == "__main__":  # first: the re-exec (mir_jax/allocator.py) then repeats no heavy import
+    from mir_jax.allocator import reexec_with_caching_allocator
 
-from mir_jax.models import attention as attn  # noqa: E402
+    reexec_with_caching_allocator()  # tcmalloc where installed
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from timing import interleaved_best
+
+from mir_jax.models import attention as attn
 
 
 def fns(block_q: int, block_kv: int, causal: bool = True):
@@ -75,7 +80,4 @@ def main():
 
 
 if __name__ == "__main__":
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     main()
