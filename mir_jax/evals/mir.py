@@ -161,7 +161,8 @@ def evaluate_mir(
     if mode == "streaming":
         accumulator = mir.MIRAccumulator(method=method, normalize=normalize,
                                          remove_outliers=remove_outliers, mesh=mesh)
-        for index in range(accumulator.num_passes):
+        while accumulator.needs_another_pass:  # num_passes grows by one if the medians need it
+            index = accumulator.current_pass
             sweep(lambda r, v, t: accumulator.update(r, r, v, t),
                   f"MIR pass {index + 1}/{accumulator.num_passes}", count_tokens=index == 0)
             accumulator.end_pass()
