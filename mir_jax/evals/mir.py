@@ -7,7 +7,8 @@ runs on whole batches and hands device-resident hidden states to either
 
   mode="streaming": `MIRAccumulator` (per-layer statistics only; memory does not grow
       with the number of samples; two passes over the data when outliers are
-      removed, because the 3-sigma rule needs global statistics), or
+      removed, because the 3-sigma rule needs global statistics, and a third when
+      the first batch is unlike the rest), or
   mode="exact": the selected vision/text rows of all samples are kept (on the host)
       and `compute_mir` runs once at the end (memory grows with the samples).
 
