@@ -8,7 +8,7 @@ Examples:
   python evaluate.py --checkpoint=/tmp/mir_jax_runlocal \
       --images=/data/textvqa/val_images --texts=/data/cnn/stories --num_samples=100
   # A given step of it (WORKDIR@STEP; the default is the newest checkpoint that restores):
-  python evaluate.py --checkpoint=/tmp/mir_jax_runlocal@500
+  python evaluate.py --checkpoint=/tmp/mir_jax_runlocal@200
   # Several models (or steps: /ckpt/a@500,/ckpt/a) in one table and one plot:
   python evaluate.py --compare=/ckpt/a,/ckpt/b,/hf/llava --output_dir=/tmp/cmp
   # Every evaluator on the embedded benchmark (captions, VQA, POPE, multiple choice), MIR, loss:

@@ -2,7 +2,7 @@
 remat policy (`mir_jax.train.dry_run`, one fresh process per row: fake devices are per process).
 
     python benchmarks/dry_run.py --num_devices=256 [--configs=mm1_mix,llava15_pretrain,llava15_sft]
-        [--remat=none,dots_no_batch,full] [--mesh.llava15_sft=1,128,2]
+        [--remat=none,dots_no_batch,full] [--mesh llava15_sft=1,128,2]
 
 Prints one markdown row per (config, remat): per-device trainable params, optimizer state,
 frozen params, batch, XLA temporaries, total, FLOPs, compile time, and the verdict vs 16 GB.
@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--configs", default="mm1_mix,llava15_pretrain,llava15_sft")
     ap.add_argument("--remat", default="none,dots_no_batch,full")
     ap.add_argument("--hbm_gb", type=float, default=16.0)
-    ap.add_argument("--mesh", action="append", default=[], help="CONFIG=d,f,t: another mesh for that config")
+    ap.add_argument("--mesh", action="append", default=[], help="CONFIG=d,f,t: that config's mesh instead of its own")
     a = ap.parse_args()
     meshes = {k: [int(x) for x in v.split(",")] for k, v in (m.split("=", 1) for m in a.mesh)}
     gb = 2**30
