@@ -64,13 +64,17 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def clean_env(extra):
+    """This process's environment without any allocator choice or preload, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.PRELOADED, allocator.CHOICE)}
+    return {**env, **extra}
+
+
 def run_script(tmp_path, env_extra, *args):
     script = tmp_path / "tool.py"
     script.write_text(SCRIPT.format(repo=REPO))
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.PRELOADED, allocator.CHOICE)}
-    env.update(env_extra)
-    return subprocess.run([sys.executable, "-u", str(script), *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-u", str(script), *args], env=clean_env(env_extra),
+                          capture_output=True, text=True, timeout=120)
 
 
 def loaded_library(name: str) -> str:
@@ -125,10 +129,9 @@ TOOLS = ["train.py", "evaluate.py", "study.py"] + sorted(
 def test_each_tool_decides_first_before_importing_jax(tool):
     # A bad choice stops the tool at the decision, so what it imported by then shows: not jax,
     # whose import would be repeated by the re-exec (about a second).
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.PRELOADED, allocator.CHOICE)}
-    env["MIR_JAX_MALLOC"] = "/no/such/lib.so"
     r = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, tool), "--helpshort"], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=120)
+                       env=clean_env({allocator.CHOICE: "/no/such/lib.so"}), capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 1, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith("error: MIR_JAX_MALLOC='/no/such/lib.so'"), r.stderr[-500:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}

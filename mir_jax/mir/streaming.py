@@ -138,20 +138,18 @@ def _histogram(values, mask, lo, hi, bins, axes):
             _psum(jnp.sum(over, axis=1).astype(jnp.float32), axes))
 
 
-def _masked_range(x, mask, axes):
-    """Per-layer, per-column min and max of valid rows x [L, n, C]."""
-    big = jnp.finfo(x.dtype).max
-    lo = _pmin(jnp.min(jnp.where(mask[..., None], x, big), axis=1), axes)
-    hi = _pmax(jnp.max(jnp.where(mask[..., None], x, -big), axis=1), axes)
-    empty = lo > hi
-    return jnp.where(empty, 0.0, lo), jnp.where(empty, 1.0, hi)
-
-
 def _masked_extremes(x, mask, axes):
     """Per-layer, per-column min and max of valid rows x [L, n, C]; +/-big where none."""
     big = jnp.finfo(x.dtype).max
     return (_pmin(jnp.min(jnp.where(mask[..., None], x, big), axis=1), axes),
             _pmax(jnp.max(jnp.where(mask[..., None], x, -big), axis=1), axes))
+
+
+def _masked_range(x, mask, axes):
+    """`_masked_extremes`, with [0, 1] where a (layer, column) has no valid row."""
+    lo, hi = _masked_extremes(x, mask, axes)
+    empty = lo > hi
+    return jnp.where(empty, 0.0, lo), jnp.where(empty, 1.0, hi)
 
 
 def _init_ranges(x, mask, axes):
@@ -346,16 +344,24 @@ class MIRAccumulator:
         self.remove_outliers = remove_outliers
         self.mesh = mesh
         self.median_bins = median_bins
-        self.num_passes = 2 if remove_outliers else 1  # 3 when the medians need pass 1b
         self.current_pass = 0
-        self._gathering_outlier_statistics = remove_outliers  # pass 1 (and 1b)
-        self._zoomed = False
+        self._zoomed = False  # whether pass 1b was needed
         self._outlier_state = None  # {"vision": ..., "text": ...} during pass 1
         self._rules = None
         self._moments = None
         self._text_norms = None
         self._shape = None
         self.diagnostics: dict = {}  # the method's diagnostics, set by result()
+
+    @property
+    def num_passes(self) -> int:
+        """Passes over the data: 1 without the outlier rule, 2 with it, 3 when pass 1b runs."""
+        return (3 if self._zoomed else 2) if self.remove_outliers else 1
+
+    @property
+    def _gathering_outlier_statistics(self) -> bool:
+        """In pass 1 (or 1b): the outlier rule is wanted and not yet known."""
+        return self.remove_outliers and self._rules is None
 
     # ----- plumbing -------------------------------------------------------------------
 
@@ -439,14 +445,12 @@ class MIRAccumulator:
             if not self._zoomed and any(bool(needed) for _, needed in zoomed.values()):
                 # Pass 1b: the same statistics again, over ranges that hold every median.
                 self._zoomed = True
-                self.num_passes += 1
                 layers, dim = self._shape
                 self._outlier_state = {k: _empty_outlier_state(ranges, layers, dim, self.median_bins)
                                        for k, (ranges, _) in zoomed.items()}
             else:
                 self._rules = {k: _outlier_rule_jit(s) for k, s in self._outlier_state.items()}
                 self._outlier_state = None  # Free the histograms.
-                self._gathering_outlier_statistics = False
         elif self._moments is None:
             raise RuntimeError("the moment pass saw no batches")
         self.current_pass += 1
