@@ -366,31 +366,10 @@ def _score_table(scores: dict[str, dict[str, float]]) -> str:
 
 
 def _plot_scores(scores: dict[str, dict[str, float]], path: str) -> str:
-    """Grouped bars: each evaluator's headline score (and MIR) per model."""
-    import matplotlib
+    """Grouped bars of each evaluator's headline score per model; a zero shows as "0"."""
+    from mir_jax.evals.score_plot import plot_scores
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from mir_jax.train.metrics import HEADLINE_SCORES
-
-    keys = sorted({k for s in scores.values() for k in s if k.split("/")[-1] in HEADLINE_SCORES})
-    models = list(scores)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) * max(1, len(models)) / 2 + 2), 4))
-    width = 0.8 / max(len(models), 1)
-    x = np.arange(len(keys))
-    for i, m in enumerate(models):
-        ax.bar(x + i * width, [scores[m].get(k, np.nan) for k in keys], width, label=m)
-    ax.set_xticks(x + width * (len(models) - 1) / 2, keys, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("score")
-    ax.set_title("Downstream scores")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot_scores(scores, path)
 
 
 _OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "image_folder", "texts",
