@@ -14,9 +14,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests import train_fixtures as fx
 
+pytestmark = pytest.mark.slow  # each runs a benchmark script in a fresh process
+
 ENV = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user's machine
+NEEDS_TORCH = "this benchmark's reference is PyTorch; pip install torch (a CPU build: see README)"
 
 
 def _run(script: str, *args: str) -> str:
@@ -27,6 +32,7 @@ def _run(script: str, *args: str) -> str:
 
 
 def test_generation_benchmark_runs_and_matches_hf_tokens():
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     # The script asserts that our 2x2 greedy tokens equal HF generate's before it times anything.
     text = _run("generation.py", "--batch", "2", "--new_tokens", "2", "--repeats", "1")
     assert "tokens: every side == HF on all 2x2" in text
@@ -34,18 +40,21 @@ def test_generation_benchmark_runs_and_matches_hf_tokens():
 
 
 def test_model_forward_benchmark_runs_and_matches_hf_logits():
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     text = _run("model_forward.py", "--batch", "1", "--length", "320", "--repeats", "1")
     diff = float(re.search(r"max \|logit diff\| ([\d.e+-]+)", text).group(1))
     assert diff < 1e-4, text
 
 
 def test_train_step_benchmark_runs_and_matches_hf_first_loss():
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     text = _run("train_step.py", "--batch", "1", "--length", "320", "--steps", "1")
     ours, hf = map(float, re.search(r"first-step loss: ours ([\d.]+), HF ([\d.]+)", text).groups())
     assert abs(ours - hf) < 1e-4, text
 
 
 def test_mir_kernel_benchmark_runs_and_matches_the_published_float64_code():
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     text = _run("mir_kernel.py", "--quick", "--repeats", "1")
     diffs = [float(x) for x in re.findall(r"max per-layer relative difference vs published: ([\d.e+-]+)", text)]
     assert diffs and max(diffs) < 1e-4, text
@@ -60,6 +69,7 @@ def test_attention_benchmark_runs_causal_and_bidirectional():
 
 
 def test_components_benchmark_runs_a_table_of_ratios():
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     text = _run("components.py", "--batch", "1", "--length", "128", "--repeats", "1", "--only", "dense,attention")
     rows = re.findall(r"^\| (dense|attention) .* \| [\d.]+x \|$", text, re.M)
     assert len(rows) >= 4, text
@@ -79,11 +89,13 @@ def test_dry_run_benchmark_prints_a_verdict_row():
 
 
 def test_legacy_modes_benchmark_gives_its_verdict():
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     text = _run("legacy_modes.py", "--dim", "32", "--tokens", "200")
     assert re.search(r"published_fast: layers [\d, ]+ are in the rounding-noise regime", text), text
 
 
 def test_mir_eval_benchmark_agrees_with_the_published_code():
+    pytest.importorskip("torch", reason=NEEDS_TORCH)
     text = _run("mir_eval.py", "--num_samples", "4", "--big", "8")
     diff = float(re.search(r"max per-layer relative difference: ([\d.e+-]+)", text).group(1))
     assert diff < 1e-3, text

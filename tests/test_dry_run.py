@@ -89,6 +89,7 @@ def test_every_full_size_config_is_dry_run():
     assert {"mm1_mix", "llava15_pretrain", "llava15_sft", "moca"} <= set(CONFIGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_per_device_bytes_are_the_closed_form(reports, name):
     r = reports[name]
@@ -131,6 +132,7 @@ def test_per_device_bytes_are_the_closed_form(reports, name):
         assert r["peak_bytes"] == m["total"]
 
 
+@pytest.mark.slow
 def test_readme_command_and_impossible_budget():
     """The README's command (depth reduced, see the module docstring) exits 3 with the verdict
     line when the budget cannot hold it; nothing is written to the working directory."""
@@ -146,6 +148,7 @@ def test_readme_command_and_impossible_budget():
     assert set(os.listdir(ROOT)) == before
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line():
     env = dict(os.environ, PYTHONPATH=ROOT)
     for extra, want in ((["--num_devices=7"], "mesh shape (1, -1, 2) does not divide the 7 available devices"),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="the HF PyTorch models are the reference here; pip install torch (a CPU build: see README)")
 transformers = pytest.importorskip("transformers")
 
 from mir_jax import hf as mhf  # noqa: E402
@@ -133,6 +133,7 @@ def test_save_pretrained_round_trip(siglip_qwen, clip_llama, tmp_path):
         np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_layer", [True, False], ids=["per_layer_cache", "stacked_cache"])
 def test_greedy_generation_matches_hf(clip_llama, per_layer, monkeypatch):
     # Both decoding loops: one cache buffer a layer (CPU's) and the stacked cache under the
@@ -279,6 +280,7 @@ def test_preprocessing_and_tokenizer_from_checkpoint(tmp_path):
     assert tok.tok("hello <image> world")["input_ids"] == [1, 3, 2] and tok.image_token_id == 3 and tok.eos_id == 4
 
 
+@pytest.mark.slow
 def test_evaluator_generation_matches_hf_prompt_by_prompt(clip_llama):
     """The evaluators' batched path (`evals.predict.generate_texts`: longest first, left-padded
     to 16-token buckets, the last batch filled with repeats, 8 sharded devices) gives, for 5

@@ -108,6 +108,7 @@ def _cli(*args):
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_checkpoint_at_step(stage1):
     bad = _cli(f"--checkpoint={stage1}@3", "--noprogress")
     assert bad.returncode == 2

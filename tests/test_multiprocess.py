@@ -147,6 +147,7 @@ def _metrics(workdir):
     return read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
+@pytest.mark.slow
 def test_losses_equal_one_process_with_the_same_global_batch(runs):
     train = [r for r in _metrics(runs["workdir"]) if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5]  # one row per step: one writer
@@ -156,6 +157,7 @@ def test_losses_equal_one_process_with_the_same_global_batch(runs):
     assert np.ptp(want) > 1e-2  # the parameters did move: equal losses mean equal updates
 
 
+@pytest.mark.slow
 def test_hosts_read_disjoint_slices_that_cover_the_data(runs):
     ref = runs["reference"]
     for pid in range(2):
@@ -170,6 +172,7 @@ def test_hosts_read_disjoint_slices_that_cover_the_data(runs):
     assert set(host0) | set(host1) == set(ref["all"])  # the whole 40-sample source, once
 
 
+@pytest.mark.slow
 def test_one_hosts_sigterm_stops_both_at_one_checkpoint_and_both_resume(runs):
     first = runs["after_first"]
     # Where the hosts agree to stop depends on when the notice reaches process 0, but it is
@@ -189,6 +192,7 @@ def test_one_hosts_sigterm_stops_both_at_one_checkpoint_and_both_resume(runs):
     assert sorted(int(s) for s in os.listdir(runs["workdir"] / "checkpoints") if s.isdigit()) == [stop, 5]
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes_logs_and_plots(runs):
     workdir = str(runs["workdir"])
     for launch in ("first", "second"):
@@ -206,6 +210,7 @@ def test_only_process_zero_writes_logs_and_plots(runs):
     assert "generated:" in runs["second"][0][1] and "generated:" not in runs["second"][1][1]
 
 
+@pytest.mark.slow
 def test_in_loop_mir_equals_one_process(runs):
     evals = {r["step"]: r for r in _metrics(runs["workdir"]) if r["split"] == "eval"}
     assert sorted(evals) == [4, 5]

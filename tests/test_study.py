@@ -153,6 +153,7 @@ def _final_rows(workdir):
     return ev, down
 
 
+@pytest.mark.slow
 def test_study_runs_and_writes_the_schema(finished_study):
     spec, out, proc = finished_study
     assert "[1/3] shared/s0: running" in proc.stdout and "[3/3] lr_high/s1: running" in proc.stdout
@@ -184,6 +185,7 @@ def test_study_runs_and_writes_the_schema(finished_study):
     assert (out / "mir_vs_score.png").stat().st_size > 0 and (out / "mir_per_layer.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(finished_study):
     spec, out, _ = finished_study
     metrics = out / "lr_low" / "s1" / "metrics.jsonl"
@@ -194,6 +196,7 @@ def test_rerun_skips_finished_runs(finished_study):
     assert metrics.read_text() == before
 
 
+@pytest.mark.slow
 def test_print_commands_and_collect(finished_study, tmp_path):
     spec, out, _ = finished_study
     proc = _study_py(f"--study={spec}", f"--workdir={out}", "--print_commands")
@@ -303,6 +306,7 @@ def _execute_notebook(name, env):
     return nb
 
 
+@pytest.mark.slow
 def test_notebooks_execute(finished_study):
     """Both notebooks run top to bottom: the quick start as it is, mir_predicts_sft on this
     test's study (MIR_STUDY_DIR), so neither can drift from the code."""

@@ -25,6 +25,8 @@ from tests import train_fixtures as fx
 # what the first one did, and the cache turns its ~25 s of compiling into ~2 s.
 ENV = {**os.environ, "XLA_FLAGS": ""}
 
+pytestmark = pytest.mark.slow  # every test starts train.py in a fresh process
+
 
 # Keeps the runlocal recipe to seconds: 4 rows a step, held-out loss only (no MIR, no samples,
 # no downstream evaluators).
