@@ -7,6 +7,8 @@ Modules (imports run one way, top to bottom):
   linalg     matrix routines: masked statistics, exact lower medians, tr((Σ_a Σ_b)^{1/2}) routes
   kernel     compute_mir / frechet_distance in one compiled program; normalization, outlier rule
   streaming  MIRAccumulator: the same result in constant memory, streamed over batches
+  uncertainty  jackknife intervals over sample groups (compute_mir(..., uncertainty=...)),
+             paired differences of two models
   tokens     which positions of a batch are MIR's vision and text tokens
 """
 
@@ -30,11 +32,13 @@ from mir_jax.mir.methods import (
 )
 from mir_jax.mir.streaming import MIRAccumulator
 from mir_jax.mir.tokens import mir_rows, mir_token_masks
+from mir_jax.mir.uncertainty import MIRDifference, jackknife_groups, paired_difference
 
 __all__ = [
     "LEGACY_NOTE",
     "METHODS",
     "MIRAccumulator",
+    "MIRDifference",
     "MIRResult",
     "PUBLISHED_FAST_NOTE",
     "check_method",
@@ -42,9 +46,11 @@ __all__ = [
     "cross_term_from_covariances",
     "format_mir",
     "frechet_distance",
+    "jackknife_groups",
     "method_note",
     "mir_rows",
     "mir_token_masks",
+    "paired_difference",
     "published_fast_verdict",
     "replace_outliers",
     "resolve_method",

@@ -55,10 +55,23 @@ from mir_jax.mir.methods import (
 
 
 class MIRResult(NamedTuple):
-    """per_layer: [L] Fréchet distance per layer; overall: scalar log10(sum(per_layer))."""
+    """per_layer: [L] Fréchet distance per layer; overall: scalar log10(sum(per_layer)).
+
+    The other fields are None unless compute_mir ran with uncertainty="jackknife" over G sample
+    groups (docs/mir.md, section 9): per_layer_se [L] and overall_se [] standard errors,
+    per_layer_interval [L, 2] and overall_interval [2] (low, high) confidence intervals at the
+    requested level, and the leave-one-group-out values per_layer_replicates [G, L] and
+    overall_replicates [G], which `mir_jax.mir.uncertainty.paired_difference` needs.
+    """
 
     per_layer: jax.Array
     overall: jax.Array
+    per_layer_se: jax.Array | None = None
+    per_layer_interval: jax.Array | None = None
+    overall_se: jax.Array | None = None
+    overall_interval: jax.Array | None = None
+    per_layer_replicates: jax.Array | None = None
+    overall_replicates: jax.Array | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -195,14 +208,22 @@ def frechet_distance(x, y, *, x_mask=None, y_mask=None, method: str = "auto") ->
     return _frechet_distance_jit(x, y, x_mask, y_mask, method)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "normalize", "remove_outliers"))
-def _compute_mir_jit(vision, text, vision_mask, text_mask, method, normalize, remove_outliers):
+def preprocess(vision, text, vision_mask, text_mask, normalize: bool, remove_outliers: bool):
+    """MIR's two rules (section 3, steps 1-2) on [L, N, D] / [L, M, D] rows: the rows the
+    Fréchet distance sees, and the text rows after normalization, before replacement."""
     if normalize:
         scale = text_centric_scale(text, text_mask)[:, None, None]
         vision, text = vision * scale, text * scale
+    scaled_text = text
     if remove_outliers:
         vision = replace_outliers(vision, vision_mask)
         text = replace_outliers(text, text_mask)
+    return vision, text, scaled_text
+
+
+@functools.partial(jax.jit, static_argnames=("method", "normalize", "remove_outliers"))
+def _compute_mir_jit(vision, text, vision_mask, text_mask, method, normalize, remove_outliers):
+    vision, text, _ = preprocess(vision, text, vision_mask, text_mask, normalize, remove_outliers)
     per_layer, diagnostics = _frechet_from_rows(vision, vision_mask, text, text_mask, method)
     return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics
 
@@ -217,6 +238,10 @@ def compute_mir(
     normalize: bool = True,
     remove_outliers: bool = True,
     return_diagnostics: bool = False,
+    uncertainty: str | None = None,
+    vision_groups=None,
+    text_groups=None,
+    level: float = 0.95,
 ):
     """MIR over all layers in one compiled program.
 
@@ -235,9 +260,18 @@ def compute_mir(
         all but published_fast, which gives "drift" (relative change of each value from its
         exact-arithmetic value, legacy_fast), "trace_drift" (of tr(Y) from tr(Σ_V Σ_T)) and
         "condition" (Frobenius condition number of Σ_V Σ_T); see `published_fast_verdict`.
+      uncertainty: None (no interval), or "jackknife": standard errors and intervals over
+        samples by a delete-a-group jackknife (docs/mir.md, section 9), in the same compiled
+        program; per_layer and overall are then the same values as without it.
+      vision_groups: with uncertainty, [N] int: the jackknife group (0..G-1) of the sample each
+        vision row belongs to; text_groups: [M] int, likewise. All rows of one sample must share
+        a group, in both modalities (`mir_jax.mir.uncertainty.jackknife_groups` makes them from
+        sample ids). Padding rows (mask False) may hold any value. Concrete arrays: G and the
+        group sizes set the compiled shapes.
+      level: the intervals' confidence level.
     Returns:
-      MIRResult(per_layer=[L] float32, overall=log10(sum(per_layer))), or
-      (MIRResult, diagnostics) with return_diagnostics=True.
+      MIRResult(per_layer=[L] float32, overall=log10(sum(per_layer))), with the interval fields
+      filled when uncertainty is given, or (MIRResult, diagnostics) with return_diagnostics=True.
     """
     vision = jnp.asarray(vision, jnp.float32)
     text = jnp.asarray(text, jnp.float32)
@@ -250,20 +284,42 @@ def compute_mir(
     method = resolve_method(method, vision.shape[1], text.shape[1], vision.shape[2])
     vision_mask = as_row_mask(vision_mask, vision.shape[:2], "vision_mask")
     text_mask = as_row_mask(text_mask, text.shape[:2], "text_mask")
-    result, diagnostics = _compute_mir_jit(vision, text, vision_mask, text_mask, method,
-                                           normalize, remove_outliers)
+    if uncertainty is not None:
+        # Imported here: the uncertainty module builds on this one's rules and distances.
+        from mir_jax.mir.uncertainty import jackknife_mir
+
+        result, diagnostics = jackknife_mir(
+            vision, text, vision_mask, text_mask, vision_groups, text_groups, method=method,
+            normalize=normalize, remove_outliers=remove_outliers, estimator=uncertainty, level=level)
+    elif vision_groups is not None or text_groups is not None:
+        raise ValueError("vision_groups/text_groups are only used with uncertainty='jackknife'")
+    else:
+        result, diagnostics = _compute_mir_jit(vision, text, vision_mask, text_mask, method,
+                                               normalize, remove_outliers)
     return (result, diagnostics) if return_diagnostics else result
 
 
-def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None = None) -> str:
+def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None = None,
+               level: float = 0.95) -> str:
     """A per-layer table and the overall value as text (the published modes labelled as such;
-    for published_fast with its diagnostics, the rounding-regime verdict too)."""
+    for published_fast with its diagnostics, the rounding-regime verdict too). A result with
+    intervals gets its standard errors and `level` intervals beside each value."""
     per_layer = np.asarray(result.per_layer)
     note = method_note(method)
     label = f"FD ({method}, not a Fréchet distance)" if note else "FD"
     lines = [f"{'layer':>5}  {label}"]
-    lines += [f"{i + 1:>5}  {v:.6g}" for i, v in enumerate(per_layer)]
-    lines.append(f"MIR overall = log10(sum) = {float(result.overall):.6f}")
+    overall = f"MIR overall = log10(sum) = {float(result.overall):.6f}"
+    if result.per_layer_se is None:
+        lines += [f"{i + 1:>5}  {v:.6g}" for i, v in enumerate(per_layer)]
+    else:
+        groups = np.shape(result.per_layer_replicates)[0]
+        lines[0] += f"  (SE, {100 * level:g} % interval: jackknife over {groups} sample groups)"
+        lines += [f"{i + 1:>5}  {v:.6g}  (SE {se:.3g}, [{lo:.6g}, {hi:.6g}])" for i, (v, se, (lo, hi))
+                  in enumerate(zip(per_layer, np.asarray(result.per_layer_se),
+                                   np.asarray(result.per_layer_interval)))]
+        lo, hi = np.asarray(result.overall_interval)
+        overall += f"  (SE {float(result.overall_se):.3g}, [{lo:.6f}, {hi:.6f}])"
+    lines.append(overall)
     if note:
         lines.append(note)
     if method == "published_fast" and diagnostics:

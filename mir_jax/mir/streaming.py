@@ -334,11 +334,16 @@ class MIRAccumulator:
       mesh: optional `jax.sharding.Mesh`; rows of each batch are sharded over all
         its axes, statistics are computed per device and combined with psum.
       median_bins: histogram bins per column for the median row (memory D·bins).
+      uncertainty: must be None: intervals are refused (docs/mir.md, section 9).
     """
 
     def __init__(self, *, method: str = "auto", normalize: bool = True,
                  remove_outliers: bool = True, mesh: Mesh | None = None,
-                 median_bins: int = DEFAULT_MEDIAN_BINS):
+                 median_bins: int = DEFAULT_MEDIAN_BINS, uncertainty: str | None = None):
+        if uncertainty is not None:
+            raise ValueError(
+                "MIRAccumulator does not compute intervals: per-group D×D moments would take G times "
+                "its memory; use compute_mir(..., uncertainty='jackknife') on rows (docs/mir.md, section 9)")
         self.method = resolve_method(method)
         self.normalize = normalize
         self.remove_outliers = remove_outliers
