@@ -132,10 +132,16 @@ def test_embedded_vqa_answers_match_their_scenes():
 def test_embedded_vqa_accepts_the_instruction_datas_answer_forms():
     # The qa corpus answers "On the left." / "Two." / "A circle."; the benchmark's human-style
     # answers must give those full credit, and the other side none (hand-computed: 5 of 10
-    # answers match either form, so every leave-one-out subset has >= 4 matches -> 1.0).
-    from mir_jax.evals.answers import vqa_accuracy
+    # answers match either form, so every leave-one-out subset has >= 4 matches -> 1.0). The
+    # embedded records are scored with both sides normalized (metric "normalized" = lmms-eval's
+    # rule), as no official scorer exists for them.
+    from functools import partial
 
+    from mir_jax.evals.answers import vqa_accuracy as _vqa
+
+    vqa_accuracy = partial(_vqa, scoring="lmms_eval")
     records = bench.embedded_task("vqa", 80, image_size=32)
+    assert {r["metric"] for r in records} == {"normalized"}
     positions = [r for r in records if r["kind"] == "position"]
     assert positions
     for r in positions:
@@ -240,11 +246,12 @@ def test_likelihood_picks_the_option_the_logit_table_favours():
 def test_vqa_and_pope_scores_on_hand_checked_answers():
     vqa = get_evaluator("vqa")
     records = [{"answers": ["2"] * 10, "kind": "count"}, {"answers": ["red"] * 3 + ["blue"] * 7, "kind": "colour"},
-               {"answers": ["dog"], "metric": "exact_match"}]
-    scores, details = vqa.score(records, ["Two.", "red", "a dog"])
-    # 1 (all ten agree) + 0.9 (3 of 10 said red: 7 subsets keep 3 -> 1, 3 keep 2 -> 2/3) + 1 (exact).
-    assert scores["accuracy"] == pytest.approx((1 + (7 + 3 * 2 / 3) / 10 + 1) / 3)
-    assert details["per_kind"]["count"] == 1.0
+               {"answers": ["dog"], "metric": "exact_match"}, {"answers": ["2"] * 10, "kind": "count"}]
+    scores, details = vqa.score(records, ["Two.", "red", "dog.", "2"])
+    # vqaEval.py: 0 ("Two." against ten identical "2" is compared unnormalized) + 0.9 (3 of 10
+    # said red: 7 subsets keep 3 -> 1, 3 keep 2 -> 2/3) + 1 (GQA: "dog." -> "dog") + 1.
+    assert scores["accuracy"] == pytest.approx((0 + (7 + 3 * 2 / 3) / 10 + 1 + 1) / 4)
+    assert details["per_kind"]["count"] == 0.5
     pope = get_evaluator("pope")
     recs = [{"label": x, "category": c} for x, c in zip("yes yes no no".split(), ["random", "random", "adversarial", "adversarial"])]
     scores, details = pope.score(recs, ["Yes.", "No, there is not.", "Yes", "no"])
@@ -292,7 +299,7 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
     rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "downstream"]
     assert [r["step"] for r in rows] == [60, 120]
     trained = rows[-1]["caption/cider"]
-    assert result["downstream"]["caption/cider"] == trained
+    assert result.downstream["caption/cider"] == trained
     answers = [json.loads(line) for line in open(tmp_path / "evals" / "step_120" / "caption_predictions.jsonl")]
     assert len(answers) == 32 and {"question_id", "prompt", "text", "answer_id", "model_id"} <= set(answers[0])
     scores = json.load(open(tmp_path / "evals" / "step_120" / "caption_scores.json"))

@@ -72,11 +72,11 @@ def test_coco_captions(tmp_path):
                         {"image_id": 7, "id": 4, "caption": "Red pixels"}],
     })
     assert load_coco_captions(ann, str(img)) == [
-        {"question_id": "42", "image": a, "captions": ["A tiny image."]},
-        {"question_id": "7", "image": b, "captions": ["A red square.", "Red pixels"]},
+        {"question_id": 42, "image": a, "captions": ["A tiny image."]},
+        {"question_id": 7, "image": b, "captions": ["A red square.", "Red pixels"]},
     ]
     assert load_coco_captions(ann, str(img), limit=1) == [
-        {"question_id": "42", "image": a, "captions": ["A tiny image."]}]
+        {"question_id": 42, "image": a, "captions": ["A tiny image."]}]
 
 
 def test_karpathy_coco_and_flickr(tmp_path):
@@ -94,11 +94,11 @@ def test_karpathy_coco_and_flickr(tmp_path):
          "imgid": 2, "cocoid": 5, "sentids": [3], "sentences": [sent("Grass")]},
     ]})
     assert load_karpathy_captions(coco, str(tmp_path)) == [
-        {"question_id": "42", "image": a, "captions": ["A dog.", "A cat ."]},
-        {"question_id": "5", "image": c, "captions": ["Grass"]},
+        {"question_id": 42, "image": a, "captions": ["A dog.", "A cat ."]},
+        {"question_id": 5, "image": c, "captions": ["Grass"]},
     ]
     assert load_karpathy_captions(coco, str(tmp_path), split=("train", "restval")) == [
-        {"question_id": "9", "image": b, "captions": ["Sky."]}]
+        {"question_id": 9, "image": b, "captions": ["Sky."]}]
     msg = one_line_error(load_karpathy_captions, coco, str(tmp_path), split="tset")
     assert "no images of split 'tset'" in msg and "restval, test" in msg
 
@@ -110,7 +110,7 @@ def test_karpathy_coco_and_flickr(tmp_path):
          "sentences": [sent("Workers.")]},
     ]})
     assert load_karpathy_captions(flickr, str(tmp_path / "flickr")) == [
-        {"question_id": "3", "image": f, "captions": ["Two men."]}]
+        {"question_id": 3, "image": f, "captions": ["Two men."]}]
 
 
 def test_caption_jsonl_and_json_array(tmp_path):
@@ -119,8 +119,8 @@ def test_caption_jsonl_and_json_array(tmp_path):
             {"image": "sub/b.png", "caption": "three"},
             {"question_id": 5, "image": a, "caption": "absolute path"}]
     expected = [{"question_id": "x1", "image": a, "captions": ["one", "two"]},
-                {"question_id": "1", "image": b, "captions": ["three"]},
-                {"question_id": "5", "image": a, "captions": ["absolute path"]}]
+                {"question_id": 1, "image": b, "captions": ["three"]},  # the index, an int
+                {"question_id": 5, "image": a, "captions": ["absolute path"]}]
     # image_folder defaults to the file's folder.
     assert load_caption_jsonl(write_lines(tmp_path / "caps.jsonl", rows)) == expected
     assert load_caption_jsonl(write_json(tmp_path / "caps.json", rows)) == expected
@@ -158,10 +158,12 @@ def vqav2_files(tmp_path, drop_annotation=False):
 def test_vqav2(tmp_path):
     q, an, a, b = vqav2_files(tmp_path)
     expected = [
-        {"question_id": "42000", "image": a, "question": "What color is it?",
-         "answers": ANSWERS_42, "metric": "vqa", "answer_type": "other"},
-        {"question_id": "7001", "image": b, "question": "How many?",
-         "answers": ANSWERS_7, "metric": "vqa", "answer_type": "number"},
+        {"question_id": 42000, "image": a, "question": "What color is it?",
+         "answers": ANSWERS_42, "metric": "vqa", "answer_type": "other",
+         "prompt": "What color is it?\n" + SHORT},  # as llava_vqav2_mscoco_*.jsonl's text
+        {"question_id": 7001, "image": b, "question": "How many?",
+         "answers": ANSWERS_7, "metric": "vqa", "answer_type": "number",
+         "prompt": "How many?\n" + SHORT},
     ]
     assert load_vqav2(q, an, str(tmp_path / "val2014")) == expected
     assert load_task("vqav2", questions_json=q, annotations_json=an,
@@ -178,6 +180,7 @@ def test_vqav2_question_without_annotation(tmp_path):
     assert len(load_vqav2(q, an, str(tmp_path / "val2014"), limit=1)) == 1
 
 
+SHORT = "Answer the question using a single word or phrase."
 TEXTVQA_10 = ["nikon"] * 9 + ["nikon camera"]
 TEXTVQA_10B = ["stop"] * 10
 
@@ -205,15 +208,39 @@ def test_textvqa(tmp_path):
         {"question_id": 34603, "image": "0054c91397f2fe05.jpg", "text": text_b, "category": "default"}])
     an = textvqa_annotations(tmp_path)
     assert load_textvqa(qs, an, str(img)) == [
-        {"question_id": "34602", "image": a, "question": "what is the brand of this camera?",
-         "answers": TEXTVQA_10, "metric": "vqa", "ocr": "dakota, digital, nikon", "prompt": text_a},
-        {"question_id": "34603", "image": b, "question": "what does the sign say?",
-         "answers": TEXTVQA_10B, "metric": "vqa", "ocr": None, "prompt": text_b},
+        {"question_id": 34602, "image": a, "question": "what is the brand of this camera?",
+         "answers": TEXTVQA_10, "metric": "textvqa", "ocr": "dakota, digital, nikon", "prompt": text_a},
+        {"question_id": 34603, "image": b, "question": "what does the sign say?",
+         "answers": TEXTVQA_10B, "metric": "textvqa", "ocr": None, "prompt": text_b},
     ]
-    # The annotation file alone.
+    # The annotation file alone: the prompt is the question and the instruction, no OCR line.
     assert load_textvqa(None, an, str(img), limit=1) == [
-        {"question_id": "34602", "image": a, "question": "what is the brand of this camera?",
-         "answers": TEXTVQA_10, "metric": "vqa", "ocr": None, "prompt": None}]
+        {"question_id": 34602, "image": a, "question": "what is the brand of this camera?",
+         "answers": TEXTVQA_10, "metric": "textvqa", "ocr": None,
+         "prompt": "what is the brand of this camera?\n" + SHORT}]
+
+
+def test_textvqa_llava_file_ids_are_image_ids(tmp_path):
+    # LLaVA's llava_textvqa_val_v051_ocr.jsonl: question_id is the *image* id (two questions
+    # can share it) and the question is capitalized; eval_textvqa.py finds the annotation by
+    # (image id, question lowercased), and so must the loader.
+    img = tmp_path / "train_images"
+    a = png(img / "003a8ae2ef43b901.jpg")
+    an = write_json(tmp_path / "TextVQA_0.5.1_val.json", {"data": [
+        {"question_id": 1, "image_id": "003a8ae2ef43b901", "question": "what is the brand of this camera?",
+         "answers": TEXTVQA_10},
+        {"question_id": 2, "image_id": "003a8ae2ef43b901", "question": "what does the sign say?",
+         "answers": TEXTVQA_10B}]})
+    text_1 = "What does the sign say?\nReference OCR token: STOP\n" + SHORT
+    text_2 = "What is the brand of this camera?\nReference OCR token: DAKOTA, DIGITAL\n" + SHORT
+    qs = write_lines(tmp_path / "llava_textvqa_val_v051_ocr.jsonl", [
+        {"question_id": "003a8ae2ef43b901", "image": "003a8ae2ef43b901.jpg", "text": text_1},
+        {"question_id": "003a8ae2ef43b901", "image": "003a8ae2ef43b901.jpg", "text": text_2}])
+    recs = load_textvqa(qs, an, str(img))
+    assert [(r["question_id"], r["question"], r["answers"], r["ocr"], r["prompt"]) for r in recs] == [
+        ("003a8ae2ef43b901", "What does the sign say?", TEXTVQA_10B, "STOP", text_1),
+        ("003a8ae2ef43b901", "What is the brand of this camera?", TEXTVQA_10, "DAKOTA, DIGITAL", text_2)]
+    assert recs[0]["image"] == recs[1]["image"] == a
 
 
 def test_gqa_llava_jsonl_and_gqa_json(tmp_path):
@@ -234,15 +261,16 @@ def test_gqa_llava_jsonl_and_gqa_json(tmp_path):
         {"question_id": "201307251", "image": "n161313.jpg", "text": text_a, "category": "default"}])
     assert load_gqa(llava, str(img), answers_json=gqa) == [
         {"question_id": "20968379", "image": b, "question": "Do the shorts have dark color?",
-         "answers": ["yes"], "metric": "exact_match", "prompt": text_b},
+         "answers": ["yes"], "metric": "gqa", "prompt": text_b, "balanced": True},
         {"question_id": "201307251", "image": a, "question": "Is it overcast?",
-         "answers": ["no"], "metric": "exact_match", "prompt": text_a},
+         "answers": ["no"], "metric": "gqa", "prompt": text_a, "balanced": True},
     ]
+    # GQA's own file: its keys are strings; the prompt is LLaVA's form.
     assert load_gqa(gqa, str(img)) == [
         {"question_id": "201307251", "image": a, "question": "Is it overcast?",
-         "answers": ["no"], "metric": "exact_match", "prompt": None},
+         "answers": ["no"], "metric": "gqa", "prompt": text_a, "balanced": True},
         {"question_id": "20968379", "image": b, "question": "Do the shorts have dark color?",
-         "answers": ["yes"], "metric": "exact_match", "prompt": None},
+         "answers": ["yes"], "metric": "gqa", "prompt": text_b, "balanced": True},
     ]
     assert "pass answers_json" in one_line_error(load_gqa, llava, str(img))
 
@@ -261,10 +289,12 @@ def test_pope(tmp_path):
         {"question_id": 2, "image": "COCO_val2014_000000210789.jpg",
          "text": "Is there a dining table in the image?", "label": "no"}])
     assert load_pope(pope, str(img)) == [
-        {"question_id": "1", "image": a, "question": "Is there a snowboard in the image?",
-         "label": "yes", "category": "adversarial"},
-        {"question_id": "2", "image": b, "question": "Is there a dining table in the image?",
-         "label": "no", "category": "adversarial"},
+        {"question_id": 1, "image": a, "question": "Is there a snowboard in the image?",
+         "label": "yes", "category": "adversarial",
+         "prompt": "Is there a snowboard in the image?\n" + SHORT},  # llava_pope_test.jsonl's form
+        {"question_id": 2, "image": b, "question": "Is there a dining table in the image?",
+         "label": "no", "category": "adversarial",
+         "prompt": "Is there a dining table in the image?\n" + SHORT},
     ]
     # A "category" field wins; a file name without "pope_" gives no category.
     mixed = write_lines(tmp_path / "questions.jsonl", [
@@ -273,10 +303,10 @@ def test_pope(tmp_path):
         {"question_id": 4, "image": "COCO_val2014_000000210789.jpg",
          "text": "Is there a cup in the image?", "label": "no"}])
     assert load_task("pope", jsonl=mixed, image_folder=str(img)) == [
-        {"question_id": "3", "image": a, "question": "Is there a person in the image?",
-         "label": "yes", "category": "popular"},
-        {"question_id": "4", "image": b, "question": "Is there a cup in the image?",
-         "label": "no", "category": None},
+        {"question_id": 3, "image": a, "question": "Is there a person in the image?",
+         "label": "yes", "category": "popular", "prompt": "Is there a person in the image?\n" + SHORT},
+        {"question_id": 4, "image": b, "question": "Is there a cup in the image?",
+         "label": "no", "category": None, "prompt": "Is there a cup in the image?\n" + SHORT},
     ]
     no_label = write_lines(tmp_path / "llava_pope_test.jsonl", [
         {"question_id": 0, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a cat?",
@@ -296,11 +326,11 @@ def test_multiple_choice(tmp_path):
         {"id": "b", "question": "2 + 2 = ?", "choices": ["3", "4"], "answer": "B", "hint": ""},
         {"question": "Capital of France?", "options": ["Rome", "Paris"], "answer": "Paris"}])
     assert load_multiple_choice(path, str(tmp_path / "imgs")) == [
-        {"question_id": "1", "image": a, "question": "Which color?",
+        {"question_id": 1, "image": a, "question": "Which color?",
          "options": ["blue", "red", "green"], "answer": 1, "hint": "Look closely."},
         {"question_id": "b", "image": None, "question": "2 + 2 = ?", "options": ["3", "4"],
          "answer": 1, "hint": None},
-        {"question_id": "2", "image": None, "question": "Capital of France?",
+        {"question_id": 2, "image": None, "question": "Capital of France?",
          "options": ["Rome", "Paris"], "answer": 1, "hint": None},
     ]
     bad = write_lines(tmp_path / "bad_mc.jsonl", [
@@ -326,16 +356,17 @@ def test_scienceqa(tmp_path):
     })
     pid_splits = write_json(root / "pid_splits.json", {"train": ["1"], "test": ["9", "5"]})
     rec5 = {"question_id": "5", "image": a, "question": "Which state is highlighted?",
-            "options": ["Ohio", "Utah", "Iowa"], "answer": 2, "hint": "This map shows the US."}
+            "options": ["Ohio", "Utah", "Iowa"], "answer": 2, "hint": "This map shows the US.",
+            "benchmark": "scienceqa"}
     rec9 = {"question_id": "9", "image": None, "question": "Which word is longer?",
-            "options": ["cat", "horse"], "answer": 1, "hint": None}
+            "options": ["cat", "horse"], "answer": 1, "hint": None, "benchmark": "scienceqa"}
     # Default image_folder: images/ next to problems.json.
     assert load_scienceqa(problems) == [rec5, rec9]
     assert load_scienceqa(problems, pid_splits=pid_splits) == [rec9, rec5]
     assert load_scienceqa(problems, str(root / "images"), images_only=True) == [rec5]
     assert load_task("scienceqa", problems_json=problems, split="train") == [
         {"question_id": "1", "image": None, "question": "Which is a mammal?",
-         "options": ["frog", "dog"], "answer": 1, "hint": None}]
+         "options": ["frog", "dog"], "answer": 1, "hint": None, "benchmark": "scienceqa"}]
 
 
 # -- bad input ------------------------------------------------------------------------
@@ -382,7 +413,7 @@ def test_mmbench_tsv(tmp_path):
     ]
     path = _mmbench_tsv(tmp_path / "MMBench_DEV_EN.tsv", rows)
     recs = load_mmbench(path)
-    assert [r["question_id"] for r in recs] == ["101", "205"]
+    assert [r["question_id"] for r in recs] == [101, 205]  # ints, as pandas reads them for LLaVA
     a, b = recs
     assert (a["question"], a["options"], a["answer"]) == ("What colour is it?", ["blue", "green", "red"], 2)
     assert a["hint"] == "Look\tclosely.\nIt is bright." and b["hint"] is None
@@ -404,7 +435,7 @@ def test_mmbench_tsv(tmp_path):
     wrong = _mmbench_tsv(tmp_path / "wrong.tsv", [dict(rows[0], answer="D")])
     assert "out of range for 3 options" in one_line_error(load_mmbench, wrong)
     twice = _mmbench_tsv(tmp_path / "twice.tsv", [rows[0], rows[0]])
-    assert "question_id '101' appears twice" in one_line_error(load_mmbench, twice)
+    assert "question_id 101 appears twice" in one_line_error(load_mmbench, twice)
     assert "file not found" in one_line_error(load_mmbench, tmp_path / "none.tsv")
 
 
@@ -445,7 +476,7 @@ def test_missing_key_and_missing_image(tmp_path):
 
     dup = write_lines(tmp_path / "dup.jsonl", [{"id": 1, "image": "here.png", "caption": "a"},
                                                {"id": 1, "image": "here.png", "caption": "b"}])
-    assert "question_id '1' appears twice" in one_line_error(load_caption_jsonl, dup)
+    assert "question_id 1 appears twice" in one_line_error(load_caption_jsonl, dup)
 
 
 def test_load_task_names(tmp_path):

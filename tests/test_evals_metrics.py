@@ -106,21 +106,26 @@ def test_vqa_accuracy_hand_values():
     assert A.vqa_accuracy("2", _answers(3)) == pytest.approx(0.9)
 
 
-def test_vqa_accuracy_normalizes_both_sides():
-    # "two" -> "2" on the prediction side, "Two." -> "2" on the answer side.
+def test_vqa_accuracy_normalizes_both_sides_when_annotators_disagree():
+    # Answers not all identical: vqaEval.py normalizes both sides. "two" -> "2" on the
+    # prediction side, "Two." -> "2" on the answer side.
     assert A.vqa_accuracy("two", _answers(2)) == pytest.approx(0.6)
     assert A.vqa_accuracy("2", ["Two."] * 3 + ["3"] * 7) == pytest.approx(0.9)
     assert A.vqa_accuracy("The Dog", ["dog"] * 3 + ["cat"] * 7) == pytest.approx(0.9)
-    # "10 people" is not "10" after normalization; "Ten." is.
+    # Ten identical answers: no normalization, "Ten." != "ten" (0); lmms-eval normalizes (1).
     assert A.vqa_accuracy("10 people", ["ten"] * 10) == 0.0
-    assert A.vqa_accuracy("Ten.", ["ten"] * 10) == 1.0
+    assert A.vqa_accuracy("Ten.", ["ten"] * 10) == 0.0
+    assert A.vqa_accuracy("Ten.", ["ten"] * 10, scoring="lmms_eval") == 1.0
 
 
 def test_vqa_accuracy_single_answer_and_errors():
-    assert A.vqa_accuracy("A dog.", ["dog"]) == 1.0
+    # One answer: its only leave-one-out subset is empty, 0 matches -> 0.0 (vqaEval.py's value).
+    assert A.vqa_accuracy("dog", ["dog"]) == 0.0
     assert A.vqa_accuracy("dogs", ["dog"]) == 0.0
     with pytest.raises(ValueError):
         A.vqa_accuracy("dog", [])
+    with pytest.raises(ValueError, match="scoring='vqa2016'"):
+        A.vqa_accuracy("dog", ["dog"] * 10, scoring="vqa2016")
 
 
 def test_exact_match():
@@ -142,11 +147,19 @@ def test_exact_match():
     ("Yes. But there is no dog.", "yes"),   # only the first sentence counts
     ("There is a dog, no", "no"),           # commas removed before splitting
     ("Nothing like that", "yes"),           # whole words only
-    ("NO", "no"),                           # compared lowercased
+    ("NO", "yes"),                          # eval_pope.py checks "No", "no", "not" exactly
+    ("Not here", "yes"),                    # "Not" is none of them
+    ("no\nthere", "yes"),                   # split on ' ' only: one piece "no\nthere"
     ("", "yes"),                            # the official rule: no 'no'/'not' -> yes
 ])
 def test_yes_no(text, expected):
     assert A.yes_no(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("NO", "no"), ("Not here", "no"), ("no\nthere", "no"),
+                                            ("Yes", "yes")])
+def test_yes_no_lenient(text, expected):
+    assert A.yes_no(text, scoring="lenient") == expected
 
 
 def test_pope_scores_hand_counted():

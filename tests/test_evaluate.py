@@ -386,7 +386,7 @@ def test_cli_downstream_evaluators_on_benchmark_files(tiny_llava, tmp_path):
     assert not (out / "mir.json").exists()
     assert "pope/yes_ratio" in run.stdout and "vqa_2shot/accuracy" in run.stdout  # the table
     pope = [json.loads(line) for line in (out / "pope_predictions.jsonl").read_text().splitlines()]
-    assert [p["question_id"] for p in pope] == ["10", "11", "12", "13"]
+    assert [p["question_id"] for p in pope] == [10, 11, 12, 13]  # the source file's ints
     assert {"prompt", "text", "answer_id", "model_id"} <= set(pope[0]) and pope[0]["model_id"] == model
     pope_scores = json.loads((out / "pope_scores.json").read_text())
     assert pope_scores["details"]["per_category"].keys() == {"random"}  # from the file name

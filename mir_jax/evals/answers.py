@@ -1,12 +1,24 @@
 """Answer normalization and scoring for short-answer VQA-style benchmarks.
 
-Pure Python (no JAX): VQAv2 / TextVQA accuracy, GQA exact match, POPE yes/no
-parsing and scores, and multiple-choice letter parsing (ScienceQA, MMBench...).
+Pure Python (no JAX). Each scorer here computes what one official script computes on the
+same predictions (each function names its script; the scripts were read, not copied):
+
+  vqa_accuracy(scoring="official")   GT-Vision-Lab/VQA ``vqaEval.py`` as of its 2021 fix
+                                      ("Fixed processing answers bug", a013f00)
+  vqa_accuracy(scoring="lmms_eval")  lmms-eval's ``tasks/vqav2/utils.py`` (both sides always
+                                      normalized)
+  vqa_accuracy(scoring="llava")      LLaVA-1.5's VQAv2 submission: ``convert_vqav2_for_submission.py``
+                                      passes each prediction through ``EvalAIAnswerProcessor``,
+                                      then the server runs ``vqaEval.py``
+  textvqa_accuracy                   LLaVA's ``m4c_evaluator.py`` ``TextVQAAccuracyEvaluator``
+                                      (what ``eval_textvqa.py`` reports)
+  gqa_accuracy                       LLaVA's ``convert_gqa_for_eval.py`` + GQA's ``eval.py``
+  yes_no / pope_scores               LLaVA's ``eval_pope.py``
+  scienceqa_choice                   LLaVA's ``eval_science_qa.py``
 
 The answer normalization reproduces the official VQA evaluation script
-(``vqaEval.py`` in GT-Vision-Lab/VQA, ``processPunctuation`` followed by
-``processDigitArticle``), including its quirks, which are listed in
-:func:`normalize_answer`.
+(``processPunctuation`` followed by ``processDigitArticle``), including its quirks, which are
+listed in :func:`normalize_answer`.
 """
 
 from __future__ import annotations
@@ -16,10 +28,15 @@ import re
 __all__ = [
     "normalize_answer",
     "vqa_accuracy",
+    "VQA_SCORINGS",
+    "textvqa_accuracy",
+    "gqa_accuracy",
     "exact_match",
     "yes_no",
+    "POPE_SCORINGS",
     "pope_scores",
     "parse_option_letter",
+    "scienceqa_choice",
     "multiple_choice_scores",
 ]
 
@@ -47,6 +64,9 @@ _PERIOD_STRIP_COUNT = int(re.UNICODE)
 # *switch*: when it occurs anywhere in the text, every punctuation character is
 # deleted instead of being turned into a space (so "1,000" -> "1000").
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+# The same switch in EvalAIAnswerProcessor (LLaVA's m4c_evaluator.py, lmms-eval's
+# vqa_eval_metric.py): a digit, one *or more* commas, a digit ("1,,000" switches here only).
+_COMMA_STRIP_EVALAI = re.compile(r"(?<=\d)(,)+(?=\d)")
 
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3",
@@ -105,17 +125,17 @@ _CONTRACTIONS = {
 }
 
 
-def _process_punctuation(text: str) -> str:
+def _process_punctuation(text: str, comma_switch: re.Pattern = _COMMA_STRIP) -> str:
     """The official ``processPunctuation``.
 
     Every character of ``_PUNCTUATION`` is deleted when it touches a space
     somewhere in the *input* (``p + ' '`` or ``' ' + p`` occurs) or when the
-    input contains digit-comma-digit anywhere; otherwise each occurrence is
-    replaced by a space. The decision is taken per character, looking at the
-    original text, and applies to all occurrences of that character. Then
-    periods not followed by a digit are deleted (at most 32 of them).
+    input contains digit-comma-digit anywhere (``comma_switch``); otherwise each
+    occurrence is replaced by a space. The decision is taken per character,
+    looking at the original text, and applies to all occurrences of that
+    character. Then periods not followed by a digit are deleted (at most 32).
     """
-    has_digit_comma = _COMMA_STRIP.search(text) is not None
+    has_digit_comma = comma_switch.search(text) is not None
     out = text
     for p in _PUNCTUATION:
         if has_digit_comma or (p + " ") in text or (" " + p) in text:
@@ -168,60 +188,126 @@ def normalize_answer(text: str) -> str:
     Returns:
       The normalized string (possibly empty).
     """
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(text))
+    return _process_digit_article(_process_punctuation(_clean(text)))
 
 
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """VQAv2 / TextVQA soft accuracy of one prediction against human answers.
+def _clean(text: str) -> str:
+    """What vqaEval.py does to every answer first: newlines and tabs to spaces, strip."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
-    For each of the n human answers, that answer is left out and the score of
-    the subset is ``min(#(other answers equal to the prediction) / 3, 1)``; the
-    result is the mean over the n subsets. With the usual 10 answers this is
-    exactly 0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / 4+ matching humans (e.g. 2
-    matches: 8 subsets keep both, 2/3 each; 2 subsets keep one, 1/3 each;
-    (8 * 2/3 + 2 * 1/3) / 10 = 0.6).
 
-    Normalization: both the prediction and every answer go through
-    :func:`normalize_answer`, as LLaVA's / lmms-eval's TextVQA scorer
-    (``EvalAIAnswerProcessor``) normalizes both sides. The official VQAv2
-    script instead applies only ``processPunctuation`` to the ground truth, and
-    only when the answers are not all identical; the two can differ only for
-    ground-truth answers with capitals, number words, articles or one of the
-    table's contractions. (``EvalAIAnswerProcessor`` also runs a pre-step the
-    official script lacks -- lowercase, delete every ``,`` and ``?``, split
-    ``'s`` -- which this module does not.)
+def evalai_answer(text: str) -> str:
+    """``EvalAIAnswerProcessor()(text)`` of LLaVA's ``m4c_evaluator.py`` (also lmms-eval's).
 
-    With a single answer (n == 1) there is no subset to leave out; the score is
-    the exact match (1.0 or 0.0) of the normalized strings.
+    A pre-step the VQA script lacks -- lowercase, delete every ``,`` and ``?``, write
+    ``'s`` as `` 's``, strip -- then the VQA normalization. Its punctuation step has the
+    digit-commas-digit switch, but no comma is left by then, so it never fires.
+    """
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return _process_digit_article(_process_punctuation(_clean(text), _COMMA_STRIP_EVALAI))
+
+
+def _leave_one_out(prediction: str, answers: list[str]) -> float:
+    """Mean over the n subsets that leave one answer out of min(1, #matches in the subset / 3).
+
+    The official scripts leave out one answer *record* at a time (vqaEval.py compares answer
+    dicts, each with its own answer_id; m4c compares (index, answer) pairs), so duplicates
+    count separately: this is positional. With n == 1 the only subset is empty: 0.0.
+    """
+    matches = sum(1 for a in answers if a == prediction)
+    total = 0.0
+    for a in answers:
+        total += min(1.0, (matches - (a == prediction)) / 3.0)
+    return total / len(answers)
+
+
+VQA_SCORINGS = ("official", "lmms_eval", "llava")
+
+
+def vqa_accuracy(prediction: str, answers: list[str], scoring: str = "official") -> float:
+    """VQAv2 soft accuracy of one prediction against the human answers.
+
+    Every scoring takes, for each of the n answers in turn, the other n - 1 and scores
+    ``min(#(those equal to the prediction) / 3, 1)``; the result is the mean over the n
+    subsets. With 10 answers: 0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / 4+ matching humans.
+    They differ in what is compared:
+
+    ``"official"`` -- GT-Vision-Lab/VQA's current ``vqaEval.py`` (since its 2021 fix): every
+    answer and the prediction get newlines/tabs -> spaces and a strip. If the stripped answers
+    are *not all identical*, both sides then go through ``processPunctuation`` and
+    ``processDigitArticle`` (:func:`normalize_answer`). If all n answers are the same string
+    (the "unanimous" case), nothing more is done: the prediction must equal that string
+    exactly, so ``"Yes."`` or ``"Yes"`` score 0 against ten ``"yes"``, ``"two"`` 0 against ten
+    ``"2"``. (The 2016 script normalized only punctuation on the answer side; that is gone.)
+    VQAv2's annotation files already hold normalized answers, and the script relies on it.
+
+    ``"lmms_eval"`` -- lmms-eval's ``vqav2_process_results``: both sides always go through
+    punctuation and digit/article processing (no unanimous exception); its digit-comma switch
+    also fires on several commas (``"1,,000"``).
+
+    ``"llava"`` -- how LLaVA-1.5's VQAv2 numbers were made: ``convert_vqav2_for_submission.py``
+    writes ``EvalAIAnswerProcessor(prediction)`` (:func:`evalai_answer`), and the evaluation
+    server scores that with ``vqaEval.py`` (here: ``"official"``).
 
     Args:
       prediction: the model's answer.
       answers: the human answers (usually 10, duplicates kept).
+      scoring: one of ``VQA_SCORINGS``.
 
     Returns:
-      A float in [0, 1].
+      A float in [0, 1]; 0.0 when there is one answer (its only subset is empty).
 
     Raises:
-      ValueError: if ``answers`` is empty.
+      ValueError: if ``answers`` is empty or ``scoring`` is unknown.
     """
     if len(answers) == 0:
         raise ValueError("vqa_accuracy: the answers list is empty")
-    pred = normalize_answer(prediction)
-    gts = [normalize_answer(a) for a in answers]
-    n = len(gts)
-    if n == 1:
-        return 1.0 if gts[0] == pred else 0.0
-    matches = sum(1 for g in gts if g == pred)
-    total = 0.0
-    for g in gts:
-        others = matches - (1 if g == pred else 0)
-        total += min(1.0, others / 3.0)
-    return total / n
+    if scoring == "llava":
+        prediction, scoring = evalai_answer(prediction), "official"
+    if scoring == "official":
+        pred, gts = _clean(prediction), [_clean(a) for a in answers]
+        if len(set(gts)) > 1:  # vqaEval.py normalizes only when the annotators disagree
+            pred, gts = normalize_answer(pred), [normalize_answer(a) for a in gts]
+    elif scoring == "lmms_eval":
+        def norm(t):
+            return _process_digit_article(_process_punctuation(_clean(t), _COMMA_STRIP_EVALAI))
+
+        pred, gts = norm(prediction), [norm(a) for a in answers]
+    else:
+        raise ValueError(f"vqa_accuracy: scoring={scoring!r} not in {VQA_SCORINGS}")
+    return _leave_one_out(pred, gts)
+
+
+def textvqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """TextVQA accuracy as LLaVA's ``eval_textvqa.py`` reports it (``m4c_evaluator.py``'s
+    ``TextVQAAccuracyEvaluator``): both sides through :func:`evalai_answer`, then the
+    leave-one-out mean of ``min(1, matches / 3)`` over the 10 answers.
+
+    Raises:
+      ValueError: unless there are exactly 10 answers (the official code asserts it).
+    """
+    if len(answers) != 10:
+        raise ValueError(f"textvqa_accuracy: {len(answers)} answers; TextVQA has 10 per question")
+    return _leave_one_out(evalai_answer(prediction), [evalai_answer(a) for a in answers])
+
+
+def gqa_prediction(text: str) -> str:
+    """What LLaVA's ``convert_gqa_for_eval.py`` submits: trailing periods removed, lowercased
+    (no strip, no other normalization)."""
+    return text.rstrip(".").lower()
+
+
+def gqa_accuracy(prediction: str, answer: str) -> float:
+    """GQA accuracy as LLaVA-1.5 computed it: GQA's ``eval.py`` compares
+    ``prediction == answer`` exactly, on :func:`gqa_prediction` of the model's text
+    (``"Yes."`` -> ``"yes"`` matches ``"yes"``; ``"the dog"`` does not match ``"dog"``,
+    ``"two"`` does not match ``"2"``). 1.0 or 0.0."""
+    return 1.0 if gqa_prediction(prediction) == answer else 0.0
 
 
 def exact_match(prediction: str, answer: str) -> float:
-    """GQA-style exact match: 1.0 when ``normalize_answer`` of both agree.
+    """1.0 when :func:`normalize_answer` of both agree (a lenient match no official scorer
+    uses; GQA's is :func:`gqa_accuracy`).
 
     Args:
       prediction: the model's answer.
@@ -233,51 +319,57 @@ def exact_match(prediction: str, answer: str) -> float:
     return 1.0 if normalize_answer(prediction) == normalize_answer(answer) else 0.0
 
 
-def yes_no(text: str) -> str | None:
+POPE_SCORINGS = ("official", "lenient")
+
+
+def yes_no(text: str, scoring: str = "official") -> str:
     """Parse a POPE generation into ``"yes"`` or ``"no"``.
 
-    POPE's rule (its ``evaluate.py``, also LLaVA's ``eval_pope.py``): keep the
-    text before the first ``'.'`` (if any), delete commas, split into words;
-    the answer is ``"no"`` if a word is "no" or "not", otherwise ``"yes"``.
+    ``"official"`` -- LLaVA's ``eval_pope.py`` (POPE's own ``evaluate.py`` has the same
+    rule): keep the text before the first ``'.'`` (if any), delete commas, split on single
+    spaces; the answer is ``"no"`` if a piece is exactly ``"No"``, ``"no"`` or ``"not"``,
+    else ``"yes"`` -- so ``"NO"``, ``"Not here"`` and ``"no\nthere"`` count as yes, and so do
+    the empty string and unrelated text.
 
-    Differences from the official code, both deliberate: words are compared
-    lowercased (the official code checks exactly ``'No'``, ``'no'`` and
-    ``'not'``, so "NO" or "Not ..." would count as yes there), and the text is
-    split on any whitespace (the official splits on ``' '`` only).
-
-    By that rule anything without a "no"/"not" word is "yes", including the
-    empty string and unrelated text. ``None`` is never returned; it is in the
-    signature for callers that share the parser interface.
+    ``"lenient"`` -- the same, but words are compared lowercased and split on any
+    whitespace (``"NO"``, ``"Not here"`` -> no). No official scorer does this.
 
     Args:
       text: the model's generation.
+      scoring: one of ``POPE_SCORINGS``.
 
     Returns:
       ``"yes"`` or ``"no"``.
     """
     if "." in text:
         text = text.split(".", 1)[0]
-    words = text.replace(",", "").lower().split()
-    if "no" in words or "not" in words:
-        return "no"
-    return "yes"
+    text = text.replace(",", "")
+    if scoring == "official":
+        words = text.split(" ")
+        return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+    if scoring != "lenient":
+        raise ValueError(f"yes_no: scoring={scoring!r} not in {POPE_SCORINGS}")
+    words = text.lower().split()
+    return "no" if ("no" in words or "not" in words) else "yes"
 
 
-def pope_scores(predictions: list[str], labels: list[str]) -> dict:
-    """POPE metrics, with "yes" as the positive class (POPE's definition).
+def pope_scores(predictions: list[str], labels: list[str], scoring: str = "official") -> dict:
+    """POPE metrics as LLaVA's ``eval_pope.py`` computes them, "yes" being the positive class.
 
-    Each prediction is parsed with :func:`yes_no`; labels must be "yes" or
+    Each prediction is parsed with :func:`yes_no` (``scoring``); labels must be "yes" or
     "no" (case and surrounding spaces ignored).
 
     Args:
       predictions: the model's generations.
       labels: the ground-truth "yes"/"no", same length.
+      scoring: passed to :func:`yes_no`.
 
     Returns:
       ``{"accuracy", "precision", "recall", "f1", "yes_ratio"}`` as floats in
       [0, 1] and ``"num_samples"`` (int). precision = TP / (TP + FP),
       recall = TP / (TP + FN), f1 = 2PR / (P + R), yes_ratio = fraction of
-      predictions parsed as "yes". A zero denominator gives 0.0.
+      predictions parsed as "yes". A zero denominator gives 0.0 (where eval_pope.py
+      stops with ZeroDivisionError).
 
     Raises:
       ValueError: if the lengths differ or a label is not "yes"/"no".
@@ -290,7 +382,7 @@ def pope_scores(predictions: list[str], labels: list[str]) -> dict:
         lab = str(label).strip().lower()
         if lab not in ("yes", "no"):
             raise ValueError(f"pope_scores: label {i} is {label!r}, not 'yes' or 'no'")
-        p = yes_no(pred)
+        p = yes_no(pred, scoring)
         if p == "yes":
             if lab == "yes":
                 tp += 1
@@ -392,6 +484,30 @@ def parse_option_letter(text: str, num_options: int) -> int | None:
         if idx is not None:
             return idx
     return None
+
+
+_SCIENCEQA_LETTERS = ("A", "B", "C", "D", "E")
+_SCIENCEQA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+
+
+def scienceqa_choice(text: str, num_options: int) -> int | None:
+    """The option index LLaVA's ``eval_science_qa.py`` reads from a generation, or None.
+
+    Its rule, in order, on the text as generated (no strip, case-sensitive): the whole text
+    is one of the letters A-E; or the text starts with such a letter followed by ``". "``;
+    or ``"The answer is X."`` (any character after X) occurs exactly once. A letter beyond
+    the question's options, or none of these, is "FAILED" (None: counted wrong).
+    """
+    if text in _SCIENCEQA_LETTERS:
+        letter = text
+    elif len(text) >= 3 and text[0] in _SCIENCEQA_LETTERS and text[1:3] == ". ":
+        letter = text[0]
+    else:
+        found = _SCIENCEQA_ANSWER_IS.findall(text)
+        letter = found[0] if len(found) == 1 else None
+    if letter is None or letter not in _SCIENCEQA_LETTERS[:num_options]:
+        return None
+    return _SCIENCEQA_LETTERS.index(letter)
 
 
 def multiple_choice_scores(chosen: list[int | None], answers: list[int]) -> dict:

@@ -12,9 +12,10 @@ impossible value is one `ValueError` line naming it.
 
 `EvalResult.scores` holds flat scalars (what goes to metrics.jsonl, TensorBoard, the table
 and the plot, e.g. {"cider": 0.91, "bleu_4": 0.33}); `details` holds the rest (per-layer
-MIR, per-category POPE); `predictions` are rows of LLaVA's answer-file format
-(`question_id`, `prompt`, `text`, `answer_id`, `model_id`), so LLaVA's and lmms-eval's
-scorers can re-score them.
+MIR, per-category POPE, "scorer": the official scorer the scores equal); `predictions` are
+rows of LLaVA's answer-file format (`question_id` with the source file's type, `prompt` = the
+question text, `text`, `answer_id`, `model_id`, `metadata`), so LLaVA's scripts read them
+unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class EvalModel:
     template: the prompt template of its instruction data ("vicuna_v1", "chat") or of its
     pre-training ("plain"); evaluators phrase their prompts with it. system: the system
     prompt (None: the template's own). mesh: optional; batches shard over its data axes.
+    weights: which weights the model holds (`mir_jax.weights.WeightsSource`), for the record.
     """
 
     name: str
@@ -47,6 +49,7 @@ class EvalModel:
     system: str | None = None
     mesh: Mesh | None = None
     path: str = ""
+    weights: Any = None  # mir_jax.weights.WeightsSource
 
     @property
     def config(self):
@@ -166,17 +169,25 @@ def get_evaluator(name: str, **options) -> Evaluator:
 
 
 def answer_row(question_id, prompt: str, text: str, model_id: str, **extra) -> dict:
-    """One line of LLaVA's answer file (`model_vqa.py` writes the same keys)."""
+    """One line of LLaVA's answer file, the keys `model_vqa_loader.py` writes.
+
+    question_id: the source file's id, its type kept (LLaVA's scripts key dicts by it);
+    prompt: the question text as LLaVA's question file has it; extra: into `metadata`."""
     return {"question_id": question_id, "prompt": prompt, "text": text,
             "answer_id": uuid.uuid4().hex[:22], "model_id": model_id, "metadata": extra}
 
 
 def write_result(result: EvalResult, output_dir: str, prefix: str = "") -> tuple[str, str | None]:
-    """`{prefix}{evaluator}_scores.json` and (if any) `{prefix}{evaluator}_predictions.jsonl`,
-    each written to a temporary name and renamed, so a crash never leaves a partial file."""
+    """`{prefix}{evaluator}_scores.json` and (if any) `{prefix}{evaluator}_predictions.jsonl`
+    (one JSON object a line), each written to a temporary name and renamed, so a crash never
+    leaves a partial file. The scores JSON names, under "scorer", the official scorer its
+    numbers equal (from the evaluator's details)."""
     os.makedirs(output_dir, exist_ok=True)
     scores = os.path.join(output_dir, f"{prefix}{result.evaluator}_scores.json")
-    _atomic_write(scores, json.dumps(result.to_json(), indent=1, default=_jsonable))
+    payload = result.to_json()
+    if "scorer" in result.details:
+        payload = {"scorer": result.details["scorer"], **payload}
+    _atomic_write(scores, json.dumps(payload, indent=1, default=_jsonable))
     answers = None
     if result.predictions:
         answers = os.path.join(output_dir, f"{prefix}{result.evaluator}_predictions.jsonl")

@@ -11,11 +11,15 @@ Records (the shapes of `mir_jax.evals.datasets`, images as uint8 arrays):
   caption          {"question_id", "image", "captions": [the caption, the same scene with
                    its two groups in the other order (two references when there are two)]}
   vqa              {"question_id", "image", "question", "answers": 10 human-style answers,
-                   "metric": "vqa", "kind": count|colour|shape|position}; answers are
+                   "metric": "normalized", "kind": count|colour|shape|position}; answers are
                    written as a person would ("two", "red", "circles"): 10 x the one word,
                    except position, which takes both ways people say it, 5 x "left" and
                    5 x "on the left" (the instruction data answers "On the left.", and
-                   VQA normalization keeps the "on"; either form scores 1)
+                   VQA normalization keeps the "on"; either form scores 1). No official
+                   scorer exists for this set: "normalized" is the VQA soft accuracy with
+                   both sides normalized (as lmms-eval scores VQAv2), because VQAv2's
+                   official script compares unanimous answers unnormalized, which suits
+                   its pre-normalized annotations, not these human-style ones
   pope             {"question_id", "image", "question": "Is there a {colour} {shape} in the
                    image?", "label": yes|no, "category": random|adversarial}; even indices
                    ask about a group that is there, odd ones about one that is not; in the
@@ -69,7 +73,7 @@ def _vqa(i, seed, size):
         q, a = f"Where are the {g['colour']} {plural}?", g["side"]
     answers = [a] * 5 + [f"on the {a}"] * 5 if kind == "position" else [a] * 10
     return {"question_id": f"vqa/{i}", "image": image, "question": q, "answers": answers,
-            "metric": "vqa", "kind": kind}
+            "metric": "normalized", "kind": kind}
 
 
 def _pope(i, seed, size):

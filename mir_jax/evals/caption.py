@@ -39,10 +39,14 @@ class CaptionEvaluator(GenerativeEvaluator):
     def example_answer(self, record):
         return record["captions"][0]
 
+    def answer_prompt(self, record):
+        return self.question(record, False)
+
     def score(self, records, answers):
         out = caption_scores({r["question_id"]: a for r, a in zip(records, answers)},
                              {r["question_id"]: list(r["captions"]) for r in records},
                              metrics=tuple(self.options["metrics"]))
         scores = {k: v for k, v in out.items() if isinstance(v, (int, float)) and k != "num_images"}
         details = {k: v for k, v in out.items() if k not in scores}
+        details["scorer"] = f"pycocoevalcap Bleu, Cider (CIDEr-D), {details.get('tokenizer', 'ptb')} tokenizer"
         return scores, details

@@ -7,14 +7,31 @@ keeps the first N). Image references become absolute paths, resolved against
 Anything wrong with a file (missing, malformed JSON, a missing key, a question without
 an answer, a missing image, a duplicated question id) is one
 :class:`~mir_jax.data.errors.DataError` line naming the file and the line (JSONL) or the
-record. ``question_id`` is always a ``str``.
+record. ``question_id`` keeps the type and value of the source file's id (an int stays an
+int, as LLaVA's scripts key their dicts by it; a generated index is an int; MMBench's TSV
+``index`` is read as an int, as pandas reads it for LLaVA).
+
+Prompts: where LLaVA-1.5's eval has a question file for a benchmark, each record carries the
+``"prompt"`` that file's ``text`` holds, which the evaluators ask verbatim (conversation
+templates) and write as the answer file's ``prompt``:
+
+  VQAv2, GQA, POPE  "{question}\nAnswer the question using a single word or phrase."
+  TextVQA           "{Question}\nReference OCR token: {tokens}\nAnswer the question using a
+                    single word or phrase." (the OCR line only where the file has one)
+  ScienceQA, MMBench, generic multiple choice: the question, lettered options and "Answer with
+                    the option's letter from the given choices directly." (`multiple_choice.py`)
+  captions          the caption evaluator's prompt (`caption.py`)
+
+A LLaVA question file's ``text`` is kept as it is; for the benchmarks' own files it is built
+as LLaVA's converted files have it.
 
 Record shapes (``image`` is an absolute path, or None for a text-only question; MMBench's
 ``image`` is the encoded picture's bytes)::
 
     caption          {"question_id", "image", "captions": [str, ...]}
     vqa              {"question_id", "image", "question", "answers": [str, ...],
-                      "metric": "vqa" | "exact_match", ...loader extras}
+                      "metric": "vqa" | "textvqa" | "gqa" (which official scorer:
+                      `vqa.py`), "prompt", ...loader extras}
     pope             {"question_id", "image", "question", "label": "yes" | "no",
                       "category": str | None}
     multiple_choice  {"question_id", "image", "question", "options": [str, ...],
@@ -45,28 +62,33 @@ Formats and the fields read:
   answers), ``annotations[].answer_type`` (kept as the extra ``"answer_type"``;
   ``multiple_choice_answer`` is not used). Image = ``image_pattern`` formatted with
   ``split`` = ``data_subtype`` ("test-dev2015" reads images of "test2015", where
-  they live) and ``image_id``. ``metric`` "vqa".
+  they live) and ``image_id``. ``metric`` "vqa"; ``prompt`` as LLaVA's
+  ``llava_vqav2_mscoco_*.jsonl`` (question + short-answer instruction).
 * ``textvqa`` (:func:`load_textvqa`), LLaVA's ``llava_textvqa_val_v051_ocr.jsonl``:
   ``question_id``, ``image``, ``text`` = ``"<question>\\nReference OCR token: <tokens>\\n
   Answer the question using a single word or phrase."`` (the OCR line may come first or be
   absent; the older ``"OCR tokens: ... Question: ... Short answer:"`` form is read too);
-  plus TextVQA's ``TextVQA_0.5.1_val.json``: ``data[].question_id``,
-  ``data[].answers`` (10 strings). Extras: ``"ocr"`` (the OCR tokens string or None) and
-  ``"prompt"`` (the file's full ``text``, to reproduce LLaVA's prompt). Without a
-  question file the annotation file alone is read (``data[].question``,
-  ``data[].image_id`` + ".jpg"; ``ocr``/``prompt`` None). ``metric`` "vqa".
+  plus TextVQA's ``TextVQA_0.5.1_val.json``: ``data[].question_id``, ``data[].image_id``,
+  ``data[].question``, ``data[].answers`` (10 strings); a line's annotation is the one with
+  its (image id, question) as in LLaVA's ``eval_textvqa.py`` (LLaVA's ``question_id`` is the
+  image id), else the one with its question id. Extras: ``"ocr"`` (the OCR tokens string or
+  None) and ``"prompt"`` (the file's full ``text``: LLaVA-1.5's prompt, OCR line included).
+  Without a question file the annotation file alone is read (``data[].question``,
+  ``data[].image_id`` + ".jpg"; ``ocr`` None, ``prompt`` the question + instruction).
+  ``metric`` "textvqa".
 * ``gqa`` (:func:`load_gqa`), LLaVA's ``llava_gqa_testdev_balanced.jsonl``
   (``question_id``, ``image``, ``text``: question, then LLaVA's answer instruction) with
   the answers of GQA's ``testdev_balanced_questions.json``
   (``{qid: {"answer", "imageId", "question", ...}}``); or that GQA file alone (image =
-  ``imageId`` + ".jpg"). ``answers`` = ``[answer]``, ``metric`` "exact_match"; extra
-  ``"prompt"`` (the LLaVA ``text``, or None).
+  ``imageId`` + ".jpg"). ``answers`` = ``[answer]``, ``metric`` "gqa"; extras
+  ``"prompt"`` (the LLaVA ``text``, or the question + instruction) and ``"balanced"``.
 * ``pope`` (:func:`load_pope`), the POPE repo's ``output/coco/coco_pope_<category>.json``
   (JSON Lines despite the ``.json`` name; ``.jsonl`` and JSON arrays work too):
   ``question_id``, ``image``, ``text``, ``label``; ``category`` from a ``category``
   field, else from the file name (the part after ``pope_``:
   ``coco_pope_adversarial.json`` -> "adversarial"), else None. LLaVA's
-  ``llava_pope_test.jsonl`` carries no labels and is refused.
+  ``llava_pope_test.jsonl`` carries no labels and is refused. ``prompt``: a multi-line
+  ``text`` as it is, else the question + short-answer instruction (LLaVA's form).
 * ``mc_jsonl`` (:func:`load_multiple_choice`), generic multiple choice (JSONL or JSON
   array): ``question_id`` or ``id`` (else the index), ``image`` (optional),
   ``question``, ``options`` or ``choices``, ``answer`` (0-based int, a letter "A".."Z",
@@ -208,11 +230,22 @@ def _str_list(value, key: str, where: str) -> list[str]:
     return value
 
 
-def _qid(raw: dict, index: int, keys=("question_id", "id")) -> str:
+def _qid(raw: dict, index: int, keys=("question_id", "id")):
+    """The record's id as the file has it (int or str), else its 0-based index."""
     for k in keys:
         if raw.get(k) is not None:
-            return str(raw[k])
-    return str(index)
+            value = raw[k]
+            return value if isinstance(value, (int, str)) and not isinstance(value, bool) else str(value)
+    return index
+
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+
+
+def llava_text(question: str, ocr: str | None = None) -> str:
+    """The ``text`` LLaVA-1.5's converted question files hold for a short-answer question."""
+    ocr_line = f"\nReference OCR token: {ocr}" if ocr else ""
+    return f"{question}{ocr_line}\n{SHORT_ANSWER}"
 
 
 def _check_limit(limit):
@@ -224,12 +257,13 @@ def _full(out: list, limit) -> bool:
     return limit is not None and len(out) >= limit
 
 
-def _unique(out: list[dict], path) -> list[dict]:
-    seen: set[str] = set()
+def _unique(out: list[dict], path, key=lambda rec: rec["question_id"]) -> list[dict]:
+    seen: set = set()
     for rec in out:
-        if rec["question_id"] in seen:
+        k = key(rec)
+        if k in seen:
             raise DataError(f"{os.fspath(path)}: question_id {rec['question_id']!r} appears twice")
-        seen.add(rec["question_id"])
+        seen.add(k)
     return out
 
 
@@ -260,7 +294,7 @@ def _split_llava_text(text: str) -> tuple[str, str | None]:
 
 
 def load_coco_captions(annotation_json, image_folder=None, limit=None, check_images=True) -> list[dict]:
-    """COCO captions annotations -> ``{"question_id": str(image id), "image", "captions"}``."""
+    """COCO captions annotations -> ``{"question_id": image id, "image", "captions"}``."""
     _check_limit(limit)
     path = os.fspath(annotation_json)
     doc = _read_object(path, "COCO captions annotations")
@@ -281,7 +315,7 @@ def load_coco_captions(annotation_json, image_folder=None, limit=None, check_ima
         where = f"{path}: images[{i}] (id {image_id})"
         if image_id not in captions:
             raise DataError(f"{where}: no captions in 'annotations' for this image")
-        out.append({"question_id": str(image_id),
+        out.append({"question_id": image_id,
                     "image": _image(_need(im, "file_name", where), folder, where, check_images),
                     "captions": captions[image_id]})
     return _unique(out, path)
@@ -320,7 +354,7 @@ def load_karpathy_captions(karpathy_json, image_folder=None, split="test", limit
         caps = [_need(s, "raw", f"{where} sentences[{k}]").strip() for k, s in enumerate(sentences)]
         if not caps:
             raise DataError(f"{where}: no sentences")
-        out.append({"question_id": str(qid), "image": _image(ref, folder, where, check_images),
+        out.append({"question_id": qid, "image": _image(ref, folder, where, check_images),
                     "captions": caps})
     if not out and images and limit != 0:
         raise DataError(f"{path}: no images of split {split!r} (splits present: "
@@ -389,7 +423,7 @@ def load_vqav2(questions_json, annotations_json, image_folder=None,
         if _full(out, limit):
             break
         where = f"{qpath}: questions[{i}]"
-        qid = str(_need(q, "question_id", where, (int, str)))
+        qid = _need(q, "question_id", where, (int, str))
         where = f"{qpath}: questions[{i}] (question_id {qid})"
         image_id = _need(q, "image_id", where, (int, str))
         try:
@@ -398,82 +432,99 @@ def load_vqav2(questions_json, annotations_json, image_folder=None,
             raise DataError(f"{where}: image_pattern {image_pattern!r} does not format: {e!r}") from e
         if answers is None:
             human, answer_type = [], None
-        elif qid in answers:
-            human, answer_type = answers[qid]
+        elif str(qid) in answers:
+            human, answer_type = answers[str(qid)]
         else:
             raise DataError(f"{where}: no annotation for this question in {apath}")
+        question = _need(q, "question", where).strip()
         out.append({"question_id": qid, "image": _image(ref, folder, where, check_images),
-                    "question": _need(q, "question", where).strip(), "answers": list(human),
-                    "metric": "vqa", "answer_type": answer_type})
+                    "question": question, "answers": list(human),
+                    "metric": "vqa", "answer_type": answer_type, "prompt": llava_text(question)})
     return _unique(out, qpath)
 
 
 def load_textvqa(questions_jsonl, annotations_json, image_folder=None, limit=None,
                  check_images=True) -> list[dict]:
     """LLaVA's TextVQA question JSONL + TextVQA annotations -> ``{"question_id", "image",
-    "question", "answers" (10), "metric": "vqa", "ocr", "prompt"}``.
+    "question", "answers" (10), "metric": "textvqa", "ocr", "prompt"}``.
 
-    ``questions_jsonl=None`` reads questions from the annotation file itself;
+    LLaVA's ``llava_textvqa_val_v051_ocr.jsonl`` gives each line the *image* id as
+    ``question_id`` (an image has several questions), so a line finds its annotation as
+    LLaVA's ``eval_textvqa.py`` finds it: by (image id, question lowercased); a file whose ids
+    are TextVQA question ids is matched by id. Records are unique by (question_id, question).
+    ``questions_jsonl=None`` reads questions from the annotation file itself (prompt: the
+    question and the short-answer instruction; no OCR line, that file has no OCR tokens);
     ``annotations_json=None`` gives ``answers: []``.
     """
     _check_limit(limit)
     if questions_jsonl is None and annotations_json is None:
         raise DataError("load_textvqa: give a question file, an annotation file or both")
-    answers: dict[str, list[str]] | None = None
+    by_id: dict[str, list[str]] | None = None
+    by_image: dict[tuple[str, str], list[str]] = {}
     data: list = []
     apath = None
     if annotations_json is not None:
         apath = os.fspath(annotations_json)
         adoc = _read_object(apath, "TextVQA annotations")
         data = _need(adoc, "data", apath, list, " (is this a TextVQA_0.5.1_*.json?)")
-        answers = {}
+        by_id = {}
         for j, ann in enumerate(data):
             where = f"{apath}: data[{j}]"
             qid = str(_need(ann, "question_id", where, (int, str)))
-            answers[qid] = _str_list(ann.get("answers", []), "answers", where)
+            by_id[qid] = _str_list(ann.get("answers", []), "answers", where)
+            if isinstance(ann.get("image_id"), str) and isinstance(ann.get("question"), str):
+                by_image[(ann["image_id"], ann["question"].lower())] = by_id[qid]
     out: list[dict] = []
+
+    def key(rec):
+        return rec["question_id"], rec["question"]
+
     if questions_jsonl is None:  # the annotation file alone
         folder = _folder(image_folder, apath)
         for j, ann in enumerate(data):
             if _full(out, limit):
                 break
-            qid = str(ann["question_id"])  # checked above
+            qid = ann["question_id"]  # checked above
             where = f"{apath}: data[{j}] (question_id {qid})"
             ref = str(_need(ann, "image_id", where)) + ".jpg"
+            question = _need(ann, "question", where).strip()
             out.append({"question_id": qid, "image": _image(ref, folder, where, check_images),
-                        "question": _need(ann, "question", where).strip(),
-                        "answers": list(answers[qid]), "metric": "vqa",
-                        "ocr": None, "prompt": None})
-        return _unique(out, apath)
+                        "question": question, "answers": list(by_id[str(qid)]),
+                        "metric": "textvqa", "ocr": None, "prompt": llava_text(question)})
+        return _unique(out, apath, key)
     qpath = os.fspath(questions_jsonl)
     folder = _folder(image_folder, qpath)
     for raw, where in _records(qpath):
         if _full(out, limit):
             break
-        qid = str(_need(raw, "question_id", where, (int, str)))
+        qid = _need(raw, "question_id", where, (int, str))
         where = f"{where} (question_id {qid})"
         text = _need(raw, "text", where)
         question, ocr = _split_llava_text(text)
-        if answers is None:
+        if by_id is None:
             human = []
-        elif qid in answers:
-            human = list(answers[qid])
+        elif (str(qid), question.lower()) in by_image:  # eval_textvqa.py's key
+            human = list(by_image[(str(qid), question.lower())])
+        elif str(qid) in by_id:
+            human = list(by_id[str(qid)])
         else:
-            raise DataError(f"{where}: no annotation for this question in {apath}")
+            raise DataError(f"{where}: no annotation for this question in {apath} (looked up by "
+                            "image id and question, as eval_textvqa.py does, and by question id)")
         out.append({"question_id": qid,
                     "image": _image(_need(raw, "image", where), folder, where, check_images),
-                    "question": question, "answers": human, "metric": "vqa", "ocr": ocr,
+                    "question": question, "answers": human, "metric": "textvqa", "ocr": ocr,
                     "prompt": text})
-    return _unique(out, qpath)
+    return _unique(out, qpath, key)
 
 
 def load_gqa(questions_jsonl_or_json, image_folder=None, answers_json=None, limit=None,
              check_images=True) -> list[dict]:
-    """GQA -> ``{"question_id", "image", "question", "answers": [answer], "metric":
-    "exact_match", "prompt"}``.
+    """GQA -> ``{"question_id", "image", "question", "answers": [answer], "metric": "gqa",
+    "prompt", "balanced"}``.
 
     Either LLaVA's question JSONL with ``answers_json`` = GQA's
-    ``testdev_balanced_questions.json``, or that GQA questions file alone.
+    ``testdev_balanced_questions.json``, or that GQA questions file alone. ``balanced``: GQA's
+    ``isBalanced`` (None where absent); GQA's eval.py scores balanced questions only.
     """
     _check_limit(limit)
     path = os.fspath(questions_jsonl_or_json)
@@ -500,10 +551,12 @@ def load_gqa(questions_jsonl_or_json, image_folder=None, answers_json=None, limi
                 break
             where = f"{path}: question {qid}"
             ref = str(_need(q, "imageId", where, (str, int))) + ".jpg"
-            out.append({"question_id": str(qid), "image": _image(ref, folder, where, check_images),
-                        "question": _need(q, "question", where).strip(),
+            question = _need(q, "question", where).strip()
+            out.append({"question_id": qid, "image": _image(ref, folder, where, check_images),
+                        "question": question,
                         "answers": [str(_need(q, "answer", where, (str, int)))],
-                        "metric": "exact_match", "prompt": None})
+                        "metric": "gqa", "prompt": llava_text(question),
+                        "balanced": q.get("isBalanced")})
         return _unique(out, path)
     if answers_json is None:
         raise DataError(f"{path}: LLaVA's GQA questions carry no answers; pass answers_json="
@@ -514,16 +567,16 @@ def load_gqa(questions_jsonl_or_json, image_folder=None, answers_json=None, limi
     for raw, where in _records(path):
         if _full(out, limit):
             break
-        qid = str(_need(raw, "question_id", where, (int, str)))
+        qid = _need(raw, "question_id", where, (int, str))
         where = f"{where} (question_id {qid})"
         text = _need(raw, "text", where)
-        if qid not in doc:
+        if str(qid) not in doc:
             raise DataError(f"{where}: no answer for this question in {apath}")
-        answer = _need(doc[qid], "answer", f"{apath}: question {qid}", (str, int))
+        answer = _need(doc[str(qid)], "answer", f"{apath}: question {qid}", (str, int))
         out.append({"question_id": qid,
                     "image": _image(_need(raw, "image", where), folder, where, check_images),
                     "question": _split_llava_text(text)[0], "answers": [str(answer)],
-                    "metric": "exact_match", "prompt": text})
+                    "metric": "gqa", "prompt": text, "balanced": doc[str(qid)].get("isBalanced")})
     return _unique(out, path)
 
 
@@ -554,10 +607,13 @@ def load_pope(jsonl, image_folder=None, limit=None, check_images=True) -> list[d
         if label not in ("yes", "no"):
             raise DataError(f"{where}: label {raw['label']!r} is not 'yes' or 'no'")
         category = raw.get("category")
+        text = _need(raw, "text", where)
+        question = _split_llava_text(text)[0]
         out.append({"question_id": qid,
                     "image": _image(_need(raw, "image", where), folder, where, check_images),
-                    "question": _split_llava_text(_need(raw, "text", where))[0], "label": label,
-                    "category": str(category) if category is not None else file_category})
+                    "question": question, "label": label,
+                    "category": str(category) if category is not None else file_category,
+                    "prompt": text if "\n" in text.strip() else llava_text(question)})
     return _unique(out, path)
 
 
@@ -665,7 +721,8 @@ def load_scienceqa(problems_json, image_folder=None, split="test", pid_splits=No
                          check_images)
         out.append({"question_id": str(pid), "image": ref,
                     "question": _need(p, "question", where).strip(), "options": options,
-                    "answer": _answer_index(answer, options, where), "hint": _hint(p.get("hint"))})
+                    "answer": _answer_index(answer, options, where), "hint": _hint(p.get("hint")),
+                    "benchmark": "scienceqa"})
     return _unique(out, path)
 
 
@@ -720,7 +777,8 @@ def load_mmbench(tsv, limit=None) -> list[dict]:
                 image = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError) as e:
                 raise DataError(f"{where}: 'image' is not base64 ({e})") from e
-            record = {"question_id": qid, "image": image, "question": row["question"].strip(),
+            record = {"question_id": int(qid) if qid.isdigit() else qid, "image": image,
+                      "question": row["question"].strip(),
                       "options": options, "answer": _answer_index(answer, options, where),
                       "hint": _hint(_mmbench_field(row, "hint"))}
             for key, extra in (("category", "category"), ("l2-category", "l2_category")):

@@ -10,9 +10,15 @@ Options common to all of them:
                   for embedded data, else the evaluated set itself, never the query)
   num_samples     how many records (the first N); batch_size; max_new_tokens
   shots           in-context examples per query (MM1: 0, 4, 8); seed: their draw
-  prompt_suffix   appended to each question (LLaVA's VQA prompts end with
-                  "\\nAnswer the question using a single word or phrase.")
+  prompt_suffix   appended to each question that has no LLaVA text of its own
+  llava_prompt    True (default): a record loaded from a benchmark file carries the question
+                  text LLaVA-1.5's eval asked (`"prompt"`, see `datasets.py`), and
+                  conversation templates are asked exactly that; False: question + suffix
   progress        a progress bar per evaluation
+
+The answer file (`predictions`) is LLaVA's: one row per record with `question_id` as the
+source file has it (int stays int), `prompt` = the question text LLaVA's answer files carry
+(its question file's `text`), `text` = the answer; `metadata` holds our rendered prompt.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from .prompts import DOCUMENT_TEMPLATES, Prompt, encode
 
 COMMON_OPTIONS = {"data": "embedded", "support_data": None, "num_samples": 100, "batch_size": 16,
                   "max_new_tokens": 16, "shots": 0, "seed": 0, "prompt_suffix": "",
-                  "progress": False, "support_samples": 64}
+                  "llava_prompt": True, "progress": False, "support_samples": 64}
 
 
 def load_records(data, task: str, num_samples: int | None, image_size: int, *, support: bool = False,
@@ -70,6 +76,14 @@ class GenerativeEvaluator(Evaluator):
     def score(self, records: list[dict], answers: list[str]) -> tuple[dict, dict]:
         """(scalar scores, details)."""
         raise NotImplementedError
+
+    def llava_text(self, record: dict) -> str:
+        """The question as LLaVA's question file writes it (the record's `"prompt"`, e.g.
+        "What is this?\\nAnswer the question using a single word or phrase."), or the
+        question plus `prompt_suffix` where the record has none (or `llava_prompt` is off)."""
+        if self.options["llava_prompt"] and record.get("prompt"):
+            return record["prompt"]
+        return record["question"] + self.options["prompt_suffix"]
 
     # ----- shared ----------------------------------------------------------------------------
     def records(self, model: EvalModel) -> list[dict]:
@@ -120,6 +134,19 @@ class GenerativeEvaluator(Evaluator):
         prompts, answers = self.generate(model, records)
         scores, details = self.score(records, answers)
         scores["num_samples"] = len(records)
-        predictions = [answer_row(r["question_id"], p.text, a, model.name)
+        predictions = [answer_row(r["question_id"], self.answer_prompt(r), a, model.name,
+                                  rendered_prompt=rendered(model, p))
                        for r, p, a in zip(records, prompts, answers)]
         return self.result(scores, predictions, details)
+
+    def answer_prompt(self, record: dict) -> str:
+        """The answer file's `prompt`: the question text as LLaVA's answer files carry it."""
+        return self.llava_text(record)
+
+
+def rendered(model: EvalModel, prompt: Prompt) -> str:
+    """The prompt's tokens decoded, each image's run of tokens shown as one `<image>`."""
+    image_id = getattr(model.tokenizer, "image_token_id", None)
+    ids = [int(i) for n, i in enumerate(prompt.ids)
+           if not (i == image_id and n > 0 and prompt.ids[n - 1] == image_id)]
+    return model.tokenizer.decode(ids)

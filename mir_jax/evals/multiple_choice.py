@@ -8,6 +8,12 @@
               option) pair; the most likely option is the choice: "likelihood_accuracy" (summed
               log-probability) and "likelihood_accuracy_per_token" (divided by the option's
               token count, which does not favour short options).
+
+scoring (generate mode): "official" (default) reads ScienceQA records' letters as LLaVA's
+eval_science_qa.py does (`answers.scienceqa_choice`: "B", "B. ...", or one "The answer is B.");
+other records (MMBench, generic files) have no official scorer we reproduce (MMBench's server
+uses circular evaluation and GPT-assisted matching) and are read with `parse_option_letter`;
+"lenient" reads every record with `parse_option_letter`. The scores JSON names the scorer.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ import numpy as np
 
 from mir_jax.data.synthetic import choice_prompt
 
-from .answers import multiple_choice_scores, parse_option_letter
+from .answers import multiple_choice_scores, parse_option_letter, scienceqa_choice
 from .base import EvalResult, answer_row, register
-from .generative import COMMON_OPTIONS, GenerativeEvaluator
+from .generative import COMMON_OPTIONS, GenerativeEvaluator, rendered
 from .predict import continuation_logprobs
 from .prompts import DOCUMENT_TEMPLATES, encode
 
 MODES = ("both", "generate", "likelihood")
+SCORINGS = ("official", "lenient")
 
 
 @register
@@ -30,12 +37,23 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
     name = "multiple_choice"
     task = "multiple_choice"
     few_shot = False
-    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": 8, "mode": "both"}
+    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": 8, "mode": "both", "scoring": "official"}
 
     def check_options(self):
         super().check_options()
         if self.options["mode"] not in MODES:
             raise ValueError(f"evaluator 'multiple_choice': mode={self.options['mode']!r} not in {MODES}")
+        if self.options["scoring"] not in SCORINGS:
+            raise ValueError(f"evaluator 'multiple_choice': scoring={self.options['scoring']!r} not in {SCORINGS}")
+
+    def choose(self, record, text) -> tuple[int | None, str]:
+        """(the option index a generation names or None, the scorer that read it)."""
+        if self.options["scoring"] == "official" and record.get("benchmark") == "scienceqa":
+            return scienceqa_choice(text, len(record["options"])), "LLaVA eval_science_qa.py"
+        return parse_option_letter(text, len(record["options"])), "mir_jax parse_option_letter (no official scorer)"
+
+    def answer_prompt(self, record):
+        return self.question(record, False)
 
     def _context(self, record) -> str:
         return f"Context: {record['hint']}\n" if record.get("hint") else ""
@@ -52,10 +70,13 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
         scores, predictions, details = {"num_samples": len(records)}, [], {}
         if o["mode"] in ("both", "generate"):
             prompts, texts = self.generate(model, records)
-            chosen = [parse_option_letter(t, len(r["options"])) for t, r in zip(texts, records)]
+            picks = [self.choose(r, t) for t, r in zip(texts, records)]
+            chosen = [c for c, _ in picks]
             mc = multiple_choice_scores(chosen, answers)
             scores.update(accuracy=mc["accuracy"], unparsed=mc["unparsed"])
-            predictions = [answer_row(r["question_id"], p.text, t, model.name, choice=c)
+            details["scorer"] = "; ".join(sorted({s for _, s in picks}))
+            predictions = [answer_row(r["question_id"], self.answer_prompt(r), t, model.name,
+                                      choice=c, rendered_prompt=rendered(model, p))
                            for r, p, t, c in zip(records, prompts, texts, chosen)]
         if o["mode"] in ("both", "likelihood"):
             document = model.template in DOCUMENT_TEMPLATES

@@ -1,41 +1,89 @@
-"""VQA: VQAv2 accuracy (min(#humans who gave the answer / 3, 1), averaged over the 10
-leave-one-out subsets) with the official answer normalization, or exact match for GQA-style
-records (`"metric": "exact_match"`). Few-shot examples show the most common human answer.
-Pre-trained models (plain/document templates) are asked "Question: {q} Answer: " (MM1's
-few-shot layout); instruction-tuned ones the question itself (plus `prompt_suffix`).
+"""VQA: each record scored by its benchmark's own scorer (`answers.py`), named in the result.
+
+  record "metric"  benchmark            scorer (details["scorer"] names it)
+  "vqa"            VQAv2 files          vqa_accuracy(scoring=the `scoring` option):
+                                        "official" (default) = GT-Vision-Lab/VQA vqaEval.py,
+                                        "lmms_eval" = lmms-eval's vqav2 utils (always
+                                        normalized), "llava" = LLaVA-1.5's submission
+                                        (EvalAIAnswerProcessor, then vqaEval.py)
+  "textvqa"        TextVQA              LLaVA's m4c_evaluator TextVQAAccuracyEvaluator
+  "gqa"            GQA                  LLaVA's convert_gqa_for_eval.py + GQA's eval.py
+                                        ("exact_match" is read as "gqa")
+  "normalized"     the embedded set     no official scorer: the VQA soft accuracy with both
+                                        sides normalized (lmms-eval's rule), so "Two." and
+                                        "On the left." match the human-style answers
+
+Prompts: a record that carries LLaVA's question text (`"prompt"`: the question, LLaVA-1.5's
+"Reference OCR token: ..." line for TextVQA, and "Answer the question using a single word or
+phrase.") is asked that text verbatim, as LLaVA-1.5's eval did, by conversation templates;
+otherwise the question plus `prompt_suffix`. Pre-trained models (plain/document templates) are
+asked "Question: {q} Answer: " (MM1's few-shot layout). Few-shot examples show the most common
+human answer.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .answers import exact_match, vqa_accuracy
+from .answers import VQA_SCORINGS, gqa_accuracy, textvqa_accuracy, vqa_accuracy
 from .base import register
 from .generative import COMMON_OPTIONS, GenerativeEvaluator
+
+SCORERS = {
+    ("vqa", "official"): "GT-Vision-Lab/VQA vqaEval.py (2021)",
+    ("vqa", "lmms_eval"): "lmms-eval vqav2 process_results",
+    ("vqa", "llava"): "LLaVA convert_vqav2_for_submission.py (EvalAIAnswerProcessor) + vqaEval.py (2021)",
+    ("textvqa", None): "LLaVA eval_textvqa.py (m4c_evaluator TextVQAAccuracyEvaluator)",
+    ("gqa", None): "LLaVA convert_gqa_for_eval.py + GQA eval.py",
+    ("normalized", None): "VQA soft accuracy, both sides normalized (lmms-eval's rule, no official scorer)",
+}
+METRICS = ("vqa", "textvqa", "gqa", "normalized")
+
+
+def record_score(record: dict, answer: str, scoring: str = "official") -> tuple[float, str]:
+    """(score in [0, 1], the scorer's name) of one answer to one VQA record."""
+    metric = record.get("metric") or "vqa"
+    metric = "gqa" if metric == "exact_match" else metric
+    if metric == "vqa":
+        return vqa_accuracy(answer, record["answers"], scoring), SCORERS[("vqa", scoring)]
+    if metric == "textvqa":
+        return textvqa_accuracy(answer, record["answers"]), SCORERS[("textvqa", None)]
+    if metric == "gqa":
+        return gqa_accuracy(answer, record["answers"][0]), SCORERS[("gqa", None)]
+    if metric == "normalized":
+        return vqa_accuracy(answer, record["answers"], "lmms_eval"), SCORERS[("normalized", None)]
+    raise ValueError(f"VQA record {record.get('question_id')!r}: metric {metric!r} not in {METRICS}")
 
 
 @register
 class VQAEvaluator(GenerativeEvaluator):
     name = "vqa"
     task = "vqa"
-    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": 16}
+    OPTIONS = {**COMMON_OPTIONS, "max_new_tokens": 16, "scoring": "official"}
+
+    def check_options(self):
+        super().check_options()
+        if self.options["scoring"] not in VQA_SCORINGS:
+            raise ValueError(f"evaluator 'vqa': scoring={self.options['scoring']!r} not in {VQA_SCORINGS}")
 
     def question(self, record, document):
-        q = record["question"] + self.options["prompt_suffix"]
-        return f"Question: {q} Answer: " if document else q
+        if document:
+            return f"Question: {record['question'] + self.options['prompt_suffix']} Answer: "
+        return self.llava_text(record)
 
     def example_answer(self, record):
         return Counter(record["answers"]).most_common(1)[0][0]
 
     def score(self, records, answers):
         per_kind = defaultdict(list)
-        values = []
+        values, scorers = [], set()
         for r, a in zip(records, answers):
-            if r.get("metric") == "exact_match":
-                v = exact_match(a, r["answers"][0])
-            else:
-                v = vqa_accuracy(a, r["answers"])
+            if r.get("balanced") is False:  # GQA's eval.py scores balanced questions only
+                continue
+            v, scorer = record_score(r, a, self.options["scoring"])
             values.append(v)
-            per_kind[r.get("kind") or "all"].append(v)
-        details = {"per_kind": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())}}
-        return {"accuracy": sum(values) / len(values)}, details
+            scorers.add(scorer)
+            per_kind[r.get("kind") or r.get("answer_type") or "all"].append(v)
+        details = {"per_kind": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())},
+                   "scorer": "; ".join(sorted(scorers))}
+        return {"accuracy": sum(values) / len(values) if values else 0.0}, details
