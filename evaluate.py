@@ -47,12 +47,7 @@ import sys
 
 from absl import app, flags
 
-if __name__ == "__main__":  # first, before `mir_jax.mir` imports jax: the re-exec then costs no jax import
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
-
-from mir_jax.mir import METHODS  # noqa: E402 (after the re-exec)
+from mir_jax.mir import METHODS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_model", None, "Hugging Face LLaVA directory (HF or original LLaVA layout).")
@@ -73,7 +68,8 @@ flags.DEFINE_string("texts", "synthetic",
 flags.DEFINE_string("tfds_data_dir", None, "data_dir for TFDS sources (nothing is downloaded).")
 flags.DEFINE_string("tfds_image_split", "validation", "Split of a TFDS image source.")
 flags.DEFINE_string("tfds_text_split", "test", "Split of a TFDS text source.")
-flags.DEFINE_integer("num_samples", 100, "Number of (image, text) pairs.")
+flags.DEFINE_integer("num_samples", 100, "Samples per evaluator: MIR's (image, text) pairs and each "
+                     "downstream evaluator's records (the first N).")
 flags.DEFINE_enum("template", "vicuna_v1", ["vicuna_v1", "plain", "chat"],
                   "Prompt template (the MIR paper uses vicuna_v1; chat = the tokenizer's own).")
 flags.DEFINE_enum("method", "auto", list(METHODS),
@@ -101,8 +97,10 @@ flags.DEFINE_string("caption_data", "embedded", "Caption data: 'embedded' or FOR
 flags.DEFINE_string("vqa_data", "embedded", "VQA data: 'embedded' or FORMAT:KEY=PATH,...")
 flags.DEFINE_string("pope_data", "embedded", "POPE data: 'embedded' or pope:jsonl=PATH,image_folder=DIR")
 flags.DEFINE_string("mc_data", "embedded", "Multiple-choice data: 'embedded' or FORMAT:KEY=PATH,...")
+flags.DEFINE_string("score_answers", None, "Re-score this LLaVA or lmms-eval answer file with our scorers, "
+                    "no model loaded, against the one --vqa_data/--pope_data/--mc_data/--caption_data "
+                    "file given (mir_jax/evals/rescore.py); scores to --output_dir if set.")
 flags.DEFINE_list("shots", ["0"], "In-context examples for caption and vqa (e.g. 0,4,8).")
-flags.DEFINE_integer("eval_samples", 100, "Records per downstream evaluator (the first N).")
 flags.DEFINE_integer("max_new_tokens", 0, "Generated tokens per answer (0: each evaluator's default).")
 flags.DEFINE_string("prompt_template", None, "Prompt template of the downstream prompts (default: the "
                     "model's own: its training data's for a workdir, vicuna_v1 for HF).")
@@ -121,7 +119,7 @@ def _load(path: str):
     """An `EvalModel` for an HF directory, a mir-jax WORKDIR or WORKDIR@STEP (one-line error
     otherwise: no such path or step, nothing restores, a preprocessor this pipeline cannot do)."""
     from mir_jax.evals.loading import load_model
-    from mir_jax.train.checkpoint import CheckpointError
+    from mir_jax.weights.checkpoint import CheckpointError
 
     try:
         return load_model(path, template=FLAGS.prompt_template, image_mode=FLAGS.image_mode)
@@ -203,7 +201,7 @@ def _downstream(names: list[str]) -> list[tuple[str, object]]:
                   "multiple_choice": "mc_data"}
     out = []
     for name in names:
-        options = dict(num_samples=FLAGS.eval_samples, seed=FLAGS.seed)
+        options = dict(num_samples=FLAGS.num_samples, seed=FLAGS.seed)
         flag = data_flags.get(name)
         if flag:  # a generating evaluator (loss reads the embedded held-out mixture)
             options.update(data=_data_spec(FLAGS[flag].value, flag), progress=FLAGS.progress)
@@ -221,8 +219,8 @@ def _downstream(names: list[str]) -> list[tuple[str, object]]:
 def _default_output_dir(paths: list[str]) -> str:
     """WORKDIR/mir_eval for one of our workdirs (WORKDIR/mir_eval_stepSTEP for WORKDIR@STEP: a
     step's results do not overwrite the newest's); DIR_mir_eval beside an HF directory."""
-    from mir_jax.evals.loading import is_workdir
-    from mir_jax.train.init_from import split_step
+    from mir_jax.weights import is_workdir
+    from mir_jax.weights.parts import split_step
 
     first, step = split_step(paths[0])
     first = os.path.normpath(first)
@@ -233,6 +231,13 @@ def _default_output_dir(paths: list[str]) -> str:
 
 def main(argv):
     del argv
+    if FLAGS.score_answers:  # no model, no devices: mir_jax/evals/rescore.py
+        from mir_jax.evals.rescore import rescore_cli
+
+        sys.exit(rescore_cli(FLAGS.score_answers, {
+            task: _data_spec(FLAGS[flag].value, flag) for task, flag in (
+                ("vqa", "vqa_data"), ("pope", "pope_data"), ("multiple_choice", "mc_data"),
+                ("caption", "caption_data"))}, FLAGS.output_dir))
     from mir_jax import distributed
 
     try:  # before anything touches a device (see mir_jax/distributed.py)
@@ -279,10 +284,14 @@ def main(argv):
         _fail(f"--evals: {', '.join(generative)} generate in one process (several processes: "
               "--evals=mir,loss; one process can still use all its local devices)")
 
+    from mir_jax import provenance
     from mir_jax.data.errors import DataError
     from mir_jax.models import with_compute_dtype
 
-    results, records, scores, outputs = {}, {}, {}, {}
+    main_process = jax.process_index() == 0
+    if main_process:
+        print(provenance.summary())
+    results, records, scores, outputs, weights = {}, {}, {}, {}, {}
     for path in paths:
         handle = _load(path)
         handle.model = with_compute_dtype(handle.model, FLAGS.dtype)
@@ -290,14 +299,21 @@ def main(argv):
         name = handle.name if handle.name not in scores else path
         handle.name = name
         scores[name] = {}
+        weights[name] = handle.weights.to_json()
+        if main_process:
+            print(f"[{name}] weights: {handle.weights.describe()}")
+            if handle.weights.skipped:
+                print(f"evaluate.py: warning: {name}: the newest checkpoint does not restore; "
+                      f"evaluating step {handle.weights.step} instead", file=sys.stderr)
         if "mir" in names:
             result, spec = _evaluate_mir(handle, name)
             results[name] = result
-            records[name] = dict(model=path, data=spec, **result.to_json())
+            records[name] = dict(model=path, weights=weights[name], data=spec, **result.to_json())
             scores[name].update({"mir/mir": result.overall, "mir/lm_loss": result.lm_loss})
-            if jax.process_index() == 0:  # several processes compute one result; process 0 reports
+            if main_process:  # several processes compute one result; process 0 reports
                 print(f"\n== {name}: MIR over {result.num_samples} samples "
-                      f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens), "
+                      f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens, "
+                      f"rows of up to {spec['seq_len']} tokens), "
                       f"method={result.method}, mode={result.mode}, dtype={FLAGS.dtype}")
                 print(result.format())
                 print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
@@ -310,11 +326,11 @@ def main(argv):
             out.evaluator = key
             outputs[(name, key)] = out
             scores[name].update({f"{key}/{k}": v for k, v in out.scores.items() if k != "num_samples"})
-            if jax.process_index() == 0:
+            if main_process:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in out.scores.items())
                 print(f"[{name}] {key}: {shown}")
 
-    if jax.process_index() != 0:
+    if not main_process:
         return
     if len(results) > 1:
         names_ = list(results)
@@ -330,13 +346,13 @@ def main(argv):
     # Written only now that every evaluation finished: no partial results that look complete.
     output_dir = FLAGS.output_dir or _default_output_dir(paths)
     os.makedirs(output_dir, exist_ok=True)
-    flag_values = {k: FLAGS[k].value for k in FLAGS if k in _OUR_FLAGS}
+    flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
     written = []
     if results:
         out_json = os.path.join(output_dir, "mir.json")
         tmp = out_json + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(dict(flags=flag_values, results=records), f, indent=2)
+            json.dump(dict(flags=flag_values, versions=provenance.versions(), results=records), f, indent=2)
         os.replace(tmp, out_json)
         plot_per_layer(results, os.path.join(output_dir, "mir_per_layer.png"))
         written += [out_json, os.path.join(output_dir, "mir_per_layer.png")]
@@ -345,7 +361,8 @@ def main(argv):
             write_result(out, output_dir, prefix=f"{name}_" if len(scores) > 1 else "")
         evals_json = os.path.join(output_dir, "evals.json")
         with open(evals_json + ".tmp", "w") as f:
-            json.dump(dict(flags=flag_values, scores=scores), f, indent=2)
+            json.dump(dict(flags=flag_values, versions=provenance.versions(), weights=weights,
+                           scores=scores), f, indent=2)
         os.replace(evals_json + ".tmp", evals_json)
         png = _plot_scores(scores, os.path.join(output_dir, "scores.png"))
         written += [evals_json, png, f"{len(outputs)} *_scores.json / *_predictions.jsonl"]
@@ -371,12 +388,6 @@ def _plot_scores(scores: dict[str, dict[str, float]], path: str) -> str:
 
     return plot_scores(scores, path)
 
-
-_OUR_FLAGS = ("hf_model", "checkpoint", "compare", "images", "image_folder", "texts",
-              "tfds_data_dir", "tfds_image_split", "tfds_text_split", "num_samples",
-              "template", "method", "mode", "batch_size", "seq_len", "dtype", "mesh_shape",
-              "image_mode", "seed", "output_dir", "evals", "caption_data", "vqa_data", "pope_data",
-              "mc_data", "shots", "eval_samples", "max_new_tokens", "prompt_template")
 
 if __name__ == "__main__":
     app.run(main)

@@ -138,7 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     app.run(main)

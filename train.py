@@ -29,7 +29,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mir_jax.config_check import register_list_overrides
+from mir_jax.train.config_check import register_list_overrides
 
 register_list_overrides()  # before the flags parse: --config.data.sources='[...]'
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: configs/X.py[:arg].", lock_config=True)
@@ -53,8 +53,8 @@ flags.register_validator("workdir", lambda v: v is not None or "--dry_run" in sy
 
 def dry_run(config) -> int:
     """train.py --dry_run (see mir_jax/train/dry_run.py): fake devices are set before JAX starts."""
-    from mir_jax.config_check import ConfigError
     from mir_jax.train import dry_run as dr
+    from mir_jax.train.config_check import ConfigError
 
     try:
         if _NUM_DEVICES.value is not None:
@@ -71,21 +71,14 @@ def check_overrides(argv: list[str]) -> None:
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if spec is None:
         return
-    path, _, arg = spec.partition(":")
-    try:
-        from ml_collections.config_flags import config_flags as _cf
+    from mir_jax.train.config_check import load_recipe, unknown_key
 
-        module = _cf._LoadConfigModule("config", path)  # what config_flags itself runs
-    except Exception:  # let config_flags report problems with the file itself
-        return
     try:
-        config = module.get_config(arg) if arg else module.get_config()
+        config = load_recipe(spec)
     except ValueError as e:  # the recipe refuses this argument (e.g. stage0 at full size)
         sys.exit(f"train.py: --config={spec}: {e}")
-    except Exception:
+    except Exception:  # noqa: BLE001 -- config_flags reports problems with the file itself
         return
-    from mir_jax.config_check import unknown_key
-
     for a in argv:
         if a.startswith("--config.") and "=" in a:
             problem = unknown_key(config, a[len("--config."):].split("=", 1)[0])
@@ -112,42 +105,39 @@ def main(argv):
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("mir_jax").setLevel(logging.INFO)
-    from mir_jax.config_check import ConfigError
     from mir_jax.data import DataError
-    from mir_jax.train.checkpoint import CheckpointError
+    from mir_jax.train.config_check import ConfigError
     from mir_jax.train.loop import NonFiniteError, train_and_evaluate
+    from mir_jax.weights.checkpoint import CheckpointError
 
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError, CheckpointError, NonFiniteError) as e:
         sys.exit(f"train.py: {e}")  # input the user can fix: one line, no traceback
-    if result.get("already_done"):
-        print(f"train.py: {_WORKDIR.value} already holds the finished run (step {result['step']}); "
+    if result.already_done:
+        print(f"train.py: {_WORKDIR.value} already holds the finished run (step {result.step}); "
               "nothing to do")
         return
-    if result.get("preempted"):
+    if result.preempted:
         # Not "done": the eval numbers in hand are stale. 128 + signal, as a shell reports it.
         import signal
 
-        signum = int(result.get("signal") or signal.SIGTERM)
-        print(f"train.py: stopped by {signal.Signals(signum).name} at step {result['step']}; checkpoint "
+        signum = int(result.signal or signal.SIGTERM)
+        print(f"train.py: stopped by {signal.Signals(signum).name} at step {result.step}; checkpoint "
               "saved, rerun the same command to resume", flush=True)
         sys.exit(128 + signum)
     if jax.process_index() == 0:
-        ev = result.get("eval") or {}
-        parts = [f"step {result['step']}"]
-        if result.get("loss") is not None:
-            parts.append(f"train loss {result['loss']:.4f}")
+        ev = result.eval
+        parts = [f"step {result.step}"]
+        if result.loss is not None:
+            parts.append(f"train loss {result.loss:.4f}")
         if "loss" in ev:
             parts.append(f"held-out loss {ev['loss']:.4f}")
         if "mir" in ev:
             parts.append(f"MIR {ev['mir']:.4f}")
-        print("done: " + ", ".join(parts) + (f"; plot {result['plot']}" if result.get("plot") else ""))
+        print("done: " + ", ".join(parts) + (f"; plot {result.plot}" if result.plot else ""))
 
 
 if __name__ == "__main__":
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
     check_overrides(sys.argv)
     app.run(main)

@@ -17,11 +17,6 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-if __name__ == "__main__":  # first: the re-exec (mir_jax/allocator.py) then repeats no heavy import
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,4 +75,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

@@ -23,7 +23,7 @@ import numpy as np
 from timing import interleaved_best
 from train_step import OPT, hf_config, make_batch
 
-from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+from mir_jax.allocator import preloaded
 
 
 def main():
@@ -45,10 +45,11 @@ def main():
     from transformers import LlavaForConditionalGeneration
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from mir_jax import hf as hf_io
+    from mir_jax.models.forward import token_losses
     from mir_jax.models.layers import apply_rope, attention, rope_cos_sin, text_mask
     from mir_jax.sharding import make_mesh
-    from mir_jax.train.step import Stepper, token_losses
+    from mir_jax.train.step import Stepper
+    from mir_jax.weights import load_weights
 
     vocab, image_token = 32000, 31999
     hcfg = hf_config("small", vocab, image_token)
@@ -58,7 +59,7 @@ def main():
         torch.manual_seed(0)
         hf = LlavaForConditionalGeneration(hcfg)
         hf.save_pretrained(tmp)
-        cfg, model = hf_io.load_pretrained(tmp)
+        cfg, model = load_weights(tmp)[:2]
     hf.train()
     tcfg, vcfg = cfg.text, cfg.vision
     d, f, h, hd = tcfg.hidden_size, tcfg.intermediate_size, tcfg.num_heads, tcfg.head_dim
@@ -310,5 +311,7 @@ def main():
 
 
 if __name__ == "__main__":
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

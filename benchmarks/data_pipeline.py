@@ -17,11 +17,6 @@ tiny configs train on. Prints examples/s and the ratio ours / reference.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # first: the re-exec (mir_jax/allocator.py) then repeats no heavy import
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed
-
 import argparse
 import json
 import os
@@ -118,4 +113,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

@@ -66,7 +66,7 @@ def main():
 
 
 if __name__ == "__main__":
-    from mir_jax.allocator import reexec_with_caching_allocator
+    from timing import print_versions
 
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
+    print_versions()  # the install beside every figure below
     main()

@@ -6,7 +6,7 @@ decoding loop as one jitted `while_loop` with the KV cache updated in place; wha
 Config (issue: generation benchmark): the benchmarks' "small" LLaVA (`train_step.hf_config`: CLIP
 ViT 4 layers x 256 at 224 px -> 256 image tokens, Llama 4 layers x 512, vocab 32k; 49.2M
 parameters), float32, random weights (a random HF model saved with `save_pretrained`, loaded with
-`mir_jax.hf.load_pretrained`). Batch 16 prompts of different lengths (BOS, text, one image, text),
+`mir_jax.weights.load_weights`). Batch 16 prompts of different lengths (BOS, text, one image, text),
 left-padded; 32 new tokens, greedy, EOS disabled on both sides (HF `eos_token_id=None`, ours
 `eos_token_id=-1`), so both make exactly 32 tokens a row. The token arrays must agree.
 
@@ -30,7 +30,7 @@ import numpy as np
 from timing import interleaved_best
 from train_step import hf_config
 
-from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+from mir_jax.allocator import preloaded
 
 VOCAB, IMAGE_TOKEN, PAD, BOS = 32000, 31999, 0, 1
 
@@ -64,8 +64,8 @@ def main():
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from mir_jax.hf import load_pretrained
     from mir_jax.models.generate import generate
+    from mir_jax.weights import load_weights
 
     b, n = args.batch, args.new_tokens
     if n < 2:
@@ -75,7 +75,7 @@ def main():
         torch.manual_seed(0)
         hf = LlavaForConditionalGeneration(hf_cfg).eval()
         hf.save_pretrained(tmp)
-        cfg, model = load_pretrained(tmp)
+        cfg, model = load_weights(tmp)[:2]
     hf.generation_config.eos_token_id = None
     n_params = sum(p.numel() for p in hf.parameters())
     k = cfg.num_image_tokens
@@ -132,5 +132,7 @@ def main():
 
 
 if __name__ == "__main__":
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

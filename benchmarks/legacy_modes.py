@@ -14,11 +14,6 @@ disagree, a published fast-mode number is rounding noise.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # first: the re-exec (mir_jax/allocator.py) then repeats no heavy import
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed
-
 import argparse
 
 import numpy as np
@@ -104,4 +99,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

@@ -114,10 +114,10 @@ def run_published(path: str, num_samples: int) -> dict:
 
 
 def run_ours(path: str, num_samples: int, mode: str) -> dict:
-    from mir_jax import hf
     from mir_jax.evals.mir import evaluate_mir
+    from mir_jax.weights import load_weights
 
-    _, model = hf.load_pretrained(path)
+    _, model = load_weights(path)[:2]
     start = time.perf_counter()
     res = evaluate_mir(model, lambda: batches(num_samples, 8), mode=mode, progress=False)
     return dict(per_layer=[float(x) for x in res.per_layer], overall=res.overall,
@@ -180,7 +180,7 @@ def main():
 
 
 if __name__ == "__main__":
-    from mir_jax.allocator import reexec_with_caching_allocator
+    from timing import print_versions
 
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
+    print_versions()  # the install beside every figure below
     main()

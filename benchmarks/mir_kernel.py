@@ -17,11 +17,6 @@ It prints per-layer agreement (relative to the float64 published values) and rat
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # first: the re-exec (mir_jax/allocator.py) then repeats no heavy import
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed
-
 import argparse
 import platform
 import time
@@ -140,4 +135,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

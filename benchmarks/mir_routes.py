@@ -15,11 +15,6 @@ dimensions set λ_max or when the distance is a small difference of large traces
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # first: the re-exec (mir_jax/allocator.py) then repeats no heavy import
-    from mir_jax.allocator import reexec_with_caching_allocator
-
-    reexec_with_caching_allocator()  # tcmalloc where installed
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,4 +81,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 from timing import interleaved_best
 
-from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+from mir_jax.allocator import preloaded
 
 
 def build_hf(tmp: str, *, vocab: int, image_token: int):
@@ -61,12 +61,12 @@ def main():
     import torch
     from flax import nnx
 
-    from mir_jax.hf import load_pretrained
+    from mir_jax.weights import load_weights
 
     vocab, image_token = 32000, 31999
     with tempfile.TemporaryDirectory() as tmp:
         hf = build_hf(tmp, vocab=vocab, image_token=image_token)
-        cfg, model = load_pretrained(tmp)
+        cfg, model = load_weights(tmp)[:2]
     k = cfg.num_image_tokens
     ids, am, px = batch(args.batch, args.length, k, vocab, image_token)
     tokens = args.batch * args.length
@@ -108,5 +108,7 @@ def main():
 
 
 if __name__ == "__main__":
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

@@ -1,8 +1,18 @@
-"""Shared timing for the benchmarks: best wall time of several callables, run interleaved."""
+"""Shared by the benchmarks: best wall time of several callables, run interleaved; the versions
+line every benchmark prints first, so each figure it prints can be traced to its install."""
 
 from __future__ import annotations
 
 import time
+
+
+def print_versions() -> str:
+    """Prints and returns `mir_jax.provenance.summary()`: the library versions and the CPU."""
+    from mir_jax.provenance import summary
+
+    line = summary()
+    print(line, flush=True)
+    return line
 
 
 def interleaved_best(repeats: int, *fns, warmup: bool = False) -> list[float]:

@@ -26,7 +26,7 @@ import time
 import numpy as np
 from timing import interleaved_best
 
-from mir_jax.allocator import preloaded, reexec_with_caching_allocator
+from mir_jax.allocator import preloaded
 
 OPT = {"lr": 1e-4, "warmup_steps": 0, "end_factor": 1.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
        "weight_decay": 0.01, "clip_norm": 1.0}
@@ -68,14 +68,15 @@ def run_ours(model_dir: str | None, hf_cfg, batch, dtype: str):
     import jax
     from flax import nnx
 
-    from mir_jax import hf as hf_io
     from mir_jax.sharding import make_mesh
     from mir_jax.train.step import Stepper, global_batch
+    from mir_jax.weights import hf as hf_io
+    from mir_jax.weights import load_weights
 
     recipe = {"connector": True, "vision": "all", "llm": "all"}
     remat = "none" if dtype == "float32" else "dots_no_batch"
     if model_dir:
-        cfg, model = hf_io.load_pretrained(model_dir, dtype=dtype, remat=remat)
+        cfg, model = load_weights(model_dir, dtype=dtype, remat=remat)[:2]
         params = nnx.state(model, nnx.Param)
     else:
         cfg, params = hf_io.config_from_hf(hf_cfg.to_dict(), dtype=dtype, remat=remat), None
@@ -181,5 +182,7 @@ def main():
 
 
 if __name__ == "__main__":
-    reexec_with_caching_allocator()  # tcmalloc where installed: see mir_jax/allocator.py
+    from timing import print_versions
+
+    print_versions()  # the install beside every figure below
     main()

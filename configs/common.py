@@ -8,11 +8,11 @@ Top-level keys (all read by `mir_jax.train.loop`):
   log_every, peak_flops (0 = from the device kind), init_from (HF/original LLaVA checkpoint dir,
   a training workdir or WORKDIR@STEP, or "" for random weights), init_parts ("all" or a comma
   list of vision, connector, llm: the parts taken from init_from, the rest fresh;
-  `mir_jax.train.init_from`), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
+  `mir_jax.weights.parts`), tokenizer ("byte" or an HF tokenizer dir), image_mean, image_std,
   mesh: (data, fsdp, tensor), one entry may be -1 (= the remaining devices),
   model: `LlavaConfig` fields (vision, connector, text, ..., dtype, remat, scan_layers),
   data: the data config of `mir_jax.data.mixture` (sources, pack, ...),
-  trainable: {connector, vision: none|all|from:K, llm: none|all|until:K, moca} (see mir_jax/train/partition.py),
+  trainable: {connector, vision: none|all|from:K, llm: none|all|until:K, moca} (see mir_jax/models/partition.py),
   optimizer: {lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, clip_norm},
   checkpoint: {every, keep, async_save},
   eval: {every, at_end, batch_size (0 = 16 rounded up to a multiple of the data-parallel shards,
@@ -23,7 +23,7 @@ Top-level keys (all read by `mir_jax.train.loop`):
          `--config.evals='[{"name": "vqa", "every": 500, "shots": 4}]'`).
 
 The full-size recipes leave `tokenizer` and `init_from` unset (`required()`): they are paths on
-the user's machine. `mir_jax.config_check.check_config` (run by the trainer before anything
+the user's machine. `mir_jax.train.config_check.check_config` (run by the trainer before anything
 heavy) lists every unset key, impossible value and missing data file in one message.
 List-valued keys take a JSON list on the command line: `--config.data.sources='[{...}, ...]'`.
 """
@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from mir_jax.config_check import required
 from mir_jax.data import CLIP_MEAN, CLIP_STD
 from mir_jax.data.mixture import DEFAULTS as DATA_DEFAULTS
 from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
-from mir_jax.train.partition import RECIPE_DEFAULTS
+from mir_jax.models.partition import RECIPE_DEFAULTS
+from mir_jax.train.config_check import required
 
 
 def parse_arg(arg: str | None, known=("runlocal",)) -> set[str]:
@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_bad_steps = 20
     c.log_every = 50
     c.peak_flops = 0.0
-    c.init_from = required()  # e.g. a stage-1 checkpoint (mir_jax.hf.build_stage1)
+    c.init_from = required()  # e.g. a stage-1 checkpoint (mir_jax.weights.hf.build_stage1)
     c.init_parts = "all"
     c.tokenizer = required()  # the LLM's Hugging Face tokenizer directory
     c.image_mean = CLIP_MEAN

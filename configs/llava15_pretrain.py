@@ -2,7 +2,7 @@
 mlp2x_gelu connector, only the connector trains; lr 1e-3, global batch 256, one epoch
 (558,128 / 256 = 2,180 steps), warmup 3%, cosine, no weight decay.
 
-Set `init_from` to a stage-1 start (`mir_jax.hf.build_stage1(clip, vicuna)` saved with
+Set `init_from` to a stage-1 start (`mir_jax.weights.hf.build_stage1(clip, vicuna)` saved with
 `hf.save_pretrained`) and `data.sources[0].path` / `image_folder` to the LCS-558K layout
 (blip_laion_cc_sbu_558k.json + images/).
 

@@ -5,7 +5,7 @@ C-Abstractor connector with 144 image tokens, and the connector + LLM trained (v
 
 `runlocal`: a tiny model on the embedded synthetic corpus (the same 45/45/10 mixture) that
 runs on a CPU in a few minutes. Without it: LLaVA-1.5-7B shapes; set `init_from` to a stage-1
-checkpoint (`mir_jax.hf.build_stage1`) and `data.sources` to your data (a caption JSONL, an
+checkpoint (`mir_jax.weights.hf.build_stage1`) and `data.sources` to your data (a caption JSONL, an
 interleaved JSONL and a text file; see `mir_jax.data.mixture`).
 """
 

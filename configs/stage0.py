@@ -2,7 +2,7 @@
 
 Real LLaVA starts stage 1 from someone else's models: a CLIP vision tower (contrastive
 image-text pre-training) and a pre-trained LLM (Vicuna), put together by
-`mir_jax.hf.build_stage1(clip, vicuna)`. The tiny `:runlocal` model has no such models, so a
+`mir_jax.weights.hf.build_stage1(clip, vicuna)`. The tiny `:runlocal` model has no such models, so a
 connector-only stage 1 on a random vision tower and a random LLM measures nothing. This recipe
 trains them, offline, on the embedded corpus (1,500 steps, 15-20 minutes on a 2-core CPU):
 
@@ -27,14 +27,14 @@ workdir's vision tower and LLM and starts a fresh connector on them:
     python train.py --config=configs/llava15_pretrain.py:runlocal --workdir=S1 --config.init_from=S0
     python train.py --config=configs/llava15_sft.py:runlocal --workdir=S2 --config.init_from=S1 \
         --config.total_steps=150
-    python evaluate.py --checkpoint=S2 --evals=vqa,pope,multiple_choice,caption --eval_samples=64
+    python evaluate.py --checkpoint=S2 --evals=vqa,pope,multiple_choice,caption --num_samples=64
 
 (`llava15_pretrain:runlocal` takes `init_parts="vision,llm"` by default.) What it learns in that
 budget, and how far the final scores depend on stage 1 (captioning does; VQA, POPE and multiple
 choice stay at chance in every variant): docs/miniature_world.md.
 
 Only `runlocal` exists: at full size stage 0 is a pre-trained CLIP and LLM
-(`mir_jax.hf.build_stage1`), not something this repository trains.
+(`mir_jax.weights.hf.build_stage1`), not something this repository trains.
 """
 
 from configs import common
@@ -48,7 +48,7 @@ def get_config(arg=None):
     opts = common.parse_arg(arg)
     if "runlocal" not in opts:
         raise ValueError("configs/stage0.py is runlocal-only (configs/stage0.py:runlocal): at full "
-                         "size stage 0 is a pre-trained CLIP and LLM, joined by mir_jax.hf.build_stage1")
+                         "size stage 0 is a pre-trained CLIP and LLM, joined by mir_jax.weights.hf.build_stage1")
     c = common.base_config()
     common.apply_runlocal(c, ConnectorConfig(name="mlp2x_gelu"), sources=[
         {"type": "synthetic", "kind": "caption", "template": "plain", "weight": 0.7},

@@ -1,22 +1,14 @@
-"""A caching memory allocator (tcmalloc) for the command-line tools on Linux CPUs.
+"""A caching memory allocator (tcmalloc) for CPU runs on Linux, as an explicit opt-in.
 
-Why: glibc's malloc serves every request above 32 MiB with a fresh `mmap` and unmaps it on
-`free`. A training step's temporaries on XLA:CPU, and PyTorch's large activations, are such
-requests, so every step touches its working memory as new pages, which the kernel maps and
-zeroes one 4 KiB page fault at a time. A caching allocator keeps freed memory for the next
-step instead. On the benchmark train step: about 720k page faults (2.8 GiB of fresh pages) and
-1.3 s of system time a step with glibc, none with tcmalloc
-(figures in BENCHMARKS.md, "Memory allocator").
+glibc's malloc maps and zeroes fresh pages for every large buffer, on every training step;
+tcmalloc reuses them (BENCHMARKS.md, "Memory allocator", has the measurements). An allocator
+must be loaded before the process allocates anything, so it is chosen when the command starts:
 
-The allocator must be in place before the process allocates anything, so it cannot be
-switched on from Python: `reexec_with_caching_allocator()` (called first thing by `train.py`,
-`evaluate.py`, `study.py` and the benchmarks) starts the same command again, once, with
-tcmalloc in `LD_PRELOAD` (the PID, arguments and environment stay the same). It does nothing
-when no tcmalloc library is installed (on Debian and Ubuntu the package is
-libtcmalloc-minimal4), off Linux, when `LD_PRELOAD` already holds an allocator, or when switched off.
+    env $(python -m mir_jax.allocator) python train.py --config=configs/mm1_mix.py:runlocal ...
 
-`MIR_JAX_MALLOC`: unset or `tcmalloc` (use it when found), `system` (never), or the path of a
-shared library to preload instead.
+`python -m mir_jax.allocator` prints the environment that preloads tcmalloc when a tcmalloc
+library is installed (Debian and Ubuntu: the package libtcmalloc-minimal4), and nothing when
+none is, so the same line runs everywhere.
 """
 
 from __future__ import annotations
@@ -25,13 +17,9 @@ import ctypes.util
 import glob
 import os
 import re
-import sys
 
-CHOICE = "MIR_JAX_MALLOC"
-PRELOADED = "MIR_JAX_MALLOC_PRELOADED"  # set in the re-executed process: never exec twice
 _ALLOCATOR_NAMES = ("tcmalloc", "jemalloc", "mimalloc")
-# tcmalloc reports every allocation above 1 GiB on stderr; a training step makes such
-# allocations by design.
+# tcmalloc reports every allocation above 1 GiB on stderr; a training step makes them by design.
 _QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 50)}
 
 
@@ -50,47 +38,18 @@ def find_tcmalloc() -> str | None:
     return None
 
 
-def _preloaded_allocator(environ) -> str | None:
-    """The first LD_PRELOAD entry (space- or colon-separated, as ld.so reads them) that names a
-    known allocator, or None."""
-    entries = re.split(r"[\s:]+", environ.get("LD_PRELOAD", ""))
-    return next((p for p in entries if any(name in p for name in _ALLOCATOR_NAMES)), None)
-
-
-def preload_plan(environ, platform: str = sys.platform, find=find_tcmalloc) -> str | None:
-    """The library to re-execute with in LD_PRELOAD, or None to run as is. Raises ValueError
-    (one line) when MIR_JAX_MALLOC names a file that does not exist."""
-    choice = environ.get(CHOICE, "tcmalloc").strip()
-    if not platform.startswith("linux") or environ.get(PRELOADED) or choice.lower() in ("system", "off", "0"):
-        return None
-    if _preloaded_allocator(environ):
-        return None  # the user preloaded an allocator of their own
-    if choice.lower() == "tcmalloc" or not choice:
-        return find()
-    if not os.path.isfile(choice):
-        raise ValueError(f"{CHOICE}={choice!r}: no such file (give a shared library's path, 'tcmalloc' "
-                         "or 'system')")
-    return choice
+def preload_environment(find=find_tcmalloc) -> dict[str, str]:
+    """{"LD_PRELOAD": library, ...} that starts a command with tcmalloc, or {} without one."""
+    library = find()
+    return {"LD_PRELOAD": library, **_QUIET} if library else {}
 
 
 def preloaded(environ=os.environ) -> str:
-    """What this process runs with: the preloaded allocator's name or path (ours or the user's),
-    or "system malloc"."""
-    return environ.get(PRELOADED) or _preloaded_allocator(environ) or "system malloc"
+    """The allocator this process was started with (the first LD_PRELOAD entry, space- or
+    colon-separated as ld.so reads them, that names one), or "system malloc"."""
+    entries = re.split(r"[\s:]+", environ.get("LD_PRELOAD", ""))
+    return next((p for p in entries if any(name in p for name in _ALLOCATOR_NAMES)), "system malloc")
 
 
-def reexec_with_caching_allocator() -> None:
-    """Starts this command again with the caching allocator preloaded, when `preload_plan`
-    gives one; returns (doing nothing) otherwise. Exits with a one-line message for a bad
-    MIR_JAX_MALLOC."""
-    try:
-        library = preload_plan(os.environ)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    if library is None or not sys.executable:
-        return
-    env = dict(os.environ, **{PRELOADED: library}, **{k: v for k, v in _QUIET.items() if k not in os.environ})
-    env["LD_PRELOAD"] = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD", "")]))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+if __name__ == "__main__":
+    print(" ".join(f"{k}={v}" for k, v in preload_environment().items()))

@@ -110,9 +110,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | str 
     kwargs = resolve(coordinator_address, num_processes, process_id)
     if kwargs is None:
         return False
-    from jax._src import distributed as _dist  # the only place that says "already initialized"
-
-    if getattr(_dist.global_state, "client", None) is not None:
+    if jax.distributed.is_initialized():
         return True
     _use_gloo_on_cpu()
     try:

@@ -46,29 +46,9 @@ def _local_rows(array):
 
 
 def _faster_start() -> None:
-    """Test-time savings only, nothing the run computes depends on them:
-    * tensorboardX imports torch (~3 s on 2 busy cores) just to accept torch tensors;
-    * JAX writes persistent compilation-cache entries from process 0 only, and process 1's
-      cache keys differ from process 0's (its device assignment), so without this the
-      relaunch's process 1 would compile everything again."""
+    """Test-time saving only, nothing the run computes depends on it: tensorboardX imports
+    torch (~3 s on 2 busy cores) just to accept torch tensors."""
     sys.modules.setdefault("torch", None)  # `import torch` raises ImportError: tensorboardX copes
-    try:
-        from jax._src import compiler
-        from jax._src import distributed as jax_distributed
-
-        original = compiler._cache_write
-
-        def cache_write_from_any_process(*args, **kwargs):
-            pid = jax_distributed.global_state.process_id
-            jax_distributed.global_state.process_id = 0
-            try:
-                return original(*args, **kwargs)
-            finally:
-                jax_distributed.global_state.process_id = pid
-
-        compiler._cache_write = cache_write_from_any_process
-    except (ImportError, AttributeError):  # another JAX version: only slower
-        pass
 
 
 def train(record_path: str, sigterm_at_step: int, argv: list[str]) -> None:

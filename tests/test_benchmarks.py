@@ -28,6 +28,8 @@ def _run(script: str, *args: str) -> str:
     out = subprocess.run([sys.executable, os.path.join(fx.ROOT, "benchmarks", script), *args], cwd=fx.ROOT,
                          env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    # Every benchmark names its install first, so a figure can be traced to its versions.
+    assert out.stdout.startswith("versions: jax "), out.stdout[:500]
     return out.stdout
 
 

@@ -15,14 +15,14 @@ import jax
 import numpy as np
 import pytest
 
-from mir_jax.evals.loading import load_for_evaluation
-from mir_jax.train.checkpoint import (
+from mir_jax.evals.loading import load_model
+from mir_jax.train.loop import Setup, train_and_evaluate
+from mir_jax.weights.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatch,
     restore_newest,
 )
-from mir_jax.train.loop import Setup, train_and_evaluate
 from tests import train_fixtures as fx
 
 
@@ -90,7 +90,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(run, tmp_path, kin
     damage(os.path.join(ckpts, "6"))
     damaged_files = _files(os.path.join(ckpts, "6"))
     config = fx.tiny_train_config()
-    with caplog.at_level(logging.WARNING, logger="mir_jax.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mir_jax.weights.checkpoint"):
         step, state, frozen, data = _restore(workdir, config)
     assert step == 3
     # The same arrays and data position as step 3 restored from the intact run.
@@ -152,7 +152,7 @@ def test_the_resumed_run_writes_the_damaged_step_anew(run, tmp_path):
     ckpts = os.path.join(workdir, "checkpoints")
     os.remove(os.path.join(ckpts, "6", "state", "_METADATA"))
     result = train_and_evaluate(fx.tiny_train_config(), workdir)
-    assert result["step"] == 6 and not result.get("already_done")  # steps 4-6 trained again
+    assert result.step == 6 and not result.already_done  # steps 4-6 trained again
     assert Checkpointer(ckpts).all_steps() == [3, 6]
     assert os.path.isdir(os.path.join(ckpts, "6.damaged"))
     assert os.path.exists(os.path.join(ckpts, "6", "state", "_METADATA"))  # a new step 6, whole
@@ -198,9 +198,9 @@ def test_evaluation_loader_falls_back_and_changes_nothing(run, tmp_path, caplog)
     ckpts = os.path.join(workdir, "checkpoints")
     _truncate_every_array_file(os.path.join(ckpts, "6"), keep=0)
     before = _files(ckpts)
-    with caplog.at_level(logging.WARNING, logger="mir_jax.train.checkpoint"):
-        _, model, _ = load_for_evaluation(workdir)
-    _, want, _ = load_for_evaluation(run, step=3)
+    with caplog.at_level(logging.WARNING, logger="mir_jax.weights.checkpoint"):
+        model = load_model(workdir).model
+    want = load_model(run, step=3).model
     warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
     assert len(warnings) == 1 and "checkpoint step 6" in warnings[0] and "trying step 3" in warnings[0]
     from flax import nnx

@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from mir_jax.config_check import ConfigError, JsonListParser, check_config
 from mir_jax.data import BadSampleFractionError, make_train_iterator
 from mir_jax.models import LlavaConfig
+from mir_jax.train.config_check import ConfigError, JsonListParser, check_config
 from mir_jax.train.loop import train_and_evaluate
 from mir_jax.train.metrics import read_jsonl
 from tests import train_fixtures as fx
@@ -31,7 +31,7 @@ def _recipes() -> list[str]:
 
 RECIPES = _recipes()
 # Recipes with no full-size form: stage 0 at full size is a pre-trained CLIP and LLM
-# (mir_jax.hf.build_stage1), so configs/stage0.py without runlocal is a one-line ValueError.
+# (mir_jax.weights.hf.build_stage1), so configs/stage0.py without runlocal is a one-line ValueError.
 RUNLOCAL_ONLY = ("stage0",)
 FULL_SIZE = [n for n in RECIPES if n not in RUNLOCAL_ONLY]
 # Options beyond runlocal that change the data (moca on the stage-1 recipe).
@@ -59,9 +59,9 @@ def test_every_data_and_trainable_key_can_be_overridden(name, arg):
     # --config.data.KEY / --config.trainable.KEY must name a key the recipe holds (ml_collections
     # refuses new keys): every key the data pipeline and the partition read is there, with the
     # library's default unless the recipe sets it (hand-listed: the keys a recipe sets).
-    from mir_jax.config_check import unknown_key
     from mir_jax.data.mixture import DEFAULTS
-    from mir_jax.train.partition import RECIPE_DEFAULTS
+    from mir_jax.models.partition import RECIPE_DEFAULTS
+    from mir_jax.train.config_check import unknown_key
 
     c = _config(name, arg)
     for key in set(DEFAULTS) - {"eval_sources"}:
@@ -103,7 +103,7 @@ def test_runlocal_trains_a_few_steps(name, tmp_path):
     c.evals = []  # downstream evaluators in the loop: tests/test_evals_loop.py
     c.eval.num_samples = c.eval.mir_samples = 16
     result = train_and_evaluate(c, str(tmp_path))
-    assert result["step"] == 2 and np.isfinite(result["loss"])
+    assert result.step == 2 and np.isfinite(result.loss)
     rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
     (data,) = [r for r in rows if r["split"] == "data"]  # the bad-sample counts, once at the end
@@ -267,8 +267,8 @@ def test_init_from_with_other_shapes_names_the_fields(tmp_path):
     """A stage-1 directory with 2 decoder layers for a recipe that has 3."""
     from flax import nnx
 
-    from mir_jax import hf
     from mir_jax.models import LlavaModel
+    from mir_jax.weights import hf
 
     c = _config("llava15_pretrain")
     other = LlavaConfig.from_dict({**c.model.to_dict(), "text": {**c.model.text.to_dict(), "num_layers": 2}})

@@ -16,12 +16,13 @@ from tests import reference_mir as ref
 NEEDS_TORCH = "the HF PyTorch models are the reference here; pip install torch (a CPU build: see README)"
 transformers = pytest.importorskip("transformers")
 
-from mir_jax import hf  # noqa: E402
 from mir_jax.data import ByteTokenizer, make_mir_batches  # noqa: E402
 from mir_jax.data.images import CLIP_MEAN, CLIP_STD  # noqa: E402
 from mir_jax.evals.mir import evaluate_mir  # noqa: E402
 from mir_jax.mir.tokens import mir_token_masks  # noqa: E402
 from mir_jax.sharding import make_mesh  # noqa: E402
+from mir_jax.weights import load_weights  # noqa: E402
+from tests.helpers import run_tool  # noqa: E402
 from tests.torch_init import save_random_llava  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,7 @@ def test_mir_matches_float64_reference_on_hf_hidden_states(tiny_llava):
     path, hf_model = tiny_llava
     batches = _batches(num_samples=8, batch_size=4)
     expected_layers, expected_overall = _reference_from_hf(hf_model, batches)
-    _, model = hf.load_pretrained(path)
+    _, model = load_weights(path)[:2]
     for mode in ("exact", "streaming"):
         result = evaluate_mir(model, lambda: iter(batches), mode=mode, progress=False)
         assert result.per_layer.shape == (3,)
@@ -100,7 +101,7 @@ def test_one_device_equals_eight(tiny_llava):
     path, _ = tiny_llava
     assert jax.device_count() == 8
     batches = _batches(num_samples=8, batch_size=8)
-    _, model = hf.load_pretrained(path)
+    _, model = load_weights(path)[:2]
     single = evaluate_mir(model, lambda: iter(batches), progress=False)
     sharded = evaluate_mir(model, lambda: iter(batches), mesh=make_mesh((8, 1, 1)), progress=False)
     np.testing.assert_allclose(sharded.per_layer, single.per_layer, rtol=1e-4)
@@ -128,18 +129,12 @@ def test_token_selection_on_hand_built_batch():
         [0, 0, 0, 1, 1, 0, 0], [0] * 7, [0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1]])
 
 
-def _cli(*args, cwd=None, **env_extra):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", **env_extra)
-    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-
-
 @pytest.mark.slow
 def test_cli_writes_table_json_and_plot(tiny_llava, tmp_path):
     path, _ = tiny_llava
     out = tmp_path / "out"
     cache = tmp_path / "jax_cache"
-    run = _cli(f"--compare={path},{path}", "--num_samples=4", "--batch_size=4", "--seq_len=256",
+    run = run_tool("evaluate.py", f"--compare={path},{path}", "--num_samples=4", "--batch_size=4", "--seq_len=256",
                "--method=legacy_fast", "--mode=exact", f"--output_dir={out}", "--noprogress",
                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -157,13 +152,13 @@ def test_cli_writes_table_json_and_plot(tiny_llava, tmp_path):
 def test_cli_bad_inputs_are_clear_and_write_nothing(tiny_llava, tmp_path):
     path, _ = tiny_llava
     out = tmp_path / "out"
-    missing = _cli(f"--checkpoint={tmp_path / 'nope'}", f"--output_dir={out}")
+    missing = run_tool("evaluate.py", f"--checkpoint={tmp_path / 'nope'}", f"--output_dir={out}")
     assert missing.returncode != 0 and "does not exist" in missing.stderr
     texts = tmp_path / "texts"
     texts.mkdir()
     for i in range(2):
         (texts / f"{i}.txt").write_text(f"story number {i}")
-    few = _cli(f"--hf_model={path}", f"--texts={texts}", "--num_samples=5", f"--output_dir={out}")
+    few = run_tool("evaluate.py", f"--hf_model={path}", f"--texts={texts}", "--num_samples=5", f"--output_dir={out}")
     assert few.returncode != 0 and "needs 5 samples" in few.stderr
     images = tmp_path / "images"
     images.mkdir()
@@ -172,7 +167,7 @@ def test_cli_bad_inputs_are_clear_and_write_nothing(tiny_llava, tmp_path):
     for i in range(3):
         Image.new("RGB", (40, 30), (i * 50, 100, 200)).save(images / f"{i}.png")
     (images / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    corrupt = _cli(f"--hf_model={path}", f"--images={images}", "--num_samples=4", "--batch_size=4",
+    corrupt = run_tool("evaluate.py", f"--hf_model={path}", f"--images={images}", "--num_samples=4", "--batch_size=4",
                    f"--output_dir={out}")
     assert corrupt.returncode != 0
     assert "error:" in corrupt.stderr and "corrupt_image" in corrupt.stderr
@@ -183,7 +178,7 @@ def test_cli_bad_inputs_are_clear_and_write_nothing(tiny_llava, tmp_path):
 def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     """Train a tiny model for 6 steps (MIR evaluated in the loop on the final parameters), then
     load the workdir the way `evaluate.py --checkpoint` does: same MIR on the same batches."""
-    from mir_jax.evals.loading import load_for_evaluation
+    from mir_jax.evals.loading import load_model
     from mir_jax.train.loop import train_and_evaluate
     from tests import train_fixtures
 
@@ -194,9 +189,10 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     config.eval.batch_size = 8
     config.eval.mir_seq_len = 256
     result = train_and_evaluate(config, str(tmp_path))
-    in_loop = result["eval"]["mir"]
+    in_loop = result.eval["mir"]
 
-    model_config, model, pre = load_for_evaluation(str(tmp_path))
+    pre = load_model(str(tmp_path))
+    model_config, model = pre.model.config, pre.model
     assert model_config.text.num_layers == 2 and pre.image.size == 32
     batches = make_mir_batches(config.eval.mir_images, config.eval.mir_texts, tokenizer=pre.tokenizer,
                                num_samples=8, image_size=32, mean=pre.image.mean, std=pre.image.std,
@@ -204,7 +200,7 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     reloaded = evaluate_mir(model, lambda: iter(batches), method=config.eval.mir_method, progress=False)
     assert abs(reloaded.overall - in_loop) < 1e-4
     with pytest.raises(FileNotFoundError, match="not a mir-jax training workdir"):
-        load_for_evaluation(str(tmp_path / "nothing"))
+        load_model(str(tmp_path / "nothing"))
 
 
 def test_plain_template_mir_batches_and_selection():
@@ -224,7 +220,7 @@ def test_plain_template_mir_batches_and_selection():
 @pytest.mark.slow
 def test_cli_tfds_images_without_the_extra_is_a_clear_error(tiny_llava, tmp_path):
     path, _ = tiny_llava
-    run = _cli(f"--hf_model={path}", "--images=tfds:coco_captions", f"--tfds_data_dir={tmp_path}",
+    run = run_tool("evaluate.py", f"--hf_model={path}", "--images=tfds:coco_captions", f"--tfds_data_dir={tmp_path}",
                f"--output_dir={tmp_path / 'out'}")
     assert run.returncode != 0
     assert "tensorflow-datasets" in run.stderr or "not prepared" in run.stderr
@@ -263,7 +259,7 @@ def test_cli_feeds_long_texts_whole_reads_llava_jsonl_and_writes_beside_the_mode
     path, _ = tiny_llava
     texts, stories, images, questions = _long_text_inputs(tmp_path)
     assert len(stories[2]) > 16 + 448  # longer than the old default sequence length
-    run = _cli(f"--hf_model={path}", f"--images={questions}", f"--image_folder={images}",
+    run = run_tool("evaluate.py", f"--hf_model={path}", f"--images={questions}", f"--image_folder={images}",
                f"--texts={texts}", "--num_samples=3", "--batch_size=2", "--mode=exact",
                "--dtype=float16", "--noprogress", cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -283,7 +279,7 @@ def test_cli_counts_truncation_and_prints_the_published_fast_verdict(tiny_llava,
     path, _ = tiny_llava
     texts, stories, images, questions = _long_text_inputs(tmp_path)
     out = tmp_path / "out"
-    run = _cli(f"--hf_model={path}", f"--images={questions}", f"--image_folder={images}",
+    run = run_tool("evaluate.py", f"--hf_model={path}", f"--images={questions}", f"--image_folder={images}",
                f"--texts={texts}", "--num_samples=3", "--batch_size=2", "--seq_len=600",
                "--method=published_fast", f"--output_dir={out}", "--noprogress")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -305,7 +301,7 @@ def test_compute_dtypes_move_mir_little_and_really_compute_in_that_dtype(tiny_ll
 
     path, _ = tiny_llava
     batches = _batches(num_samples=8, batch_size=8)
-    _, model = hf.load_pretrained(path)
+    _, model = load_weights(path)[:2]
     base = evaluate_mir(model, lambda: iter(batches), mode="exact", progress=False)
     for dtype, tolerance in (("bfloat16", 5e-2), ("float16", 1e-2)):
         cast = with_compute_dtype(model, dtype)
@@ -371,10 +367,10 @@ def test_cli_downstream_evaluators_on_benchmark_files(tiny_llava, tmp_path):
     for name, records in rows.items():
         (data / name).write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "out"
-    run = _cli(f"--hf_model={path}", "--evals=caption,vqa,pope,multiple_choice", "--shots=0,2",
+    run = run_tool("evaluate.py", f"--hf_model={path}", "--evals=caption,vqa,pope,multiple_choice", "--shots=0,2",
                f"--caption_data=jsonl:path={data / 'captions.jsonl'}",
                f"--pope_data=pope:jsonl={data / 'coco_pope_random.jsonl'}",
-               f"--mc_data=mc_jsonl:path={data / 'mc.jsonl'}", "--eval_samples=4", "--max_new_tokens=4",
+               f"--mc_data=mc_jsonl:path={data / 'mc.jsonl'}", "--num_samples=4", "--max_new_tokens=4",
                f"--output_dir={out}", "--noprogress")
     assert run.returncode == 0, run.stderr[-3000:]
     scores = json.loads((out / "evals.json").read_text())["scores"]
@@ -401,7 +397,7 @@ def test_cli_downstream_bad_inputs_are_one_line(tiny_llava, tmp_path):
                           (["--evals=vqa", "--vqa_data=vqav2:questions=/q.json"], "load_vqav2 takes"),
                           (["--evals=vqa", "--vqa_data=pope:jsonl=/x.jsonl"], "holds pope records"),
                           (["--evals=caption", "--shots=two"], "--shots=two")]:
-        run = _cli(f"--hf_model={path}", *args, f"--output_dir={tmp_path / 'out'}", "--noprogress")
+        run = run_tool("evaluate.py", f"--hf_model={path}", *args, f"--output_dir={tmp_path / 'out'}", "--noprogress")
         assert run.returncode == 2, (args, run.stderr[-2000:])
         last = run.stderr.strip().splitlines()[-1]
         assert last.startswith("evaluate.py: error:") and message in last, (args, last)

@@ -16,8 +16,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="the HF PyTorch models are the reference here; pip install torch (a CPU build: see README)")
 transformers = pytest.importorskip("transformers")
 
-from mir_jax import hf as mhf  # noqa: E402
 from mir_jax.models import generate  # noqa: E402
+from mir_jax.weights import hf as mhf  # noqa: E402
+from mir_jax.weights import load_weights  # noqa: E402
 from tests.torch_init import save_random_llava  # noqa: E402
 
 TOL = 1e-4
@@ -82,7 +83,7 @@ def _images(n, seed):
 
 def test_clip_llama_padded_batch_matches_hf(clip_llama):
     path, hfm = clip_llama
-    cfg, model = mhf.load_pretrained(path)
+    cfg, model = load_weights(path)[:2]
     k = cfg.num_image_tokens
     assert k == 16 and cfg.vision.kind == "clip" and cfg.vision_feature_layer == -2
     # Two rows of different length, right padding (HF's default), one image each.
@@ -98,7 +99,7 @@ def test_clip_llama_padded_batch_matches_hf(clip_llama):
 
 def test_siglip_qwen_interleaved_and_text_only_left_padded(siglip_qwen):
     path, hfm = siglip_qwen
-    cfg, model = mhf.load_pretrained(path)
+    cfg, model = load_weights(path)[:2]
     k = cfg.num_image_tokens
     assert (cfg.vision.kind, k, cfg.text.num_kv_heads, cfg.text.qkv_bias, cfg.text.o_bias,
             cfg.text.tie_word_embeddings) == ("siglip", 16, 2, True, False, True)
@@ -119,7 +120,7 @@ def test_siglip_qwen_interleaved_and_text_only_left_padded(siglip_qwen):
 
 def test_save_pretrained_round_trip(siglip_qwen, clip_llama, tmp_path):
     for (path, hfm), sub in ((siglip_qwen, "a"), (clip_llama, "b")):
-        cfg, model = mhf.load_pretrained(path)
+        cfg, model = load_weights(path)[:2]
         out_dir = str(tmp_path / sub)
         mhf.save_pretrained(model, out_dir)
         back = transformers.LlavaForConditionalGeneration.from_pretrained(out_dir).eval()
@@ -140,7 +141,7 @@ def test_greedy_generation_matches_hf(clip_llama, per_layer, monkeypatch):
     # layer scan (accelerators').
     monkeypatch.setattr(sys.modules["mir_jax.models.generate"], "per_layer_cache", lambda: per_layer)
     path, hfm = clip_llama
-    cfg, model = mhf.load_pretrained(path)
+    cfg, model = load_weights(path)[:2]
     k = cfg.num_image_tokens
     ids = np.array([[1, 5, 6] + [127] * k + [7, 8], [0, 0, 1, 5] + [127] * k + [9]])
     am = (ids != 0).astype(np.int64)
@@ -198,7 +199,7 @@ def test_original_llava_layout_with_moca(clip_llama, tmp_path):
                   mm_vision_tower="tower", mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
                   mm_vision_select_feature="patch", image_aspect_ratio="pad")
     (orig / "config.json").write_text(json.dumps(config))
-    cfg, model = mhf.load_pretrained(str(orig), vision_tower_path=tower_dir)
+    cfg, model = load_weights(str(orig), vision_tower_path=tower_dir)[:2]
     assert cfg.moca and cfg.image_token_id == mhf.IMAGE_TOKEN_INDEX_ORIGINAL
     k = cfg.num_image_tokens
     ids = np.array([[1, 5] + [127] * k + [7, 8, 9]])
@@ -237,7 +238,7 @@ def test_stage1_builder(clip_llama, tmp_path):
 def test_checkpoint_errors_name_the_problem(clip_llama, tmp_path):
     path, _ = clip_llama
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        mhf.load_pretrained(str(tmp_path / "nope"))
+        load_weights(str(tmp_path / "nope"))
     refs = mhf.index_safetensors(path)
     tensors = {k: r.load() for k, r in refs.items()}
     bad = tmp_path / "bad"
@@ -246,16 +247,16 @@ def test_checkpoint_errors_name_the_problem(clip_llama, tmp_path):
     _write_safetensors({**tensors, "language_model.model.extra.weight": np.zeros(3, np.float32)},
                        str(bad / "model.safetensors"))
     with pytest.raises(ValueError, match=r"language_model\.model\.extra\.weight.*model\.safetensors"):
-        mhf.load_pretrained(str(bad))
+        load_weights(str(bad))
     t2 = dict(tensors)
     t2["multi_modal_projector.linear_1.weight"] = np.zeros((5, 5), np.float32)
     _write_safetensors(t2, str(bad / "model.safetensors"))
     with pytest.raises(ValueError, match=r"multi_modal_projector\.linear_1\.weight.*shape"):
-        mhf.load_pretrained(str(bad))
+        load_weights(str(bad))
     t3 = {k: v for k, v in tensors.items() if k != "language_model.model.norm.weight"}
     _write_safetensors(t3, str(bad / "model.safetensors"))
     with pytest.raises(ValueError, match=r"language_model\.norm\.scale"):
-        mhf.load_pretrained(str(bad))
+        load_weights(str(bad))
 
 
 def test_preprocessing_and_tokenizer_from_checkpoint(tmp_path):
@@ -294,7 +295,7 @@ def test_evaluator_generation_matches_hf_prompt_by_prompt(clip_llama):
     from mir_jax.sharding import make_mesh
 
     path, hfm = clip_llama
-    cfg, model = mhf.load_pretrained(path)
+    cfg, model = load_weights(path)[:2]
     k = cfg.num_image_tokens
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8) for _ in range(5)]

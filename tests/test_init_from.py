@@ -5,44 +5,17 @@ with the arrays orbax wrote, read back without our code."""
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from mir_jax.config_check import ConfigError
+from mir_jax.models.forward import forward
+from mir_jax.train.config_check import ConfigError
 from mir_jax.train.loop import Setup
-from mir_jax.train.step import _forward
 from tests import train_fixtures as fx
-
-
-def _flat(tree) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    # "/"-joined names (orbax's restored tree spells some levels "a.b").
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).replace(".", "/"):
-            np.asarray(v) for path, v in leaves}
-
-
-def _saved_params(workdir, step) -> dict[str, np.ndarray]:
-    """Trainable + frozen parameters of a checkpoint, as orbax stored them."""
-    ckpt = ocp.StandardCheckpointer()
-    step_dir = os.path.join(workdir, "checkpoints", str(step))
-    state = ckpt.restore(os.path.join(step_dir, "state"))
-    frozen = ckpt.restore(os.path.join(step_dir, "frozen"))
-    return {**_flat(state["params"]), **_flat(frozen)}
-
-
-def _start_params(config, workdir) -> dict[str, np.ndarray]:
-    setup = Setup(config, str(workdir))
-    try:
-        _, state, frozen = setup.initial_state()
-        params = setup.stepper.partition.combine(state["params"], frozen)
-        return _flat(nnx.to_pure_dict(jax.device_get(params)))
-    finally:
-        setup.checkpointer.close()
+from tests.helpers import flat_params, saved_params, start_params
 
 
 def _stage2(**top):
@@ -52,19 +25,19 @@ def _stage2(**top):
 
 
 def test_whole_workdir_latest_and_at_a_step(stage1, tmp_path):
-    saved = {s: _saved_params(stage1, s) for s in (2, 4)}
+    saved = {s: saved_params(stage1, s) for s in (2, 4)}
     assert any(not np.array_equal(saved[2][k], saved[4][k]) for k in saved[4])  # the connector moved
     for spec, step in ((str(stage1), 4), (f"{stage1}@2", 2)):
-        got = _start_params(_stage2(init_from=spec), tmp_path / f"run{step}")
+        got = start_params(_stage2(init_from=spec), tmp_path / f"run{step}")[0]
         assert got.keys() == saved[step].keys()
         for k in got:
             np.testing.assert_array_equal(got[k], saved[step][k], err_msg=k)
 
 
 def test_parts_fresh_connector_and_moca_added(stage1, tmp_path):
-    saved = _saved_params(stage1, 4)
-    fresh = _start_params(_stage2(init_from=""), tmp_path / "fresh")
-    got = _start_params(_stage2(init_from=str(stage1), init_parts="vision,llm"), tmp_path / "parts")
+    saved = saved_params(stage1, 4)
+    fresh = start_params(_stage2(init_from=""), tmp_path / "fresh")[0]
+    got = start_params(_stage2(init_from=str(stage1), init_parts="vision,llm"), tmp_path / "parts")[0]
     for k in got:
         want = fresh if k.startswith("connector/") else saved
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
@@ -72,7 +45,7 @@ def test_parts_fresh_connector_and_moca_added(stage1, tmp_path):
 
     moca = _stage2(init_from=str(stage1))
     moca.model.moca, moca.trainable.moca = True, True
-    got = _start_params(moca, tmp_path / "moca")
+    got = start_params(moca, tmp_path / "moca")[0]
     moca_keys = [k for k in got if "moca" in k]
     assert moca_keys and not any(k in saved for k in moca_keys)  # MoCa starts fresh ...
     for k in got:
@@ -86,14 +59,14 @@ def test_bad_init_from_is_one_line(stage1, tmp_path):
              (dict(init_from=str(tmp_path / "nope@3")), "does not exist")]
     for top, message in cases:
         with pytest.raises(ConfigError) as e:
-            _start_params(_stage2(**top), tmp_path / "bad")
+            start_params(_stage2(**top), tmp_path / "bad")[0]
         assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
     wide = _stage2(init_from=str(stage1), init_parts="vision")
     wide.model.text.hidden_size = 64  # the LLM is not taken: only the vision config must agree
-    _start_params(wide, tmp_path / "wide")
+    start_params(wide, tmp_path / "wide")[0]
     wide.init_parts = "llm"
     with pytest.raises(ConfigError, match="model.text.hidden_size: 32 there, 64 here"):
-        _start_params(wide, tmp_path / "wide2")
+        start_params(wide, tmp_path / "wide2")[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +111,7 @@ def _logits(graphdef, params, batch) -> np.ndarray:
     to optimize even this tiny model)."""
     params = _host(params)
     if graphdef not in _COMPILED:
-        fn = jax.jit(lambda p, b: _forward(nnx.merge(graphdef, p), b).logits)
+        fn = jax.jit(lambda p, b: forward(nnx.merge(graphdef, p), b).logits)
         _COMPILED[graphdef] = fn.lower(params, batch).compile(
             compiler_options={"xla_backend_optimization_level": 0})
     return np.asarray(_COMPILED[graphdef](params, batch))
@@ -223,7 +196,7 @@ def test_vision_and_llm_taken_connector_fresh(sources, tmp_path):
     src = sources(kind)
     config = _connector_config(kind, stage=2, init_from=str(src.workdir), init_parts="vision,llm")
     graphdef, params = _start(config, tmp_path / "parts")
-    got, saved, fresh = (_flat(nnx.to_pure_dict(p)) for p in (params, src.saved[2], src.fresh))
+    got, saved, fresh = (flat_params(nnx.to_pure_dict(p)) for p in (params, src.saved[2], src.fresh))
     assert got.keys() == saved.keys() == fresh.keys()
     assert {k.split("/")[0] for k in got} == {"vision_tower", "connector", "language_model"}
     for k in got:

@@ -1,5 +1,5 @@
 """Unit tests of two tables everything else leans on: the logical-axis -> mesh-axis rules
-(`mir_jax.sharding`) and the trainable-recipe resolver (`mir_jax.train.partition`), each
+(`mir_jax.sharding`) and the trainable-recipe resolver (`mir_jax.models.partition`), each
 against hand-written expectations."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from mir_jax.models.partition import RECIPE_DEFAULTS, resolve_recipe
 from mir_jax.sharding import LOGICAL_AXIS_RULES, MESH_AXES, eval_batch_rows, logical_to_mesh_spec
-from mir_jax.train.partition import RECIPE_DEFAULTS, resolve_recipe
 
 
 @pytest.mark.parametrize("logical, want", [

@@ -7,43 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
 
 from mir_jax.data import image_config_from_hf
 from mir_jax.data.images import ImageConfig, load_and_preprocess, normalize
-from mir_jax.evals.loading import load_for_evaluation, load_model, load_weights
-from mir_jax.train.checkpoint import CheckpointError
+from mir_jax.evals.loading import load_model
 from mir_jax.train.loop import train_and_evaluate
+from mir_jax.weights import load_weights
+from mir_jax.weights.checkpoint import CheckpointError
 from tests import train_fixtures as fx
+from tests.helpers import model_params, run_tool, saved_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _norm(key: str) -> str:
-    return key.replace(".", "/")
-
-
-def _saved_params(workdir, step) -> dict[str, np.ndarray]:
-    """Trainable + frozen parameters of a checkpoint as orbax stored them (a raw read of the
-    files, every item restored whole: no target, no model config involved)."""
-    ckpt = ocp.StandardCheckpointer()
-    step_dir = os.path.join(workdir, "checkpoints", str(step))
-    out = {_norm(k): np.asarray(v) for k, v in ckpt.restore(os.path.join(step_dir, "state"))["params"].items()}
-    if os.path.isdir(os.path.join(step_dir, "frozen")):
-        out.update({_norm(k): np.asarray(v) for k, v in ckpt.restore(os.path.join(step_dir, "frozen")).items()})
-    return out
-
-
-def _model_params(model) -> dict[str, np.ndarray]:
-    return {"/".join(str(k) for k in path): np.asarray(jax.device_get(v[...]))
-            for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def _assert_bitwise_equal(got: dict, want: dict) -> None:
@@ -74,47 +51,42 @@ def test_workdir_params_are_the_saved_ones_and_no_optimizer_is_built(stage1, eve
     monkeypatch.setattr(step_lib.Stepper, "__init__", no_optimizer)
     assert not os.path.isdir(os.path.join(everything, "checkpoints", "2", "frozen"))
     for workdir, step in ((stage1, 4), (everything, 2)):
-        config, model, pre = load_for_evaluation(workdir)
-        _assert_bitwise_equal(_model_params(model), _saved_params(workdir, step))
+        pre = load_model(workdir)
+        config, model = pre.model.config, pre.model
+        _assert_bitwise_equal(model_params(model), saved_params(workdir, step))
         assert config.text.num_layers == 2 and model.config == config
         assert pre.image == ImageConfig(size=32, mean=pre.image.mean, std=pre.image.std, mode="pad")
         assert pre.tokenizer.vocab_size == 264
 
 
 def test_workdir_at_step_takes_that_step(stage1):
-    latest, at2 = _saved_params(stage1, 4), _saved_params(stage1, 2)
+    latest, at2 = saved_params(stage1, 4), saved_params(stage1, 2)
     assert any(not np.array_equal(latest[k], at2[k]) for k in latest)  # training moved the connector
-    _, model, _ = load_for_evaluation(f"{stage1}@2")
-    _assert_bitwise_equal(_model_params(model), at2)
+    model = load_model(f"{stage1}@2").model
+    _assert_bitwise_equal(model_params(model), at2)
     _, model = load_weights(stage1, 2)  # the same step as an argument
-    _assert_bitwise_equal(_model_params(model), at2)
+    _assert_bitwise_equal(model_params(model), at2)
     handle = load_model(f"{stage1}@2")
     assert handle.name == "run@2" and handle.path == f"{stage1}@2"
-    _assert_bitwise_equal(_model_params(handle.model), at2)
+    _assert_bitwise_equal(model_params(handle.model), at2)
 
 
 def test_missing_step_is_one_line_listing_the_steps(stage1):
     with pytest.raises(CheckpointError) as e:
-        load_for_evaluation(f"{stage1}@3")
+        load_model(f"{stage1}@3")
     msg = str(e.value)
     assert "\n" not in msg and "no checkpoint at step 3" in msg and msg.endswith("its steps: 2, 4"), msg
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_for_evaluation(f"{stage1}_nope@2")
-
-
-def _cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+        load_model(f"{stage1}_nope@2")
 
 
 @pytest.mark.slow
 def test_cli_checkpoint_at_step(stage1):
-    bad = _cli(f"--checkpoint={stage1}@3", "--noprogress")
+    bad = run_tool("evaluate.py", f"--checkpoint={stage1}@3", "--noprogress")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == (
         f"evaluate.py: error: {stage1} has no checkpoint at step 3; its steps: 2, 4")
-    good = _cli(f"--checkpoint={stage1}@2", "--num_samples=2", "--batch_size=2", "--seq_len=512",
+    good = run_tool("evaluate.py", f"--checkpoint={stage1}@2", "--num_samples=2", "--batch_size=2", "--seq_len=512",
                 "--method=legacy_fast", "--mode=exact", "--noprogress")
     assert good.returncode == 0, good.stderr[-3000:]
     record = json.loads(open(os.path.join(stage1, "mir_eval_step2", "mir.json")).read())
@@ -154,7 +126,8 @@ def tiny_hf(tmp_path_factory):
 
 def test_hf_directory_loads_weights_and_its_processor(tiny_hf):
     path, torch_model, _ = tiny_hf
-    config, model, pre = load_for_evaluation(path)
+    pre = load_model(path)
+    config, model = pre.model.config, pre.model
     assert config.vision.image_size == IMAGE_SIZE
     sd = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
     embed = next(v for k, v in sd.items() if k.endswith("embed_tokens.weight"))
@@ -164,7 +137,7 @@ def test_hf_directory_loads_weights_and_its_processor(tiny_hf):
     assert pre.template == "vicuna_v1" and pre.system is None
     assert load_model(path, image_mode="pad").image.mode == "pad"  # the flag overrides the processor
     with pytest.raises(FileNotFoundError, match="workdirs only"):
-        load_for_evaluation(path, step=2)
+        load_model(path, step=2)
 
 
 def test_processor_pixels_match_transformers(tiny_hf):

@@ -6,20 +6,13 @@ with a fresh connector."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
 
 from configs import llava15_pretrain, llava15_sft, stage0
-from mir_jax.train.loop import Setup, train_and_evaluate
-
-
-def _flat(tree) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).replace(".", "/"):
-            np.asarray(v) for path, v in leaves}
+from mir_jax.train.loop import TrainResult, train_and_evaluate
+from tests.helpers import flat_params, start_params
 
 
 def _short(c, steps: int):
@@ -32,23 +25,11 @@ def _short(c, steps: int):
     return c
 
 
-def _start_params(config, workdir) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(the run's starting parameters, a fresh initialization with its seed)."""
-    setup = Setup(config, str(workdir))
-    try:
-        combine = lambda sf: _flat(nnx.to_pure_dict(jax.device_get(setup.stepper.partition.combine(*sf))))  # noqa: E731
-        _, state, frozen = setup.initial_state()
-        fresh_state, fresh_frozen = setup.stepper.init(int(config.seed))
-        return combine((state["params"], frozen)), combine((fresh_state["params"], fresh_frozen))
-    finally:
-        setup.checkpointer.close()
-
-
 @pytest.fixture(scope="module")
 def s0(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("stage0")
     result = train_and_evaluate(_short(stage0.get_config("runlocal"), 3), str(workdir))
-    assert result["step"] == 3 and np.isfinite(result["loss"])
+    assert result.step == 3 and np.isfinite(result.loss)
     return workdir
 
 
@@ -71,14 +52,14 @@ def test_stage0_trains_everything_and_resumes(s0):
     ckpt = s0 / "checkpoints" / "3"
     assert (ckpt / "state").is_dir() and not (ckpt / "frozen").exists()  # nothing is frozen
     again = train_and_evaluate(_short(stage0.get_config("runlocal"), 3), str(s0))  # restores step 3
-    assert again == {"step": 3, "already_done": True}
+    assert again == TrainResult(step=3, already_done=True)
 
 
 def test_stage1_starts_from_stage0_with_a_fresh_connector(s0, tmp_path):
-    saved = _flat(ocp.StandardCheckpointer().restore(str(s0 / "checkpoints" / "3" / "state"))["params"])
+    saved = flat_params(ocp.StandardCheckpointer().restore(str(s0 / "checkpoints" / "3" / "state"))["params"])
     c = _short(llava15_pretrain.get_config("runlocal"), 2)
     c.init_from = str(s0)  # init_parts: the recipe's default, vision,llm
-    got, fresh = _start_params(c, tmp_path / "s1")
+    got, fresh = start_params(c, tmp_path / "s1")
     assert got.keys() == saved.keys() == fresh.keys()
     parts = {k.split("/")[0] for k in got}
     assert parts == {"vision_tower", "connector", "language_model"}

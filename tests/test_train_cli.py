@@ -168,8 +168,8 @@ def _stage1_dir(tmp_path, config) -> str:
     save_pretrained would write from a CLIP and an LLM)."""
     from flax import nnx
 
-    from mir_jax import hf
     from mir_jax.models import LlavaConfig, LlavaModel
+    from mir_jax.weights import hf
 
     path = str(tmp_path / "stage1")
     hf.save_pretrained(LlavaModel(LlavaConfig.from_dict(config.model.to_dict()), rngs=nnx.Rngs(7)), path)
@@ -181,8 +181,8 @@ def test_readme_pretrain_command_with_init_from_and_a_json_list_of_sources(tmp_p
     full-size recipe both are accepted (only the tokenizer is left to set); on the runlocal
     shapes the run starts from init_from, reads the JSON list's source and trains."""
     from configs import llava15_pretrain
-    from mir_jax import hf
-    from mir_jax.evals.loading import load_for_evaluation
+    from mir_jax.evals.loading import load_model
+    from mir_jax.weights import load_weights
 
     sources = _llava_pretrain_files(tmp_path)
     init = _stage1_dir(tmp_path, llava15_pretrain.get_config("runlocal"))
@@ -203,8 +203,8 @@ def test_readme_pretrain_command_with_init_from_and_a_json_list_of_sources(tmp_p
     # Stage 1 trains only the connector: the vision tower and LLM are init_from's, bit for bit.
     from flax import nnx
 
-    _, trained, _ = load_for_evaluation(str(workdir))
-    _, start = hf.load_pretrained(init)
+    trained = load_model(str(workdir)).model
+    _, start = load_weights(init)[:2]
     got, want = nnx.state(trained, nnx.Param).flat_state(), nnx.state(start, nnx.Param).flat_state()
     frozen = [k for k in dict(want) if k[0] in ("vision_tower", "language_model")]
     assert frozen

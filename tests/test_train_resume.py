@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from mir_jax.train.checkpoint import Checkpointer, StopSignal
 from mir_jax.train.loop import Setup, train_and_evaluate
 from mir_jax.train.metrics import read_jsonl
+from mir_jax.weights.checkpoint import Checkpointer, StopSignal
 from tests import train_fixtures as fx
 
 
@@ -38,7 +38,7 @@ def test_six_steps_equal_three_stop_and_three_resumed(tmp_path):
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     train_and_evaluate(config, straight)
     first = train_and_evaluate(config, split, stop_at_step=3)
-    assert first.get("preempted") and first["step"] == 3
+    assert first.preempted and first.step == 3
     assert Checkpointer(os.path.join(split, "checkpoints")).latest_step() == 3
     train_and_evaluate(config, split)  # the same call again: resumes from step 3
 

@@ -3,6 +3,8 @@
 The batch contract (keys, shapes, dtypes) is documented in ``mir_jax.data.pipeline``.
 """
 
+from mir_jax.models.forward import IGNORE_INDEX
+
 from .errors import BadSample, BadSampleFractionError, BadSampleStats, DataError, SkipSample
 from .images import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageConfig, image_config_from_hf
 from .mir_inputs import MirPairs, make_mir_batches, make_mir_iterator, mir_sample_lengths
@@ -27,7 +29,7 @@ from .sources import (
     story_text,
 )
 from .synthetic import SyntheticSource
-from .templates import IGNORE_INDEX, VICUNA_SYSTEM, render, tokenize_segments
+from .templates import VICUNA_SYSTEM, render, tokenize_segments
 from .tokenizer import IMAGE_TOKEN, ByteTokenizer, HFTokenizer, load_tokenizer
 
 __all__ = [

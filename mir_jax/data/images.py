@@ -16,6 +16,7 @@ Modes (``image_mode``):
 from __future__ import annotations
 
 import dataclasses
+import glob
 import io
 import json
 import os
@@ -62,6 +63,19 @@ class ImageConfig:
 # ==============================================================================================
 # The one reader of a checkpoint's preprocessor_config.json
 # ==============================================================================================
+def resolve_vision_tower(name: str, base: str) -> str:
+    """The directory of an original-LLaVA checkpoint's `mm_vision_tower`: the name as a path,
+    beside the checkpoint `base`, or a snapshot in the local HF cache (never downloaded)."""
+    cands = [name, os.path.join(base, name), os.path.join(base, os.path.basename(name))]
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    cands += sorted(glob.glob(os.path.join(hub, "models--" + name.replace("/", "--"), "snapshots", "*")))
+    for c in cands:
+        if os.path.isdir(c) and os.path.exists(os.path.join(c, "config.json")):
+            return c
+    raise FileNotFoundError(f"vision tower {name!r} not found locally (tried {cands}); pass vision_tower_path=")
+
+
 def _preprocessor_file(path: str) -> tuple[str, bool]:
     """(preprocessor_config.json to read, whether the checkpoint pads images to a square).
 
@@ -75,10 +89,7 @@ def _preprocessor_file(path: str) -> tuple[str, bool]:
         with open(config) as f:
             d = json.load(f)
         if "mm_vision_tower" in d:
-            # The tower's lookup (a local path, beside the checkpoint, or the HF cache) lives in hf.
-            from mir_jax.hf import _resolve_tower
-
-            tower = _resolve_tower(d["mm_vision_tower"], path)
+            tower = resolve_vision_tower(d["mm_vision_tower"], path)
             return os.path.join(tower, "preprocessor_config.json"), d.get("image_aspect_ratio") == "pad"
     return file, False
 

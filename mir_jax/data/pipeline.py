@@ -42,6 +42,8 @@ import dataclasses
 import grain
 import numpy as np
 
+from mir_jax.models.forward import IGNORE_INDEX
+
 from .errors import (
     EMPTY_TEXT,
     TOO_LONG,
@@ -51,7 +53,7 @@ from .errors import (
     SkipSample,
 )
 from .images import ImageConfig, load_and_preprocess, normalize
-from .templates import IGNORE_INDEX, render, tokenize_segments
+from .templates import render, tokenize_segments
 
 BATCH_KEYS = ("input_ids", "labels", "attention_mask", "segment_ids", "positions",
               "pixel_values", "image_mask")

@@ -46,7 +46,6 @@ VICUNA_SYSTEM = (
 )
 CAPTION_PROMPT = "Describe the image briefly."
 TEMPLATES = ("plain", "vicuna_v1", "chat", "document")
-IGNORE_INDEX = -100
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
           "system": "system"}

@@ -16,20 +16,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from mir_jax.train.step import loss_sums
+from mir_jax.models.forward import LOSS_INPUTS, forward, loss_sums
 
 from .base import EvalResult, Evaluator, bind_model, register
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _loss_sums(graphdef, state, batch):
-    model = nnx.merge(graphdef, state)
-    out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
-                segment_ids=batch["segment_ids"], positions=batch["positions"])
-    return loss_sums(out.logits, batch["labels"])
-
-
-LOSS_INPUTS = ("input_ids", "labels", "pixel_values", "image_mask", "segment_ids", "positions")
+    return loss_sums(forward(nnx.merge(graphdef, state), batch).logits, batch["labels"])
 
 
 def held_out_loss(model, batches: Iterable[dict], mesh: Mesh | None = None) -> tuple[float, float]:

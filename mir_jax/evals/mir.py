@@ -34,12 +34,11 @@ from tqdm.auto import tqdm
 
 from mir_jax import mir
 from mir_jax.mir.tokens import mir_rows, mir_token_masks
-from mir_jax.train.step import loss_sums
+from mir_jax.models.forward import LOSS_INPUTS, forward, loss_sums
 
 from .base import EvalResult, Evaluator, bind_model, register
 
 MODES = ("streaming", "exact")
-MODEL_INPUTS = ("input_ids", "pixel_values", "image_mask", "segment_ids", "positions")
 
 
 @dataclasses.dataclass
@@ -84,9 +83,7 @@ class MIREvaluation:
 def mir_forward(model, batch) -> tuple:
     """Model forward + MIR token selection + label NLL sums, traceable (see `make_forward`;
     the dry run compiles this for the training loop's mesh)."""
-    out = model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
-                segment_ids=batch["segment_ids"], positions=batch["positions"],
-                output_hidden_states=True)
+    out = forward(model, batch, hidden_states=True)
     vision_mask, text_mask = mir_token_masks(out.modality_mask, batch["segment_ids"])
     rows, vision_rows, text_rows = mir_rows(out.hidden_states.astype(jnp.float32),
                                             vision_mask, text_mask)
@@ -95,7 +92,7 @@ def mir_forward(model, batch) -> tuple:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, batch):
+def _jitted_mir_forward(graphdef, state, batch):
     return mir_forward(nnx.merge(graphdef, state), batch)
 
 
@@ -108,7 +105,7 @@ def make_forward(model: nnx.Module, mesh: Mesh | None = None):
     program is shared by every model with the same structure (graphdef) and shapes.
     With a mesh, see `base.bind_model` (multi-host safe).
     """
-    return bind_model(model, mesh, _forward, (*MODEL_INPUTS, "labels"))
+    return bind_model(model, mesh, _jitted_mir_forward, LOSS_INPUTS)
 
 
 def evaluate_mir(
@@ -137,7 +134,7 @@ def evaluate_mir(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    forward = make_forward(model, mesh)
+    run_forward = make_forward(model, mesh)
     timings = {"forward_s": 0.0, "mir_s": 0.0}
     counts = {"samples": 0, "vision": 0, "text": 0, "nll": 0.0, "nll_tokens": 0}
     start = time.perf_counter()
@@ -146,7 +143,7 @@ def evaluate_mir(
         for batch in tqdm(batches(), desc=description, total=num_batches, disable=not progress,
                           unit="batch", leave=False):
             t0 = time.perf_counter()
-            rows, vision_mask, text_mask, nll, nll_count = forward(batch)
+            rows, vision_mask, text_mask, nll, nll_count = run_forward(batch)
             jax.block_until_ready(rows)
             timings["forward_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()

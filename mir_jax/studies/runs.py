@@ -172,16 +172,14 @@ def resolve_config(run: Run, repo_root: str):
     from absl import flags
     from ml_collections import config_flags
 
-    from mir_jax.config_check import register_list_overrides, unknown_key
+    from mir_jax.train.config_check import load_recipe, register_list_overrides, unknown_key
 
     register_list_overrides()
     argv = command(run, repo_root)
-    path, _, arg = argv[2][len("--config="):].partition(":")
     if repo_root not in sys.path:
         sys.path.insert(0, repo_root)  # the recipes import `configs.common`
     try:
-        module = config_flags.config_flags._LoadConfigModule("config", path)  # what config flags run
-        base = module.get_config(arg) if arg else module.get_config()
+        base = load_recipe(argv[2][len("--config="):])
     except Exception as e:  # noqa: BLE001 -- a broken or missing recipe: one line
         raise StudyError(f"{run.label}: config {run.stage.config!r} does not load: {type(e).__name__}: {e}") from e
     for key in run.overrides:

@@ -109,7 +109,7 @@ def _value_problems(config) -> list[str]:
 def _model_problems(config) -> tuple[list[str], object]:
     """(problems, LlavaConfig or None): the model config as the trainer will build it."""
     from mir_jax.models import LlavaConfig
-    from mir_jax.train.partition import resolve_recipe
+    from mir_jax.models.partition import resolve_recipe
 
     model = _get(config, "model")
     if model is _MISSING:
@@ -191,11 +191,11 @@ def _tokenizer_problems(config, model_config) -> list[str]:
 
 
 def _init_from_problems(config) -> list[str]:
-    from mir_jax.train import init_from as init_lib
+    from mir_jax.weights import parts as init_lib
 
     init = _get(config, "init_from")
     how = ("--config.init_from=DIR (a Hugging Face or original LLaVA checkpoint directory, e.g. "
-           "one written by mir_jax.hf.build_stage1 + save_pretrained, or a training workdir, "
+           "one written by mir_jax.weights.hf.build_stage1 + save_pretrained, or a training workdir, "
            "WORKDIR@STEP for a given step; --config.init_from= starts from random weights)")
     if init is None:
         return [f"init_from is not set: {how}"]
@@ -311,6 +311,20 @@ class JsonListParser(flags.ArgumentParser):
 
     def flag_type(self):
         return "JSON list"
+
+
+def load_recipe(spec: str):
+    """The config of a recipe 'configs/X.py[:ARG]', before any override: its `get_config(ARG)`.
+    The file is loaded as a module the way `config_flags` loads it (exceptions propagate)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("config", path)
+    if module_spec is None:
+        raise FileNotFoundError(f"{path} is not a Python config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def register_list_overrides() -> None:

@@ -47,13 +47,12 @@ def configure_fake_devices(num_devices: int) -> None:
     """Makes this process's CPU backend have `num_devices` devices; before any JAX computation."""
     if num_devices < 1:
         raise DryRunError(f"--num_devices={num_devices} must be >= 1")
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
-        raise DryRunError("JAX's backend is already initialized: fake devices must be set first")
     os.environ["JAX_PLATFORMS"] = "cpu"
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", int(num_devices))
+    try:  # JAX refuses both settings once its backends are up
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", int(num_devices))
+    except RuntimeError as e:
+        raise DryRunError("JAX's backend is already initialized: fake devices must be set first") from e
 
 
 def topology_devices(topology: str) -> list:
@@ -149,9 +148,9 @@ def _param_table(stepper, per_part: int = 3) -> list[dict]:
 def dry_run(config, *, hbm_gb: float = 16.0, devices=None, eval_step: bool = True) -> dict[str, Any]:
     """Compiles the config's train (and MIR eval) step on `devices` (default: jax.devices())
     and returns the report (a JSON-able dict; `format_report` prints it)."""
-    from mir_jax.config_check import ConfigError, _model_problems, _value_problems
     from mir_jax.models import LlavaConfig
     from mir_jax.sharding import eval_batch_rows, make_mesh
+    from mir_jax.train.config_check import ConfigError, _model_problems, _value_problems
     from mir_jax.train.step import StepConfig, Stepper
 
     problems = _value_problems(config) + _model_problems(config)[0]

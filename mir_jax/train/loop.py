@@ -25,6 +25,8 @@ Config keys: see `configs/common.py`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +36,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from mir_jax.config_check import ConfigError, check_config
 from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
 from mir_jax.data.tokenizer import load_tokenizer
 from mir_jax.distributed import host_batch_slice
@@ -42,8 +43,9 @@ from mir_jax.mir import format_mir
 from mir_jax.models import LlavaConfig
 from mir_jax.sharding import eval_batch_rows, make_mesh
 from mir_jax.train import metrics as metrics_lib
-from mir_jax.train.checkpoint import Checkpointer, StopSignal
+from mir_jax.train.config_check import ConfigError, check_config
 from mir_jax.train.step import StepConfig, Stepper, global_batch
+from mir_jax.weights.checkpoint import Checkpointer, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +135,23 @@ class Setup:
 
     def _initial_params(self, spec: str):
         """The Param State to start from: `init_parts` of the model at `spec` over a fresh
-        initialization (see `mir_jax.train.init_from`)."""
+        initialization (see `mir_jax.weights.parts`)."""
         from flax import nnx
 
-        from mir_jax.train import init_from as init_lib
+        from mir_jax.weights import WeightsError, load_weights
+        from mir_jax.weights import parts as init_lib
 
         try:
             parts = init_lib.parse_parts(str(self.config.get("init_parts") or "all"))
-            source = init_lib.load_source(spec)
+            loaded = load_weights(spec)
         except init_lib.InitError as e:
             raise ConfigError(str(e)) from e
+        except WeightsError as e:
+            raise ConfigError(f"init_from: {e}") from e
         except Exception as e:  # noqa: BLE001 -- no config.json, no weights, damaged checkpoint, ...
             raise ConfigError(f"init_from {spec!r} does not load ({_first_line(e)})") from e
+        log.info("init_from %s", loaded.source.describe())
+        source = loaded.model
         differ = init_lib.config_differences(source.config.to_dict(), self.model_config.to_dict(), parts)
         if differ:
             raise ConfigError(f"init_from {spec!r} is not config.model: {'; '.join(differ[:5])}"
@@ -297,175 +304,233 @@ def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]
     return [(r["captions"][0], t) for r, t in zip(records, texts)]
 
 
-def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict[str, Any]:
-    """Runs (or resumes) training; returns the final metrics {"step", "loss", "eval": {...}}.
+@dataclasses.dataclass
+class TrainResult:
+    """What `train_and_evaluate` ends with.
+
+    step: the last step trained; loss: the mean training loss of the last logged window;
+    eval: the last held-out evaluation ({"loss", "tokens", "mir", "mir_per_layer"});
+    downstream: the last score of each downstream evaluator ({"KEY/metric": value});
+    plot: loss_mir.png (process 0); preempted / signal: stopped by a preemption notice (the
+    signal number, None for `stop_at_step`); already_done: the workdir held the finished run.
+    """
+
+    step: int
+    loss: float | None = None
+    eval: dict[str, Any] = dataclasses.field(default_factory=dict)
+    downstream: dict[str, float] = dataclasses.field(default_factory=dict)
+    plot: str | None = None
+    preempted: bool = False
+    signal: int | None = None
+    already_done: bool = False
+
+
+class Throughput:
+    """Tokens, model FLOPs and losses of the steps since the last report, over the time spent
+    training: evaluation and checkpointing run inside `paused()` and are not counted."""
+
+    def __init__(self, peak_flops: float):
+        self.peak_flops = peak_flops
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses, self.tokens, self.flops, self.steps = [], 0, 0.0, 0
+        self._start, self._paused = time.perf_counter(), 0.0
+
+    def add_step(self, tokens: int, flops: float) -> None:
+        self.tokens, self.flops, self.steps = self.tokens + tokens, self.flops + flops, self.steps + 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - t
+
+    def report(self) -> dict[str, float] | None:
+        """{"loss", "tokens_per_s", "steps_per_s", "mfu"} of the window, then a new window;
+        None when no step ran in it."""
+        elapsed = time.perf_counter() - self._start - self._paused
+        if not self.steps or elapsed <= 0:
+            return None
+        out = {"loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+               "tokens_per_s": self.tokens / elapsed, "steps_per_s": self.steps / elapsed,
+               "mfu": self.flops / elapsed / self.peak_flops}
+        self.reset()
+        return out
+
+
+def read_step_metrics(step_metrics, step: int, meter: Throughput, max_bad: int) -> dict:
+    """A step's metrics on the host (a wait for that step); its loss goes to `meter` when it was
+    finite. Raises NonFiniteError after `max_bad` skipped updates in a row (0: never)."""
+    m = jax.device_get(step_metrics)
+    if not bool(m["finite"]):
+        log.warning("step %d: non-finite loss/gradient (loss=%s, grad_norm=%s); update skipped",
+                    step, m["loss"], m["grad_norm"])
+    else:
+        meter.losses.append(float(m["loss"]))
+    if int(m["bad_streak"]) >= max_bad > 0:
+        raise NonFiniteError(f"{int(m['bad_streak'])} non-finite updates in a row (config.max_bad_steps="
+                             f"{max_bad}) at step {step}; stopping. The last checkpoint holds no skipped update.")
+    return m
+
+
+class Evaluations:
+    """The loop's evaluations and their reports: held-out loss and MIR on fixed batches, the
+    downstream evaluators, and the bad-sample counts; each writes its metrics rows, prints a
+    line (process 0) and keeps its latest values in the run's `TrainResult`."""
+
+    def __init__(self, setup: Setup, writer, bar, result: TrainResult):
+        self.setup, self.writer, self.bar, self.result = setup, writer, bar, result
+        self.main = setup.process_index == 0
+        self.loss_batches, self.mir_batches = setup.eval_batches()
+        self.last_held_out = self.last_bad_report = None
+
+    def say(self, text: str) -> None:
+        if self.main:
+            self.bar.write(text)
+
+    def held_out(self, step: int, state, frozen) -> None:
+        t = time.perf_counter()
+        ev = self.setup.evaluate(state, frozen, self.loss_batches, self.mir_batches)
+        if ev:
+            self.writer.write(step, "eval", ev)
+            shown = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if k in ("loss", "mir"))
+            self.say(f"step {step}: eval {shown} ({time.perf_counter() - t:.1f}s)")
+        self.result.eval = ev
+        self.last_held_out = step
+        self.bad_samples(step)
+
+    def downstream(self, step: int, state, frozen, which) -> None:
+        t = time.perf_counter()
+        scores = run_downstream(self.setup, state, frozen, step, which)
+        if scores:
+            self.writer.write(step, "downstream", scores)
+            self.result.downstream.update(scores)
+            shown = " ".join(f"{k}={v:.3f}" for k, v in scores.items()
+                             if k.split("/")[-1] in metrics_lib.HEADLINE_SCORES)
+            self.say(f"step {step}: {shown} ({time.perf_counter() - t:.1f}s)")
+
+    def bad_samples(self, step: int) -> None:
+        # This host's counts (its slice of the stream), cumulative over resumes: they live in
+        # the data iterator's checkpointed state.
+        summary = self.setup.train_iter.bad_samples
+        self.writer.write(step, "data", {"bad_samples": summary})
+        self.say(f"step {step}: {format_bad_samples(summary)}")
+        self.last_bad_report = step
+
+    def during_training(self, step: int, state, frozen) -> None:
+        """Whatever is due at `step` (before the last one)."""
+        every = int(self.setup.config.eval.every)
+        if every and step % every == 0:
+            self.held_out(step, state, frozen)
+        due = [d for d in self.setup.downstream if d[1] and step % d[1] == 0]
+        if due:
+            self.downstream(step, state, frozen, due)
+
+    def at_end(self, step: int, state, frozen) -> None:
+        ev = self.setup.config.eval
+        if self.last_held_out != step and (ev.at_end or ev.every):
+            self.held_out(step, state, frozen)
+        if self.setup.downstream:
+            self.downstream(step, state, frozen, self.setup.downstream)
+        if self.last_bad_report != step:
+            self.bad_samples(step)
+
+
+def _start_run_files(setup: Setup) -> None:
+    """config.json (with the versions that ran it) and the run's size, from process 0."""
+    os.makedirs(setup.workdir, exist_ok=True)
+    with open(os.path.join(setup.workdir, "config.json"), "w") as f:
+        json.dump(_plain_config(setup.config), f, indent=1)
+    trainable, frozen = setup.stepper.partition.counts()
+    log.info("mesh %s; parameters: %s trainable, %s frozen", dict(setup.mesh.shape), f"{trainable:,}",
+             f"{frozen:,}")
+
+
+def _print_final_mir(result: TrainResult, method: str) -> None:
+    if "mir_per_layer" in result.eval:
+        from mir_jax.mir import MIRResult
+
+        ev = result.eval
+        print(format_mir(MIRResult(np.asarray(ev["mir_per_layer"]), np.asarray(ev["mir"])), method))
+
+
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResult:
+    """Runs (or resumes) training to `config.total_steps` (see the module docstring).
 
     `stop_at_step` behaves like a preemption notice arriving at that step (checkpoint, return):
     for tests and time-boxed jobs."""
-    setup = Setup(config, workdir)
-    st = setup.stepper
-    main = setup.process_index == 0
-    total = int(config.total_steps)
-    start, state, frozen = setup.initial_state()
-    if start >= total:
-        # A finished run: rerunning it must change nothing (no metrics row, no event file).
-        setup.checkpointer.close()
-        log.info("%s holds the finished run (step %d of total_steps %d); nothing to do", workdir, start, total)
-        return {"step": start, "already_done": True}
-    writer = metrics_lib.MetricWriter(workdir, active=main, resume_step=start if start else None)
-    if main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(_plain_config(config), f, indent=1)
-        tr, fr = st.partition.counts()
-        log.info("mesh %s; parameters: %s trainable, %s frozen", dict(setup.mesh.shape), f"{tr:,}", f"{fr:,}")
-    loss_batches, mir_batches = setup.eval_batches()
-    # Multi-host: a SIGTERM seen by one host must stop every host at the same step (the save is
-    # collective; a host saving alone aborts the run). JAX's preemption notifier, started by
-    # jax.distributed.initialize, listens for SIGTERM and `reached_preemption` below agrees on
-    # the step, so there the Python handler must not take SIGTERM away from it.
-    stop = StopSignal() if setup.process_count == 1 else StopSignal(signals=())
-    ev_cfg = config.eval
-    peak = float(config.get("peak_flops") or 0) or metrics_lib.peak_flops_per_device()
-    n_dev = jax.device_count()
-    max_bad = int(config.max_bad_steps)
-    result: dict[str, Any] = {"step": start}
-
     from tqdm import tqdm
 
+    setup = Setup(config, workdir)
+    stepper, checkpointer, main = setup.stepper, setup.checkpointer, setup.process_index == 0
+    total, log_every, max_bad = int(config.total_steps), int(config.log_every), int(config.max_bad_steps)
+    start, state, frozen = setup.initial_state()
+    if start >= total:  # a finished run: rerunning it must change nothing (no metrics row, no event file)
+        checkpointer.close()
+        log.info("%s holds the finished run (step %d of total_steps %d); nothing to do", workdir, start, total)
+        return TrainResult(step=start, already_done=True)
+    if main:
+        _start_run_files(setup)
+    result = TrainResult(step=start)
+    writer = metrics_lib.MetricWriter(workdir, active=main, resume_step=start or None)
     bar = tqdm(total=total, initial=start, disable=not main, dynamic_ncols=True, desc="train")
-    pending = None  # metrics of the last dispatched step, read one step late (keeps dispatch async)
-    window = {"loss": [], "tokens": 0, "flops": 0.0, "t0": time.perf_counter(), "steps": 0}
-    last_eval_step = last_bad_report = None
-
-    def report_bad_samples(step):
-        # This host's counts (its slice of the stream), cumulative over resumes: they live in
-        # the data iterator's checkpointed state.
-        nonlocal last_bad_report
-        summary = setup.train_iter.bad_samples
-        writer.write(step, "data", {"bad_samples": summary})
-        if main:
-            bar.write(f"step {step}: {format_bad_samples(summary)}")
-        last_bad_report = step
-
-
-    def drain(step_metrics, step):
-        m = jax.device_get(step_metrics)
-        if not bool(m["finite"]):
-            log.warning("step %d: non-finite loss/gradient (loss=%s, grad_norm=%s); update skipped",
-                        step, m["loss"], m["grad_norm"])
-        else:
-            window["loss"].append(float(m["loss"]))
-        return m
-
-    def flush_window(step, extra):
-        dt = time.perf_counter() - window["t0"]
-        if not window["steps"] or dt <= 0:
-            return
-        tps = window["tokens"] / dt
-        scalars = {"loss": float(np.mean(window["loss"])) if window["loss"] else float("nan"),
-                   "tokens_per_s": tps, "steps_per_s": window["steps"] / dt,
-                   "mfu": window["flops"] / dt / (peak * n_dev), **extra}
-        writer.write(step, "train", scalars)
-        bar.set_postfix_str(f"loss {scalars['loss']:.3f}  tok/s {tps:,.0f}  MFU {scalars['mfu']:.1%}")
-        result.update(step=step, loss=scalars["loss"])
-        window.update(loss=[], tokens=0, flops=0.0, t0=time.perf_counter(), steps=0)
-
-    def run_eval(step):
-        nonlocal last_eval_step
-        t = time.perf_counter()
-        ev = setup.evaluate(state, frozen, loss_batches, mir_batches)
-        if ev:
-            writer.write(step, "eval", ev)
-            msg = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if k in ("loss", "mir"))
-            if main:
-                bar.write(f"step {step}: eval {msg} ({time.perf_counter() - t:.1f}s)")
-        result["eval"] = ev
-        last_eval_step = step
-        report_bad_samples(step)
-        window["t0"] += time.perf_counter() - t  # evaluation time is not training throughput
-
-    def run_downstream_now(step, which):
-        t = time.perf_counter()
-        scores = run_downstream(setup, state, frozen, step, which)
-        if scores:
-            writer.write(step, "downstream", scores)
-            result.setdefault("downstream", {}).update(scores)
-            if main:
-                shown = " ".join(f"{k}={v:.3f}" for k, v in scores.items()
-                                 if k.split("/")[-1] in metrics_lib.HEADLINE_SCORES)
-                bar.write(f"step {step}: {shown} ({time.perf_counter() - t:.1f}s)")
-        window["t0"] += time.perf_counter() - t
-
+    evaluations = Evaluations(setup, writer, bar, result)
+    peak = float(config.get("peak_flops") or 0) or metrics_lib.peak_flops_per_device()
+    meter = Throughput(peak * jax.device_count())
+    # Multi-host: a SIGTERM seen by one host must stop every host at the same step (the save is
+    # collective); JAX's preemption notifier takes SIGTERM there and `reached_preemption` agrees.
+    stop = StopSignal() if setup.process_count == 1 else StopSignal(signals=())
+    pending = None  # the last step's metrics, read one step late so that dispatch stays ahead
     try:
-        step = start
-        while step < total:
+        for step in range(start + 1, total + 1):
             batch = next(setup.train_iter)
-            tokens, fpt = _mfu_numbers(setup, batch)
-            state, step_metrics = st.train_step(state, frozen, global_batch(batch, st))
-            step += 1
-            if pending is not None:
-                m = drain(*pending)
-                if int(m["bad_streak"]) >= max_bad > 0:
-                    raise NonFiniteError(
-                        f"{int(m['bad_streak'])} non-finite updates in a row (config.max_bad_steps="
-                        f"{max_bad}) at step {pending[1]}; stopping. The last checkpoint "
-                        f"(step {setup.checkpointer.latest_step()}) is intact and holds no skipped update.")
-            pending = (step_metrics, step)
-            window["tokens"] += tokens
-            window["flops"] += tokens * fpt
-            window["steps"] += 1
+            tokens, flops_per_token = _mfu_numbers(setup, batch)
+            state, step_metrics = stepper.train_step(state, frozen, global_batch(batch, stepper))
+            meter.add_step(tokens, tokens * flops_per_token)
             bar.update(1)
-            if step % int(config.log_every) == 0 or step == total:
-                m = drain(*pending)
+            if pending is not None:
+                read_step_metrics(*pending, meter, max_bad)
+            pending = (step_metrics, step)
+            if step % log_every == 0 or step == total:
+                m = read_step_metrics(*pending, meter, max_bad)
                 pending = None
-                flush_window(step, {"grad_norm": float(m["grad_norm"]), "skipped": int(m["skipped"]),
-                                    "lr": float(st.schedule(step - 1)), "param_norm": float(m["param_norm"])})
-                if int(m["bad_streak"]) >= max_bad > 0:
-                    raise NonFiniteError(f"{int(m['bad_streak'])} non-finite updates in a row at step {step}")
-            if ev_cfg.every and step % int(ev_cfg.every) == 0 and step < total:
-                run_eval(step)
-            due = [d for d in setup.downstream if d[1] and step % d[1] == 0 and step < total]
-            if due:
-                run_downstream_now(step, due)
-            preempted = (bool(stop) or step == stop_at_step
-                         or (setup.process_count > 1 and setup.checkpointer.reached_preemption(step)))
-            t = time.perf_counter()
-            setup.checkpointer.save(step, state, frozen, setup.train_iter, _plain_config(config), force=preempted)
-            window["t0"] += time.perf_counter() - t
+                scalars = meter.report()
+                if scalars:
+                    scalars.update(grad_norm=float(m["grad_norm"]), skipped=int(m["skipped"]),
+                                   lr=float(stepper.schedule(step - 1)), param_norm=float(m["param_norm"]))
+                    writer.write(step, "train", scalars)
+                    bar.set_postfix_str(f"loss {scalars['loss']:.3f}  tok/s {scalars['tokens_per_s']:,.0f}  "
+                                        f"MFU {scalars['mfu']:.1%}")
+                    result.step, result.loss = step, scalars["loss"]
+            with meter.paused():
+                if step < total:
+                    evaluations.during_training(step, state, frozen)
+                preempted = (bool(stop) or step == stop_at_step
+                             or (setup.process_count > 1 and checkpointer.reached_preemption(step)))
+                checkpointer.save(step, state, frozen, setup.train_iter, _plain_config(config), force=preempted)
             if preempted:
-                setup.checkpointer.wait()
+                checkpointer.wait()
                 log.info("stopped at step %d; checkpoint saved, rerun the same command to resume", step)
-                result.update(step=step, preempted=True, signal=stop.received)
+                result.step, result.preempted, result.signal = step, True, stop.received
                 return result
         bar.close()
-        if last_eval_step != total and (config.eval.at_end or ev_cfg.every):
-            run_eval(total)
-        if setup.downstream:
-            run_downstream_now(total, setup.downstream)
-        if last_bad_report != total:
-            report_bad_samples(total)
-        setup.checkpointer.save(total, state, frozen, setup.train_iter, _plain_config(config), force=True)
-        setup.checkpointer.wait()
+        evaluations.at_end(total, state, frozen)
+        checkpointer.save(total, state, frozen, setup.train_iter, _plain_config(config), force=True)
+        checkpointer.wait()
         if main:
             writer.flush()
-            png = metrics_lib.plot_metrics(writer.path, os.path.join(workdir, "loss_mir.png"))
-            result["plot"] = png
-            ev = result.get("eval") or {}
-            if "mir_per_layer" in ev:
-                import jax.numpy as jnp
-
-                from mir_jax.mir import MIRResult
-
-                print(format_mir(MIRResult(jnp.asarray(ev["mir_per_layer"]), jnp.asarray(ev["mir"])),
-                                 config.eval.mir_method))
+            result.plot = metrics_lib.plot_metrics(writer.path, os.path.join(workdir, "loss_mir.png"))
+            _print_final_mir(result, config.eval.mir_method)
         if int(config.eval.get("sample_captions", 0)):  # on every host: see sample_captions
             for target, got in sample_captions(setup, state, frozen, int(config.eval.sample_captions)):
                 print(f"  target:    {target}\n  generated: {got}")
-        result["step"] = total
+        result.step = total
         return result
     finally:
         bar.close()
         stop.restore()
         writer.close()
-        setup.checkpointer.close()
+        checkpointer.close()

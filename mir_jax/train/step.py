@@ -25,8 +25,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mir_jax.data.templates import IGNORE_INDEX
+from mir_jax.evals.mir import mir_forward
 from mir_jax.models import LlavaConfig, LlavaModel
+from mir_jax.models.forward import LOSS_INPUTS, forward, loss_sums
+from mir_jax.models.partition import partition_model
 from mir_jax.sharding import (
     LOGICAL_AXIS_RULES,
     batch_axes,
@@ -34,43 +36,6 @@ from mir_jax.sharding import (
     data_parallel_size,
     use_mesh,
 )
-from mir_jax.train.partition import partition_model
-
-# The batch keys (of the data contract, mir_jax.data.BATCH_KEYS) that the step reads.
-STEP_INPUTS = ("input_ids", "labels", "segment_ids", "positions", "pixel_values", "image_mask")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------
-def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Next-token cross entropy. logits [B, S, V] float32, labels [B, S] unshifted.
-
-    Position t predicts labels[t+1]; the last position predicts nothing. The labels are shifted
-    rather than the logits, so the [B, S, V] array is never sliced (a full copy, and another in
-    the backward pass). Returns (ce [B, S], log-partition [B, S], valid [B, S] float32 1/0).
-    """
-    targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
-    valid = targets != IGNORE_INDEX
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    return (lse - picked), lse, valid.astype(jnp.float32)
-
-
-def loss_sums(logits, labels, z_loss: float = 0.0) -> dict[str, jax.Array]:
-    """Sums over valid tokens (divided by the *global* count only after all micro-batches and
-    devices are summed, so the loss is a mean over the global batch's tokens, not a mean of means)."""
-    ce, lse, valid = token_losses(logits, labels)
-    out = {"ce_sum": jnp.sum(ce * valid), "tokens": jnp.sum(valid)}
-    out["z_sum"] = jnp.sum(jnp.square(lse) * valid) if z_loss else jnp.zeros((), jnp.float32)
-    return out
-
-
-def _forward(model: LlavaModel, batch: Mapping, *, hidden: bool = False):
-    return model(batch["input_ids"], batch["pixel_values"], batch["image_mask"],
-                 segment_ids=batch["segment_ids"], positions=batch["positions"],
-                 output_hidden_states=hidden)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +146,7 @@ class Stepper:
 
     def init(self, seed: int, params: nnx.State | None = None):
         """Fresh (state, frozen), created directly in their shardings. `params` (a Param State,
-        e.g. from `hf.load_pretrained`) replaces the random initialization."""
+        e.g. from `mir_jax.weights.load_weights`) replaces the random initialization."""
         out_sh = (self.state_shardings, self.frozen_shardings)
         if params is not None:
             return jax.jit(lambda p: self._fresh(*self.partition.split(p)), out_shardings=out_sh)(params)
@@ -202,7 +167,7 @@ class Stepper:
         z = self.step_config.z_loss
 
         def loss_fn(p):
-            out = _forward(nnx.merge(self.graphdef, self.partition.combine(p, frozen)), batch)
+            out = forward(nnx.merge(self.graphdef, self.partition.combine(p, frozen)), batch)
             sums = loss_sums(out.logits, batch["labels"], z)
             return sums["ce_sum"] + z * sums["z_sum"], sums
 
@@ -255,7 +220,7 @@ class Stepper:
     def jit_train_step(self, batch_ndims: Mapping[str, int]):
         """The jitted, sharded train step (state donated) for batches of these ranks; call,
         or `.lower(...)`, it under `use_mesh(self.mesh, self.rules)` (see `mir_jax.train.dry_run`)."""
-        batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in STEP_INPUTS}
+        batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in LOSS_INPUTS}
         return jax.jit(self._train_step_fn,
                        in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh),
                        out_shardings=(self.state_shardings, self.replicated),
@@ -264,9 +229,7 @@ class Stepper:
     def jit_eval_step(self, batch_ndims: Mapping[str, int]):
         """The in-loop MIR evaluation (`mir_jax.evals.mir.mir_forward`: hidden states reduced to
         MIR rows, label NLL sums) jitted for this mesh, for the dry run's memory estimate."""
-        from mir_jax.evals.mir import mir_forward
-
-        batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in STEP_INPUTS}
+        batch_sh = {k: self.batch_sharding(batch_ndims[k]) for k in LOSS_INPUTS}
         return jax.jit(lambda s, f, b: mir_forward(self.model(s, f), b),
                        in_shardings=(self.state_shardings, self.frozen_shardings, batch_sh))
 
@@ -274,12 +237,12 @@ class Stepper:
         """One optimizer step on a global batch (host dict of arrays or global jax.Arrays).
         Returns (new state, metrics dict of scalars). The old state is donated."""
         if self._train_step is None:
-            self._train_step = self.jit_train_step({k: np.ndim(batch[k]) for k in STEP_INPUTS})
+            self._train_step = self.jit_train_step({k: np.ndim(batch[k]) for k in LOSS_INPUTS})
         with use_mesh(self.mesh, self.rules):
-            return self._train_step(state, frozen, {k: batch[k] for k in STEP_INPUTS})
+            return self._train_step(state, frozen, {k: batch[k] for k in LOSS_INPUTS})
 
 def global_batch(local: Mapping[str, np.ndarray], stepper: Stepper) -> dict[str, jax.Array]:
     """This process's rows -> global jax.Arrays sharded over (data, fsdp) (multi-host safe)."""
     return {k: jax.make_array_from_process_local_data(stepper.batch_sharding(np.ndim(local[k])),
                                                       np.asarray(local[k]))
-            for k in STEP_INPUTS}
+            for k in LOSS_INPUTS}

@@ -20,7 +20,7 @@ ignores, so that it can write those steps again). Only when no step restores is 
 A checkpoint whose parameter shapes differ from the config's (e.g. another `num_layers`) is not
 damage but a config mismatch: one line naming the parameter and both shapes, no fallback.
 
-Evaluation and init_from read parameters only (`restore_params`): the state item's `params`
+Evaluation and init_from read parameters only (`read_params`): the state item's `params`
 subtree and the frozen item, restored into targets built from the checkpoint's own model config
 and trainable recipe (no optimizer built, its moments never read), with the same fallback and
 one-line errors.
@@ -39,7 +39,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -48,16 +48,6 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 ARRAY_ITEMS = ("state", "frozen")  # StandardCheckpointHandler items (arrays + _METADATA)
-
-# Orbax splits the writing of a replicated array over its replicas, each slicing its part with
-# a jitted slice: one compilation per array shape and device, ~17 s on a first save of the tiny
-# runlocal model over 8 CPU devices for arrays of a few KiB. Only arrays whose per-replica part
-# is at least 1 MiB are worth splitting. (Set on orbax's default handler: registering a new one
-# would drop its metadata store and log a warning on every import.)
-_ARRAY_HANDLER = ocp.type_handlers.get_type_handler(jax.Array)
-if hasattr(_ARRAY_HANDLER, "_min_slice_bytes_for_replica_parallel"):
-    _ARRAY_HANDLER._min_slice_bytes_for_replica_parallel = 2**20
-
 
 class CheckpointError(RuntimeError):
     """No checkpoint restores, or one does not fit the config; the message is one line."""
@@ -356,7 +346,7 @@ def abstract_params(model_config, recipe, mesh):
     """(graphdef, partition, trainable, frozen) of the model: trainable/frozen {key: ShapeDtypeStruct} as
     the train state and the frozen item hold them (split by `recipe`), in `mesh`'s shardings,
     built from the model config alone (no optimizer, nothing allocated)."""
-    from mir_jax.train.partition import partition_model
+    from mir_jax.models.partition import partition_model
 
     graphdef, params, partition = partition_model(model_config, recipe)
     trainable, frozen = jax.eval_shape(partition.split, params)
@@ -372,9 +362,20 @@ def _restore_args(tree):
                                   partial_restore=True)
 
 
-def restore_params(workdir: str, step: int | None = None, mesh=None):
-    """(step, run config, LlavaConfig, model): the parameters of a training workdir's checkpoint
-    (the newest that restores, or the one at `step`), nothing else.
+class RestoredParams(NamedTuple):
+    """`read_params`' result: the step read, the newer steps skipped as damaged (newest first),
+    the run's config, its model config (with any overrides) and the model."""
+
+    step: int
+    skipped: list[int]
+    run_config: Any
+    model_config: Any
+    model: Any
+
+
+def read_params(workdir: str, step: int | None = None, mesh=None, **config_overrides) -> RestoredParams:
+    """The parameters of a training workdir's checkpoint (the newest that restores, or the one
+    at `step`), nothing else; `mir_jax.weights.load_weights` is the public way in.
 
     Only the state item's `params` subtree and the frozen item are read (an orbax partial
     restore into abstract targets built from the checkpoint's own model config and trainable
@@ -405,7 +406,7 @@ def restore_params(workdir: str, step: int | None = None, mesh=None):
             raise CheckpointError(damage)
         config = ml_collections.ConfigDict(
             manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
-        model_config = LlavaConfig.from_dict(config.model)
+        model_config = LlavaConfig.from_dict(config.model).replace(**config_overrides)
         graphdef, partition, trainable, frozen = abstract_params(model_config, config.trainable, mesh)
         meta = manager.item_metadata(s)
         # Compared as the train state names them ("state.params.<key>"), optimizer left out.
@@ -428,11 +429,11 @@ def restore_params(workdir: str, step: int | None = None, mesh=None):
     # evaluation does not ask for it (no iterator to restore into), so the warning says nothing.
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
-        step, (config, model_config, model), _ = restore_newest(
+        step, (config, model_config, model), skipped = restore_newest(
             manager.directory, steps if step is None else [step], restore_one)
     finally:
         absl_logging.set_verbosity(verbosity)
         manager.close()
     log.info("loaded %s at step %d", manager.directory, step)
-    return step, config, model_config, model
+    return RestoredParams(step, skipped, config, model_config, model)
 

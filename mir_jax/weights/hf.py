@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mir_jax.data.images import resolve_vision_tower
 from mir_jax.models.config import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
 from mir_jax.models.connectors import Connector
 from mir_jax.models.layers import make_stack
@@ -463,7 +464,7 @@ def _abstract_model(cfg: LlavaConfig) -> LlavaModel:
 # ==============================================================================================
 # Public API
 # ==============================================================================================
-def load_pretrained(path: str, *, vision_tower_path: str | None = None, dtype: str | None = None,
+def read_pretrained(path: str, *, vision_tower_path: str | None = None, dtype: str | None = None,
                     **config_overrides) -> tuple[LlavaConfig, LlavaModel]:
     """(config, model) from an HF LLaVA directory or an original-LLaVA-repo directory.
 
@@ -488,19 +489,8 @@ def load_pretrained(path: str, *, vision_tower_path: str | None = None, dtype: s
                      f"original-LLaVA (LlavaLlamaForCausalLM) config (model_type={d.get('model_type')!r})")
 
 
-def _resolve_tower(name: str, base: str) -> str:
-    cands = [name, os.path.join(base, name), os.path.join(base, os.path.basename(name))]
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
-    cands += sorted(glob.glob(os.path.join(hub, "models--" + name.replace("/", "--"), "snapshots", "*")))
-    for c in cands:
-        if os.path.isdir(c) and os.path.exists(os.path.join(c, "config.json")):
-            return c
-    raise FileNotFoundError(f"vision tower {name!r} not found locally (tried {cands}); pass vision_tower_path=")
-
-
 def _load_original(path, d, refs, vision_tower_path, overrides):
-    tower = vision_tower_path or _resolve_tower(d.get("mm_vision_tower", ""), path)
+    tower = vision_tower_path or resolve_vision_tower(d.get("mm_vision_tower", ""), path)
     has_moca = any(".modality_layernorm." in k for k in refs)
     select = d.get("mm_vision_select_feature", "patch")
     if select not in ("patch", "cls_patch"):
@@ -651,5 +641,5 @@ def _module_at(model, path: tuple):
 
 __all__ = [
     "IMAGE_TOKEN_INDEX_ORIGINAL", "build_stage1", "config_from_hf", "config_to_hf",
-    "index_safetensors", "load_pretrained", "save_pretrained",
+    "index_safetensors", "read_pretrained", "save_pretrained",
 ]

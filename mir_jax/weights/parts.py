@@ -1,8 +1,9 @@
-"""Where a run's starting weights come from: `config.init_from` and `config.init_parts`.
+"""A model's parts, and taking some of them from loaded weights: `config.init_from` and
+`config.init_parts`.
 
 `init_from` is
   ""                  random weights;
-  DIR                 a Hugging Face or original LLaVA directory (`mir_jax.hf.load_pretrained`;
+  DIR                 a Hugging Face or original LLaVA directory (`mir_jax.weights.load_weights`;
                       e.g. `hf.build_stage1(clip, vicuna)` saved with `save_pretrained`);
   WORKDIR[@STEP]      one of our training workdirs: its newest checkpoint that restores, or the
                       one at STEP (stage 1 -> stage 2 chaining, any connector, MoCa included).
@@ -44,7 +45,7 @@ def parse_parts(spec: str) -> tuple[str, ...]:
 
 def split_step(spec: str) -> tuple[str, int | None]:
     """'WORKDIR@STEP' -> (WORKDIR, STEP); anything else -> (spec, None). The one parser of the
-    form (init_from here, evaluate.py's --checkpoint/--compare via `mir_jax.evals.loading`)."""
+    form (init_from, evaluate.py's --checkpoint/--compare, via `mir_jax.weights.load_weights`)."""
     path, at, step = spec.rpartition("@")
     if at and step.isdigit() and os.path.isdir(os.path.join(path, "checkpoints")):
         return path, int(step)
@@ -54,16 +55,6 @@ def split_step(spec: str) -> tuple[str, int | None]:
 def source_exists(spec: str) -> bool:
     path, _ = split_step(spec)
     return os.path.isdir(path)
-
-
-def load_source(spec: str):
-    """The model at `spec` (workdir[@step] or HF directory): an nnx LlavaModel."""
-    path, step = split_step(spec)
-    if step is None and "@" in spec and not os.path.isdir(spec):
-        raise InitError(f"init_from {spec!r}: {spec.rpartition('@')[0]!r} is not a training workdir")
-    from mir_jax.evals.loading import load_weights  # the one loader (parameters only)
-
-    return load_weights(path, step)[1]
 
 
 def _flat(state) -> dict[tuple, np.ndarray]:
