@@ -7,7 +7,8 @@ One interface (`base.Evaluator`, picked by name from one registry) serves the tr
   mir              mir.py               mir (overall), lm_loss; per-layer FD in details
   loss             loss.py              loss, perplexity
   caption          caption.py           cider (CIDEr-D), bleu_4, bleu_1..3 (meteor with Java)
-  vqa              vqa.py               accuracy (VQAv2 formula, or exact match for GQA)
+  vqa              vqa.py               accuracy (VQAv2: vqaEval.py; TextVQA: LLaVA's m4c; GQA: its
+                                        eval.py; details["scorer"] names it)
   pope             pope.py              accuracy, precision, recall, f1, yes_ratio
   multiple_choice  multiple_choice.py   accuracy (letter parsed), likelihood_accuracy
 
@@ -17,7 +18,8 @@ generic multiple-choice JSONL). Generation is batched greedy decoding with the K
 (`predict.py`, `mir_jax.models.generate`); prompts are the model's training template with the
 answer left out (`prompts.py`); few-shot examples come from a support split (`fewshot.py`).
 
-Stable names: `vqa_accuracy(prediction, answers) -> float`, `normalize_answer(text) -> str`.
+Stable names: `vqa_accuracy(prediction, answers, scoring="official") -> float`,
+`normalize_answer(text) -> str`. Re-scoring answer files without a model: `rescore.py`.
 """
 
 from . import caption, loss, mir, multiple_choice, pope, vqa  # noqa: F401  (register evaluators)
