@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import glob
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 from mir_jax.evals.loading import load_model
 from mir_jax.train.loop import Setup, train_and_evaluate
+from mir_jax.weights import WeightsSource
 from mir_jax.weights.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -24,6 +26,7 @@ from mir_jax.weights.checkpoint import (
     restore_newest,
 )
 from tests import train_fixtures as fx
+from tests.helpers import run_tool
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +202,12 @@ def test_evaluation_loader_falls_back_and_changes_nothing(run, tmp_path, caplog)
     _truncate_every_array_file(os.path.join(ckpts, "6"), keep=0)
     before = _files(ckpts)
     with caplog.at_level(logging.WARNING, logger="mir_jax.weights.checkpoint"):
-        model = load_model(workdir).model
+        handle = load_model(workdir)
+    model = handle.model
     want = load_model(run, step=3).model
+    # The handle says which weights it holds: step 3, step 6 skipped as damaged.
+    assert handle.weights == WeightsSource("workdir", workdir, 3, (6,))
+    assert "at step 3 (newer step 6 damaged, skipped)" in handle.weights.describe()
     warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
     assert len(warnings) == 1 and "checkpoint step 6" in warnings[0] and "trying step 3" in warnings[0]
     from flax import nnx
@@ -209,3 +216,22 @@ def test_evaluation_loader_falls_back_and_changes_nothing(run, tmp_path, caplog)
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert _files(ckpts) == before  # evaluation renames nothing
+
+
+@pytest.mark.slow
+def test_evaluate_cli_says_and_records_which_step_it_scored(run, tmp_path):
+    """A damaged newest checkpoint: evaluate.py warns, prints the step it used, and mir.json and
+    evals.json record it (and the step it skipped)."""
+    workdir = _copy(run, tmp_path)
+    _truncate_every_array_file(os.path.join(workdir, "checkpoints", "6"), keep=0)
+    out = tmp_path / "out"
+    r = run_tool("evaluate.py", f"--checkpoint={workdir}", "--evals=mir,loss", "--num_samples=4",
+                 "--batch_size=4", "--seq_len=256", "--mode=exact", f"--output_dir={out}", "--noprogress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "evaluating step 3 instead" in r.stderr and "at step 3 (newer step 6 damaged, skipped)" in r.stdout
+    want = {"kind": "workdir", "path": workdir, "step": 3, "skipped_steps": [6]}
+    (record,) = json.loads((out / "mir.json").read_text())["results"].values()
+    assert record["weights"] == want
+    evals = json.loads((out / "evals.json").read_text())
+    assert list(evals["weights"].values()) == [want]
+    assert evals["versions"]["jax"] == jax.__version__

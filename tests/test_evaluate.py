@@ -190,6 +190,8 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     config.eval.mir_seq_len = 256
     result = train_and_evaluate(config, str(tmp_path))
     in_loop = result.eval["mir"]
+    # The loop says what its MIR was computed on (set beside evaluate.py's at a glance).
+    assert result.eval["mir_samples"] == 8 and result.eval["mir_row_length"] == 256
 
     pre = load_model(str(tmp_path))
     model_config, model = pre.model.config, pre.model
@@ -199,6 +201,8 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
                                num_image_tokens=model_config.num_image_tokens, batch_size=8, seq_len=256)
     reloaded = evaluate_mir(model, lambda: iter(batches), method=config.eval.mir_method, progress=False)
     assert abs(reloaded.overall - in_loop) < 1e-4
+    assert (result.eval["mir_vision_tokens"], result.eval["mir_text_tokens"]) == (
+        8 * model_config.num_image_tokens, reloaded.num_text_tokens)
     with pytest.raises(FileNotFoundError, match="not a mir-jax training workdir"):
         load_model(str(tmp_path / "nothing"))
 

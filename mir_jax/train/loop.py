@@ -207,6 +207,9 @@ class Setup:
                                mesh=self.mesh, progress=False)
             out["mir"] = float(res.overall)
             out["mir_per_layer"] = np.asarray(res.per_layer).tolist()
+            # What the value was computed on, so that it can be set beside evaluate.py's.
+            out.update(mir_samples=res.num_samples, mir_vision_tokens=res.num_vision_tokens,
+                       mir_text_tokens=res.num_text_tokens, mir_row_length=int(np.shape(mir_batches[0]["input_ids"])[1]))
         return out
 
 
@@ -397,6 +400,9 @@ class Evaluations:
         if ev:
             self.writer.write(step, "eval", ev)
             shown = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if k in ("loss", "mir"))
+            if "mir" in ev:
+                shown += (f" (MIR over {ev['mir_samples']} samples, {ev['mir_vision_tokens']} vision / "
+                          f"{ev['mir_text_tokens']} text tokens, rows of {ev['mir_row_length']})")
             self.say(f"step {step}: eval {shown} ({time.perf_counter() - t:.1f}s)")
         self.result.eval = ev
         self.last_held_out = step
@@ -440,10 +446,14 @@ class Evaluations:
 
 
 def _start_run_files(setup: Setup) -> None:
-    """config.json (with the versions that ran it) and the run's size, from process 0."""
+    """config.json (with the library versions that ran it, under "versions") and the run's
+    size, from process 0."""
+    from mir_jax import provenance
+
     os.makedirs(setup.workdir, exist_ok=True)
     with open(os.path.join(setup.workdir, "config.json"), "w") as f:
-        json.dump(_plain_config(setup.config), f, indent=1)
+        json.dump({**_plain_config(setup.config), "versions": provenance.versions()}, f, indent=1)
+    log.info("%s", provenance.summary())
     trainable, frozen = setup.stepper.partition.counts()
     log.info("mesh %s; parameters: %s trainable, %s frozen", dict(setup.mesh.shape), f"{trainable:,}",
              f"{frozen:,}")
