@@ -100,6 +100,9 @@ flags.DEFINE_string("mc_data", "embedded", "Multiple-choice data: 'embedded' or 
 flags.DEFINE_string("score_answers", None, "Re-score this LLaVA or lmms-eval answer file with our scorers, "
                     "no model loaded, against the one --vqa_data/--pope_data/--mc_data/--caption_data "
                     "file given (mir_jax/evals/rescore.py); scores to --output_dir if set.")
+flags.DEFINE_string("hidden_states", None, "MIR of hidden states dumped to safetensors (one file or a "
+                    "directory of shards; layout: docs/mir.md section 10, tools/dump_hidden_states.py), "
+                    "no model loaded; --method and --mode apply.")
 flags.DEFINE_list("shots", ["0"], "In-context examples for caption and vqa (e.g. 0,4,8).")
 flags.DEFINE_integer("max_new_tokens", 0, "Generated tokens per answer (0: each evaluator's default).")
 flags.DEFINE_string("prompt_template", None, "Prompt template of the downstream prompts (default: the "
@@ -238,6 +241,8 @@ def main(argv):
             task: _data_spec(FLAGS[flag].value, flag) for task, flag in (
                 ("vqa", "vqa_data"), ("pope", "pope_data"), ("multiple_choice", "mc_data"),
                 ("caption", "caption_data"))}, FLAGS.output_dir))
+    if FLAGS.hidden_states:  # no model: mir_jax/mir/hidden_states.py
+        return _evaluate_hidden_states(FLAGS.hidden_states)
     from mir_jax import distributed
 
     try:  # before anything touches a device (see mir_jax/distributed.py)
@@ -256,7 +261,6 @@ def main(argv):
     import jax
     import numpy as np
 
-    from mir_jax.evals.mir import plot_per_layer
     from mir_jax.sharding import data_parallel_size, make_mesh
 
     paths = list(FLAGS.compare)
@@ -347,15 +351,7 @@ def main(argv):
     output_dir = FLAGS.output_dir or _default_output_dir(paths)
     os.makedirs(output_dir, exist_ok=True)
     flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
-    written = []
-    if results:
-        out_json = os.path.join(output_dir, "mir.json")
-        tmp = out_json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(dict(flags=flag_values, versions=provenance.versions(), results=records), f, indent=2)
-        os.replace(tmp, out_json)
-        plot_per_layer(results, os.path.join(output_dir, "mir_per_layer.png"))
-        written += [out_json, os.path.join(output_dir, "mir_per_layer.png")]
+    written = _write_mir(results, records, output_dir) if results else []
     if downstream:
         for (name, _key), out in outputs.items():
             write_result(out, output_dir, prefix=f"{name}_" if len(scores) > 1 else "")
@@ -368,6 +364,57 @@ def main(argv):
         written += [evals_json, png, f"{len(outputs)} *_scores.json / *_predictions.jsonl"]
     print(f"\nwrote {' and '.join(written)} in {output_dir}" if len(written) > 2
           else f"\nwrote {' and '.join(written)}")
+
+
+def _write_mir(results: dict, records: dict, output_dir: str) -> list[str]:
+    """mir.json (flags, versions, one record per model) and mir_per_layer.png; their paths."""
+    from mir_jax import provenance
+    from mir_jax.evals.mir import plot_per_layer
+
+    flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+    out_json = os.path.join(output_dir, "mir.json")
+    with open(out_json + ".tmp", "w") as f:
+        json.dump(dict(flags=flag_values, versions=provenance.versions(), results=records), f, indent=2)
+    os.replace(out_json + ".tmp", out_json)
+    plot_per_layer(results, os.path.join(output_dir, "mir_per_layer.png"))
+    return [out_json, os.path.join(output_dir, "mir_per_layer.png")]
+
+
+def _evaluate_hidden_states(path: str) -> None:
+    """MIR of dumped hidden states (no model): the table, mir.json and the plot as for a model.
+    Intervals when an --uncertainty flag asks for them (exact mode only; streaming refuses)."""
+    import numpy as np
+
+    from mir_jax import provenance
+    from mir_jax.evals.mir import MIREvaluation
+    from mir_jax.mir import format_mir
+    from mir_jax.mir.hidden_states import hidden_states_mir
+
+    uncertainty = FLAGS["uncertainty"].value if "uncertainty" in FLAGS else None
+    print(provenance.summary())
+    try:
+        out = hidden_states_mir(path, method=FLAGS.method, mode=FLAGS.mode, uncertainty=uncertainty)
+    except ValueError as e:  # HiddenStatesError: one line naming the file and the sample
+        _fail(f"--hidden_states: {e}")
+    name = os.path.basename(os.path.normpath(path))
+    result = out.result
+    evaluation = MIREvaluation(
+        per_layer=np.asarray(result.per_layer), overall=float(result.overall), method=out.method,
+        mode=out.mode, num_samples=out.num_samples, num_vision_tokens=out.num_vision_tokens,
+        num_text_tokens=out.num_text_tokens, lm_loss=None, perplexity=None, timings=out.timings,
+        diagnostics=out.diagnostics)
+    record = dict(hidden_states=path, dtype=out.index.dtype, **evaluation.to_json())
+    if result.per_layer_se is not None:
+        record.update(uncertainty=uncertainty, num_groups=out.num_groups, **{
+            k: np.asarray(getattr(result, k)).tolist()
+            for k in ("per_layer_se", "per_layer_interval", "overall_se", "overall_interval")})
+    print(f"\n== {name}: MIR over {out.num_samples} samples ({out.num_vision_tokens} vision / "
+          f"{out.num_text_tokens} text tokens) from hidden states ({out.index.dtype}), "
+          f"method={out.method}, mode={out.mode}")
+    print(format_mir(result, out.method, out.diagnostics))
+    output_dir = FLAGS.output_dir or os.path.normpath(path) + "_mir_eval"
+    os.makedirs(output_dir, exist_ok=True)
+    print(f"\nwrote {' and '.join(_write_mir({name: evaluation}, {name: record}, output_dir))}")
 
 
 def _score_table(scores: dict[str, dict[str, float]]) -> str:

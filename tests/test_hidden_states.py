@@ -49,8 +49,8 @@ def _write(path, samples, start=0, metadata=None, names=None):
 
 def _reference(samples, first_layer=1, **kw):
     """float64 MIR of the samples' selected rows (layers first_layer.. of each array)."""
-    vision = [np.concatenate([s[first_layer + l][v] for s, v, _ in samples]) for l in range(L)]
-    text = [np.concatenate([s[first_layer + l][t] for s, _, t in samples]) for l in range(L)]
+    vision = [np.concatenate([s[first_layer + k][v] for s, v, _ in samples]) for k in range(L)]
+    text = [np.concatenate([s[first_layer + k][t] for s, _, t in samples]) for k in range(L)]
     return ref.mir(vision, text, **kw)
 
 
