@@ -33,8 +33,7 @@ def reference(q, k, v, mask):
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (6, 1)])
-@pytest.mark.parametrize("tiled", [True, False])
-def test_dense_attention_matches_torch_sdpa(heads, kv_heads, tiled, monkeypatch):
+def test_dense_attention_matches_torch_sdpa(heads, kv_heads):
     rng = np.random.default_rng(heads * 10 + kv_heads)
     b, s, dh = 3, 160, 16
     q = rng.standard_normal((b, s, heads, dh)).astype(np.float32)
@@ -43,7 +42,6 @@ def test_dense_attention_matches_torch_sdpa(heads, kv_heads, tiled, monkeypatch)
     lengths = np.array([s, 97, 40])
     valid = np.arange(s)[None] < lengths[:, None]
     mask = np.tril(np.ones((s, s), bool))[None] & valid[:, None, :] & valid[:, :, None]
-    monkeypatch.setattr(attn, "_tile_attention", lambda s, t: tiled)
     ours = np.asarray(layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask),
                                        implementation="dense"))
     expected = reference(q, k, v, mask)
@@ -54,11 +52,6 @@ def test_dense_attention_matches_torch_sdpa(heads, kv_heads, tiled, monkeypatch)
         padded = ours[row, n:]
         average = np.repeat(v[row].mean(axis=0), heads // kv_heads, axis=0)
         np.testing.assert_allclose(padded, np.broadcast_to(average, padded.shape), atol=1e-5)
-
-
-def test_tiled_path_is_taken_for_long_sequences_on_one_cpu_device():
-    assert attn._tile_attention(512, 512)
-    assert not attn._tile_attention(1, 512)  # a decoding step stays dense
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,12 +120,16 @@ def check(fn, q, k, v, mask_obj, mask_np, rng, *, atol=1e-5, rtol=1e-5):
         np.testing.assert_allclose(np.asarray(ours), ref, atol=atol, rtol=rtol, err_msg=f"d{name}")
 
 
-def blockwise(bq, bkv):
-    return lambda q, k, v, m: attn.blockwise_attention(q, k, v, m, block_q=bq, block_kv=bkv)
+def blockwise(bq, bkv, head_loop=None):
+    return lambda q, k, v, m: attn.blockwise_attention(q, k, v, m, block_q=bq, block_kv=bkv, head_loop=head_loop)
 
 
-def test_blockwise_matches_reference_causal_segments_padding_gqa():
-    # Odd length 45 against blocks of 16 queries x 8 keys; 6 query heads on 2 kv heads.
+# Blocks of 16 queries x 8 keys (odd length 45: padded blocks, loops over both), and the looped
+# path's default blocks (one block each way: no loop, a plain softmax).
+@pytest.mark.parametrize("bq,bkv", [(16, 8), (None, None)])
+@pytest.mark.parametrize("head_loop", [True, False])
+def test_blockwise_matches_reference_causal_segments_padding_gqa(bq, bkv, head_loop):
+    # 6 query heads on 2 kv heads.
     b, s, h, kvh, dh = 3, 45, 6, 2, 16
     rng, q, k, v = case(0, b, s, s, h, kvh, dh)
     seg = packed_segments(b, s)
@@ -141,10 +138,11 @@ def test_blockwise_matches_reference_causal_segments_padding_gqa():
     mask = attn.Mask(causal=True, q_segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(seg),
                      kv_valid=jnp.asarray(valid))
     ref = numpy_mask(s, s, causal=True, segments=(seg, seg), valid=valid)
-    check(blockwise(16, 8), q, k, v, mask, ref, rng)
+    check(blockwise(bq, bkv, head_loop), q, k, v, mask, ref, rng)
 
 
-def test_blockwise_matches_reference_decoding_offset_and_explicit_mask():
+@pytest.mark.parametrize("head_loop", [True, False])
+def test_blockwise_matches_reference_decoding_offset_and_explicit_mask(head_loop):
     # KV-cache shapes: 13 queries at slots 28..40 of 41 keys (blocks: 2 x 8 queries, 3 x 16
     # keys), traced offset, key padding (left); then a bidirectional call with an explicit
     # [B, S, T] mask array.
@@ -153,9 +151,10 @@ def test_blockwise_matches_reference_decoding_offset_and_explicit_mask():
     valid = np.ones((b, t), bool)
     valid[1, :6] = False
     mask = attn.Mask(causal=True, q_offset=jnp.int32(28), kv_valid=jnp.asarray(valid))
-    check(blockwise(8, 16), q, k, v, mask, numpy_mask(s, t, causal=True, offset=28, valid=valid), rng)
+    check(blockwise(8, 16, head_loop), q, k, v, mask, numpy_mask(s, t, causal=True, offset=28, valid=valid), rng)
     dense = rng.random((b, s, t)) < 0.6
-    check(blockwise(8, 16), q, k, v, jnp.asarray(dense), dense, rng)
+    check(blockwise(8, 16, head_loop), q, k, v, jnp.asarray(dense), dense, rng)
+    check(blockwise(None, None, head_loop), q, k, v, jnp.asarray(dense), dense, rng)  # one block each way
 
 
 def test_cache_attention_over_a_head_major_cache_matches_reference():
@@ -244,9 +243,16 @@ def test_selection_by_backend_and_forcing():
     traced = attn.Mask(causal=True, q_offset=jax.ShapeDtypeStruct((), jnp.int32))
     assert not attn.pallas_supports(traced)
     assert sel("auto", *long_, attn.Mask(dense=jnp.ones((1, 1, 1), bool)), backend="tpu") == "blockwise"
+    # One CPU device: the looped blockwise path from 128 x 128 scores a head.
     assert sel("auto", *long_, backend="cpu") == "blockwise"
-    assert sel("auto", *short, backend="cpu") == "dense"
-    assert sel("auto", *q_k(1024, 1024), backend="cpu") == "blockwise"
+    assert sel("auto", *short, backend="cpu") == "blockwise"
+    assert sel("auto", *q_k(128, 128), backend="cpu") == "blockwise"
+    assert sel("auto", *q_k(127, 128), backend="cpu") == "dense"
+    assert attn.head_loop_default()
+    with use_mesh(make_mesh((2, 2, 2))):  # a CPU mesh: batched blockwise from 1024 keys only
+        assert not attn.head_loop_default()
+        assert sel("auto", *short, backend="cpu") == "dense"
+        assert sel("auto", *q_k(1024, 1024), backend="cpu") == "blockwise"
     assert sel("auto", *q_k(1, 4096), backend="gpu") == "dense"  # decoding step
     for name in ("dense", "blockwise", "cudnn", "pallas"):
         assert sel(name, *short, backend="cpu") == name

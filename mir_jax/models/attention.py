@@ -5,13 +5,13 @@ Shapes, everywhere in this module:
   head i reads key/value head i // (H / KVH), as HF's `repeat_kv`). Output [B, S, H, Dh].
 
 Implementations (the model config's `attention` key; `select_implementation` resolves "auto"):
-  "dense"      scores [B, H, S, T] at once (`dense_attention`); on one CPU device tiled over
-               (batch row, a few kv heads) so a tile's scores stay in cache. The fast path for
-               short sequences and decoding steps; memory O(S * T) per head, forward and
-               backward.
+  "dense"      scores [B, H, S, T] at once (`dense_attention`), differentiated by autodiff.
+               The path for decoding steps and short sequences; memory O(S * T) per head,
+               forward and backward.
   "blockwise"  pure JAX, online softmax over [block_q, block_kv] tiles with a custom VJP that
                recomputes each tile in the backward pass (`blockwise_attention`): never more
-               than one tile of scores per head, forward or backward. Runs on any backend.
+               than one tile of scores per head, forward or backward. Runs on any backend; on
+               one CPU device it loops over (batch row, kv head) slices (`head_loop_default`).
   "cudnn"      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, fp16/bf16).
   "pallas"     the Pallas TPU splash-attention kernel (`jax.experimental.pallas.ops.tpu.
                splash_attention`), under `shard_map` when a mesh is active; on other backends
@@ -41,19 +41,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mir_jax.models.backend import on_cpu
 from mir_jax.sharding import active_mesh, logical_to_mesh_spec
 
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "cudnn", "pallas")
 
-# "auto" on CPU (and for what no kernel takes): dense below this many keys, blockwise from it.
-# Measured on this project's 2-core CPU (BENCHMARKS.md, "Attention"): below ~1k keys the tiled
-# dense forward is as fast or faster (ViT layers: much faster); from 1k on blockwise is faster
-# forward and backward and its memory stays O(S) where dense holds [B, H, S, T] residuals.
+# "auto" for what no kernel takes (GPU float32, TPU with a mask array, CPU under a multi-device
+# mesh): dense below this many keys, blockwise from it, where blockwise is faster and its memory
+# stays O(S) while dense holds [B, H, S, T] residuals (BENCHMARKS.md, "Attention").
 BLOCKWISE_MIN_KV = 1024
-# Default tiles of the blockwise path: about this size, balanced so that padding is small
-# (the fastest of 128-1024 on this CPU; a tile's float32 scores are B*H*256*256*4 bytes).
+# On one CPU device "auto" takes the looped blockwise path from this many scores a head; below
+# it the per-slice loop costs more than it saves.
+CPU_BLOCKWISE_MIN_SCORES = 128 * 128
+# Default tiles of the batched blockwise path, balanced so that padding is small; a tile's
+# float32 scores are B*H*256*256*4 bytes.
 BLOCK_Q = 256
 BLOCK_KV = 256
+# Tiles of the looped (one CPU device) path: 128-row blocks let causal attention skip the keys
+# above the diagonal; without a causal mask whole rows of up to 1024 keys avoid the online
+# rescale. The fastest of those tried (BENCHMARKS.md, "Attention").
+CPU_BLOCK = 128
+CPU_BLOCK_KV_BIDIRECTIONAL = 1024
 # Fewer queries than this are a decoding step: "auto" picks "dense" for them on every backend,
 # and the decoder attends them straight over its head-major KV cache (`cache_attention`).
 DECODE_MAX_QUERIES = 16
@@ -196,8 +204,10 @@ def select_implementation(name: str, q, k, mask: Mask | None = None, *, backend:
         attention takes);
       * TPU: "pallas" unless the mask carries an explicit array or a traced causal offset
         (the splash kernel's mask is static);
-      * otherwise (CPU, or what the kernel does not take): "dense" below BLOCKWISE_MIN_KV keys,
-        "blockwise" from it.
+      * one CPU device: "dense" below CPU_BLOCKWISE_MIN_SCORES scores a head, "blockwise"
+        (looped over heads) from it;
+      * otherwise (what the kernel does not take, CPU meshes): "dense" below BLOCKWISE_MIN_KV
+        keys, "blockwise" from it.
     """
     validate_implementation(name)
     if name != "auto":
@@ -211,6 +221,8 @@ def select_implementation(name: str, q, k, mask: Mask | None = None, *, backend:
         return "cudnn"
     if backend == "tpu" and pallas_supports(mask):
         return "pallas"
+    if backend == "cpu" and _one_device():
+        return "dense" if s * t < CPU_BLOCKWISE_MIN_SCORES else "blockwise"
     return "dense" if t < BLOCKWISE_MIN_KV else "blockwise"
 
 
@@ -228,14 +240,9 @@ def pallas_supports(mask: Mask) -> bool:
 # ----------------------------------------------------------------------------------------------
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None) -> jax.Array:
     """Scores [B, KVH, G, S, T] in float32, softmax, weighted sum. A fully masked query row gets
-    the uniform average of the values (on the tiled CPU path under a causal mask: of the values
-    up to the end of its query block). On a single CPU device the work is tiled over (batch row,
-    kv head) (`_attention_tiled`); the result is the same up to float rounding."""
+    the uniform average of the values."""
     mask = Mask.of(mask)
     m = mask.materialize(q.shape[1], k.shape[1])
-    if _tile_attention(q.shape[1], k.shape[1]):
-        offset = mask.static_offset if mask.causal else None
-        return _attention_tiled(q, k, v, m, causal_offset=offset)
     b, s, h, dh = q.shape
     kvh = k.shape[2]
     q = q.reshape(b, s, kvh, h // kvh, dh) * jnp.asarray(dh**-0.5, q.dtype)
@@ -279,148 +286,6 @@ def _masked_softmax(logits: jax.Array, mask: jax.Array | None, dtype) -> jax.Arr
     return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
-_TILE_MIN_SCORES = 128 * 128
-# Above this many scores per head a tile no longer fits the cache the tiling is for, and "auto"
-# picks blockwise there anyway (BLOCKWISE_MIN_KV); an explicit "dense" keeps its plain form.
-_TILE_MAX_SCORES = 1024 * 1024
-# Under a causal mask the tiled path splits each tile's queries into blocks of this many rows,
-# and a block only multiplies against the keys it can see (about 3/8 of the work skipped at
-# S = T = 512).
-_CAUSAL_BLOCK_Q = 128
-
-
-def _tile_attention(s: int, t: int) -> bool:
-    """Tile on CPU, for non-trivial sizes, when nothing is sharded across devices.
-
-    lax.map runs tiles one after another; on accelerators the dense einsums are the fast path,
-    and under a multi-device mesh the mapped axis would be a sharded one.
-    """
-    if jax.default_backend() != "cpu" or not _TILE_MIN_SCORES <= s * t <= _TILE_MAX_SCORES:
-        return False
-    mesh = active_mesh()
-    return mesh is None or mesh.size == 1
-
-
-def _attention_tiled(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
-                     causal_offset: int | None = None) -> jax.Array:
-    """`dense_attention` as a lax.map over tiles of (batch row, kv head with its G query heads),
-    with a custom VJP. mask: bool [B or 1, S, T] or None; causal_offset: the mask's static causal
-    offset when it is causal (keys past a query block's last visible key are skipped).
-
-    Why this shape: one tile's [G * S, T] float32 scores stay in the CPU's cache instead of
-    streaming B * H * S * T scores through memory; every product is a plain 2-D matmul (XLA:CPU
-    runs batched dot_generals with extra free dimensions far slower); and the backward pass
-    recomputes each tile's probabilities from the saved log-normalizer (the FlashAttention
-    recipe) rather than letting autodiff stack every tile's residual scores.
-    """
-    b, s, h, dh = q.shape
-    t, kvh = k.shape[1], k.shape[2]
-    g = h // kvh
-    q = q * jnp.asarray(dh**-0.5, q.dtype)
-    qt = q.reshape(b, s, kvh, g, dh).transpose(0, 2, 3, 1, 4).reshape(b * kvh, g, s, dh)
-    kt, vt = (x.transpose(0, 2, 1, 3).reshape(b * kvh, t, dh) for x in (k, v))
-    row = jnp.arange(b * kvh, dtype=jnp.int32) // kvh  # the batch row of each tile
-    if mask is not None and mask.shape[0] == 1:
-        row = jnp.zeros_like(row)
-    out = _tiled_core(_query_blocks(s, t, causal_offset), qt, kt, vt, mask, row)  # [b*kvh, g, s, dh]
-    return out.reshape(b, kvh, g, s, dh).transpose(0, 3, 1, 2, 4).reshape(b, s, h, dh)
-
-
-def _query_blocks(s: int, t: int, causal_offset: int | None) -> tuple[tuple[int, int, int], ...]:
-    """(first query, end query, end key) of each query block: one block unless causal."""
-    if causal_offset is None or s <= _CAUSAL_BLOCK_Q:
-        return ((0, s, t),)
-    return tuple((q0, min(q0 + _CAUSAL_BLOCK_Q, s), max(1, min(t, min(q0 + _CAUSAL_BLOCK_Q, s) + causal_offset)))
-                 for q0 in range(0, s, _CAUSAL_BLOCK_Q))
-
-
-def _dot_nt(a, b):
-    """a [M, K] x b [N, K] -> [M, N] float32."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _dot_tn(a, b):
-    """a [K, M] x b [K, N] -> [M, N] float32."""
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _tile_scores(blk, qi, ki, mi):
-    """Masked float32 scores [G * n, kend] of one query block of one tile."""
-    q0, q1, kend = blk
-    g, _, d = qi.shape
-    n = q1 - q0
-    logits = _dot_nt(qi[:, q0:q1].reshape(g * n, d), ki[:kend])
-    if mi is not None:
-        logits = jnp.where(mi[None, q0:q1, :kend], logits.reshape(g, n, kend),
-                           jnp.finfo(jnp.float32).min).reshape(g * n, kend)
-    return logits
-
-
-def _tile_forward(blocks, qi, ki, vi, mi):
-    """One tile: qi [G, S, Dh], ki/vi [T, Dh], mi [S, T] or None -> (out [G, S, Dh], lse [G, S])."""
-    g, _, d = qi.shape
-    outs, lses = [], []
-    for blk in blocks:
-        n = blk[1] - blk[0]
-        logits = _tile_scores(blk, qi, ki, mi)
-        mx = jnp.max(logits, axis=-1, keepdims=True)
-        p = jnp.exp(logits - mx)
-        z = jnp.sum(p, axis=-1, keepdims=True)
-        o = jnp.dot(p.astype(vi.dtype), vi[:blk[2]], preferred_element_type=jnp.float32) / z
-        outs.append(o.reshape(g, n, d))
-        lses.append((mx + jnp.log(z)).reshape(g, n))
-    cat = (lambda xs: xs[0]) if len(blocks) == 1 else (lambda xs: jnp.concatenate(xs, axis=1))
-    return cat(outs).astype(qi.dtype), cat(lses)
-
-
-def _tile_mask(mask, bi):
-    return None if mask is None else jax.lax.dynamic_index_in_dim(mask, bi, keepdims=False)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _tiled_core(blocks, qt, kt, vt, mask, row):
-    return _tiled_core_fwd(blocks, qt, kt, vt, mask, row)[0]
-
-
-def _tiled_core_fwd(blocks, qt, kt, vt, mask, row):
-    def tile(args):
-        qi, ki, vi, bi = args
-        return _tile_forward(blocks, qi, ki, vi, _tile_mask(mask, bi))
-
-    out, lse = jax.lax.map(tile, (qt, kt, vt, row))
-    return out, (qt, kt, vt, mask, row, out, lse)
-
-
-def _tiled_core_bwd(blocks, res, dout):
-    qt, kt, vt, mask, row, out, lse = res
-    delta = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1)  # [tiles, G, S]
-
-    def tile(args):
-        qi, ki, vi, bi, doi, lsei, di = args
-        mi = _tile_mask(mask, bi)
-        g, _, d = qi.shape
-        dq, dk, dv = [], jnp.zeros(ki.shape, jnp.float32), jnp.zeros(vi.shape, jnp.float32)
-        for blk in blocks:
-            q0, q1, kend = blk
-            n = q1 - q0
-            qb = qi[:, q0:q1].reshape(g * n, d)
-            dob = doi[:, q0:q1].reshape(g * n, d)
-            p = jnp.exp(_tile_scores(blk, qi, ki, mi) - lsei[:, q0:q1].reshape(g * n, 1))
-            dv = dv.at[:kend].add(_dot_tn(p.astype(doi.dtype), dob))
-            ds = p * (_dot_nt(dob, vi[:kend]) - di[:, q0:q1].reshape(g * n, 1))
-            ds = ds.astype(qi.dtype)
-            dq.append(jnp.dot(ds, ki[:kend], preferred_element_type=jnp.float32).reshape(g, n, d))
-            dk = dk.at[:kend].add(_dot_tn(ds, qb))
-        dq = dq[0] if len(dq) == 1 else jnp.concatenate(dq, axis=1)
-        return dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype)
-
-    dq, dk, dv = jax.lax.map(tile, (qt, kt, vt, row, dout, lse, delta))
-    return dq, dk, dv, None, None
-
-
-_tiled_core.defvjp(_tiled_core_fwd, _tiled_core_bwd)
-
-
 # ----------------------------------------------------------------------------------------------
 # Blockwise (online softmax, custom VJP)
 # ----------------------------------------------------------------------------------------------
@@ -432,13 +297,12 @@ class _Blocks(NamedTuple):
     t: int
     block_q: int
     block_kv: int
-    has_segments: bool
-    has_valid: bool
-    has_dense: bool
+    kv_heads: int  # > 0: the arrays are [B * kv_heads, n, 1, 1, ...] slices, looped over
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
-                        block_q: int = BLOCK_Q, block_kv: int = BLOCK_KV) -> jax.Array:
+                        block_q: int | None = None, block_kv: int | None = None,
+                        head_loop: bool | None = None) -> jax.Array:
     """Attention over [block_q, block_kv] tiles with an online softmax (FlashAttention-2's
     algorithm, in pure JAX). q [B, S, H, Dh]; k, v [B, T, KVH, Dh]; returns [B, S, H, Dh].
 
@@ -450,12 +314,22 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
     that block and dQ for all. Causal masks skip the key blocks entirely above the diagonal
     in both passes. Lengths need not divide the block sizes: blocks are balanced to the length
     (`_balanced_block`) and the rest is padded and masked. Fully masked query rows return 0.
+
+    head_loop: run the (batch row, kv head) slices one after another (`lax.map`, inside the
+    custom VJP) rather than batched; None = on one CPU device (`head_loop_default`). Block sizes
+    default to BLOCK_Q x BLOCK_KV batched and to CPU_BLOCK rows (keys: CPU_BLOCK if causal,
+    else CPU_BLOCK_KV_BIDIRECTIONAL) looped.
     """
     mask = Mask.of(mask)
     b, s, h, dh = q.shape
     t, kvh = k.shape[1], k.shape[2]
     g = h // kvh
-    bq, bkv = _balanced_block(s, block_q), _balanced_block(t, block_kv)
+    if head_loop is None:
+        head_loop = head_loop_default()
+    if head_loop:
+        block_q = block_q or CPU_BLOCK
+        block_kv = block_kv or (CPU_BLOCK if mask.causal else CPU_BLOCK_KV_BIDIRECTIONAL)
+    bq, bkv = _balanced_block(s, block_q or BLOCK_Q), _balanced_block(t, block_kv or BLOCK_KV)
     nq, nk = -(-s // bq), -(-t // bkv)
     sp, tp = nq * bq, nk * bkv
 
@@ -466,17 +340,42 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
         widths[axis] = (0, to - x.shape[axis])
         return jnp.pad(x, widths)
 
-    qb = (pad(q, 1, sp) * jnp.asarray(dh**-0.5, q.dtype)).reshape(b, nq, bq, kvh, g, dh).transpose(1, 0, 3, 4, 2, 5)
-    kb, vb = (pad(x, 1, tp).reshape(b, nk, bkv, kvh, dh).transpose(1, 0, 3, 2, 4) for x in (k, v))
+    qr = (pad(q, 1, sp) * jnp.asarray(dh**-0.5, q.dtype)).reshape(b, nq, bq, kvh, g, dh)
+    kr, vr = (pad(x, 1, tp).reshape(b, nk, bkv, kvh, dh) for x in (k, v))
+    if head_loop and (mask.q_segment_ids is not None or mask.kv_valid is not None) and s * t <= 1024 * 1024:
+        # Cut per slice, segment ids and key padding cost more than a [B, S, T] bool mask (one
+        # byte a score) made once: the causal part stays computed per tile.
+        rest = dataclasses.replace(mask, causal=False, q_offset=0)
+        m = rest.materialize(s, t)
+        mask = Mask(mask.causal, mask.q_offset, dense=jnp.broadcast_to(m, (m.shape[0], s, t)))
     dense = mask.dense
     if dense is not None:
         dense = pad(pad(dense.astype(bool), 1, sp), 2, tp)
     ops = (jnp.asarray(mask.q_offset, jnp.int32), pad(mask.q_segment_ids, 1, sp),
            pad(mask.kv_segment_ids, 1, tp), pad(mask.kv_valid, 1, tp), dense)
-    spec = _Blocks(mask.causal, s, t, bq, bkv, mask.q_segment_ids is not None, mask.kv_valid is not None,
-                   dense is not None)
-    out = _blockwise(spec, qb, kb, vb, ops)  # [nq, B, KVH, G, bq, Dh]
-    return out.transpose(1, 0, 4, 2, 3, 5).reshape(b, sp, h, dh)[:, :s]
+    spec = _Blocks(mask.causal, s, t, bq, bkv, kvh if head_loop else 0)
+    if head_loop:  # one slice a (batch row, kv head): the same blocks with B = KVH = 1
+        qb = qr.transpose(0, 3, 1, 4, 2, 5).reshape(b * kvh, nq, 1, 1, g, bq, dh)
+        kb, vb = (x.transpose(0, 3, 1, 2, 4).reshape(b * kvh, nk, 1, 1, bkv, dh) for x in (kr, vr))
+        out = _blockwise(spec, qb, kb, vb, ops)  # [B * KVH, nq, 1, 1, G, bq, Dh]
+        out = out.reshape(b, kvh, nq, g, bq, dh).transpose(0, 2, 4, 1, 3, 5)
+    else:
+        qb = qr.transpose(1, 0, 3, 4, 2, 5)  # [nq, B, KVH, G, bq, Dh]
+        kb, vb = (x.transpose(1, 0, 3, 2, 4) for x in (kr, vr))  # [nk, B, KVH, bkv, Dh]
+        out = _blockwise(spec, qb, kb, vb, ops).transpose(1, 0, 4, 2, 3, 5)  # [B, nq, bq, KVH, G, Dh]
+    return out.reshape(b, sp, h, dh)[:, :s]
+
+
+def head_loop_default() -> bool:
+    """Whether `blockwise_attention` loops over (batch row, kv head) slices by default: on one
+    CPU device, where a slice's tiles stay in cache (BENCHMARKS.md, "Attention"); accelerators
+    batch them, and under a multi-device mesh the looped axis would be a sharded one."""
+    return on_cpu() and _one_device()
+
+
+def _one_device() -> bool:
+    mesh = active_mesh()
+    return mesh is None or mesh.size == 1
 
 
 def _balanced_block(n: int, block: int) -> int:
@@ -516,12 +415,40 @@ def _q_range(spec: _Blocks, offset, j, nq: int):
 
 def _scores(spec, ops, qi, kj, i, j):
     """float32 [B, KVH, G, bq, bkv] scores of a tile, masked entries at -inf."""
-    sc = jnp.einsum("bkgqd,bktd->bkgqt", qi, kj, preferred_element_type=jnp.float32)
+    sc = jnp.einsum("bkmd,bktd->bkmt", _rows(qi), kj, preferred_element_type=jnp.float32)
+    sc = sc.reshape(qi.shape[:-1] + kj.shape[-2:-1])
     m = _tile(spec, ops, i, j)
     return sc if m is None else jnp.where(m, sc, _NEG_INF)
 
 
+def _rows(x):
+    """[B, KVH, G, bq, ...] -> [B, KVH, G * bq, ...]: the G query heads of a kv head as rows of
+    one matmul."""
+    return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
+
+
+def _head_loop(spec: _Blocks, fn, ops, *arrays):
+    """fn(ops, *arrays) batched, or (spec.kv_heads > 0) mapped over the arrays' leading
+    (batch row, kv head) axis with each mask array cut to the slice's batch row."""
+    if not spec.kv_heads:
+        return fn(ops, *arrays)
+
+    def one(args):
+        row, *xs = args
+        cut = tuple(None if x is None else jax.lax.dynamic_slice_in_dim(x, row if x.shape[0] > 1 else 0, 1)
+                    for x in ops[1:])
+        return fn((ops[0],) + cut, *xs)
+
+    rows = jnp.arange(arrays[0].shape[0], dtype=jnp.int32) // spec.kv_heads
+    return jax.lax.map(one, (rows,) + arrays)
+
+
 def _blockwise_fwd_impl(spec: _Blocks, qb, kb, vb, ops):
+    return _head_loop(spec, lambda ops, qb, kb, vb: _fwd_blocks(spec, qb, kb, vb, ops), ops, qb, kb, vb)
+
+
+def _fwd_blocks(spec: _Blocks, qb, kb, vb, ops):
+    """(out [nq, B, KVH, G, bq, Dh], lse [nq, B, KVH, G, bq]) of blocked q, k, v."""
     nq, nk = qb.shape[0], kb.shape[0]
     offset = ops[0]
 
@@ -537,18 +464,27 @@ def _blockwise_fwd_impl(spec: _Blocks, qb, kb, vb, ops):
             p = jnp.exp(sc - m_safe[..., None])
             corr = jnp.exp(m - m_safe)
             denom = denom * corr + p.sum(-1)
-            pv = jnp.einsum("bkgqt,bktd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
-            return m_new, denom, acc * corr[..., None] + pv
+            pv = jnp.einsum("bkmt,bktd->bkmd", _rows(p.astype(vb.dtype)), vb[j], preferred_element_type=jnp.float32)
+            return m_new, denom, acc * corr[..., None] + pv.reshape(acc.shape)
 
-        init = (jnp.full(shape, _NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32),
-                jnp.zeros(shape + (vb.shape[-1],), jnp.float32))
-        lo, hi = _kv_range(spec, offset, i, nk)
-        m, denom, acc = jax.lax.fori_loop(lo, hi, body, init)
+        if nk == 1:  # one key block: a plain softmax, no running rescale
+            sc = _scores(spec, ops, qi, kb[0], i, 0)
+            m = sc.max(-1)
+            p = jnp.exp(sc - jnp.where(m == _NEG_INF, 0.0, m)[..., None])
+            denom = p.sum(-1)
+            acc = jnp.einsum("bkmt,bktd->bkmd", _rows(p.astype(vb.dtype)), vb[0],
+                             preferred_element_type=jnp.float32).reshape(shape + (vb.shape[-1],))
+        else:
+            init = (jnp.full(shape, _NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32),
+                    jnp.zeros(shape + (vb.shape[-1],), jnp.float32))
+            m, denom, acc = jax.lax.fori_loop(*_kv_range(spec, offset, i, nk), body, init)
         seen = denom > 0
         out = acc / jnp.where(seen, denom, 1.0)[..., None]
         lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), jnp.inf)  # +inf: p = 0 in bwd
         return out.astype(qb.dtype), lse
 
+    if nq == 1:
+        return jax.tree.map(lambda x: x[None], q_block(0))
     return jax.lax.map(q_block, jnp.arange(nq))
 
 
@@ -564,10 +500,17 @@ def _blockwise_fwd(spec, qb, kb, vb, ops):
 
 def _blockwise_bwd(spec, res, dout):
     qb, kb, vb, ops, out, lse = res
+    dq, dk, dv = _head_loop(spec, lambda ops, *xs: _bwd_blocks(spec, ops, *xs), ops, qb, kb, vb, out, lse, dout)
+    ops_ct = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0) if x is not None else None, ops)
+    return dq, dk, dv, ops_ct
+
+
+def _bwd_blocks(spec: _Blocks, ops, qb, kb, vb, out, lse, dout):
+    """(dq, dk, dv) of blocked q, k, v from the forward's out, lse and the output cotangent."""
     nq, nk = qb.shape[0], kb.shape[0]
     offset = ops[0]
     dout = dout.astype(qb.dtype)
-    delta = jnp.einsum("nbkgqd,nbkgqd->nbkgq", dout.astype(jnp.float32), out.astype(jnp.float32))
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [nq, B, KVH, G, bq]
 
     def kv_block(dq, j):
         kj, vj = kb[j], vb[j]
@@ -576,22 +519,28 @@ def _blockwise_bwd(spec, res, dout):
             dk, dv, dq = carry
             qi, doi = qb[i], dout[i]
             p = jnp.exp(_scores(spec, ops, qi, kj, i, j) - lse[i][..., None])  # 0 where masked
-            dv = dv + jnp.einsum("bkgqt,bkgqd->bktd", p.astype(doi.dtype), doi, preferred_element_type=jnp.float32)
-            dp = jnp.einsum("bkgqd,bktd->bkgqt", doi, vj, preferred_element_type=jnp.float32)
-            ds = (p * (dp - delta[i][..., None])).astype(qi.dtype)
-            dk = dk + jnp.einsum("bkgqt,bkgqd->bktd", ds, qi, preferred_element_type=jnp.float32)
-            dqi = jnp.einsum("bkgqt,bktd->bkgqd", ds, kj, preferred_element_type=jnp.float32)
-            dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dqi, i, axis=0)
+            dv = dv + jnp.einsum("bkmt,bkmd->bktd", _rows(p.astype(doi.dtype)), _rows(doi),
+                                 preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bkmd,bktd->bkmt", _rows(doi), vj, preferred_element_type=jnp.float32)
+            ds = (p * (dp.reshape(p.shape) - delta[i][..., None])).astype(qi.dtype)
+            dk = dk + jnp.einsum("bkmt,bkmd->bktd", _rows(ds), _rows(qi), preferred_element_type=jnp.float32)
+            dqi = jnp.einsum("bkmt,bktd->bkmd", _rows(ds), kj, preferred_element_type=jnp.float32)
+            dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dqi.reshape(qi.shape), i, axis=0)
             return dk, dv, dq
 
         lo, hi = _q_range(spec, offset, j, nq)
         zeros = jnp.zeros(kj.shape, jnp.float32)
-        dk, dv, dq = jax.lax.fori_loop(lo, hi, body, (zeros, jnp.zeros(vj.shape, jnp.float32), dq))
+        carry = (zeros, jnp.zeros(vj.shape, jnp.float32), dq)
+        # One query block: its body once (its tile's mask covers what the range would skip).
+        dk, dv, dq = body(0, carry) if nq == 1 else jax.lax.fori_loop(lo, hi, body, carry)
         return dq, (dk.astype(kb.dtype), dv.astype(vb.dtype))
 
-    dq, (dk, dv) = jax.lax.scan(kv_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(nk))
-    ops_ct = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0) if x is not None else None, ops)
-    return dq.astype(qb.dtype), dk, dv, ops_ct
+    if nk == 1:
+        dq, (dk, dv) = kv_block(jnp.zeros(qb.shape, jnp.float32), 0)
+        dk, dv = dk[None], dv[None]
+    else:
+        dq, (dk, dv) = jax.lax.scan(kv_block, jnp.zeros(qb.shape, jnp.float32), jnp.arange(nk))
+    return dq.astype(qb.dtype), dk, dv
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from mir_jax.models.attention import Mask
+from mir_jax.models.backend import on_cpu
 from mir_jax.models.layers import default_positions
 from mir_jax.models.llava import LlavaModel
 
@@ -33,7 +34,7 @@ def per_layer_cache() -> bool:
     """Whether `generate`'s decoding loop keeps one cache buffer a layer (the layers unrolled):
     on XLA:CPU, where slicing a layer out of the stacked cache and weights inside the loop copies
     the slice every step. Accelerators keep the stacked cache and the layer scan."""
-    return jax.default_backend() == "cpu"
+    return on_cpu()
 
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(6,))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mir_jax.models.attention import Mask, attention, validate_implementation
+from mir_jax.models.backend import on_cpu
 from mir_jax.sharding import active_mesh, constrain
 
 Init = Callable[..., jax.Array]
@@ -275,7 +276,7 @@ def run_stack(stack: nnx.Module, body: Callable, carry, xs=None, *, n: int | Non
     graphdef, state = nnx.split(stack)
     total = jax.tree.leaves(state)[0].shape[0]
     n = total if n is None else n
-    if scan and cpu_unroll and jax.default_backend() == "cpu" and n <= _CPU_UNROLL_MAX_LAYERS:
+    if scan and cpu_unroll and on_cpu() and n <= _CPU_UNROLL_MAX_LAYERS:
         scan = False
     if n < total:
         state = jax.tree.map(lambda a: a[:n], state)

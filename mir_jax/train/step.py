@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mir_jax.evals.mir import mir_forward
 from mir_jax.models import LlavaConfig, LlavaModel
+from mir_jax.models.backend import on_cpu
 from mir_jax.models.forward import LOSS_INPUTS, forward, loss_sums
 from mir_jax.models.partition import partition_model
 from mir_jax.sharding import (
@@ -154,8 +155,8 @@ class Stepper:
             lowered = jax.jit(self._init_fn, out_shardings=out_sh).lower(jnp.uint32(0))
             # XLA:CPU spends ~10 s optimizing the random-init program of even a tiny model;
             # it runs once, so skip the backend optimizations there.
-            cpu = self.mesh.devices.flat[0].platform == "cpu"
-            self._init = lowered.compile(compiler_options={"xla_backend_optimization_level": 0} if cpu else None)
+            self._init = lowered.compile(
+                compiler_options={"xla_backend_optimization_level": 0} if on_cpu(self.mesh) else None)
         return self._init(jnp.uint32(seed))
 
     def model(self, state, frozen) -> LlavaModel:
