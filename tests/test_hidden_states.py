@@ -313,3 +313,16 @@ def test_evaluate_cli_reads_hidden_states(dumped_llava, tmp_path):
     assert record["num_samples"] == 12 and os.path.exists(os.path.join(out_dir, "mir_per_layer.png"))
     bad = run_tool("evaluate.py", f"--hidden_states={tmp_path / 'nothing'}")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_prints_its_ratios():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "hidden_states.py"), "--quick",
+                          "--repeats=1", "--mir"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stdout.startswith("versions: jax "), out.stdout[:300]
+    assert "target >= 0.5" in out.stdout and "whole streaming MIR" in out.stdout

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
@@ -47,7 +48,7 @@ TENSORS = ("hidden_states", "vision_mask", "text_mask")
 FLOAT_DTYPES = ("F32", "BF16", "F16")
 MASK_DTYPES = ("BOOL", "U8", "I8", "I32", "I64")
 MODES = ("streaming", "exact")
-DEFAULT_BATCH_BYTES = 256 * 2**20  # float32 rows per streaming batch, both modalities
+DEFAULT_BATCH_BYTES = 256 * 2**20  # rows per streaming batch as float32, both modalities
 
 
 class HiddenStatesError(ValueError):
@@ -246,9 +247,16 @@ def _shift(positions, lo: int):
     return slice(positions.start - lo, positions.stop - lo) if isinstance(positions, slice) else positions - lo
 
 
+NUMPY_DTYPES = {"F32": np.dtype(np.float32), "BF16": np.dtype(jnp.bfloat16), "F16": np.dtype(np.float16)}
+# Per dtype: the raw bits' type, the mask that drops the sign, and the smallest |x| pattern that is
+# NaN or infinite (all exponent bits set): finiteness is one integer maximum, in the file's dtype.
+_FINITE_BITS = {"float32": (np.uint32, 0x7FFFFFFF, 0x7F800000), "bfloat16": (np.uint16, 0x7FFF, 0x7F80),
+                "float16": (np.uint16, 0x7FFF, 0x7C00)}
+
+
 def _check_finite(rows: np.ndarray, sample: Sample, layer: int, kind: str) -> None:
-    # One summation finds any NaN or infinity (they propagate); the full test only when it fires.
-    if not np.isfinite(rows.sum(dtype=np.float64)) and not np.isfinite(rows).all():
+    bits, no_sign, non_finite = _FINITE_BITS[rows.dtype.name]
+    if rows.size and (rows.view(bits) & bits(no_sign)).max() >= non_finite:
         raise HiddenStatesError(f"{sample.file}: sample {sample.name!r}: NaN or infinite "
                                 f"{kind} hidden states in layer {layer}")
 
@@ -291,17 +299,19 @@ def stream_batches(index: HiddenStatesIndex, batch_bytes: int = DEFAULT_BATCH_BY
                    check_finite: bool = True) -> Iterator[tuple]:
     """One pass over the files as fixed-shape `MIRAccumulator.update` batches.
 
-    Yields (vision [L, R_v, D], text [L, R_t, D], vision_mask [R_v], text_mask [R_t]), float32
-    NumPy; a batch closes when either modality fills, the other's unfilled rows masked (zeros).
+    Yields (vision [L, R_v, D], text [L, R_t, D], vision_mask [R_v], text_mask [R_t]), NumPy in
+    the files' dtype (the accumulator widens them to float32 in XLA); a batch closes when either
+    modality fills, the other's unfilled rows masked (zeros).
     Rows of a sample may straddle batches (the accumulator does not need sample boundaries).
     Memory: the open batches, at most 1 + one sample's rows / R.
     """
     rows = {"vision": 0, "text": 0}
     rows["vision"], rows["text"] = _batch_rows(index, batch_bytes)
     shape = {k: (index.layers, r, index.dim) for k, r in rows.items()}
+    dtype = NUMPY_DTYPES[index.dtype]
 
     def new_batch():
-        return {k: np.empty(shape[k], np.float32) for k in rows} | {"fill": {"vision": 0, "text": 0}}
+        return {k: np.empty(shape[k], dtype) for k in rows} | {"fill": {"vision": 0, "text": 0}}
 
     def finish(batch):
         out = []
@@ -348,10 +358,11 @@ def stream_batches(index: HiddenStatesIndex, batch_bytes: int = DEFAULT_BATCH_BY
 
 
 def read_layer(index: HiddenStatesIndex, layer: int, handles: dict, check_finite: bool = True):
-    """Layer `layer` (1..L) of every sample: (vision [N_v, D], text [N_t, D]) float32, samples in
-    order, and the sample number (0..) of each row: (vision_samples [N_v], text_samples [N_t])."""
-    vision = np.empty((index.num_vision, index.dim), np.float32)
-    text = np.empty((index.num_text, index.dim), np.float32)
+    """Layer `layer` (1..L) of every sample: (vision [N_v, D], text [N_t, D]) in the files' dtype
+    (compute_mir widens them to float32), samples in order, and the sample number (0..) of each
+    row: (vision_samples [N_v], text_samples [N_t])."""
+    vision = np.empty((index.num_vision, index.dim), NUMPY_DTYPES[index.dtype])
+    text = np.empty((index.num_text, index.dim), NUMPY_DTYPES[index.dtype])
     at = {"vision": 0, "text": 0}
     for sample in index.samples:
         parts = _read_layer(handles[sample.file], sample, layer, index.first_layer)
