@@ -1,12 +1,16 @@
 """Blockwise (online-softmax) attention against the dense path on this machine's default backend.
 
 For each sequence length: the forward and the forward+backward (gradients of q, k, v) of one
-causal attention call, dense (on one CPU device: tiled over batch row x kv heads) and blockwise,
-timed interleaved; then XLA's memory analysis of the compiled forward+backward (temporaries,
-i.e. everything but inputs and outputs) for both.
+causal attention call, dense (scores materialized, autodiff), blockwise batched and blockwise
+looped over (batch row, kv head) slices (what "auto" runs on one CPU device), timed
+interleaved; then XLA's memory analysis of the compiled forward+backward (temporaries, i.e.
+everything but inputs and outputs) for each. Ratios are against dense.
 
     python benchmarks/attention.py [--lengths 1024 2048 4096] [--batch 1] [--heads 8] [--kv_heads 8]
         [--head_dim 64] [--block 512 512] [--repeats 3] [--memory_only] [--bidirectional]
+
+--block sets both blockwise forms' tiles; by default each takes its own (BLOCK_Q x BLOCK_KV
+batched, CPU_BLOCK rows looped).
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ from timing import interleaved_best
 from mir_jax.models import attention as attn
 
 
-def fns(block_q: int, block_kv: int, causal: bool = True):
+def fns(block_q: int | None, block_kv: int | None, causal: bool = True):
     mask = attn.Mask(causal=causal)
-    dense = lambda q, k, v: attn.dense_attention(q, k, v, mask)
-    block = lambda q, k, v: attn.blockwise_attention(q, k, v, mask, block_q=block_q, block_kv=block_kv)
-    return {"dense": dense, "blockwise": block}
+
+    def block(head_loop):
+        return lambda q, k, v: attn.blockwise_attention(q, k, v, mask, block_q=block_q, block_kv=block_kv,
+                                                        head_loop=head_loop)
+
+    return {"dense": lambda q, k, v: attn.dense_attention(q, k, v, mask),
+            "blockwise": block(False), "looped": block(True)}
 
 
 def grad_of(f):
@@ -43,7 +51,7 @@ def main():
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv_heads", type=int, default=8)
     ap.add_argument("--head_dim", type=int, default=64)
-    ap.add_argument("--block", type=int, nargs=2, default=[attn.BLOCK_Q, attn.BLOCK_KV])
+    ap.add_argument("--block", type=int, nargs=2, default=[None, None])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory_only", action="store_true")
     ap.add_argument("--bidirectional", action="store_true", help="no causal mask (ViT layers)")
@@ -71,7 +79,8 @@ def main():
                      for c in compiled.values()]
             best = interleaved_best(args.repeats, *calls, warmup=True)
             print(f"  {label:8s}" + "".join(f"  {n} {t * 1e3:8.1f} ms" for n, t in zip(compiled, best))
-                  + f"  blockwise/dense {best[1] / best[0]:.2f}x", flush=True)
+                  + "".join(f"  {n}/dense {t / best[0]:.2f}x" for n, t in list(zip(compiled, best))[1:]),
+                  flush=True)
 
 
 if __name__ == "__main__":
