@@ -146,8 +146,8 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-# The one score per downstream evaluator that the training plot draws.
-HEADLINE_SCORES = ("cider", "accuracy", "f1", "likelihood_accuracy")
+# The one score per downstream evaluator that the training plot draws (defined with scores.png's).
+from mir_jax.evals.score_plot import HEADLINE_SCORES  # noqa: E402
 
 
 def plot_metrics(jsonl_path: str, png_path: str) -> str:
