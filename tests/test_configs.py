@@ -90,6 +90,7 @@ def test_runlocal_data_fits_the_recipe(name, arg):
         assert s["bad"] == 0, (source, s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_runlocal_trains_a_few_steps(name, tmp_path):
     """Each recipe's runlocal config as train.py gets it, shortened to 2 steps. The held-out and

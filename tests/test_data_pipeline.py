@@ -177,6 +177,7 @@ def test_weights_mix_two_file_sources(tmp_path):
     assert abs(share_a - 0.75) < 0.02
 
 
+@pytest.mark.slow
 def test_two_workers_match_in_process_and_resume():
     cfg = {"num_workers": 2, "num_threads": 1}
     args = small(batch_size=4, seq_len=256)

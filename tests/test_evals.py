@@ -277,6 +277,7 @@ def test_registry_and_options_fail_in_one_line():
 
 # ----- in the training loop ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
     """mm1_mix:runlocal (caption pre-training, plain template), 120 steps: the caption evaluator
     runs at steps 60 and 120, its scores land in metrics.jsonl and its answer files in

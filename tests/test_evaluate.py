@@ -175,6 +175,7 @@ def test_cli_bad_inputs_are_clear_and_write_nothing(tiny_llava, tmp_path):
     assert not out.exists() or not (out / "mir.json").exists()
 
 
+@pytest.mark.slow
 def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     """Train a tiny model for 6 steps (MIR evaluated in the loop on the final parameters), then
     load the workdir the way `evaluate.py --checkpoint` does: same MIR on the same batches."""
@@ -300,6 +301,7 @@ def test_cli_counts_truncation_and_prints_the_published_fast_verdict(tiny_llava,
     assert "verdict" in result and len(result["diagnostics"]["condition"]) == 3
 
 
+@pytest.mark.slow
 def test_compute_dtypes_move_mir_little_and_really_compute_in_that_dtype(tiny_llava):
     from mir_jax.models import with_compute_dtype
 

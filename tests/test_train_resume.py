@@ -86,6 +86,7 @@ def test_bad_config_is_a_clear_error_before_compiling(tmp_path, overrides, messa
     assert not os.path.exists(tmp_path / "checkpoints")  # failed before building anything
 
 
+@pytest.mark.slow
 def test_cli_rejects_unknown_override_keys(tmp_path):
     for override, message in [("--config.optimizer.lrr=1", "unknown config key 'optimizer.lrr'"),
                               ("--config.nonexistent=1", "unknown config key 'nonexistent'")]:
