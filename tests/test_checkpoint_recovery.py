@@ -60,9 +60,10 @@ def _restore(workdir, config, step=None):
 
 
 def _truncate_largest_array_file(step_dir):
+    """Empty the state item's largest array file (halving it is not enough: which arrays sit in
+    its second half depends on orbax's write order, and a restore may not need any of them)."""
     f = max(glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*")), key=os.path.getsize)
-    with open(f, "r+b") as fh:
-        fh.truncate(os.path.getsize(f) // 2)
+    os.truncate(f, 0)
 
 
 def _truncate_every_array_file(step_dir, keep: float = 0.5):

@@ -15,7 +15,7 @@ from mir_jax.data import image_config_from_hf
 from mir_jax.data.images import ImageConfig, load_and_preprocess, normalize
 from mir_jax.evals.loading import load_model
 from mir_jax.train.loop import train_and_evaluate
-from mir_jax.weights import load_weights
+from mir_jax.weights import WeightsSource, load_weights
 from mir_jax.weights.checkpoint import CheckpointError
 from tests import train_fixtures as fx
 from tests.helpers import model_params, run_tool, saved_params
@@ -64,8 +64,9 @@ def test_workdir_at_step_takes_that_step(stage1):
     assert any(not np.array_equal(latest[k], at2[k]) for k in latest)  # training moved the connector
     model = load_model(f"{stage1}@2").model
     _assert_bitwise_equal(model_params(model), at2)
-    _, model = load_weights(stage1, 2)  # the same step as an argument
-    _assert_bitwise_equal(model_params(model), at2)
+    weights = load_weights(stage1, step=2)  # the same step as an argument
+    _assert_bitwise_equal(model_params(weights.model), at2)
+    assert weights.source == WeightsSource("workdir", stage1, 2, ())
     handle = load_model(f"{stage1}@2")
     assert handle.name == "run@2" and handle.path == f"{stage1}@2"
     _assert_bitwise_equal(model_params(handle.model), at2)

@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from mir_jax.mir.kernel import MIRResult, compute_mir
+from mir_jax.mir.kernel import compute_mir
 from mir_jax.mir.methods import resolve_method
+from mir_jax.mir.rules import MIRResult
 from mir_jax.mir.streaming import MIRAccumulator
 from mir_jax.mir.uncertainty import jackknife_groups, jackknife_interval, t_quantile
 

@@ -60,8 +60,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mir_jax.mir import linalg
-from mir_jax.mir.kernel import MIRResult, as_row_mask, cross_term_from_covariances, outlier_rows
 from mir_jax.mir.methods import published_fast_diagnostics, resolve_method
+from mir_jax.mir.rules import MIRResult, as_row_mask, cross_term_from_covariances, outlier_rows
 
 NORM_BINS = 65536
 DEFAULT_MEDIAN_BINS = 256

@@ -31,7 +31,7 @@ import scipy.stats
 from jax import lax
 
 from mir_jax.mir import linalg
-from mir_jax.mir.kernel import MIRResult, _frechet_from_rows, cross_term_from_covariances, preprocess
+from mir_jax.mir.rules import MIRResult, _frechet_from_rows, cross_term_from_covariances, preprocess
 
 ESTIMATORS = ("jackknife",)
 

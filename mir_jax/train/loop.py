@@ -8,13 +8,14 @@
    anything compiles;
 2. resume from the newest checkpoint in `workdir/checkpoints` that restores (params, optimizer,
    step, data position; damaged newer ones are reported and kept aside), else initialize
-   (randomly or from `config.init_from`); a run already at `total_steps` returns at once
-   ({"already_done": True}) without touching its logs;
+   (randomly or from `config.init_from`, via `mir_jax.weights.load_weights`); a run already at
+   `total_steps` returns at once (`TrainResult.already_done`) without touching its logs;
 3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, held-out loss
    and MIR every `eval.every` steps, the downstream evaluators of `config.evals` (captioning,
    VQA, POPE, multiple choice; `mir_jax.evals`) every one's `every` steps (rows of split
    "downstream" in metrics.jsonl, answer files in WORKDIR/evals/step_N/), checkpoint every
-   `checkpoint.every` steps and on SIGTERM (then it returns {"preempted": True, "signal": 15});
+   `checkpoint.every` steps and on SIGTERM (then it returns with `TrainResult.preempted`);
+   time spent evaluating and saving is not counted in tokens/s and MFU (`Throughput.paused`);
 4. at the end: final evaluation (MIR and every downstream evaluator), a checkpoint, the plot,
    a few greedy captions.
 Bad-sample counts (per source and reason) are printed and logged (split "data") with each

@@ -83,10 +83,8 @@ def load_weights(path: str, *, step: int | None = None, mesh=None, **config_over
         raise ValueError(f"{path!r} names step {at} but step={step} was asked for")
     step = at if step is None else step
     if not os.path.exists(directory):
-        if "@" in path and not os.path.isdir(path):
-            raise WeightsError(f"{path!r}: {path.rpartition('@')[0]!r} is not a training workdir")
         raise WeightsError(f"model path {path!r} does not exist: not a mir-jax training workdir "
-                           "nor a Hugging Face directory")
+                           "(WORKDIR or WORKDIR@STEP) nor a Hugging Face directory")
     if is_workdir(directory):
         from mir_jax.weights import checkpoint
 
