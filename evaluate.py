@@ -103,6 +103,11 @@ flags.DEFINE_string("score_answers", None, "Re-score this LLaVA or lmms-eval ans
 flags.DEFINE_string("hidden_states", None, "MIR of hidden states dumped to safetensors (one file or a "
                     "directory of shards; layout: docs/mir.md section 10, tools/dump_hidden_states.py), "
                     "no model loaded; --method and --mode apply.")
+flags.DEFINE_enum("uncertainty", None, ["jackknife"],
+                  "MIR's standard error and 95 % interval over groups of samples, per layer and overall "
+                  "(needs --mode=exact; docs/mir.md section 9); with --compare, the paired interval "
+                  "of each difference.")
+flags.DEFINE_integer("uncertainty_groups", 10, "--uncertainty: number of sample groups (2 to --num_samples).")
 flags.DEFINE_list("shots", ["0"], "In-context examples for caption and vqa (e.g. 0,4,8).")
 flags.DEFINE_integer("max_new_tokens", 0, "Generated tokens per answer (0: each evaluator's default).")
 flags.DEFINE_string("prompt_template", None, "Prompt template of the downstream prompts (default: the "
@@ -161,7 +166,7 @@ def _evaluate_mir(handle, name: str):
             "mir", images=images, texts=texts, image_folder=FLAGS.image_folder,
             num_samples=FLAGS.num_samples, template=FLAGS.template, method=FLAGS.method,
             mode=FLAGS.mode, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len, seed=FLAGS.seed,
-            progress=FLAGS.progress)
+            progress=FLAGS.progress, uncertainty=FLAGS.uncertainty, num_groups=FLAGS.uncertainty_groups)
         result = evaluator.run(handle)
     except (DataError, ValueError) as e:
         _fail(f"{name}: {e}")
@@ -267,6 +272,9 @@ def main(argv):
     paths += [p for p in (FLAGS.hf_model, FLAGS.checkpoint) if p]
     if not paths:
         _fail("give a model: --hf_model=DIR, --checkpoint=WORKDIR or --compare=A,B,...")
+    if FLAGS.uncertainty and FLAGS.mode != "exact":
+        _fail(f"--uncertainty={FLAGS.uncertainty} needs --mode=exact (the streaming accumulator keeps no "
+              "per-group statistics)")
     try:
         shape = tuple(int(s) for s in FLAGS.mesh_shape.split(","))
         mesh = make_mesh(shape) if jax.device_count() > 1 or shape != (-1, 1, 1) else None
@@ -344,6 +352,14 @@ def main(argv):
             row = [results[n].per_layer[layer] if layer < len(results[n].per_layer) else np.nan for n in names_]
             print(f"{layer + 1:>5}  " + "  ".join(f"{v:>14.6g}" for v in row))
         print("  MIR  " + "  ".join(f"{results[n].overall:>14.6f}" for n in names_))
+        comparisons = _paired_differences(results)
+        for c in comparisons:
+            lo, hi = c["overall_interval"]
+            verdict = "the difference is larger than the choice of samples explains" if c["excludes_zero"] \
+                else "within what the choice of samples explains"
+            print(f"{c['a']} - {c['b']}: MIR {c['overall']:+.6f}, paired 95 % interval "
+                  f"[{lo:+.6f}, {hi:+.6f}]: {verdict}")
+            records[c["a"]].setdefault("paired_differences", {})[c["b"]] = c
     if downstream:
         print("\n" + _score_table(scores))
 
@@ -366,6 +382,25 @@ def main(argv):
           else f"\nwrote {' and '.join(written)}")
 
 
+def _paired_differences(results: dict) -> list[dict]:
+    """For every pair of models evaluated with --uncertainty on the same samples: the overall
+    MIR difference a - b and its paired jackknife interval (the same sample groups left out of
+    both), as JSON-ready dicts; [] without intervals."""
+    import itertools
+
+    from mir_jax.mir import paired_difference
+
+    if not all(r.interval for r in results.values()):
+        return []
+    out = []
+    for a, b in itertools.combinations(results, 2):
+        d = paired_difference(results[a].result(), results[b].result())
+        out.append(dict(a=a, b=b, overall=float(d.overall), overall_se=float(d.overall_se),
+                        overall_interval=[float(x) for x in d.overall_interval],
+                        excludes_zero=bool(d.excludes_zero)))
+    return out
+
+
 def _write_mir(results: dict, records: dict, output_dir: str) -> list[str]:
     """mir.json (flags, versions, one record per model) and mir_per_layer.png; their paths."""
     from mir_jax import provenance
@@ -386,14 +421,13 @@ def _evaluate_hidden_states(path: str) -> None:
     import numpy as np
 
     from mir_jax import provenance
-    from mir_jax.evals.mir import MIREvaluation
-    from mir_jax.mir import format_mir
+    from mir_jax.evals.mir import MIREvaluation, interval_fields
     from mir_jax.mir.hidden_states import hidden_states_mir
 
-    uncertainty = FLAGS["uncertainty"].value if "uncertainty" in FLAGS else None
     print(provenance.summary())
     try:
-        out = hidden_states_mir(path, method=FLAGS.method, mode=FLAGS.mode, uncertainty=uncertainty)
+        out = hidden_states_mir(path, method=FLAGS.method, mode=FLAGS.mode, uncertainty=FLAGS.uncertainty,
+                                num_groups=FLAGS.uncertainty_groups)
     except ValueError as e:  # HiddenStatesError: one line naming the file and the sample
         _fail(f"--hidden_states: {e}")
     name = os.path.basename(os.path.normpath(path))
@@ -402,16 +436,13 @@ def _evaluate_hidden_states(path: str) -> None:
         per_layer=np.asarray(result.per_layer), overall=float(result.overall), method=out.method,
         mode=out.mode, num_samples=out.num_samples, num_vision_tokens=out.num_vision_tokens,
         num_text_tokens=out.num_text_tokens, lm_loss=None, perplexity=None, timings=out.timings,
-        diagnostics=out.diagnostics)
+        diagnostics=out.diagnostics,
+        interval=interval_fields(result, out.num_groups) if result.per_layer_se is not None else {})
     record = dict(hidden_states=path, dtype=out.index.dtype, **evaluation.to_json())
-    if result.per_layer_se is not None:
-        record.update(uncertainty=uncertainty, num_groups=out.num_groups, **{
-            k: np.asarray(getattr(result, k)).tolist()
-            for k in ("per_layer_se", "per_layer_interval", "overall_se", "overall_interval")})
     print(f"\n== {name}: MIR over {out.num_samples} samples ({out.num_vision_tokens} vision / "
           f"{out.num_text_tokens} text tokens) from hidden states ({out.index.dtype}), "
           f"method={out.method}, mode={out.mode}")
-    print(format_mir(result, out.method, out.diagnostics))
+    print(evaluation.format())
     output_dir = FLAGS.output_dir or os.path.normpath(path) + "_mir_eval"
     os.makedirs(output_dir, exist_ok=True)
     print(f"\nwrote {' and '.join(_write_mir({name: evaluation}, {name: record}, output_dir))}")

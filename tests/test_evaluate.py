@@ -54,9 +54,16 @@ def _batches(num_samples=8, batch_size=8):
 
 def _reference_from_hf(hf_model, batches):
     """Spec transcription (float64) on HF PyTorch's own hidden states, tokens chosen by hand."""
+    vision_layers, text_layers, _, _ = _hf_rows(hf_model, batches)
+    return ref.mir(vision_layers, text_layers)
+
+
+def _hf_rows(hf_model, batches):
+    """HF PyTorch's hidden states of MIR's tokens, float64: (vision rows [L][n, D], text rows
+    [L][m, D], the sample of each vision row [n], of each text row [m]), samples in batch order."""
     import torch
 
-    vision_layers, text_layers = None, None
+    vision_layers, text_layers, vision_samples, text_samples, sample = None, None, [], [], 0
     for batch in batches:
         ids = np.asarray(batch["input_ids"])
         attention = np.asarray(batch["attention_mask"])
@@ -77,9 +84,12 @@ def _reference_from_hf(hf_model, batches):
             for layer, h in enumerate(states):
                 vision_layers[layer].append(h[row, image_positions])
                 text_layers[layer].append(h[row, text_positions])
+            vision_samples += [sample] * len(image_positions)
+            text_samples += [sample] * len(text_positions)
+            sample += 1
     vision_layers = [np.concatenate(v) for v in vision_layers]
     text_layers = [np.concatenate(t) for t in text_layers]
-    return ref.mir(vision_layers, text_layers)
+    return vision_layers, text_layers, np.array(vision_samples), np.array(text_samples)
 
 
 def test_mir_matches_float64_reference_on_hf_hidden_states(tiny_llava):
@@ -95,6 +105,27 @@ def test_mir_matches_float64_reference_on_hf_hidden_states(tiny_llava):
         assert result.num_samples == 8
         assert result.num_vision_tokens == 8 * 16
         assert np.isfinite(result.lm_loss) and result.perplexity > 1
+
+
+def test_interval_over_samples_matches_float64_jackknife_on_hf_hidden_states(tiny_llava):
+    """evaluate_mir(..., uncertainty="jackknife"): every token of a sample in that sample's group
+    (sample k in group k % G), checked against the estimator written out in float64
+    (tests/test_mir_uncertainty.py) on HF PyTorch's hidden states."""
+    from tests.test_mir_uncertainty import reference_jackknife
+
+    path, hf_model = tiny_llava
+    batches = _batches(num_samples=8, batch_size=4)
+    vision, text, vision_samples, text_samples = _hf_rows(hf_model, batches)
+    want = reference_jackknife(vision, text, vision_samples % 4, text_samples % 4)
+    model = load_weights(path).model
+    got = evaluate_mir(model, lambda: iter(batches), mode="exact", progress=False,
+                       uncertainty="jackknife", num_groups=4)
+    np.testing.assert_allclose(got.interval["per_layer_replicates"], want["replicates"], rtol=2e-3)
+    np.testing.assert_allclose(got.interval["per_layer_se"], want["se"], rtol=2e-2, atol=1e-4)
+    np.testing.assert_allclose(got.interval["overall_interval"], want["overall_interval"], rtol=2e-3, atol=1e-4)
+    assert "jackknife over 4 sample groups" in got.format()
+    with pytest.raises(ValueError, match="needs mode='exact'"):
+        evaluate_mir(model, lambda: iter(batches), mode="streaming", progress=False, uncertainty="jackknife")
 
 
 def test_one_device_equals_eight(tiny_llava):
@@ -408,3 +439,28 @@ def test_cli_downstream_bad_inputs_are_one_line(tiny_llava, tmp_path):
         last = run.stderr.strip().splitlines()[-1]
         assert last.startswith("evaluate.py: error:") and message in last, (args, last)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_uncertainty_writes_intervals_and_paired_differences(tiny_llava, tmp_path):
+    path, _ = tiny_llava
+    out = tmp_path / "out"
+    common = ("--num_samples=8", "--batch_size=4", "--seq_len=256", "--uncertainty=jackknife",
+              "--uncertainty_groups=4", "--noprogress")
+    refused = run_tool("evaluate.py", f"--hf_model={path}", *common, f"--output_dir={out}")
+    assert refused.returncode == 2 and not out.exists()
+    assert refused.stderr.strip().splitlines()[-1] == ("evaluate.py: error: --uncertainty=jackknife needs "
+                                                       "--mode=exact (the streaming accumulator keeps no "
+                                                       "per-group statistics)")
+    run = run_tool("evaluate.py", f"--compare={path},{path}", "--mode=exact", *common, f"--output_dir={out}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = json.loads((out / "mir.json").read_text())["results"]
+    a, b = records  # the same model twice: names made unique by evaluate.py
+    for record in records.values():
+        low, high = record["interval"]["overall_interval"]
+        assert low < record["overall"] < high and record["interval"]["num_groups"] == 4
+        assert np.shape(record["interval"]["per_layer_replicates"]) == (4, 3)
+    # The same weights on the same sample groups: every replicate difference is 0.
+    diff = records[a]["paired_differences"][b]
+    assert diff["overall"] == 0 and diff["overall_interval"] == [0.0, 0.0] and not diff["excludes_zero"]
+    assert "within what the choice of samples explains" in run.stdout

@@ -49,6 +49,9 @@ class MIREvaluation:
     lm_loss: mean next-token NLL on the text (label) tokens; perplexity: exp(lm_loss).
     diagnostics: the method's per-layer diagnostics ({"drift", "condition"} for
     published_fast, see `mir.published_fast_verdict`), {} for the others.
+    interval: with uncertainty="jackknife", the `MIRResult` fields of the interval over sample
+    groups (per_layer_se [L], per_layer_interval [L, 2], overall_se, overall_interval [2],
+    per_layer_replicates [G, L], overall_replicates [G]) plus "num_groups" and "level"; else {}.
     """
 
     per_layer: np.ndarray
@@ -62,11 +65,18 @@ class MIREvaluation:
     perplexity: float
     timings: dict
     diagnostics: dict = dataclasses.field(default_factory=dict)
+    interval: dict = dataclasses.field(default_factory=dict)
+
+    def result(self) -> mir.MIRResult:
+        """The values as a `mir.MIRResult` (with the interval fields when there are some)."""
+        fields = {k: np.asarray(v) for k, v in self.interval.items() if k in mir.MIRResult._fields}
+        return mir.MIRResult(np.asarray(self.per_layer), np.asarray(self.overall), **fields)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["per_layer"] = [float(x) for x in self.per_layer]
         d["diagnostics"] = {k: [float(x) for x in np.asarray(v)] for k, v in self.diagnostics.items()}
+        d["interval"] = {k: np.asarray(v).tolist() for k, v in self.interval.items()}
         note = mir.method_note(self.method)
         if note:
             d["note"] = note
@@ -76,8 +86,8 @@ class MIREvaluation:
 
     def format(self) -> str:
         """The per-layer table, overall MIR and the method's notes, as `mir.format_mir` prints."""
-        return mir.format_mir(mir.MIRResult(self.per_layer, self.overall), self.method,
-                              self.diagnostics)
+        return mir.format_mir(self.result(), self.method, self.diagnostics,
+                              level=self.interval.get("level", 0.95))
 
 
 def mir_forward(model, batch) -> tuple:
@@ -119,6 +129,9 @@ def evaluate_mir(
     remove_outliers: bool = True,
     progress: bool = True,
     num_batches: int | None = None,
+    uncertainty: str | None = None,
+    num_groups: int = 10,
+    sample_order=None,
 ) -> MIREvaluation:
     """MIR (per layer and overall) and the LM loss of `model` on MIR evaluation batches.
 
@@ -131,15 +144,24 @@ def evaluate_mir(
       mesh: optional device mesh: batches are sharded over (data, fsdp), parameters by
         the logical-axis rules, and streaming statistics are combined with a psum.
       num_batches: for the progress bar only.
+      uncertainty: None, or "jackknife" (mode="exact" only): standard errors and 95 % intervals
+        over `num_groups` groups of samples (`mir.compute_mir`; docs/mir.md, section 9).
+      sample_order: [num_samples] int, the source index of the k-th sample the batches hold
+        (when they run in another order, e.g. longest first), so that groups are made of the
+        same samples for every model fed the same data; default: the batches' order.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if uncertainty is not None and mode != "exact":
+        raise ValueError(f"uncertainty={uncertainty!r} needs mode='exact' (--mode=exact): the "
+                         "streaming accumulator keeps no per-group statistics")
     run_forward = make_forward(model, mesh)
     timings = {"forward_s": 0.0, "mir_s": 0.0}
     counts = {"samples": 0, "vision": 0, "text": 0, "nll": 0.0, "nll_tokens": 0}
     start = time.perf_counter()
 
     def sweep(consume, description, count_tokens):
+        seen = 0  # samples before this batch
         for batch in tqdm(batches(), desc=description, total=num_batches, disable=not progress,
                           unit="batch", leave=False):
             t0 = time.perf_counter()
@@ -147,7 +169,13 @@ def evaluate_mir(
             jax.block_until_ready(rows)
             timings["forward_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            consume(rows, vision_mask, text_mask)
+            # The sample of every token position [B*S]: -1 on padding rows.
+            filled = np.any(np.asarray(batch["segment_ids"]) != 0, axis=1)
+            position = np.where(filled, seen + np.cumsum(filled) - 1, -1)
+            if sample_order is not None:
+                position = np.where(position >= 0, np.asarray(sample_order)[np.maximum(position, 0)], -1)
+            seen += int(filled.sum())
+            consume(rows, vision_mask, text_mask, np.repeat(position, np.shape(batch["segment_ids"])[1]))
             timings["mir_s"] += time.perf_counter() - t0
             if count_tokens:
                 counts["samples"] += int(np.sum(np.any(np.asarray(batch["segment_ids"]) != 0, axis=1)))
@@ -161,7 +189,7 @@ def evaluate_mir(
                                          remove_outliers=remove_outliers, mesh=mesh)
         while accumulator.needs_another_pass:  # num_passes grows by one if the medians need it
             index = accumulator.current_pass
-            sweep(lambda r, v, t: accumulator.update(r, r, v, t),
+            sweep(lambda r, v, t, _: accumulator.update(r, r, v, t),
                   f"MIR pass {index + 1}/{accumulator.num_passes}", count_tokens=index == 0)
             accumulator.end_pass()
         t0 = time.perf_counter()
@@ -169,12 +197,14 @@ def evaluate_mir(
         diagnostics = accumulator.diagnostics
         resolved = accumulator.method
     else:
-        vision_rows, text_rows = [], []
+        vision_rows, text_rows, vision_samples, text_samples = [], [], [], []
 
-        def keep(rows, vision_mask, text_mask):
-            rows = np.asarray(rows)
-            vision_rows.append(rows[:, np.asarray(vision_mask)])
-            text_rows.append(rows[:, np.asarray(text_mask)])
+        def keep(rows, vision_mask, text_mask, samples):
+            rows, vision_mask, text_mask = np.asarray(rows), np.asarray(vision_mask), np.asarray(text_mask)
+            vision_rows.append(rows[:, vision_mask])
+            text_rows.append(rows[:, text_mask])
+            vision_samples.append(samples[vision_mask])
+            text_samples.append(samples[text_mask])
 
         sweep(keep, "MIR (exact)", count_tokens=True)
         t0 = time.perf_counter()
@@ -183,9 +213,14 @@ def evaluate_mir(
         if vision.shape[1] < 2 or text.shape[1] < 2:
             raise ValueError(f"too few tokens for MIR: {vision.shape[1]} vision, {text.shape[1]} text")
         resolved = mir.resolve_method(method, vision.shape[1], text.shape[1], vision.shape[2])
+        groups = {}
+        if uncertainty is not None:
+            vision_groups, text_groups = mir.jackknife_groups(
+                np.concatenate(vision_samples), np.concatenate(text_samples), num_groups)
+            groups = dict(uncertainty=uncertainty, vision_groups=vision_groups, text_groups=text_groups)
         result, diagnostics = mir.compute_mir(vision, text, method=resolved, normalize=normalize,
                                               remove_outliers=remove_outliers,
-                                              return_diagnostics=True)
+                                              return_diagnostics=True, **groups)
     per_layer = np.asarray(jax.block_until_ready(result.per_layer))
     timings["mir_s"] += time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
@@ -197,7 +232,15 @@ def evaluate_mir(
         per_layer=per_layer, overall=float(result.overall), method=resolved, mode=mode,
         num_samples=counts["samples"], num_vision_tokens=counts["vision"],
         num_text_tokens=counts["text"], lm_loss=lm_loss, perplexity=float(np.exp(lm_loss)),
-        timings=timings, diagnostics={k: np.asarray(v) for k, v in diagnostics.items()})
+        timings=timings, diagnostics={k: np.asarray(v) for k, v in diagnostics.items()},
+        interval=interval_fields(result, num_groups) if uncertainty is not None else {})
+
+
+def interval_fields(result: mir.MIRResult, num_groups: int) -> dict:
+    """The interval fields of a `compute_mir` result, as host arrays, for `MIREvaluation`."""
+    names = ("per_layer_se", "per_layer_interval", "overall_se", "overall_interval",
+             "per_layer_replicates", "overall_replicates")
+    return {**{k: np.asarray(getattr(result, k)) for k in names}, "num_groups": num_groups, "level": 0.95}
 
 
 def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
@@ -215,7 +258,10 @@ def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
         label = f"{name} (MIR {res.overall:.3f})"
         if mir.method_note(res.method):
             label += f" [{res.method}: not a Fréchet distance]"
-        ax.plot(layers, res.per_layer, marker="o", label=label)
+        line, = ax.plot(layers, res.per_layer, marker="o", label=label)
+        if res.interval:  # the 95 % interval over sample groups, as a band
+            low, high = np.asarray(res.interval["per_layer_interval"]).T
+            ax.fill_between(layers, np.maximum(low, 1e-12), high, color=line.get_color(), alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_yscale("log")
     ax.set_xlabel("decoder layer")
@@ -244,7 +290,7 @@ class MirEvaluator(Evaluator):
     name = "mir"
     OPTIONS = {"images": "synthetic", "texts": "synthetic", "image_folder": None, "num_samples": 100,
                "template": "vicuna_v1", "method": "auto", "mode": "streaming", "batch_size": 8,
-               "seq_len": 0, "seed": 0, "progress": False}
+               "seq_len": 0, "seed": 0, "progress": False, "uncertainty": None, "num_groups": 10}
 
     def check_options(self):
         super().check_options()
@@ -252,6 +298,12 @@ class MirEvaluator(Evaluator):
             raise ValueError(f"evaluator 'mir': method={self.options['method']!r} not in {tuple(mir.METHODS)}")
         if self.options["mode"] not in MODES:
             raise ValueError(f"evaluator 'mir': mode={self.options['mode']!r} not in {MODES}")
+        if self.options["uncertainty"] not in (None, *mir.ESTIMATORS):
+            raise ValueError(f"evaluator 'mir': uncertainty={self.options['uncertainty']!r} not in "
+                             f"{(None, *mir.ESTIMATORS)}")
+        if self.options["uncertainty"] and self.options["mode"] != "exact":
+            raise ValueError("evaluator 'mir': uncertainty needs mode='exact' (--mode=exact): the "
+                             "streaming accumulator keeps no per-group statistics")
 
     def run(self, model) -> EvalResult:
         from mir_jax.data import make_mir_iterator, mir_sample_lengths
@@ -270,7 +322,9 @@ class MirEvaluator(Evaluator):
         evaluation = evaluate_mir(
             model.model, lambda: make_mir_iterator(o["images"], o["texts"], **data_kwargs),
             method=o["method"], mode=o["mode"], mesh=model.mesh, progress=bool(o["progress"]),
-            num_batches=-(-int(o["num_samples"]) // int(o["batch_size"])))
+            num_batches=-(-int(o["num_samples"]) // int(o["batch_size"])),
+            uncertainty=o["uncertainty"], num_groups=int(o["num_groups"]),
+            sample_order=np.argsort(-np.asarray(lengths), kind="stable"))  # the iterator's order
         data = dict(seq_len=seq_len, truncated_samples=truncated, longest_sample=int(lengths.max()),
                     truncated_by=("seq_len" if o["seq_len"] else "context"),
                     num_image_tokens=model.num_image_tokens, image_size=model.image.size,

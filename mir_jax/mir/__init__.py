@@ -31,9 +31,10 @@ from mir_jax.mir.rules import (
 )
 from mir_jax.mir.streaming import MIRAccumulator
 from mir_jax.mir.tokens import mir_rows, mir_token_masks
-from mir_jax.mir.uncertainty import MIRDifference, jackknife_groups, paired_difference
+from mir_jax.mir.uncertainty import ESTIMATORS, MIRDifference, jackknife_groups, paired_difference
 
 __all__ = [
+    "ESTIMATORS",
     "LEGACY_NOTE",
     "METHODS",
     "MIRAccumulator",
