@@ -1,24 +1,14 @@
-"""Answer normalization and scoring for short-answer VQA-style benchmarks.
+"""Answer normalization and scoring for short-answer VQA-style benchmarks (pure Python).
 
-Pure Python (no JAX). Each scorer here computes what one official script computes on the
-same predictions (each function names its script; the scripts were read, not copied):
+Each scorer equals one official script (read, not copied):
 
-  vqa_accuracy(scoring="official")   GT-Vision-Lab/VQA ``vqaEval.py`` as of its 2021 fix
-                                      ("Fixed processing answers bug", a013f00)
-  vqa_accuracy(scoring="lmms_eval")  lmms-eval's ``tasks/vqav2/utils.py`` (both sides always
-                                      normalized)
-  vqa_accuracy(scoring="llava")      LLaVA-1.5's VQAv2 submission: ``convert_vqav2_for_submission.py``
-                                      passes each prediction through ``EvalAIAnswerProcessor``,
-                                      then the server runs ``vqaEval.py``
-  textvqa_accuracy                   LLaVA's ``m4c_evaluator.py`` ``TextVQAAccuracyEvaluator``
-                                      (what ``eval_textvqa.py`` reports)
-  gqa_accuracy                       LLaVA's ``convert_gqa_for_eval.py`` + GQA's ``eval.py``
-  yes_no / pope_scores               LLaVA's ``eval_pope.py``
-  scienceqa_choice                   LLaVA's ``eval_science_qa.py``
-
-The answer normalization reproduces the official VQA evaluation script
-(``processPunctuation`` followed by ``processDigitArticle``), including its quirks, which are
-listed in :func:`normalize_answer`.
+  vqa_accuracy(scoring="official")   GT-Vision-Lab/VQA ``vqaEval.py`` (2021 fix, a013f00)
+  vqa_accuracy(scoring="lmms_eval")  lmms-eval ``tasks/vqav2/utils.py``
+  vqa_accuracy(scoring="llava")      LLaVA-1.5 ``EvalAIAnswerProcessor``, then ``vqaEval.py``
+  textvqa_accuracy                   LLaVA ``m4c_evaluator.py`` ``TextVQAAccuracyEvaluator``
+  gqa_accuracy                       LLaVA ``convert_gqa_for_eval.py`` + GQA ``eval.py``
+  yes_no / pope_scores               LLaVA ``eval_pope.py``
+  scienceqa_choice                   LLaVA ``eval_science_qa.py``
 """
 
 from __future__ import annotations
@@ -44,28 +34,19 @@ __all__ = [
 # Tables of the official VQA evaluation (vqaEval.py).
 # ---------------------------------------------------------------------------
 
-# Characters processPunctuation deletes or turns into a space. Note what is
-# absent: the period (handled by _PERIOD_STRIP), the apostrophe, the colon,
-# '%', '#', '&', '*', '$', '~', '|'.
+# Characters processPunctuation deletes or spaces; the period, apostrophe and colon are not here.
 _PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\",
                 "_", "-", ">", "<", "@", "`", ",", "?", "!")
 
-# The official pattern is "(?!<=\d)(\.)(?!\d)". Its first group was meant as
-# the look-behind "(?<!\d)" but is a negative look-ahead for the literal "<="
-# followed by a digit, which can never match where the next character is the
-# period itself. So in effect: delete every '.' that is not followed by a
-# digit ("3.5" and ".5" keep theirs, "5." and "a.b" lose it).
+# The official pattern, verbatim: its "(?!<=\d)" is a no-op look-ahead (a typo for a
+# look-behind), so it deletes every '.' not followed by a digit.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-# The official script hands re.UNICODE (== 32) as the positional *count*
-# argument of periodStrip.sub, so at most 32 periods are removed per answer.
+# The official script passes re.UNICODE (32) as the count of periodStrip.sub.
 _PERIOD_STRIP_COUNT = int(re.UNICODE)
 
-# A digit, a comma, a digit. Its only use in the official script is as a
-# *switch*: when it occurs anywhere in the text, every punctuation character is
-# deleted instead of being turned into a space (so "1,000" -> "1000").
+# Digit-comma-digit anywhere switches punctuation from "space" to "delete" ("1,000" -> "1000").
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-# The same switch in EvalAIAnswerProcessor (LLaVA's m4c_evaluator.py, lmms-eval's
-# vqa_eval_metric.py): a digit, one *or more* commas, a digit ("1,,000" switches here only).
+# EvalAIAnswerProcessor's version of the switch: one or more commas.
 _COMMA_STRIP_EVALAI = re.compile(r"(?<=\d)(,)+(?=\d)")
 
 _NUMBER_WORDS = {
@@ -76,9 +57,7 @@ _NUMBER_WORDS = {
 
 _ARTICLES = frozenset(("a", "an", "the"))
 
-# The official contractions table, entry for entry (including its oddities:
-# the capitalised keys "Im", "Ive", "Id've", "I'dve" can never match because
-# the text is lowercased first, and "somebody'd" maps to "somebodyd").
+# The official contractions table, verbatim (its capitalised keys never match lowercased text).
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
     "couldnt": "couldn't", "couldn'tve": "couldn't've",
@@ -128,12 +107,8 @@ _CONTRACTIONS = {
 def _process_punctuation(text: str, comma_switch: re.Pattern = _COMMA_STRIP) -> str:
     """The official ``processPunctuation``.
 
-    Every character of ``_PUNCTUATION`` is deleted when it touches a space
-    somewhere in the *input* (``p + ' '`` or ``' ' + p`` occurs) or when the
-    input contains digit-comma-digit anywhere (``comma_switch``); otherwise each
-    occurrence is replaced by a space. The decision is taken per character,
-    looking at the original text, and applies to all occurrences of that
-    character. Then periods not followed by a digit are deleted (at most 32).
+    Each punctuation character is deleted if it touches a space in the input or the input
+    has digit-comma-digit, else spaced; then periods not followed by a digit are deleted.
     """
     has_digit_comma = comma_switch.search(text) is not None
     out = text
@@ -146,9 +121,8 @@ def _process_punctuation(text: str, comma_switch: re.Pattern = _COMMA_STRIP) -> 
 
 
 def _process_digit_article(text: str) -> str:
-    """The official ``processDigitArticle``: lowercase, split on whitespace,
-    number words zero..ten (and "none") -> digits, drop a/an/the, then expand
-    the contractions table word by word, and join with single spaces."""
+    """The official ``processDigitArticle``: lowercase, number words to digits, drop
+    articles, expand contractions."""
     words = []
     for word in text.lower().split():
         word = _NUMBER_WORDS.get(word, word)
@@ -158,32 +132,12 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """Normalize an answer the way the official VQAv2 evaluation does.
+    """Normalize an answer like the official VQAv2 evaluation.
 
-    Steps, in the official order: newlines and tabs become spaces and the text
-    is stripped; then ``processPunctuation``; then ``processDigitArticle``
-    (lowercasing happens there, after the punctuation step).
-
-    Behaviours of the official scorer that this keeps on purpose:
-
-    * Punctuation in ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted
-      when that character is next to a space somewhere in the text, else it is
-      replaced by a space: ``"black-white"`` -> ``"black white"`` but
-      ``"black - white"`` -> ``"black white"`` and ``"yes!"`` -> ``"yes"``.
-    * If the text contains digit,digit anywhere, *all* of those punctuation
-      characters are deleted rather than spaced, so ``"1,000"`` -> ``"1000"``
-      (the comma is not kept) and ``"1,2-dog"`` -> ``"12dog"``.
-    * A period is removed unless a digit follows it: ``"3.5"`` keeps it,
-      ``"yes."`` -> ``"yes"``, ``"u.s.a."`` -> ``"usa"``, ``"5."`` -> ``"5"``;
-      at most 32 periods are removed (the official call passes ``re.UNICODE``
-      as the count).
-    * Apostrophes and colons are not punctuation here: ``"don't"`` stays
-      ``"don't"``, ``"dont"`` -> ``"don't"``, ``"10:30"`` stays.
-    * Number words map only when they are a whole word: ``"two"`` -> ``"2"``,
-      ``"none"`` -> ``"0"``, ``"twenty"`` is unchanged.
-
-    Args:
-      text: a prediction or a ground-truth answer.
+    Newlines/tabs to spaces and strip, then ``processPunctuation``, then
+    ``processDigitArticle``. The official quirks are kept, e.g. ``"black-white"`` ->
+    ``"black white"``, ``"1,000"`` -> ``"1000"``, ``"u.s.a."`` -> ``"usa"``, ``"3.5"`` and
+    ``"10:30"`` unchanged, ``"dont"`` -> ``"don't"``, ``"two"`` -> ``"2"``.
 
     Returns:
       The normalized string (possibly empty).
@@ -192,27 +146,23 @@ def normalize_answer(text: str) -> str:
 
 
 def _clean(text: str) -> str:
-    """What vqaEval.py does to every answer first: newlines and tabs to spaces, strip."""
+    """vqaEval.py's first step: newlines and tabs to spaces, strip."""
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def evalai_answer(text: str) -> str:
     """``EvalAIAnswerProcessor()(text)`` of LLaVA's ``m4c_evaluator.py`` (also lmms-eval's).
 
-    A pre-step the VQA script lacks -- lowercase, delete every ``,`` and ``?``, write
-    ``'s`` as `` 's``, strip -- then the VQA normalization. Its punctuation step has the
-    digit-commas-digit switch, but no comma is left by then, so it never fires.
+    Lowercase, delete ``,`` and ``?``, ``'s`` -> `` 's``, strip, then the VQA normalization.
     """
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     return _process_digit_article(_process_punctuation(_clean(text), _COMMA_STRIP_EVALAI))
 
 
 def _leave_one_out(prediction: str, answers: list[str]) -> float:
-    """Mean over the n subsets that leave one answer out of min(1, #matches in the subset / 3).
+    """Mean over the n leave-one-out subsets of min(1, matches / 3).
 
-    The official scripts leave out one answer *record* at a time (vqaEval.py compares answer
-    dicts, each with its own answer_id; m4c compares (index, answer) pairs), so duplicates
-    count separately: this is positional. With n == 1 the only subset is empty: 0.0.
+    Positional, like the official scripts: duplicate answers count separately. n == 1 gives 0.0.
     """
     matches = sum(1 for a in answers if a == prediction)
     total = 0.0
@@ -227,27 +177,16 @@ VQA_SCORINGS = ("official", "lmms_eval", "llava")
 def vqa_accuracy(prediction: str, answers: list[str], scoring: str = "official") -> float:
     """VQAv2 soft accuracy of one prediction against the human answers.
 
-    Every scoring takes, for each of the n answers in turn, the other n - 1 and scores
-    ``min(#(those equal to the prediction) / 3, 1)``; the result is the mean over the n
-    subsets. With 10 answers: 0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / 4+ matching humans.
-    They differ in what is compared:
+    Mean over the n leave-one-out subsets of ``min(matches / 3, 1)``; the scorings differ in
+    what is compared:
 
-    ``"official"`` -- GT-Vision-Lab/VQA's current ``vqaEval.py`` (since its 2021 fix): every
-    answer and the prediction get newlines/tabs -> spaces and a strip. If the stripped answers
-    are *not all identical*, both sides then go through ``processPunctuation`` and
-    ``processDigitArticle`` (:func:`normalize_answer`). If all n answers are the same string
-    (the "unanimous" case), nothing more is done: the prediction must equal that string
-    exactly, so ``"Yes."`` or ``"Yes"`` score 0 against ten ``"yes"``, ``"two"`` 0 against ten
-    ``"2"``. (The 2016 script normalized only punctuation on the answer side; that is gone.)
-    VQAv2's annotation files already hold normalized answers, and the script relies on it.
+    ``"official"`` -- ``vqaEval.py``: newlines/tabs to spaces and strip; both sides are
+    normalized (:func:`normalize_answer`) only if the answers are not all identical, so
+    ``"Yes."`` scores 0 against ten ``"yes"``.
 
-    ``"lmms_eval"`` -- lmms-eval's ``vqav2_process_results``: both sides always go through
-    punctuation and digit/article processing (no unanimous exception); its digit-comma switch
-    also fires on several commas (``"1,,000"``).
+    ``"lmms_eval"`` -- both sides always normalized; the comma switch also fires on ``"1,,000"``.
 
-    ``"llava"`` -- how LLaVA-1.5's VQAv2 numbers were made: ``convert_vqav2_for_submission.py``
-    writes ``EvalAIAnswerProcessor(prediction)`` (:func:`evalai_answer`), and the evaluation
-    server scores that with ``vqaEval.py`` (here: ``"official"``).
+    ``"llava"`` -- :func:`evalai_answer` of the prediction, then ``"official"``.
 
     Args:
       prediction: the model's answer.
@@ -255,7 +194,7 @@ def vqa_accuracy(prediction: str, answers: list[str], scoring: str = "official")
       scoring: one of ``VQA_SCORINGS``.
 
     Returns:
-      A float in [0, 1]; 0.0 when there is one answer (its only subset is empty).
+      A float in [0, 1]; 0.0 when there is one answer.
 
     Raises:
       ValueError: if ``answers`` is empty or ``scoring`` is unknown.
@@ -279,9 +218,8 @@ def vqa_accuracy(prediction: str, answers: list[str], scoring: str = "official")
 
 
 def textvqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """TextVQA accuracy as LLaVA's ``eval_textvqa.py`` reports it (``m4c_evaluator.py``'s
-    ``TextVQAAccuracyEvaluator``): both sides through :func:`evalai_answer`, then the
-    leave-one-out mean of ``min(1, matches / 3)`` over the 10 answers.
+    """TextVQA accuracy as LLaVA's ``eval_textvqa.py`` reports it: both sides through
+    :func:`evalai_answer`, then the leave-one-out mean of ``min(1, matches / 3)``.
 
     Raises:
       ValueError: unless there are exactly 10 answers (the official code asserts it).
@@ -292,30 +230,18 @@ def textvqa_accuracy(prediction: str, answers: list[str]) -> float:
 
 
 def gqa_prediction(text: str) -> str:
-    """What LLaVA's ``convert_gqa_for_eval.py`` submits: trailing periods removed, lowercased
-    (no strip, no other normalization)."""
+    """What LLaVA's ``convert_gqa_for_eval.py`` submits: trailing periods removed, lowercased."""
     return text.rstrip(".").lower()
 
 
 def gqa_accuracy(prediction: str, answer: str) -> float:
-    """GQA accuracy as LLaVA-1.5 computed it: GQA's ``eval.py`` compares
-    ``prediction == answer`` exactly, on :func:`gqa_prediction` of the model's text
-    (``"Yes."`` -> ``"yes"`` matches ``"yes"``; ``"the dog"`` does not match ``"dog"``,
-    ``"two"`` does not match ``"2"``). 1.0 or 0.0."""
+    """GQA accuracy as LLaVA-1.5 computed it: exact match of :func:`gqa_prediction` against
+    the answer (``"Yes."`` matches ``"yes"``, ``"two"`` does not match ``"2"``). 1.0 or 0.0."""
     return 1.0 if gqa_prediction(prediction) == answer else 0.0
 
 
 def exact_match(prediction: str, answer: str) -> float:
-    """1.0 when :func:`normalize_answer` of both agree (a lenient match no official scorer
-    uses; GQA's is :func:`gqa_accuracy`).
-
-    Args:
-      prediction: the model's answer.
-      answer: the single ground-truth answer.
-
-    Returns:
-      1.0 or 0.0.
-    """
+    """1.0 when :func:`normalize_answer` of both agree, else 0.0 (lenient; no official scorer)."""
     return 1.0 if normalize_answer(prediction) == normalize_answer(answer) else 0.0
 
 
@@ -325,21 +251,14 @@ POPE_SCORINGS = ("official", "lenient")
 def yes_no(text: str, scoring: str = "official") -> str:
     """Parse a POPE generation into ``"yes"`` or ``"no"``.
 
-    ``"official"`` -- LLaVA's ``eval_pope.py`` (POPE's own ``evaluate.py`` has the same
-    rule): keep the text before the first ``'.'`` (if any), delete commas, split on single
-    spaces; the answer is ``"no"`` if a piece is exactly ``"No"``, ``"no"`` or ``"not"``,
-    else ``"yes"`` -- so ``"NO"``, ``"Not here"`` and ``"no\nthere"`` count as yes, and so do
-    the empty string and unrelated text.
+    ``"official"`` -- LLaVA's ``eval_pope.py``: text before the first ``'.'``, commas
+    deleted, split on single spaces; ``"no"`` if a piece is ``"No"``, ``"no"`` or ``"not"``,
+    else ``"yes"`` (so ``"NO"`` and empty text count as yes).
 
-    ``"lenient"`` -- the same, but words are compared lowercased and split on any
-    whitespace (``"NO"``, ``"Not here"`` -> no). No official scorer does this.
+    ``"lenient"`` -- the same, lowercased and split on any whitespace (no official scorer).
 
-    Args:
-      text: the model's generation.
-      scoring: one of ``POPE_SCORINGS``.
-
-    Returns:
-      ``"yes"`` or ``"no"``.
+    Raises:
+      ValueError: if ``scoring`` is not in ``POPE_SCORINGS``.
     """
     if "." in text:
         text = text.split(".", 1)[0]
@@ -354,22 +273,16 @@ def yes_no(text: str, scoring: str = "official") -> str:
 
 
 def pope_scores(predictions: list[str], labels: list[str], scoring: str = "official") -> dict:
-    """POPE metrics as LLaVA's ``eval_pope.py`` computes them, "yes" being the positive class.
-
-    Each prediction is parsed with :func:`yes_no` (``scoring``); labels must be "yes" or
-    "no" (case and surrounding spaces ignored).
+    """POPE metrics as LLaVA's ``eval_pope.py`` computes them, "yes" being positive.
 
     Args:
-      predictions: the model's generations.
-      labels: the ground-truth "yes"/"no", same length.
+      predictions: the model's generations, parsed with :func:`yes_no` (``scoring``).
+      labels: "yes"/"no" per prediction (case and surrounding spaces ignored).
       scoring: passed to :func:`yes_no`.
 
     Returns:
-      ``{"accuracy", "precision", "recall", "f1", "yes_ratio"}`` as floats in
-      [0, 1] and ``"num_samples"`` (int). precision = TP / (TP + FP),
-      recall = TP / (TP + FN), f1 = 2PR / (P + R), yes_ratio = fraction of
-      predictions parsed as "yes". A zero denominator gives 0.0 (where eval_pope.py
-      stops with ZeroDivisionError).
+      ``{"accuracy", "precision", "recall", "f1", "yes_ratio"}`` floats in [0, 1] and
+      ``"num_samples"`` (int). A zero denominator gives 0.0 (eval_pope.py would raise).
 
     Raises:
       ValueError: if the lengths differ or a label is not "yes"/"no".
@@ -410,7 +323,7 @@ def pope_scores(predictions: list[str], labels: list[str], scoring: str = "offic
     }
 
 
-# Patterns for parse_option_letter, tried in this order (see its docstring).
+# Patterns for parse_option_letter, in the order it tries them.
 _LETTER_ALONE = re.compile(r"^\(?([A-Z])\)?[.:]?$")
 _LETTER_LEADING = re.compile(r"^(?:\(([A-Z])\)|([A-Z])[.):])(?=\s|$)")
 _LETTER_ANSWER = re.compile(
@@ -422,35 +335,17 @@ _ARTICLE_USE = re.compile(r"\s+[a-z]")
 
 
 def parse_option_letter(text: str, num_options: int) -> int | None:
-    """The 0-based option index a multiple-choice generation names.
+    """The 0-based option index a multiple-choice generation names, or None.
 
-    In the spirit of LLaVA's ScienceQA scorer (exact letter, then ``"B. ..."``,
-    then ``"The answer is B"``), with a few more fallbacks. Option letters are
-    the capitals ``A``.. up to ``num_options``; lowercase letters never count.
-    Tried in this order on the stripped text, the first hit with a valid letter
-    wins (within one rule, the earliest occurrence; an occurrence naming a
-    letter beyond ``num_options`` is skipped):
+    Like LLaVA's ScienceQA scorer, with more fallbacks. Only capitals ``A``.. up to
+    ``num_options`` count. Rules, first valid hit wins:
 
-    1. the whole text is one letter, optionally in parentheses and/or followed
-       by ``.`` ``)`` or ``:`` -- ``"B"``, ``"B."``, ``"(B)"``, ``"B)"``;
-    2. the text starts with a letter followed by ``.`` ``)`` ``:`` or in
-       parentheses, then whitespace -- ``"B) dog"``, ``"(C) red"``,
-       ``"A. yes"``;
-    3. ``answer``/``option``/``choice`` (any case), optional ``is``, optional
-       ``:``, optional ``(``, then a letter not followed by a letter --
-       ``"The answer is B."``, ``"Answer: (C)"``;
-    4. a parenthesized letter anywhere -- ``"I pick (D) here"``;
-    5. a letter followed by ``.`` or ``)`` anywhere, not inside a word --
-       ``"so B. is right"``;
-    6. a standalone capital letter token, except ``A`` and ``I`` followed by a
-       space and a lowercase letter (article / pronoun use: ``"A dog"``).
-
-    Args:
-      text: the model's generation.
-      num_options: how many options the question has (1..26).
-
-    Returns:
-      The index (``"A"`` -> 0), or ``None`` when no valid letter is found.
+    1. the whole text is one letter: ``"B"``, ``"B."``, ``"(B)"``, ``"B)"``;
+    2. it starts with a letter and ``.``/``)``/``:`` or parentheses: ``"B) dog"``;
+    3. ``answer``/``option``/``choice`` [``is``] [``:``] then a letter: ``"The answer is B."``;
+    4. a parenthesized letter anywhere: ``"I pick (D) here"``;
+    5. a letter followed by ``.`` or ``)`` outside a word: ``"so B. is right"``;
+    6. a standalone capital, except article/pronoun ``A``/``I`` (``"A dog"``).
 
     Raises:
       ValueError: if ``num_options`` is not in 1..26.
@@ -493,10 +388,8 @@ _SCIENCEQA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 def scienceqa_choice(text: str, num_options: int) -> int | None:
     """The option index LLaVA's ``eval_science_qa.py`` reads from a generation, or None.
 
-    Its rule, in order, on the text as generated (no strip, case-sensitive): the whole text
-    is one of the letters A-E; or the text starts with such a letter followed by ``". "``;
-    or ``"The answer is X."`` (any character after X) occurs exactly once. A letter beyond
-    the question's options, or none of these, is "FAILED" (None: counted wrong).
+    On the raw text: it is one of A-E; or starts with such a letter and ``". "``; or
+    ``"The answer is X."`` occurs exactly once. Otherwise, or beyond the options: None.
     """
     if text in _SCIENCEQA_LETTERS:
         letter = text
@@ -514,13 +407,11 @@ def multiple_choice_scores(chosen: list[int | None], answers: list[int]) -> dict
     """Accuracy of parsed multiple-choice picks.
 
     Args:
-      chosen: the parsed option index per question (``None`` = unparsed,
-        which counts as wrong).
+      chosen: the parsed option index per question (``None`` counts as wrong).
       answers: the correct option index per question, same length.
 
     Returns:
-      ``{"accuracy": float, "num_samples": int, "unparsed": int}``; accuracy
-      is 0.0 for an empty list.
+      ``{"accuracy": float, "num_samples": int, "unparsed": int}``; accuracy 0.0 if empty.
 
     Raises:
       ValueError: if the lengths differ.
