@@ -1,114 +1,54 @@
 """Benchmark files, read into plain task records for the evaluators.
 
-Each loader reads one real file format and returns a list of dicts, in file order (``limit``
-keeps the first N). Image references become absolute paths, resolved against
-``image_folder`` (default: the folder of the annotation/question file); with
-``check_images=True`` (the default) every image must exist when the file is loaded.
-Anything wrong with a file (missing, malformed JSON, a missing key, a question without
-an answer, a missing image, a duplicated question id) is one
-:class:`~mir_jax.data.errors.DataError` line naming the file and the line (JSONL) or the
-record. ``question_id`` keeps the type and value of the source file's id (an int stays an
-int, as LLaVA's scripts key their dicts by it; a generated index is an int; MMBench's TSV
-``index`` is read as an int, as pandas reads it for LLaVA).
+Each loader reads one file format and returns a list of dicts in file order (``limit`` keeps
+the first N). Image paths are made absolute against ``image_folder`` (default: the question
+file's folder) and, with ``check_images=True``, must exist. Any problem with a file is one
+:class:`~mir_jax.data.errors.DataError` line naming the file and line or record.
+``question_id`` keeps the source id's type (LLaVA's scripts key their dicts by it).
 
-Prompts: where LLaVA-1.5's eval has a question file for a benchmark, each record carries the
-``"prompt"`` that file's ``text`` holds, which the evaluators ask verbatim (conversation
-templates) and write as the answer file's ``prompt``:
+Each record's ``"prompt"`` is the ``text`` of LLaVA-1.5's question file for the benchmark (kept
+verbatim where given, else built the same way): short answer ``"{question}\nAnswer the question
+using a single word or phrase."`` (TextVQA adds ``"\nReference OCR token: ..."``); multiple
+choice: `multiple_choice.py`; captions: `caption.py`.
 
-  VQAv2, GQA, POPE  "{question}\nAnswer the question using a single word or phrase."
-  TextVQA           "{Question}\nReference OCR token: {tokens}\nAnswer the question using a
-                    single word or phrase." (the OCR line only where the file has one)
-  ScienceQA, MMBench, generic multiple choice: the question, lettered options and "Answer with
-                    the option's letter from the given choices directly." (`multiple_choice.py`)
-  captions          the caption evaluator's prompt (`caption.py`)
-
-A LLaVA question file's ``text`` is kept as it is; for the benchmarks' own files it is built
-as LLaVA's converted files have it.
-
-Record shapes (``image`` is an absolute path, or None for a text-only question; MMBench's
-``image`` is the encoded picture's bytes)::
+Records (``image``: absolute path, None for text-only; MMBench: the encoded image bytes)::
 
     caption          {"question_id", "image", "captions": [str, ...]}
     vqa              {"question_id", "image", "question", "answers": [str, ...],
-                      "metric": "vqa" | "textvqa" | "gqa" (which official scorer:
-                      `vqa.py`), "prompt", ...loader extras}
+                      "metric": "vqa" | "textvqa" | "gqa", "prompt", ...extras}
     pope             {"question_id", "image", "question", "label": "yes" | "no",
                       "category": str | None}
     multiple_choice  {"question_id", "image", "question", "options": [str, ...],
                       "answer": int (0-based), "hint": str | None}
 
-Formats and the fields read:
+Formats (``LOADERS`` key, file, fields read):
 
-* ``coco`` (:func:`load_coco_captions`), COCO captions annotations
-  (``captions_val2014.json``): ``images[].id``, ``images[].file_name``,
-  ``annotations[].image_id``, ``annotations[].caption``. One record per image (in
-  ``images`` order) with all its captions (in file order, stripped);
-  ``question_id`` = the image id. An image without captions is an error; captions of
-  images not listed are ignored.
-* ``karpathy`` (:func:`load_karpathy_captions`), Karpathy's split files
-  (``dataset_coco.json``, ``dataset_flickr30k.json``): ``images[].split``,
-  ``images[].filepath`` (COCO only; absent for Flickr30k), ``images[].filename``,
-  ``images[].sentences[].raw``, ``images[].cocoid`` (else ``imgid``). Image =
-  ``image_folder/filepath/filename``. Splits are train/val/test and "restval"
-  (COCO's 30k extra training images: the usual 113k train is ``("train", "restval")``).
-* ``jsonl`` (:func:`load_caption_jsonl`), LLaVA-style caption files (JSONL or a JSON
-  array): ``image``, ``captions`` (list) or ``caption`` (str), ``question_id`` or ``id``
-  (else the record's 0-based index).
-* ``vqav2`` (:func:`load_vqav2`), the VQA API files: questions
-  (``v2_OpenEnded_mscoco_val2014_questions.json``): ``data_subtype``,
-  ``questions[].question_id``, ``questions[].image_id``, ``questions[].question``;
-  annotations (``v2_mscoco_val2014_annotations.json``):
-  ``annotations[].question_id``, ``annotations[].answers[].answer`` (the 10 human
-  answers), ``annotations[].answer_type`` (kept as the extra ``"answer_type"``;
-  ``multiple_choice_answer`` is not used). Image = ``image_pattern`` formatted with
-  ``split`` = ``data_subtype`` ("test-dev2015" reads images of "test2015", where
-  they live) and ``image_id``. ``metric`` "vqa"; ``prompt`` as LLaVA's
-  ``llava_vqav2_mscoco_*.jsonl`` (question + short-answer instruction).
-* ``textvqa`` (:func:`load_textvqa`), LLaVA's ``llava_textvqa_val_v051_ocr.jsonl``:
-  ``question_id``, ``image``, ``text`` = ``"<question>\\nReference OCR token: <tokens>\\n
-  Answer the question using a single word or phrase."`` (the OCR line may come first or be
-  absent; the older ``"OCR tokens: ... Question: ... Short answer:"`` form is read too);
-  plus TextVQA's ``TextVQA_0.5.1_val.json``: ``data[].question_id``, ``data[].image_id``,
-  ``data[].question``, ``data[].answers`` (10 strings); a line's annotation is the one with
-  its (image id, question) as in LLaVA's ``eval_textvqa.py`` (LLaVA's ``question_id`` is the
-  image id), else the one with its question id. Extras: ``"ocr"`` (the OCR tokens string or
-  None) and ``"prompt"`` (the file's full ``text``: LLaVA-1.5's prompt, OCR line included).
-  Without a question file the annotation file alone is read (``data[].question``,
-  ``data[].image_id`` + ".jpg"; ``ocr`` None, ``prompt`` the question + instruction).
-  ``metric`` "textvqa".
-* ``gqa`` (:func:`load_gqa`), LLaVA's ``llava_gqa_testdev_balanced.jsonl``
-  (``question_id``, ``image``, ``text``: question, then LLaVA's answer instruction) with
-  the answers of GQA's ``testdev_balanced_questions.json``
-  (``{qid: {"answer", "imageId", "question", ...}}``); or that GQA file alone (image =
-  ``imageId`` + ".jpg"). ``answers`` = ``[answer]``, ``metric`` "gqa"; extras
-  ``"prompt"`` (the LLaVA ``text``, or the question + instruction) and ``"balanced"``.
-* ``pope`` (:func:`load_pope`), the POPE repo's ``output/coco/coco_pope_<category>.json``
-  (JSON Lines despite the ``.json`` name; ``.jsonl`` and JSON arrays work too):
-  ``question_id``, ``image``, ``text``, ``label``; ``category`` from a ``category``
-  field, else from the file name (the part after ``pope_``:
-  ``coco_pope_adversarial.json`` -> "adversarial"), else None. LLaVA's
-  ``llava_pope_test.jsonl`` carries no labels and is refused. ``prompt``: a multi-line
-  ``text`` as it is, else the question + short-answer instruction (LLaVA's form).
-* ``mc_jsonl`` (:func:`load_multiple_choice`), generic multiple choice (JSONL or JSON
-  array): ``question_id`` or ``id`` (else the index), ``image`` (optional),
-  ``question``, ``options`` or ``choices``, ``answer`` (0-based int, a letter "A".."Z",
-  or the text of an option), ``hint`` (optional).
-* ``scienceqa`` (:func:`load_scienceqa`), ScienceQA's ``problems.json``
-  (``{pid: {"question", "choices", "answer" (int), "hint", "image" (file name or null),
-  "split", ...}}``) and optionally ``pid_splits.json`` (``{split: [pid, ...]}``, which
-  then gives the order). Image = ``image_folder/<split>/<pid>/<image>`` as in ScienceQA's
-  ``images/`` layout; ``images_only=True`` keeps ScienceQA-IMG.
-
-* ``mmbench`` (:func:`load_mmbench`), MMBench's TSV files (``MMBench_DEV_EN.tsv``,
-  ``mmbench_dev_20230712.tsv``, CCBench/SEED variants of the same layout): ``index``,
-  ``question``, ``hint``, the option columns ``A``..``E`` (those present and non-empty, in
-  order; pandas writes a missing option as an empty field or ``nan``), ``answer`` (a letter;
-  the test split has none and is refused), ``image`` (the picture, base64). The image stays
-  encoded (``image`` holds its bytes, decoded when fed); extras ``"category"`` and
-  ``"l2_category"`` where the columns exist. ``question_id`` = ``index``. Each row is scored
-  once (no circular re-ordering of the options).
-Text questions are the first line of the LLaVA ``text`` (the lines after it are LLaVA's
-prompt additions); an empty hint is None.
+* ``coco``: COCO ``captions_*.json``: ``images[].id/file_name``,
+  ``annotations[].image_id/caption``; one record per image, ``question_id`` = image id.
+* ``karpathy``: ``dataset_coco.json`` / ``dataset_flickr30k.json``: ``images[].split``,
+  ``filepath`` (COCO only), ``filename``, ``sentences[].raw``, ``cocoid`` else ``imgid``.
+  The usual COCO train split is ``("train", "restval")``.
+* ``jsonl``: LLaVA-style JSONL or JSON array: ``image``, ``captions`` or ``caption``,
+  ``question_id`` or ``id`` (else the index).
+* ``vqav2``: VQA API questions (``data_subtype``, ``questions[].question_id/image_id/question``)
+  and annotations (``annotations[].question_id/answers[].answer/answer_type``); images of
+  "test-dev2015" are read from "test2015".
+* ``textvqa``: LLaVA's ``llava_textvqa_val_v051_ocr.jsonl`` (``question_id``, ``image``,
+  ``text``) with ``TextVQA_0.5.1_val.json`` (``data[].question_id/image_id/question/answers``),
+  or the annotation file alone. Extras ``"ocr"``, ``"prompt"``.
+* ``gqa``: LLaVA's ``llava_gqa_testdev_balanced.jsonl`` with GQA's
+  ``testdev_balanced_questions.json`` (``{qid: {"answer", "imageId", "question"}}``), or that
+  file alone. Extras ``"prompt"``, ``"balanced"``.
+* ``pope``: POPE's ``coco_pope_<category>.json`` (JSON Lines): ``question_id``, ``image``,
+  ``text``, ``label``; ``category`` from the field, else the file name. LLaVA's
+  ``llava_pope_test.jsonl`` has no labels and is refused.
+* ``mc_jsonl``: generic JSONL/JSON: ``question_id``/``id``, ``image`` (optional),
+  ``question``, ``options``/``choices``, ``answer`` (index, letter or option text), ``hint``.
+* ``scienceqa``: ``problems.json`` (``{pid: {"question", "choices", "answer", "hint",
+  "image", "split"}}``), optionally ``pid_splits.json``; images at ``<split>/<pid>/<image>``.
+* ``mmbench``: MMBench TSVs: ``index``, ``question``, ``hint``, ``A``..``E``, ``answer``,
+  ``image`` (base64, kept encoded); extras ``"category"``, ``"l2_category"``. No answer
+  column (the test split) is refused; options are not circularly re-ordered.
 """
 
 from __future__ import annotations
@@ -179,8 +119,8 @@ def _read_object(path, what: str) -> dict:
 def _records(path) -> Iterator[tuple[dict, str]]:
     """(record, where) for each object of a JSONL file, a JSON array, or JSON Lines in .json.
 
-    JSONL and arrays are read by :class:`JsonRecords` (so a malformed line anywhere stops
-    the load before the first record); a ``.json`` file holding one object is one record.
+    A malformed line anywhere stops the load before the first record; a ``.json`` file
+    holding one object is one record.
     """
     path = os.fspath(path)
     if path.endswith(".jsonl") or _first_char(path) == "[":
@@ -363,7 +303,7 @@ def load_karpathy_captions(karpathy_json, image_folder=None, split="test", limit
 
 
 def load_caption_jsonl(path, image_folder=None, limit=None, check_images=True) -> list[dict]:
-    """LLaVA-style ``{"image", "captions" | "caption", "question_id"?|"id"?}`` JSONL/JSON records."""
+    """LLaVA-style JSONL/JSON ``{"image", "captions" | "caption", "question_id" | "id"}``."""
     _check_limit(limit)
     folder = _folder(image_folder, path)
     out: list[dict] = []
@@ -448,13 +388,10 @@ def load_textvqa(questions_jsonl, annotations_json, image_folder=None, limit=Non
     """LLaVA's TextVQA question JSONL + TextVQA annotations -> ``{"question_id", "image",
     "question", "answers" (10), "metric": "textvqa", "ocr", "prompt"}``.
 
-    LLaVA's ``llava_textvqa_val_v051_ocr.jsonl`` gives each line the *image* id as
-    ``question_id`` (an image has several questions), so a line finds its annotation as
-    LLaVA's ``eval_textvqa.py`` finds it: by (image id, question lowercased); a file whose ids
-    are TextVQA question ids is matched by id. Records are unique by (question_id, question).
-    ``questions_jsonl=None`` reads questions from the annotation file itself (prompt: the
-    question and the short-answer instruction; no OCR line, that file has no OCR tokens);
-    ``annotations_json=None`` gives ``answers: []``.
+    LLaVA's ``question_id`` is the image id, so a line's annotation is found as in
+    ``eval_textvqa.py``: by (image id, lowercased question), else by question id. Records are
+    unique by (question_id, question). ``questions_jsonl=None`` reads the annotation file alone
+    (no OCR line); ``annotations_json=None`` gives ``answers: []``.
     """
     _check_limit(limit)
     if questions_jsonl is None and annotations_json is None:
@@ -674,11 +611,10 @@ def load_scienceqa(problems_json, image_folder=None, split="test", pid_splits=No
                    images_only=False, limit=None, check_images=True) -> list[dict]:
     """ScienceQA problems.json -> multiple-choice records of ``split`` (``question_id`` = pid).
 
-    ``image_folder`` holds ``<split>/<pid>/image.png``; default: ``images/`` next to
-    problems.json when it exists (ScienceQA's layout), else problems.json's folder.
-    ``pid_splits``: ScienceQA's pid_splits.json, whose list for ``split`` then decides
-    which problems and their order; without it, problems whose ``split`` field matches,
-    in file order. ``images_only=True``: only problems with an image (ScienceQA-IMG).
+    ``image_folder`` holds ``<split>/<pid>/image.png`` (default: ``images/`` next to
+    problems.json if present, else its folder). ``pid_splits`` (pid_splits.json), if given,
+    sets which problems and their order; else the ``split`` field, in file order.
+    ``images_only=True``: only problems with an image (ScienceQA-IMG).
     """
     _check_limit(limit)
     path = os.fspath(problems_json)
