@@ -1,15 +1,9 @@
 """COCO-style caption metrics (BLEU-1..4, CIDEr-D, METEOR) via pycocoevalcap.
 
-The scorers are pycocoevalcap's own (the code behind the COCO caption
-leaderboard and LLaVA / lmms-eval caption numbers); this module only prepares
-their inputs the same way ``pycocoevalcap.eval.COCOEvalCap`` does (PTB
-tokenization of predictions and references) and collects the results.
-
-Tokenization: with ``java`` on PATH, pycocoevalcap's ``PTBTokenizer`` (Stanford
-CoreNLP 3.4.1, ``-lowerCase``, then its ``PUNCTUATIONS`` tokens dropped), as in
-COCOEvalCap. Without java, a pure-Python approximation, :func:`simple_tokenize`;
-the result says which one ran (``"tokenizer": "ptb" | "simple"``), because
-scores from the two are not guaranteed identical.
+The scorers are pycocoevalcap's own; this module prepares their inputs as
+``pycocoevalcap.eval.COCOEvalCap`` does (PTB tokenization) and collects the results.
+Without ``java`` on PATH, :func:`simple_tokenize` approximates the PTB tokenizer, and the
+result says which ran (``"tokenizer": "ptb" | "simple"``) since scores may differ.
 """
 
 from __future__ import annotations
@@ -27,25 +21,20 @@ _SPICE_REASON = ("SPICE is not supported offline: pycocoevalcap's SPICE jar "
                  "downloads Stanford CoreNLP models on first use")
 _METEOR_NO_JAVA = "METEOR needs java on PATH (pycocoevalcap runs meteor-1.5.jar)"
 
-# pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS, the tokens it drops after
-# PTB tokenization. Copied here (not imported) so the fallback works even where
-# that module cannot be imported; the test suite checks the two agree.
+# pycocoevalcap's ptbtokenizer.PUNCTUATIONS, copied so the fallback works without it (a test
+# checks they agree).
 _PTB_PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-",
                                "-RCB-", ".", "?", "!", ",", ":", "-", "--",
                                "...", ";"])
 
-# Line separators java / PTB could split a caption on; they become spaces so
-# that one caption is one line (PTBTokenizer itself only replaces '\n').
+# Line separators become spaces so one caption stays one line for java / PTB.
 _LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
-# With -lowerCase, PTB's bracket escapes come out lowercased ("-lrb-"), which
-# the uppercase PUNCTUATIONS entries do not match, so pycocoevalcap keeps them
-# as tokens. The fallback reproduces that.
+# PTB's -lowerCase escapes brackets lowercased, which PUNCTUATIONS (uppercase) does not drop.
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-",
              "{": "-lcb-", "}": "-rcb-"}
 
-# Abbreviations PTB keeps with their period (a common subset of its list);
-# "no." only before a number ("no. 5"), as PTB does.
+# Abbreviations PTB keeps with their period (a subset); "no." only before a number.
 _ABBREVIATIONS = ("mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "prof", "mt",
                   "ave", "rd", "blvd", "co", "corp", "inc", "ltd", "etc")
 
@@ -66,21 +55,12 @@ _TOKEN = re.compile(
 
 
 def simple_tokenize(caption: str) -> str:
-    """Pure-Python stand-in for pycocoevalcap's PTB tokenization of a caption.
+    """Pure-Python approximation of pycocoevalcap's PTB tokenization of a caption.
 
-    Lowercases; splits clitics and a few words the way PTB does ("isn't" ->
-    "is n't", "it's" -> "it 's", "cannot" -> "can not", "gonna" -> "gon na");
-    keeps numbers with inner ``.`` ``,`` ``:``, dotted abbreviations ("u.s.a.",
-    "mr.", "ave."), and words joined by ``-`` ``'`` ``/``; brackets become
-    "-lrb-"-style tokens, which pycocoevalcap keeps (its ``PUNCTUATIONS`` has
-    them uppercase, PTB's ``-lowerCase`` output is lowercase); drops the same
-    punctuation tokens as ``PTBTokenizer`` (its ``PUNCTUATIONS``: quotes,
-    ``. ? ! , : ; - -- ...``), ``"`` included (PTB turns it into quote tokens).
-    It is an approximation: on rarer input (``#tag``, ``@user``, ``rock'n'roll``,
-    abbreviations outside its short list) PTB may split differently.
-
-    Args:
-      caption: one caption.
+    Lowercases, splits clitics as PTB does ("isn't" -> "is n't", "cannot" -> "can not"),
+    keeps numbers like "3.5" and abbreviations like "u.s.a.", writes brackets as "-lrb-"
+    (kept, as pycocoevalcap keeps them), and drops ``PTBTokenizer``'s punctuation tokens.
+    Rarer input (``#tag``, ``rock'n'roll``) may split differently from PTB.
 
     Returns:
       The space-joined tokens.
@@ -97,10 +77,8 @@ def simple_tokenize(caption: str) -> str:
 
 @contextlib.contextmanager
 def _java_stderr_silenced():
-    """The Stanford tokenizer prints a progress line (and warnings about control characters
-    an untrained model emits) to the process's stderr on every call; in a training loop that
-    is noise on every evaluation. Its subprocess inherits file descriptor 2, so that is what
-    is pointed at /dev/null for the call."""
+    """Point file descriptor 2 at /dev/null: the java tokenizer's subprocess prints progress
+    lines on every call."""
     import sys
 
     sys.stderr.flush()
@@ -168,29 +146,22 @@ def caption_scores(predictions: dict, references: dict,
 
     Args:
       predictions: ``{image_id: caption}``.
-      references: ``{image_id: [reference caption, ...]}``, the same ids, each
-        list non-empty.
-      metrics: any of ``"bleu"`` (pycocoevalcap ``Bleu(4)``, corpus-level,
-        "closest" reference length -> ``bleu_1`` .. ``bleu_4``), ``"cider"``
-        (pycocoevalcap ``Cider``, i.e. CIDEr-D as COCO reports it, not scaled
-        by 100 -> ``cider``), ``"meteor"`` (``Meteor``, needs java; ~10 s to
-        start) and ``"spice"`` (not supported offline). A metric that cannot
-        run is listed in ``"skipped"`` with its reason in ``"skip_reasons"``.
-      tokenizer: ``"auto"`` (PTB when ``java`` is on PATH, else simple),
-        ``"ptb"`` or ``"simple"`` (see :func:`simple_tokenize`).
+      references: ``{image_id: [reference caption, ...]}``, the same ids, each non-empty.
+      metrics: any of ``"bleu"`` (pycocoevalcap ``Bleu(4)``, corpus-level -> ``bleu_1`` ..
+        ``bleu_4``), ``"cider"`` (``Cider``: CIDEr-D as COCO reports it, not scaled by 100),
+        ``"meteor"`` (needs java) and ``"spice"`` (not supported offline). A metric that
+        cannot run is listed in ``"skipped"``, its reason in ``"skip_reasons"``.
+      tokenizer: ``"auto"`` (PTB when ``java`` is on PATH, else simple), ``"ptb"`` or
+        ``"simple"``.
 
-    CIDEr's IDF is computed over the references of the images given here (as
-    in COCOEvalCap), so scores depend on the evaluated set: with a single image
-    every n-gram has document frequency 1 of 1 and CIDEr is 0, and n-grams
-    present in every image's references carry no weight. Score a whole split
-    in one call.
+    CIDEr's IDF comes from the references of the images given (as in COCOEvalCap), so score
+    a whole split in one call; a single image scores 0.
 
     Returns:
       ``{"bleu_1" .. "bleu_4", "cider", "meteor"`` (those computed, floats)
       ``, "num_images": int, "tokenizer": "ptb" | "simple",
-      "per_image": {metric: {image_id: float}}`` (for ``cider``, ``bleu_4``,
-      ``meteor`` when computed)``, "skipped": [metric, ...],
-      "skip_reasons": {metric: str}}``.
+      "per_image": {metric: {image_id: float}}`` (``cider``, ``bleu_4``, ``meteor``)
+      ``, "skipped": [metric, ...], "skip_reasons": {metric: str}}``.
 
     Raises:
       ValueError: ids differ, a reference list is empty, no images, an unknown
