@@ -2,28 +2,14 @@
 
 One step directory per save, four items:
   state   the train state pytree (trainable params, optimizer state, step, skip counters);
-  frozen  the frozen parameters (they may come from a pretrained model, so they are saved too;
-          absent when everything trains, as in configs/stage0.py);
-  data    every host's grain iterator state (grain's handler: one JSON per process);
-  config  the run's config as JSON (what produced the checkpoint; informational on restore).
+  frozen  the frozen parameters (absent when everything trains);
+  data    every host's grain iterator state (one JSON per process);
+  config  the run's config as JSON (informational on restore).
 
-Arrays are written by all hosts (each its own shards) and restored straight into the
-shardings of the abstract target, so a restart never materializes a full copy on one device.
-A save is committed atomically by orbax (a crash mid-save leaves the previous step intact).
-
-Restoring is newest first with fallback (`restore_newest`): a step that does not restore (a
-truncated array file, a missing `_METADATA` or item directory, an empty data-iterator state)
-gets a one-line warning naming the step and the cause, and the next older step is tried;
-nothing is deleted (training renames the damaged newer steps `<step>.damaged`, which orbax
-ignores, so that it can write those steps again). Only when no step restores is it an error
-(`CheckpointError`, one line).
-A checkpoint whose parameter shapes differ from the config's (e.g. another `num_layers`) is not
-damage but a config mismatch: one line naming the parameter and both shapes, no fallback.
-
-Evaluation and init_from read parameters only (`read_params`): the state item's `params`
-subtree and the frozen item, restored into targets built from the checkpoint's own model config
-and trainable recipe (no optimizer built, its moments never read), with the same fallback and
-one-line errors.
+Arrays are written by every host and restored straight into the target shardings, so no device
+holds a full copy. `restore_newest` falls back from a damaged step to the next older one with a
+one-line warning and deletes nothing; a shape mismatch with the config is an error, not damage.
+`read_params` reads parameters only (no optimizer), for evaluation and init_from.
 """
 
 from __future__ import annotations
@@ -84,8 +70,7 @@ def _shapes(tree) -> dict[str, tuple]:
 def check_shapes(saved_tree, abstract_tree, item: str, step: int) -> None:
     """Raises CheckpointMismatch naming the first parameter whose shape (or presence) differs.
 
-    saved_tree: the item's orbax metadata tree (ArrayMetadata leaves with .shape);
-    abstract_tree: the config's ShapeDtypeStructs."""
+    saved_tree: the item's orbax metadata tree; abstract_tree: the config's ShapeDtypeStructs."""
     saved, want = _shapes(saved_tree), _shapes(abstract_tree)
     # Name a parameter first, not one of its optimizer moments.
     first = lambda keys: sorted(keys, key=lambda k: not k.startswith("params."))  # noqa: E731
@@ -108,8 +93,8 @@ def check_shapes(saved_tree, abstract_tree, item: str, step: int) -> None:
 
 
 def find_damage(step_dir, items) -> str | None:
-    """A cheap look for the common kinds of damage before orbax reads anything (its own errors
-    for these are pytree-structure or JSON tracebacks far from the cause). None: looks whole."""
+    """A cheap look for common damage before orbax reads anything (orbax's own errors for it
+    are far from the cause). None: looks whole."""
     for item in items:
         d = step_dir / item
         if not d.is_dir():
@@ -147,19 +132,13 @@ def _is_closed_loop_callback(unraisable) -> bool:
 
 @contextlib.contextmanager
 def _quiet_abandoned_reads(directory, failed: list[int]):
-    """Drops the noise of orbax's abandoned array reads while a damaged step fails to restore.
+    """Drops the traceback noise of orbax's abandoned array reads while a damaged step fails.
 
-    When one array read fails, orbax returns at once and closes its event loop, abandoning the
-    step's other reads; each then prints a screenful of traceback, after the one-line warning
-    has already said it all, in one of three ways:
-      - a read coroutine, closed on garbage collection, turns GeneratorExit into a new
-        Exception (orbax's read catches BaseException): "Exception ignored in: <coroutine>";
-      - a read task or future that failed with nobody awaiting it: asyncio logs "... exception
-        was never retrieved";
-      - a read that completes after the loop closed: tensorstore's completion callback fails
-        in call_soon_threadsafe with "RuntimeError: Event loop is closed".
-    Only these are dropped; unraisable errors and asyncio records about anything else pass.
-    `failed`: the steps that failed so far (the caller's list; read on exit)."""
+    When one read fails orbax closes its event loop, and each abandoned read prints a traceback
+    the one-line warning already covers: an "Exception ignored in: <coroutine>", an asyncio
+    "exception was never retrieved", or "RuntimeError: Event loop is closed" from tensorstore's
+    callback. Only these are dropped. `failed`: the caller's list of failed steps (read on exit).
+    """
     previous = sys.unraisablehook
 
     def hook(unraisable):
@@ -187,10 +166,10 @@ def _quiet_abandoned_reads(directory, failed: list[int]):
 def restore_newest(directory, steps, restore_one: Callable[[int], Any]) -> tuple[int, Any, list[int]]:
     """Calls `restore_one(step)` for `steps`, newest first, until one returns.
 
-    A step that raises gets a one-line warning and the next older step is tried; a
-    CheckpointMismatch is raised at once (older steps of the same run mismatch the same way).
-    Returns (step, what restore_one returned, the newer steps that failed). Raises
-    CheckpointError (one line) when no step restores; FileNotFoundError when there are none."""
+    A step that raises gets a one-line warning and the next older one is tried; a
+    CheckpointMismatch is raised at once. Returns (step, restore_one's result, the newer steps
+    that failed). Raises CheckpointError (one line) when no step restores, FileNotFoundError
+    when there are none."""
     steps = sorted(steps, reverse=True)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}")
@@ -257,11 +236,11 @@ class Checkpointer:
         return bool(self.manager.save(step, args=ocp.args.Composite(**items), force=True))
 
     def restore(self, abstract_state, abstract_frozen, data_iterator, step: int | None = None):
-        """Restores (state, frozen) into the given abstract targets (ShapeDtypeStructs with
-        shardings) and sets `data_iterator`'s position. Returns (step, state, frozen, config).
+        """Restores (state, frozen) into the abstract targets (ShapeDtypeStructs with shardings)
+        and sets `data_iterator`'s position. Returns (step, state, frozen, config).
 
-        step None: the newest step that restores (see `restore_newest`); newer damaged steps
-        are renamed `<step>.damaged` (kept, not deleted) so this run can save those steps again."""
+        step None: the newest step that restores; damaged newer steps are renamed
+        `<step>.damaged` so this run can save those steps again."""
         def restore_one(s):
             damage = find_damage(self.manager.directory / str(s),
                                  ("state", "frozen", "data", "config") if abstract_frozen else ("state", "data", "config"))
@@ -283,8 +262,7 @@ class Checkpointer:
         return step, out["state"], out["frozen"] if abstract_frozen else {}, out["config"]
 
     def _set_aside(self, steps) -> None:
-        """Renames damaged step directories `<step>.damaged[.n]`: orbax ignores them (not a step
-        number), the run can write those steps anew, and nothing is lost."""
+        """Renames damaged step directories `<step>.damaged[.n]`, which orbax ignores."""
         if jax.process_index() == 0:
             for s in steps:
                 src = self.manager.directory / str(s)
@@ -311,8 +289,8 @@ class Checkpointer:
 
 
 class StopSignal:
-    """Turns SIGTERM (preemption) / SIGINT into a flag the train loop polls between steps, so the
-    loop can save a checkpoint and exit cleanly instead of dying mid-step."""
+    """Turns SIGTERM (preemption) / SIGINT into a flag the train loop polls between steps, so it
+    can save and exit cleanly."""
 
     def __init__(self, signals=(signal.SIGTERM,)):
         self.received: int | None = None
@@ -343,9 +321,8 @@ def _workdir_checkpoints(workdir: str) -> str:
 
 
 def abstract_params(model_config, recipe, mesh):
-    """(graphdef, partition, trainable, frozen) of the model: trainable/frozen {key: ShapeDtypeStruct} as
-    the train state and the frozen item hold them (split by `recipe`), in `mesh`'s shardings,
-    built from the model config alone (no optimizer, nothing allocated)."""
+    """(graphdef, partition, trainable, frozen): trainable/frozen as {key: ShapeDtypeStruct} in
+    `mesh`'s shardings, split by `recipe`, from the model config alone (nothing allocated)."""
     from mir_jax.models.partition import partition_model
 
     graphdef, params, partition = partition_model(model_config, recipe)
@@ -364,7 +341,7 @@ def _restore_args(tree):
 
 class RestoredParams(NamedTuple):
     """`read_params`' result: the step read, the newer steps skipped as damaged (newest first),
-    the run's config, its model config (with any overrides) and the model."""
+    the run's config, its model config (with overrides) and the model."""
 
     step: int
     skipped: list[int]
@@ -374,15 +351,12 @@ class RestoredParams(NamedTuple):
 
 
 def read_params(workdir: str, step: int | None = None, mesh=None, **config_overrides) -> RestoredParams:
-    """The parameters of a training workdir's checkpoint (the newest that restores, or the one
-    at `step`), nothing else; `mir_jax.weights.load_weights` is the public way in.
+    """The parameters of a workdir's checkpoint (the newest that restores, or `step`);
+    `mir_jax.weights.load_weights` is the public way in.
 
-    Only the state item's `params` subtree and the frozen item are read (an orbax partial
-    restore into abstract targets built from the checkpoint's own model config and trainable
-    recipe): no optimizer is built and its moments are never read. Arrays land in `mesh`'s
-    shardings (default: data parallel over all devices, i.e. parameters replicated). Errors are
-    one line: FileNotFoundError (not a workdir), CheckpointError (no such step, with the
-    available ones; nothing restores), CheckpointMismatch (shapes differ from the config)."""
+    A partial restore of `params` and the frozen item (no optimizer) into `mesh`'s shardings
+    (default: replicated over all devices). Raises, in one line: FileNotFoundError (not a
+    workdir), CheckpointError (no such step; nothing restores), CheckpointMismatch (shapes)."""
     import ml_collections
     from flax import nnx
 
@@ -425,8 +399,7 @@ def read_params(workdir: str, step: int | None = None, mesh=None, **config_overr
     from absl import logging as absl_logging
 
     verbosity = absl_logging.get_verbosity()
-    # Orbax warns, twice per restore, that the data-iterator item "could not be restored":
-    # evaluation does not ask for it (no iterator to restore into), so the warning says nothing.
+    # Orbax warns twice per restore that the data item "could not be restored"; not asked for here.
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         step, (config, model_config, model), skipped = restore_newest(
