@@ -1,19 +1,15 @@
 """Hugging Face interop: load and save LLaVA checkpoints as NumPy (no torch at run time).
 
-Layouts read (all from a local directory):
-- HF `LlavaForConditionalGeneration` (config.json + *.safetensors, sharded or not), with every key
-  prefix in use: the Hub's `language_model.model.* / language_model.lm_head.* /
-  vision_tower.vision_model.* / multi_modal_projector.*`, what transformers 5.x `save_pretrained`
-  writes (`vision_tower.*` without `vision_model.`), and the in-memory names of newer releases
-  (`model.language_model.*`, `model.vision_tower.*`, `model.multi_modal_projector.*`, `lm_head.*`).
-- The original LLaVA repository (`LlavaLlamaForCausalLM`: `model.*`, `model.mm_projector.*`, the
-  vision tower from its own directory), MoCa included (`model.layers.{i}.modality_layernorm.*`).
-- Stage 1: a CLIP / SigLIP vision directory plus a Llama-family causal-LM directory and a fresh
-  connector (`build_stage1`).
+Layouts read from a local directory:
+- HF `LlavaForConditionalGeneration` (config.json + *.safetensors, sharded or not), under every
+  key prefix in use (`language_model.model.*`, `vision_tower[.vision_model].*`,
+  `multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`, ...).
+- The original LLaVA repository (`LlavaLlamaForCausalLM`, `model.mm_projector.*`, vision tower
+  from its own directory), MoCa included.
+- Stage 1: a CLIP / SigLIP vision directory + a Llama-family LM + a fresh connector.
 
-One table (`_param_table`) maps canonical HF names to our parameters; a short prefix table per
-layout maps checkpoint keys to canonical names. `save_pretrained` writes the layout that the
-installed transformers writes itself, which `LlavaForConditionalGeneration.from_pretrained` loads.
+`_param_table` maps canonical HF names to our parameters; a prefix table per layout maps keys
+to canonical names. `save_pretrained` writes the installed transformers' own layout.
 """
 
 from __future__ import annotations
@@ -226,7 +222,7 @@ def _text_to_hf(t: TextConfig, cfg: LlavaConfig) -> dict:
 
 
 def config_to_hf(cfg: LlavaConfig) -> dict:
-    """config.json dict for HF `LlavaForConditionalGeneration`; raises for what HF cannot express."""
+    """HF `LlavaForConditionalGeneration` config.json dict; raises for what HF cannot express."""
     if cfg.connector.kind != "mlp" or cfg.connector.mlp_depth != 2:
         raise ValueError(f"HF LLaVA only has the mlp2x_gelu projector; connector {cfg.connector.name!r} "
                          "cannot be saved in its format")
@@ -317,7 +313,8 @@ _IGNORED = [
     r"^vision\.head\.",  # SigLIP attention-pooling head (LLaVA reads hidden states, not the head)
     r"^lm\.rotary_emb\.inv_freq$", r"^lm\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$",
     r"^vision\.embeddings\.position_ids$",
-    r"^(text_model\.|logit_scale|logit_bias|text_projection|visual_projection)",  # full CLIP/SigLIP dirs
+    # The text half of full CLIP/SigLIP directories.
+    r"^(text_model\.|logit_scale|logit_bias|text_projection|visual_projection)",
 ]
 
 # Key prefix -> canonical prefix, longest first, per layout.
@@ -467,11 +464,10 @@ def _abstract_model(cfg: LlavaConfig) -> LlavaModel:
 def read_pretrained(path: str, *, vision_tower_path: str | None = None, dtype: str | None = None,
                     **config_overrides) -> tuple[LlavaConfig, LlavaModel]:
     """(config, model) from an HF LLaVA directory or an original-LLaVA-repo directory.
-
-    `config_overrides` (e.g. remat="full", scan_layers=False, dtype="bfloat16") replace config
-    fields. For the original layout the vision tower is read from `vision_tower_path`, else from
-    the config's `mm_vision_tower` (a local path, a directory of that name next to the
-    checkpoint, or the HF cache).
+    `config_overrides` (e.g. remat="full", dtype="bfloat16") replace config fields. The
+    original layout's vision tower is read from `vision_tower_path`, else the config's
+    `mm_vision_tower` (a local path, a directory of that name next to the checkpoint, or the
+    HF cache).
     """
     d = _read_json(path)
     if dtype is not None:
@@ -524,8 +520,8 @@ def build_stage1(vision_path: str, llm_path: str, *, connector: str | dict | Con
     """LLaVA stage-1 start: pretrained vision tower + pretrained causal LM + a fresh connector
     (and fresh MoCa, when `moca=True` is among the overrides).
 
-    With `image_token_id=None` a new `<image>` row is appended to the vocabulary (embedding =
-    mean of the existing rows, as is customary) so the model stays HF-LLaVA compatible.
+    With `image_token_id=None` a new `<image>` row (mean of the existing rows) is appended to
+    the vocabulary, keeping the model HF-LLaVA compatible.
     """
     vd, ld = _read_json(vision_path), _read_json(llm_path)
     text = text_config_from_hf(ld)
