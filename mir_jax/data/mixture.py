@@ -2,26 +2,22 @@
 
 ``data_config`` (an ml_collections ConfigDict or a dict; every key optional):
 
-* ``sources``: list of source specs, each a dict with ``type`` (see
-  ``sources.SOURCE_TYPES``) and its fields (``path``, ``image_folder``, ``kind``,
-  ``name``, ...), plus ``weight`` (default 1), ``template`` (default by type:
-  llava and synthetic qa/text_qa -> vicuna_v1, captions -> plain, documents -> document),
-  ``data_scale`` (train on the first N samples), ``overlong`` ("skip" /
-  "truncate"; default by record kind) and ``max_bad_fraction``. Empty or absent:
-  the embedded MM1 mixture (synthetic captions 45%, interleaved 45%, text 10%).
-* ``eval_sources``: the same for evaluation (default: ``sources``; synthetic
-  sources switch to their held-out ``eval`` split).
+* ``sources``: source specs, each a dict with ``type`` (``sources.SOURCE_TYPES``) and its
+  fields, plus ``weight`` (1), ``template`` (by type: llava and synthetic qa/text_qa ->
+  vicuna_v1, captions -> plain, documents -> document), ``data_scale`` (the first N samples),
+  ``overlong`` ("skip" / "truncate") and ``max_bad_fraction``. Default: the embedded MM1
+  mixture (:func:`mm1_sources`).
+* ``eval_sources``: the same for evaluation (default: ``sources``, synthetic ones on ``eval``).
 * ``max_bad_fraction`` (0.1), ``bad_min_seen`` (50), ``log_first_bad`` (5);
 * ``image_mode`` ("pad"), ``jpeg_draft`` (False), ``system`` (vicuna system prompt);
-* ``pack`` (False), ``max_images`` (None: 1 for single-image mixtures without
-  packing, else ``min(4, seq_len // (K + 2))``);
+* ``pack`` (False), ``max_images`` (None: 1 for single-image mixtures without packing, else
+  ``min(4, seq_len // (K + 2))``);
 * ``num_threads`` (4), ``prefetch_buffer_size`` (64), ``num_workers`` (0),
   ``per_worker_buffer_size`` (2): grain ReadOptions / MultiprocessingOptions.
 
-Mixing is grain's ``MapDataset.mix``: a deterministic interleaving in which
-every window of the stream holds the sources in proportion to their weights
-(bad samples are skipped after mixing, so a source's realized share drops by
-its bad fraction). Each source is shuffled with its own seed and reshuffled every epoch.
+Mixing is grain's deterministic ``MapDataset.mix``: every window holds the sources in
+proportion to their weights (bad samples are skipped after mixing). Each source is shuffled
+with its own seed every epoch.
 """
 
 from __future__ import annotations
@@ -110,8 +106,7 @@ def _finish(ds, names, fractions, cfg, bcfg: BatchConfig):
     if int(cfg["num_workers"]) > 0:
         from absl import flags
 
-        # grain's worker processes read absl flags; outside an absl app (tests,
-        # notebooks) they are unparsed, so mark them parsed with their defaults.
+        # grain's workers read absl flags, unparsed outside an absl app: mark them parsed.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
@@ -177,12 +172,9 @@ def make_train_iterator(data_config=None, *, tokenizer=None, image_size: int = 6
                         shard_count: int = 1):
     """Infinite iterator of training batches (see pipeline.py for the batch contract).
 
-    ``tokenizer``: None/"byte" (built-in), an HF tokenizer directory, or a
-    tokenizer object. The iterator's ``get_state()`` / ``set_state()`` round-trip:
-    a restored iterator yields exactly the batch that would have come next.
-    The state is JSON-serializable; with ``num_workers > 0`` it holds one entry
-    per worker (grain's format), so resume with the same ``num_workers``.
-    ``shard_index``/``shard_count`` (e.g. ``jax.process_index()``/``jax.process_count()``)
+    ``tokenizer``: None/"byte" (built-in), an HF tokenizer directory, or a tokenizer object.
+    ``get_state()`` / ``set_state()`` round-trip exactly (JSON; with ``num_workers > 0`` one
+    entry per worker, so resume with the same ``num_workers``). ``shard_index``/``shard_count``
     give each host a disjoint slice of every source.
     """
     return iter(build_dataset(data_config, tokenizer=tokenizer, image_size=image_size, mean=mean,
@@ -197,10 +189,10 @@ def make_eval_iterator(data_config=None, *, tokenizer=None, image_size: int = 64
                        shard_count: int = 1, num_samples: int | None = 256):
     """Finite, unshuffled iterator over a fixed evaluation set (the same every call).
 
-    Reads ``eval_sources`` (synthetic ones from their held-out split) in order:
-    the first ``num_samples`` records of the weighted mixture (all records of
-    all sources, concatenated, when num_samples is None); skipped bad records
-    are not replaced. The last batch is padded with empty rows (attention_mask 0).
+    The first ``num_samples`` records of the ``eval_sources`` mixture (None: all records,
+    concatenated); skipped bad records are not replaced. The last batch is padded with
+    empty rows (attention_mask 0).
+    """
     """
     return iter(build_dataset(data_config, tokenizer=tokenizer, image_size=image_size, mean=mean,
                               std=std, num_image_tokens=num_image_tokens, batch_size=batch_size,
