@@ -193,7 +193,6 @@ def make_eval_iterator(data_config=None, *, tokenizer=None, image_size: int = 64
     concatenated); skipped bad records are not replaced. The last batch is padded with
     empty rows (attention_mask 0).
     """
-    """
     return iter(build_dataset(data_config, tokenizer=tokenizer, image_size=image_size, mean=mean,
                               std=std, num_image_tokens=num_image_tokens, batch_size=batch_size,
                               seq_len=seq_len, seed=seed, shard_index=shard_index,
