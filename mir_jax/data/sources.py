@@ -1,13 +1,10 @@
 """Data sources: random-access sequences of normalized records (see ``templates.py``).
 
-Every source has ``name``, ``__len__`` and ``__getitem__``; grain wraps it with
-``grain.MapDataset.source``. JSON/JSONL files are parsed once at construction
-(so a malformed line stops the run at start-up, naming file and line) and kept
-as one compact byte blob plus offsets: cheap to pickle into grain worker
-processes even for 665k-sample files. Records are normalized lazily, per
-access; anything wrong with a single record raises ``SkipSample`` there.
-Image references are absolute paths (resolved against ``image_folder``),
-encoded bytes or uint8 arrays; they are decoded later, in ``pipeline.py``.
+Every source has ``name``, ``__len__`` and ``__getitem__`` (for ``grain.MapDataset.source``).
+JSON/JSONL files are parsed once at construction, so a malformed line stops the run at start-up,
+and kept as one byte blob plus offsets, cheap to pickle into grain workers. Records are
+normalized per access; a bad record raises ``SkipSample``. Images are absolute paths, encoded
+bytes or uint8 arrays, decoded later in ``pipeline.py``.
 """
 
 from __future__ import annotations
@@ -184,12 +181,11 @@ def story_text(raw: str) -> str:
 
 
 class TextSource:
-    """Text-only documents from JSONL ``{"text"}``, ``.txt`` or ``.story`` files, or a folder of them.
+    """Text-only documents from JSONL ``{"text"}``, ``.txt`` or ``.story`` files.
 
-    A ``.txt`` file is one document; a ``.story`` file contributes the text
-    before its first ``@highlight`` (as the MIR paper uses CNN/DailyMail).
-    ``path`` may be a file, a folder (files with these extensions, sorted, one
-    level deep) or a glob pattern.
+    A ``.txt`` file is one document; a ``.story`` file (CNN/DailyMail, as the MIR paper uses)
+    gives its text before the first ``@highlight``. ``path``: a file, a folder (one level,
+    sorted) or a glob pattern.
     """
 
     def __init__(self, path: str, name: str | None = None, text_key: str = "text"):
@@ -291,12 +287,10 @@ def _get_field(example, path: str):
 
 class TFDSSource:
     """A TFDS dataset read by name from a local ``data_dir``; nothing is downloaded.
-
-    Needs the optional ``tfds`` extra (``pip install mir-jax[tfds]``) and data
-    prepared as ArrayRecord (``tfds build NAME --data_dir=DIR --file_format=array_record``),
-    which gives random access. ``fields`` maps record fields to feature paths,
-    e.g. ``{"kind": "caption", "image": "image", "caption": "captions/text"}``;
-    known for coco_captions and cnn_dailymail. A list-valued caption uses its first entry.
+    Needs the ``tfds`` extra and data built as ArrayRecord (``tfds build NAME
+    --data_dir=DIR --file_format=array_record``) for random access. ``fields`` maps record
+    fields to feature paths, e.g. ``{"kind": "caption", "image": "image", "caption":
+    "captions/text"}`` (known for coco_captions and cnn_dailymail).
     """
 
     def __init__(self, name: str, *, data_dir: str, split: str = "train", fields: dict | None = None):
