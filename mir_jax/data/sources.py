@@ -287,10 +287,12 @@ def _get_field(example, path: str):
 
 class TFDSSource:
     """A TFDS dataset read by name from a local ``data_dir``; nothing is downloaded.
+
     Needs the ``tfds`` extra and data built as ArrayRecord (``tfds build NAME
     --data_dir=DIR --file_format=array_record``) for random access. ``fields`` maps record
     fields to feature paths, e.g. ``{"kind": "caption", "image": "image", "caption":
-    "captions/text"}`` (known for coco_captions and cnn_dailymail).
+    "captions/text"}`` (known for coco_captions and cnn_dailymail); a list of captions gives
+    its first.
     """
 
     def __init__(self, name: str, *, data_dir: str, split: str = "train", fields: dict | None = None):
