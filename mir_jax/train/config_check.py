@@ -1,19 +1,12 @@
 """Checks of a training config before anything heavy runs (no model, no data read, no compile).
 
-    check_config(config)   # raises ConfigError: one line naming every problem and its fix
+`check_config(config)` raises one ConfigError line naming every problem and its fix:
+impossible values (non-positive steps, batch sizes or learning rate, bad betas or mesh,
+unknown connector / template / source type / MIR method / trainable spec), and what must be
+set (`required()` placeholders, a tokenizer that does not fit the model, missing data files),
+each with the --config.KEY override that sets it.
 
-Two kinds of problems are collected into the same message, so one run tells a user all of them:
-
-* impossible values: non-positive step counts, batch sizes or learning rate, betas outside
-  [0, 1), a mesh that is not three sizes, unknown connector / template / source type / MIR
-  method / trainable spec (checked against the registries the code dispatches on);
-* what must be set: `tokenizer` and `init_from` where the recipe leaves them unset
-  (`required()`, an ml_collections placeholder), a tokenizer that does not fit the model, and
-  every data file or folder that does not exist, each with the --config.KEY override that sets
-  it.
-
-`JsonListParser` (registered by `register_list_overrides()`) makes list-valued keys
-overridable from the command line with a JSON list, e.g.
+`register_list_overrides()` makes list-valued keys overridable with a JSON list, e.g.
 `--config.data.sources='[{"type": "llava", "path": "train.json", "image_folder": "images"}]'`.
 """
 
@@ -34,8 +27,7 @@ class ConfigError(ValueError):
 def required():
     """A config value the recipe cannot guess (a path on the user's machine): None until set.
 
-    A typed placeholder, so `--config.KEY=VALUE` still parses it as a string; `check_config`
-    reports it while it is None."""
+    Typed, so `--config.KEY=VALUE` parses as a string; `check_config` reports it while None."""
     from ml_collections import config_dict
 
     return config_dict.placeholder(str)
@@ -336,8 +328,7 @@ def register_list_overrides() -> None:
 
 def unknown_key(config, key: str) -> str | None:
     """Why `--config.KEY=...` names no key of `config` ("a.b: 'a' has no 'b'; known: [...]"),
-    or None when the key exists (a KEY config flags would otherwise fail on with a bare
-    AttributeError or KeyError)."""
+    or None when the key exists (config flags would fail with a bare AttributeError)."""
     node, walked = config, []
     for part in key.split("."):
         keys = list(node.keys()) if hasattr(node, "keys") else []
