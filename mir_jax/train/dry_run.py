@@ -3,23 +3,15 @@ whether they fit a chip.
 
     python train.py --config=configs/llava15_sft.py --dry_run --num_devices=16 --hbm_gb=16
 
-Everything is abstract: the model state comes from `Stepper.abstract_state()` (shapes and
-shardings, no parameter memory), the batch is a tree of `ShapeDtypeStruct`s at the config's
-global batch_size x seq_len (images at the data config's max_images), and nothing reads the
-tokenizer, init_from or data files, or writes anywhere. The train step (state donated, as in
-training) and the eval step with hidden states (what the in-loop MIR runs, at eval.batch_size x
-eval.mir_seq_len, one image a row) are lowered and compiled for the config's mesh on
+Everything is abstract (`Stepper.abstract_state()`, a batch of `ShapeDtypeStruct`s); nothing
+reads the tokenizer, init_from or data, or writes. The train step (state donated) and the MIR
+eval step are compiled for the config's mesh on N fake CPU devices (`--num_devices=N`, set up
+by `configure_fake_devices` before JAX starts) or a TPU topology (`--topology=NAME`, needs
+libtpu).
 
-  * N fake CPU devices (`--num_devices=N`: the process must start with that many host devices,
-    `configure_fake_devices` before JAX's backend is up; train.py arranges it), or
-  * a TPU topology (`--topology=NAME`, e.g. "v5e:16x16"), which needs libtpu installed.
-
-Reported per device: trainable parameters, optimizer state, frozen parameters and the batch
-(from each array's sharding, exact), XLA's memory analysis of the compiled step (arguments,
-outputs, donated aliases, temporaries), the step's FLOPs (compiled cost analysis), the
-PartitionSpec of the largest parameters of each part of the model, compile times, and a verdict
-against the HBM budget (1 GB = 2**30 bytes here, as TPU HBM is quoted). On CPU the temporaries
-are XLA:CPU's estimate, not the TPU compiler's: right in order of magnitude, not to the byte.
+Reported per device: parameter, optimizer and batch bytes (exact, from the shardings), XLA's
+memory analysis (on CPU an estimate, not the TPU compiler's), FLOPs, the largest parameters'
+PartitionSpecs, compile times, and a verdict against the HBM budget (1 GB = 2**30 bytes).
 """
 
 from __future__ import annotations
@@ -119,8 +111,7 @@ def _compile(jitted, args, mesh, rules) -> tuple[dict, float, float, float]:
     with use_mesh(mesh, rules):
         lowered = jitted.lower(*args)
     t1 = time.perf_counter()
-    # XLA:CPU's LLVM optimizations take most of the compile time and change neither the buffer
-    # assignment (the memory analysis) nor the HLO cost analysis: skip them on CPU.
+    # LLVM optimizations dominate XLA:CPU compile time and change neither memory nor cost analysis.
     cpu = mesh.devices.flat[0].platform == "cpu"
     compiled = lowered.compile(compiler_options={"xla_backend_optimization_level": 0} if cpu else None)
     t2 = time.perf_counter()
