@@ -48,13 +48,11 @@ def _read(path: str) -> str | None:
 
 
 def _cpu_peak_flops(cpuinfo: str | None = None, max_freq_khz: str | None = None, cores: int | None = None) -> float:
-    """float32 peak FLOP/s of this machine: cores x 2 FMA units x SIMD lanes (16 float32 with
-    AVX-512, else 8) x 2 FLOPs an FMA x clock. The clock is the highest the kernel reports:
-    cpufreq's `cpuinfo_max_freq` (the turbo clock, on bare metal), else the highest "cpu MHz"
-    of /proc/cpuinfo (in a VM the nominal clock; turbo can run above it, so MFU there can read
-    high), else 2.5 GHz. `config.peak_flops` overrides all of this.
+    """float32 peak FLOP/s: cores x 2 FMA units x SIMD lanes (16 with AVX-512, else 8) x 2 x clock.
 
-    The arguments stand in for /proc/cpuinfo's text, cpufreq's value (kHz) and the core count."""
+    The clock is cpufreq's maximum, else the highest "cpu MHz" (in a VM the nominal clock, so
+    MFU can read high), else 2.5 GHz; `config.peak_flops` overrides it. The arguments stand in
+    for /proc/cpuinfo's text, cpufreq's value (kHz) and the core count."""
     cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
     if max_freq_khz is None:
         max_freq_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
@@ -151,9 +149,8 @@ from mir_jax.evals.score_plot import HEADLINE_SCORES  # noqa: E402
 
 
 def plot_metrics(jsonl_path: str, png_path: str) -> str:
-    """Plots train loss (and eval loss), MIR and, when the run has downstream evaluators
-    (split "downstream" rows), their headline scores against the step into a PNG; returns
-    its path."""
+    """Plots train/eval loss, MIR and the downstream headline scores (split "downstream" rows)
+    against the step into a PNG; returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")
