@@ -37,11 +37,11 @@ def get_config(arg=None):
     c.trainable.connector = True
     c.trainable.vision = "all"
     c.trainable.llm = "all"
-        # Short rows keep CPU attention cheap (docs/miniature_world.md).
+    # Short rows keep CPU attention cheap (docs/miniature_world.md).
     c.seq_len = 320
     c.batch_size = 8
-        # A shorter stage 0 leaves post-SFT scores that do not depend on stage 1
-        # (docs/miniature_world.md).
+    # A shorter stage 0 leaves post-SFT scores that do not depend on stage 1
+    # (docs/miniature_world.md).
     c.total_steps = 1500
     c.optimizer.lr = 3e-3
     c.checkpoint.every = 500
