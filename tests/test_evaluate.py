@@ -23,7 +23,7 @@ from mir_jax.mir.tokens import mir_token_masks  # noqa: E402
 from mir_jax.sharding import make_mesh  # noqa: E402
 from mir_jax.weights import load_weights  # noqa: E402
 from tests.helpers import run_tool  # noqa: E402
-from tests.torch_init import save_random_llava  # noqa: E402
+from tests.torch_init import save_random_llava, tiny_llava_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE, PATCH = 28, 7  # 16 patches -> K = 16 image tokens (CLIP drops its class token)
@@ -34,14 +34,7 @@ TOKENIZER = ByteTokenizer()
 def tiny_llava(tmp_path_factory):
     """A random HF LlavaForConditionalGeneration (CLIP + Llama) saved in HF's own format."""
     pytest.importorskip("torch", reason=NEEDS_TORCH)
-    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH)
-    text = transformers.LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                                    num_attention_heads=4, num_key_value_heads=2,
-                                    vocab_size=TOKENIZER.vocab_size, pad_token_id=TOKENIZER.pad_id,
-                                    eos_token_id=TOKENIZER.eos_id, bos_token_id=TOKENIZER.bos_id)
-    config = transformers.LlavaConfig(vision_config=vision, text_config=text,
-                                      image_token_id=TOKENIZER.image_token_id)
+    config = tiny_llava_config(TOKENIZER, IMAGE_SIZE, PATCH)
     path = str(tmp_path_factory.mktemp("tiny_llava"))
     return path, save_random_llava(config, 0, path)
 

@@ -242,20 +242,13 @@ def dumped_llava(tmp_path_factory):
     """The tiny HF LLaVA of tests/test_evaluate.py, its MIR batches, and their hidden states
     dumped by tools/dump_hidden_states.py from HF PyTorch (float32)."""
     torch = pytest.importorskip("torch", reason="the dump runs the HF PyTorch model")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from mir_jax.data import ByteTokenizer, make_mir_batches
     from mir_jax.data.images import CLIP_MEAN, CLIP_STD
-    from tests.torch_init import save_random_llava
+    from tests.torch_init import save_random_llava, tiny_llava_config
 
     tokenizer = ByteTokenizer()
-    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=4, image_size=28, patch_size=7)
-    text = transformers.LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                                    num_attention_heads=4, num_key_value_heads=2,
-                                    vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
-                                    eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id)
-    config = transformers.LlavaConfig(vision_config=vision, text_config=text,
-                                      image_token_id=tokenizer.image_token_id)
+    config = tiny_llava_config(tokenizer)
     model_dir = str(tmp_path_factory.mktemp("tiny_llava"))
     hf_model = save_random_llava(config, 0, model_dir)
     batches = make_mir_batches("synthetic", "synthetic", tokenizer=tokenizer, num_samples=12,

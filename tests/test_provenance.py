@@ -40,7 +40,7 @@ def test_versions_match_each_librarys_own_version_string():
     import platform
     import sys
 
-    assert v["python"] == "%d.%d.%d" % sys.version_info[:3] == platform.python_version()
+    assert v["python"] == ".".join(map(str, sys.version_info[:3])) == platform.python_version()
     assert v["cpu"] and v["cpu"] != "unknown"
 
 

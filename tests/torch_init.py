@@ -34,3 +34,19 @@ def save_random_llava(config, seed: int, directory: str):
     randomize_unit_scale(model, seed)
     model.save_pretrained(directory)
     return model
+
+
+def tiny_llava_config(tokenizer, image_size: int = 28, patch: int = 7):
+    """The tests' tiny HF LlavaConfig: CLIP (2 layers, 32 wide) + Llama (3 layers, 48 wide, GQA
+    4/2) for `tokenizer`'s vocabulary and special ids; image_size/patch give (28/7)**2 = 16
+    image tokens."""
+    import transformers
+
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=image_size, patch_size=patch)
+    text = transformers.LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                    num_attention_heads=4, num_key_value_heads=2,
+                                    vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
+                                    eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id)
+    return transformers.LlavaConfig(vision_config=vision, text_config=text,
+                                    image_token_id=tokenizer.image_token_id)
