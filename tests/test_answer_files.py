@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,6 +23,7 @@ from mir_jax.data import ByteTokenizer, ImageConfig
 from mir_jax.evals import EvalModel, get_evaluator, write_result
 from mir_jax.evals.rescore import read_answers, rescore
 from tests import train_fixtures
+from tests.helpers import run_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = "Answer the question using a single word or phrase."
@@ -196,17 +195,13 @@ def test_evaluate_score_answers_cli(tmp_path):
         {"question_id": 42000, "prompt": "What color?", "text": "pink"}])   # 7 of 10: 1
     spec = files["vqa"]
     out = tmp_path / "rescored"
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "evaluate.py"), f"--score_answers={vqa}",
-         f"--vqa_data=vqav2:questions_json={spec['questions_json']},annotations_json={spec['annotations_json']}",
-         f"--output_dir={out}"], capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env={**os.environ, "MIR_JAX_MALLOC": "system"})
+    run = run_tool("evaluate.py", f"--score_answers={vqa}",
+                   f"--vqa_data=vqav2:questions_json={spec['questions_json']},"
+                   f"annotations_json={spec['annotations_json']}", f"--output_dir={out}", cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     scores = json.load(open(out / "vqa_scores.json"))
     assert scores["scores"]["accuracy"] == 1.0 and "vqaEval.py" in scores["scorer"]
     assert "accuracy 1" in run.stdout
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), f"--score_answers={vqa}"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300,
-                         env={**os.environ, "MIR_JAX_MALLOC": "system"})
+    bad = run_tool("evaluate.py", f"--score_answers={vqa}", cwd=ROOT)
     assert bad.returncode == 2 and "needs exactly one of --vqa_data" in bad.stderr.strip().splitlines()[-1]
     assert np.isfinite(scores["scores"]["num_samples"])
