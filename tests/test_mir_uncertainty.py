@@ -4,6 +4,10 @@ float64 MIR steps as the plain computation), and their coverage of a closed-form
 Fréchet distance on synthetic Gaussian samples.
 """
 
+import os
+import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -275,3 +279,14 @@ def test_format_mir_prints_the_intervals():
     lo, hi = np.asarray(result.overall_interval)
     assert "jackknife over 4 sample groups" in table
     assert f"[{lo:.6f}, {hi:.6f}]" in table
+
+
+@pytest.mark.slow  # runs the benchmark script in a fresh process, as BENCHMARKS.md shows it
+def test_benchmark_runs_and_its_interval_keeps_the_plain_values():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "mir_uncertainty.py"), "--quick",
+                          "--repeats", "1"], cwd=root, env={**os.environ, "XLA_FLAGS": ""},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert re.search(r"interval / plain: +[\d.]+x", out.stdout), out.stdout
+    assert "per_layer identical to plain: True" in out.stdout, out.stdout
