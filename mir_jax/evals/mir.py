@@ -266,7 +266,10 @@ def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
     ax.set_yscale("log")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("Fréchet distance (vision vs text)")
-    ax.set_title("Modality Integration Rate per layer")
+    bands = any(res.interval for res in results.values())
+    ax.set_title("Modality Integration Rate per layer" + (
+        "\nbands: 95 % jackknife intervals over samples (centred on the bias-corrected value)"
+        if bands else ""), fontsize=10 if bands else None)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
