@@ -27,7 +27,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 from jax import lax
 
 from mir_jax.mir import linalg
@@ -125,6 +124,8 @@ def t_quantile(level: float, num_groups: int) -> float:
     """Two-sided Student-t quantile for a jackknife over G groups (G-1 degrees of freedom)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1); got {level}")
+    import scipy.stats  # here, not at the top: it costs every importer of mir_jax.mir ~1 s
+
     return float(scipy.stats.t.ppf(0.5 + level / 2.0, num_groups - 1))
 
 

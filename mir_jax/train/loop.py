@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
 from mir_jax.data.tokenizer import load_tokenizer
@@ -385,15 +386,15 @@ class Evaluations:
     downstream evaluators, and the bad-sample counts; each writes its metrics rows, prints a
     line (process 0) and keeps its latest values in the run's `TrainResult`."""
 
-    def __init__(self, setup: Setup, writer, bar, result: TrainResult):
-        self.setup, self.writer, self.bar, self.result = setup, writer, bar, result
+    def __init__(self, setup: Setup, writer, result: TrainResult):
+        self.setup, self.writer, self.result = setup, writer, result
         self.main = setup.process_index == 0
         self.loss_batches, self.mir_batches = setup.eval_batches()
         self.last_held_out = self.last_bad_report = None
 
     def say(self, text: str) -> None:
         if self.main:
-            self.bar.write(text)
+            tqdm.write(text)  # above the progress bar
 
     def held_out(self, step: int, state, frozen) -> None:
         t = time.perf_counter()
@@ -473,8 +474,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 
     `stop_at_step` behaves like a preemption notice arriving at that step (checkpoint, return):
     for tests and time-boxed jobs."""
-    from tqdm import tqdm
-
     setup = Setup(config, workdir)
     stepper, checkpointer, main = setup.stepper, setup.checkpointer, setup.process_index == 0
     total, log_every, max_bad = int(config.total_steps), int(config.log_every), int(config.max_bad_steps)
@@ -487,8 +486,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         _start_run_files(setup)
     result = TrainResult(step=start)
     writer = metrics_lib.MetricWriter(workdir, active=main, resume_step=start or None)
+    evaluations = Evaluations(setup, writer, result)  # builds the fixed batches: may raise
     bar = tqdm(total=total, initial=start, disable=not main, dynamic_ncols=True, desc="train")
-    evaluations = Evaluations(setup, writer, bar, result)
     peak = float(config.get("peak_flops") or 0) or metrics_lib.peak_flops_per_device()
     meter = Throughput(peak * jax.device_count())
     # Multi-host: a SIGTERM seen by one host must stop every host at the same step (the save is
