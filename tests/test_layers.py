@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -109,3 +110,30 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     found = _imports("mir_jax.mir.fake", str(fake))
     assert found == {"mir_jax.train.step", "mir_jax.mir.kernel", "mir_jax.models"}
     assert max(_layer(m) for m in found) > _layer("mir_jax.mir.fake")
+
+
+# Private modules and names of our dependencies that the code must not reach for (issue 28).
+PRIVATE_API = re.compile(r"\bjax\._src\b|config_flags\._[A-Za-z]|ocp\.[\w.]*\._[A-Za-z]|_min_slice_bytes")
+SOURCE_DIRS = ("mir_jax", "tests", "benchmarks", "tools")
+
+
+def _sources():
+    root = os.path.dirname(ROOT)
+    for folder in SOURCE_DIRS:
+        for directory, _, files in os.walk(os.path.join(root, folder)):
+            for f in files:
+                if f.endswith(".py") and f != os.path.basename(__file__):
+                    yield os.path.join(directory, f)
+    for tool in ("train.py", "evaluate.py", "study.py"):
+        yield os.path.join(root, tool)
+
+
+def test_no_private_apis_of_dependencies():
+    found = [f"{os.path.relpath(path, os.path.dirname(ROOT))}:{n}: {line.strip()}"
+             for path in _sources() for n, line in enumerate(open(path), 1) if PRIVATE_API.search(line)]
+    assert not found, "private APIs of jax / orbax / ml_collections:\n" + "\n".join(found)
+
+
+def test_the_training_loop_shares_no_state_through_closures():
+    assert "nonlocal" not in open(os.path.join(ROOT, "train", "loop.py")).read()
+    assert PRIVATE_API.search("from jax._src import xla_bridge")  # the pattern itself can match
