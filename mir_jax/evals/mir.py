@@ -178,7 +178,7 @@ def evaluate_mir(
             consume(rows, vision_mask, text_mask, np.repeat(position, np.shape(batch["segment_ids"])[1]))
             timings["mir_s"] += time.perf_counter() - t0
             if count_tokens:
-                counts["samples"] += int(np.sum(np.any(np.asarray(batch["segment_ids"]) != 0, axis=1)))
+                counts["samples"] += int(filled.sum())
                 counts["vision"] += int(jnp.sum(vision_mask))
                 counts["text"] += int(jnp.sum(text_mask))
                 counts["nll"] += float(nll)

@@ -493,6 +493,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     # Multi-host: a SIGTERM seen by one host must stop every host at the same step (the save is
     # collective); JAX's preemption notifier takes SIGTERM there and `reached_preemption` agrees.
     stop = StopSignal() if setup.process_count == 1 else StopSignal(signals=())
+    plain_config = _plain_config(config)  # what every checkpoint records, converted once
     pending = None  # the last step's metrics, read one step late so that dispatch stays ahead
     try:
         for step in range(start + 1, total + 1):
@@ -520,7 +521,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                     evaluations.during_training(step, state, frozen)
                 preempted = (bool(stop) or step == stop_at_step
                              or (setup.process_count > 1 and checkpointer.reached_preemption(step)))
-                checkpointer.save(step, state, frozen, setup.train_iter, _plain_config(config), force=preempted)
+                checkpointer.save(step, state, frozen, setup.train_iter, plain_config, force=preempted)
             if preempted:
                 checkpointer.wait()
                 log.info("stopped at step %d; checkpoint saved, rerun the same command to resume", step)
@@ -528,7 +529,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                 return result
         bar.close()
         evaluations.at_end(total, state, frozen)
-        checkpointer.save(total, state, frozen, setup.train_iter, _plain_config(config), force=True)
+        checkpointer.save(total, state, frozen, setup.train_iter, plain_config, force=True)
         checkpointer.wait()
         if main:
             writer.flush()
