@@ -28,9 +28,10 @@ with (`mir_jax.evals.loading`); a step it does not have is one error line listin
 
 Outputs (in --output_dir; default: WORKDIR/mir_eval for --checkpoint=WORKDIR,
 WORKDIR/mir_eval_stepSTEP for WORKDIR@STEP, DIR_mir_eval beside an HF directory):
-mir.json (config, data spec, per-layer values, overall, method, LM loss/perplexity,
-timings), mir_per_layer.png, and a table on stdout. Files are written only once an
-evaluation has completed (never partial results that look complete).
+mir.json (config, data spec, per-layer values, the per-layer mean norms of the vision and
+text hidden states they came from, overall, method, LM loss/perplexity, timings),
+mir_per_layer.png (FD per layer; below it, those norms), and a table on stdout. Files are
+written only once an evaluation has completed (never partial results that look complete).
 Downstream evaluators (`mir_jax.evals`) add, per evaluator, EVAL_scores.json and
 EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every score of every model)
 and scores.png; one table of all scores is printed. --X_data takes "embedded" (the default:
@@ -421,7 +422,7 @@ def _evaluate_hidden_states(path: str) -> None:
     import numpy as np
 
     from mir_jax import provenance
-    from mir_jax.evals.mir import MIREvaluation, interval_fields
+    from mir_jax.evals.mir import MIREvaluation, interval_fields, norm_fields
     from mir_jax.mir.hidden_states import hidden_states_mir
 
     print(provenance.summary())
@@ -437,7 +438,8 @@ def _evaluate_hidden_states(path: str) -> None:
         mode=out.mode, num_samples=out.num_samples, num_vision_tokens=out.num_vision_tokens,
         num_text_tokens=out.num_text_tokens, lm_loss=None, perplexity=None, timings=out.timings,
         diagnostics=out.diagnostics,
-        interval=interval_fields(result, out.num_groups) if result.per_layer_se is not None else {})
+        interval=interval_fields(result, out.num_groups) if result.per_layer_se is not None else {},
+        **norm_fields(result))
     record = dict(hidden_states=path, dtype=out.index.dtype, **evaluation.to_json())
     print(f"\n== {name}: MIR over {out.num_samples} samples ({out.num_vision_tokens} vision / "
           f"{out.num_text_tokens} text tokens) from hidden states ({out.index.dtype}), "

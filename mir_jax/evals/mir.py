@@ -52,6 +52,10 @@ class MIREvaluation:
     interval: with uncertainty="jackknife", the `MIRResult` fields of the interval over sample
     groups (per_layer_se [L], per_layer_interval [L, 2], overall_se, overall_interval [2],
     per_layer_replicates [G, L], overall_replicates [G]) plus "num_groups" and "level"; else {}.
+    vision_norm_per_layer, text_norm_per_layer: [L] mean L2 norm of the vision / text rows each
+    layer's FD was computed from, as given (before MIR's normalization and outlier rule: all
+    valid rows; the rule replaces rows, it drops none). MIR moves with scale as well as with
+    alignment; these say which (docs/mir.md, section 4). None where not measured.
     """
 
     per_layer: np.ndarray
@@ -66,15 +70,22 @@ class MIREvaluation:
     timings: dict
     diagnostics: dict = dataclasses.field(default_factory=dict)
     interval: dict = dataclasses.field(default_factory=dict)
+    vision_norm_per_layer: np.ndarray | None = None
+    text_norm_per_layer: np.ndarray | None = None
 
     def result(self) -> mir.MIRResult:
-        """The values as a `mir.MIRResult` (with the interval fields when there are some)."""
+        """The values as a `mir.MIRResult` (with the interval and norm fields when there are some)."""
         fields = {k: np.asarray(v) for k, v in self.interval.items() if k in mir.MIRResult._fields}
+        for k in ("vision_norm_per_layer", "text_norm_per_layer"):
+            if getattr(self, k) is not None:
+                fields[k] = np.asarray(getattr(self, k))
         return mir.MIRResult(np.asarray(self.per_layer), np.asarray(self.overall), **fields)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["per_layer"] = [float(x) for x in self.per_layer]
+        for k in ("vision_norm_per_layer", "text_norm_per_layer"):
+            d[k] = None if getattr(self, k) is None else [float(x) for x in getattr(self, k)]
         d["diagnostics"] = {k: [float(x) for x in np.asarray(v)] for k, v in self.diagnostics.items()}
         d["interval"] = {k: np.asarray(v).tolist() for k, v in self.interval.items()}
         note = mir.method_note(self.method)
@@ -233,7 +244,14 @@ def evaluate_mir(
         num_samples=counts["samples"], num_vision_tokens=counts["vision"],
         num_text_tokens=counts["text"], lm_loss=lm_loss, perplexity=float(np.exp(lm_loss)),
         timings=timings, diagnostics={k: np.asarray(v) for k, v in diagnostics.items()},
-        interval=interval_fields(result, num_groups) if uncertainty is not None else {})
+        interval=interval_fields(result, num_groups) if uncertainty is not None else {},
+        **norm_fields(result))
+
+
+def norm_fields(result: mir.MIRResult) -> dict:
+    """The mean row norms of a result ([L] host arrays), as `MIREvaluation`'s keyword arguments."""
+    return {k: np.asarray(getattr(result, k)) for k in ("vision_norm_per_layer", "text_norm_per_layer")
+            if getattr(result, k) is not None}
 
 
 def interval_fields(result: mir.MIRResult, num_groups: int) -> dict:
@@ -244,15 +262,23 @@ def interval_fields(result: mir.MIRResult, num_groups: int) -> dict:
 
 
 def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
-    """One PNG: per-layer FD (log scale) of one or several models, overall MIR in the legend.
-    Returns the layer ticks drawn on the x axis (whole numbers)."""
+    """One PNG: per-layer FD (log scale) of one or several models, overall MIR in the legend;
+    below it, where measured, each model's mean vision (solid) and text (dashed) hidden-state
+    norms per layer (log scale, the model's colour), so that a change of FD can be read as one
+    of alignment or of scale. Returns the layer ticks drawn on the x axis (whole numbers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    with_norms = [name for name, res in results.items() if res.vision_norm_per_layer is not None]
+    if with_norms:
+        fig, (ax, ax_norm) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True,
+                                          gridspec_kw={"height_ratios": (3, 2)})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
     for name, res in results.items():
         layers = np.arange(1, len(res.per_layer) + 1)
         label = f"{name} (MIR {res.overall:.3f})"
@@ -262,10 +288,23 @@ def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
         if res.interval:  # the 95 % interval over sample groups, as a band
             low, high = np.asarray(res.interval["per_layer_interval"]).T
             ax.fill_between(layers, np.maximum(low, 1e-12), high, color=line.get_color(), alpha=0.2)
+        if name in with_norms:
+            ax_norm.plot(layers, res.vision_norm_per_layer, color=line.get_color(), marker="s", ms=4)
+            ax_norm.plot(layers, res.text_norm_per_layer, color=line.get_color(), marker="^", ms=4,
+                         linestyle="--")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_yscale("log")
-    ax.set_xlabel("decoder layer")
     ax.set_ylabel("Fréchet distance (vision vs text)")
+    if with_norms:
+        ax_norm.set_yscale("log")
+        ax_norm.set_xlabel("decoder layer")
+        ax_norm.set_ylabel("mean ||h||₂ (before MIR's rules)")
+        ax_norm.grid(True, which="both", alpha=0.3)
+        ax_norm.legend([Line2D([], [], color="0.3", marker="s", ms=4),
+                        Line2D([], [], color="0.3", marker="^", ms=4, linestyle="--")],
+                       ["vision tokens", "text tokens"], fontsize=8)
+    else:
+        ax.set_xlabel("decoder layer")
     bands = any(res.interval for res in results.values())
     ax.set_title("Modality Integration Rate per layer" + (
         "\nbands: 95 % jackknife intervals over samples (centred on the bias-corrected value)"

@@ -401,7 +401,7 @@ class HiddenStatesMIR:
 
 def _exact(index, method, normalize, remove_outliers, uncertainty, num_groups, level, check_finite):
     """Layer by layer: compute_mir on one layer of every sample (see the module docstring)."""
-    per_layer, replicates, se, intervals, diagnostics = [], [], [], [], []
+    per_layer, replicates, se, intervals, diagnostics, norms = [], [], [], [], [], []
     with _Files(index.files) as handles:
         for layer in range(1, index.layers + 1):
             vision, text, vision_samples, text_samples = read_layer(index, layer, handles, check_finite)
@@ -413,6 +413,8 @@ def _exact(index, method, normalize, remove_outliers, uncertainty, num_groups, l
                                        remove_outliers=remove_outliers, return_diagnostics=True,
                                        uncertainty=uncertainty, level=level, **groups)
             per_layer.append(np.asarray(result.per_layer)[0])
+            norms.append((np.asarray(result.vision_norm_per_layer)[0],
+                          np.asarray(result.text_norm_per_layer)[0]))
             diagnostics.append({k: np.asarray(v)[0] for k, v in diag.items()})
             if uncertainty is not None:
                 replicates.append(np.asarray(result.per_layer_replicates)[:, 0])
@@ -422,15 +424,17 @@ def _exact(index, method, normalize, remove_outliers, uncertainty, num_groups, l
     per_layer = np.asarray(per_layer, np.float32)
     overall = np.log10(per_layer.astype(np.float64).sum())
     diagnostics = {k: np.asarray([d[k] for d in diagnostics]) for k in diagnostics[0]}
+    vision_norm, text_norm = np.asarray(norms, np.float32).T  # [L] each
     if uncertainty is None:
-        return MIRResult(per_layer, np.float32(overall)), diagnostics
+        return MIRResult(per_layer, np.float32(overall), vision_norm_per_layer=vision_norm,
+                         text_norm_per_layer=text_norm), diagnostics
     replicates = np.stack(replicates, axis=1)  # [G, L]
     overall_replicates = np.log10(replicates.astype(np.float64).sum(axis=1))
     overall_se, overall_interval = jackknife_interval(
         overall, overall_replicates, t_quantile(level, replicates.shape[0]), np)
     return MIRResult(per_layer, np.float32(overall), np.asarray(se), np.stack(intervals),
                      np.float32(overall_se), overall_interval.astype(np.float32), replicates,
-                     overall_replicates.astype(np.float32)), diagnostics
+                     overall_replicates.astype(np.float32), vision_norm, text_norm), diagnostics
 
 
 def hidden_states_mir(path: str, *, method: str = "auto", mode: str = "streaming",

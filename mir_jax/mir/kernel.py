@@ -92,9 +92,11 @@ def frechet_distance(x, y, *, x_mask=None, y_mask=None, method: str = "auto") ->
 
 @functools.partial(jax.jit, static_argnames=("method", "normalize", "remove_outliers"))
 def _compute_mir_jit(vision, text, vision_mask, text_mask, method, normalize, remove_outliers):
-    vision, text, _ = preprocess(vision, text, vision_mask, text_mask, normalize, remove_outliers)
+    vision, text, _, (vision_norm, text_norm) = preprocess(vision, text, vision_mask, text_mask,
+                                                           normalize, remove_outliers)
     per_layer, diagnostics = _frechet_from_rows(vision, vision_mask, text, text_mask, method)
-    return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics
+    return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer)),
+                     vision_norm_per_layer=vision_norm, text_norm_per_layer=text_norm), diagnostics
 
 
 def compute_mir(
@@ -139,8 +141,10 @@ def compute_mir(
         group sizes set the compiled shapes.
       level: the intervals' confidence level.
     Returns:
-      MIRResult(per_layer=[L] float32, overall=log10(sum(per_layer))), with the interval fields
-      filled when uncertainty is given, or (MIRResult, diagnostics) with return_diagnostics=True.
+      MIRResult(per_layer=[L] float32, overall=log10(sum(per_layer)), vision_norm_per_layer and
+      text_norm_per_layer [L]: the mean norm of the valid rows as given, before both rules), with
+      the interval fields filled when uncertainty is given, or (MIRResult, diagnostics) with
+      return_diagnostics=True.
     """
     vision = jnp.asarray(vision, jnp.float32)
     text = jnp.asarray(text, jnp.float32)
@@ -169,7 +173,8 @@ def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None
                level: float = 0.95) -> str:
     """A per-layer table and the overall value as text (the published modes labelled as such;
     for published_fast with its diagnostics, the rounding-regime verdict too). A result with
-    intervals gets its standard errors and `level` intervals beside each value."""
+    intervals gets its standard errors and `level` intervals beside each value; one with the mean
+    row norms gets them as two more columns (as given, before the rules)."""
     per_layer = np.asarray(result.per_layer)
     note = method_note(method)
     label = f"FD ({method}, not a Fréchet distance)" if note else "FD"
@@ -185,6 +190,13 @@ def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None
                                    np.asarray(result.per_layer_interval)))]
         lo, hi = np.asarray(result.overall_interval)
         overall += f"  (SE {float(result.overall_se):.3g}, [{lo:.6f}, {hi:.6f}])"
+    if result.vision_norm_per_layer is not None and result.text_norm_per_layer is not None:
+        # Between the layer and FD columns, so that they align whatever follows FD.
+        norms = [("|h| vision", "|h| text")] + [
+            (f"{v:.4g}", f"{t:.4g}") for v, t in zip(np.asarray(result.vision_norm_per_layer),
+                                                     np.asarray(result.text_norm_per_layer))]
+        lines = [f"{line[:5]}  {v:>10}  {t:>10}{line[5:]}" for line, (v, t) in zip(lines, norms)]
+        overall += "\n|h|: mean L2 norm of the layer's vision / text rows as given, before MIR's rules"
     lines.append(overall)
     if note:
         lines.append(note)

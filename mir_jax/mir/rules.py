@@ -23,6 +23,14 @@ class MIRResult(NamedTuple):
     per_layer_interval [L, 2] and overall_interval [2] (low, high) confidence intervals at the
     requested level, and the leave-one-group-out values per_layer_replicates [G, L] and
     overall_replicates [G], which `mir_jax.mir.uncertainty.paired_difference` needs.
+
+    vision_norm_per_layer [L] and text_norm_per_layer [L]: the mean Euclidean norm of the vision
+    and of the text rows the layer's distance was computed from, as given (before the text-centric
+    scale and the outlier rule), over every valid row (mask True). The outlier rule replaces rows
+    and drops none, so every valid row is a row used. MIR is a distance between hidden states,
+    so it moves with their scale as well as with their alignment; these say which
+    (docs/mir.md, section 4). Every route fills them; None only where a caller built the
+    result without them.
     """
 
     per_layer: jax.Array
@@ -33,6 +41,8 @@ class MIRResult(NamedTuple):
     overall_interval: jax.Array | None = None
     per_layer_replicates: jax.Array | None = None
     overall_replicates: jax.Array | None = None
+    vision_norm_per_layer: jax.Array | None = None
+    text_norm_per_layer: jax.Array | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -61,15 +71,16 @@ def outlier_rows(norms: jax.Array, mask: jax.Array, median_norm: jax.Array, std:
     return mask & (jnp.abs(norms - median_norm[..., None]) > 3.0 * std[..., None])
 
 
-def replace_outliers(x: jax.Array, mask: jax.Array) -> jax.Array:
+def replace_outliers(x: jax.Array, mask: jax.Array, norms: jax.Array | None = None) -> jax.Array:
     """3-sigma outlier replacement on rows [..., N, D], valid rows given by mask [..., N].
 
     With n_i = ||x_i||, m = lower median of n, σ = std(n, ddof=1): every valid row
     with |n_i − m| > 3σ becomes the per-column lower median row (taken before any
     replacement). Lower medians match torch.median. Padding rows are untouched and
-    never counted.
+    never counted. norms: optional [..., N] row norms already at hand (not recomputed).
     """
-    norms = jnp.linalg.norm(x, axis=-1)
+    if norms is None:
+        norms = jnp.linalg.norm(x, axis=-1)
     median_norm = linalg.masked_lower_median(norms[..., None], mask)[..., 0]
     _, _, std = _masked_norm_stats(norms, mask)
     outlier = outlier_rows(norms, mask, median_norm, std)
@@ -132,13 +143,24 @@ def as_row_mask(mask, shape_prefix: tuple[int, ...], name: str) -> jax.Array:
 
 
 def preprocess(vision, text, vision_mask, text_mask, normalize: bool, remove_outliers: bool):
-    """MIR's two rules (section 3, steps 1-2) on [L, N, D] / [L, M, D] rows: the rows the
-    Fréchet distance sees, and the text rows after normalization, before replacement."""
+    """MIR's two rules (section 3, steps 1-2) on [L, N, D] / [L, M, D] rows.
+
+    Returns (vision, text, text_norms, (vision_norm, text_norm)): the rows the Fréchet distance
+    sees; the text-row norms [L, M] after normalization, before replacement (the jackknife's
+    per-replicate scale); and the mean norms [L] of the valid rows as given (`MIRResult`'s
+    vision_norm_per_layer, text_norm_per_layer). The row norms are taken once and serve the
+    scale, the outlier rule and the reported means.
+    """
+    vision_norms = jnp.linalg.norm(vision, axis=-1)
+    text_norms = jnp.linalg.norm(text, axis=-1)
+    _, vision_norm, _ = _masked_norm_stats(vision_norms, vision_mask)
+    _, text_norm, _ = _masked_norm_stats(text_norms, text_mask)
     if normalize:
-        scale = text_centric_scale(text, text_mask)[:, None, None]
-        vision, text = vision * scale, text * scale
-    scaled_text = text
+        scale = 1.0 / text_norm  # text_centric_scale, from the norms at hand
+        vision, text = vision * scale[:, None, None], text * scale[:, None, None]
+        # ||s·x|| = s·||x||: the outlier rule is scale-invariant, as in the streaming route.
+        vision_norms, text_norms = vision_norms * scale[:, None], text_norms * scale[:, None]
     if remove_outliers:
-        vision = replace_outliers(vision, vision_mask)
-        text = replace_outliers(text, text_mask)
-    return vision, text, scaled_text
+        vision = replace_outliers(vision, vision_mask, vision_norms)
+        text = replace_outliers(text, text_mask, text_norms)
+    return vision, text, text_norms, (vision_norm, text_norm)

@@ -21,7 +21,9 @@ global statistics before any row can be replaced:
     [hi, max] it must lie in. The median is then always inside a bin, never clamped.
   pass 2 ("moments"): the count, mean and centered second moment (Chan's parallel
     update, D×D) of the rows after replacing outliers (|n_i − m| > 3σ) by the
-    median row; and the mean text-row norm for the text-centric scale s, applied
+    median row; and the sum of the row norms before replacement (both modalities: the
+    mean text-row norm gives the text-centric scale s, and both means are reported as
+    `MIRResult.vision_norm_per_layer` / `text_norm_per_layer`), s applied
     at the end to the statistics (means by s, covariances by s²). The outlier rule
     is scale-invariant, so nothing else changes. Scaling the statistics rather than
     the distance matters for the published modes: tr(Σ_V Σ_T) scales as s⁴ and the
@@ -45,7 +47,7 @@ Usage:
         for vision, text, vision_mask, text_mask in batches():
             acc.update(vision, text, vision_mask, text_mask)
         acc.end_pass()
-    result = acc.result()           # MIRResult(per_layer=[L], overall)
+    result = acc.result()           # MIRResult(per_layer=[L], overall, *_norm_per_layer=[L])
 or simply `MIRAccumulator(...).run(batches)` with `batches` a callable returning a
 fresh iterable of (vision, text, vision_mask, text_mask) tuples.
 """
@@ -270,22 +272,21 @@ def _outlier_rule(state):
 
 
 def _moment_pass_update(x, mask, state, axes, rule=None):
-    """Adds one batch of rows x [L, n, D] (outliers replaced by `rule`) to the moments."""
+    """Adds one batch of rows x [L, n, D] to state = (moments, norm_sum [L]): the count, mean and
+    M2 of the rows with outliers replaced by `rule`, and the sum of the valid rows' norms as
+    given (before replacement; the text-centric scale and the reported mean norms)."""
+    moments, norm_sum = state
+    norms = jnp.linalg.norm(x, axis=-1)  # once per row: the rule and the norm sum share it
     if rule is not None:
         median_norm, std, median_row = rule
-        norms = jnp.linalg.norm(x, axis=-1)
         outlier = outlier_rows(norms, mask, median_norm, std)
         x = jnp.where(outlier[..., None], median_row[:, None, :], x)
-    return _merge_moments(state, _row_moments(x, mask, axes))
+    norm_sum = norm_sum + _psum(jnp.sum(norms * mask, axis=1), axes)
+    return _merge_moments(moments, _row_moments(x, mask, axes)), norm_sum
 
 
 def _moment_pass_update_replaced(x, mask, state, rule, axes):
     return _moment_pass_update(x, mask, state, axes, rule)
-
-
-def _text_norm_sum(text, mask, axes):
-    norms = jnp.linalg.norm(text, axis=-1) * mask
-    return _psum(jnp.sum(norms, axis=1), axes), _psum(jnp.sum(mask, axis=1).astype(jnp.float32), axes)
 
 
 def _zero_moments(layers, dim=None):
@@ -353,8 +354,7 @@ class MIRAccumulator:
         self._zoomed = False  # whether pass 1b was needed
         self._outlier_state = None  # {"vision": ..., "text": ...} during pass 1
         self._rules = None
-        self._moments = None
-        self._text_norms = None
+        self._moments = None  # {"vision": (moments, norm_sum), "text": ...} from the moment pass
         self._shape = None
         self.diagnostics: dict = {}  # the method's diagnostics, set by result()
 
@@ -425,8 +425,8 @@ class MIRAccumulator:
 
     def _update_moment_pass(self, vision, vision_mask, text, text_mask, layers, dim):
         if self._moments is None:
-            self._moments = {"vision": _zero_moments(layers, dim), "text": _zero_moments(layers, dim)}
-            self._text_norms = (jnp.zeros((layers,)), jnp.zeros((layers,)))
+            self._moments = {k: (_zero_moments(layers, dim), jnp.zeros((layers,), jnp.float32))
+                             for k in ("vision", "text")}
         if self._rules is None:
             step = self._compile(_moment_pass_update, 2, 1)
             args = {"vision": (), "text": ()}
@@ -435,9 +435,6 @@ class MIRAccumulator:
             args = {k: (self._rules[k],) for k in ("vision", "text")}
         for key, x, m in (("vision", vision, vision_mask), ("text", text, text_mask)):
             self._moments[key] = step(x, m, self._moments[key], *args[key])
-        norm_step = self._compile(_text_norm_sum, 2, 0)
-        total, count = norm_step(text, text_mask)
-        self._text_norms = (self._text_norms[0] + total, self._text_norms[1] + count)
 
     def end_pass(self) -> None:
         """Ends the current pass over the data."""
@@ -465,14 +462,14 @@ class MIRAccumulator:
         return self.current_pass < self.num_passes
 
     def result(self) -> MIRResult:
-        """MIRResult(per_layer=[L], overall) once every pass has ended."""
+        """MIRResult(per_layer=[L], overall, vision_norm_per_layer=[L], text_norm_per_layer=[L])
+        once every pass has ended; the norms are the mean norms of all valid rows as given."""
         if self.needs_another_pass:
             raise RuntimeError(
                 f"MIRAccumulator needs {self.num_passes} pass(es) over the data; "
                 f"{self.current_pass} finished (call end_pass() after each)")
         result, diagnostics = _finalize(self._moments["vision"], self._moments["text"],
-                                        self._text_norms, method=self.method,
-                                        normalize=self.normalize)
+                                        method=self.method, normalize=self.normalize)
         self.diagnostics = diagnostics
         return result
 
@@ -487,15 +484,17 @@ class MIRAccumulator:
 
 
 @functools.partial(jax.jit, static_argnames=("method", "normalize"))
-def _finalize(vision, text, text_norms, *, method, normalize):
-    """(MIRResult, diagnostics) from the finished moments, text-centric scale applied to them."""
-    n_v, mean_v, m2_v = vision
-    n_t, mean_t, m2_t = text
+def _finalize(vision, text, *, method, normalize):
+    """(MIRResult, diagnostics) from the finished (moments, norm_sum) of each modality, the
+    text-centric scale applied to the moments."""
+    (n_v, mean_v, m2_v), norm_sum_v = vision
+    (n_t, mean_t, m2_t), norm_sum_t = text
+    vision_norm = norm_sum_v / jnp.maximum(n_v, 1.0)  # [L]: mean norm of the rows as given
+    text_norm = norm_sum_t / jnp.maximum(n_t, 1.0)
     cov_v = m2_v / jnp.maximum(n_v - 1.0, 1.0)[:, None, None]
     cov_t = m2_t / jnp.maximum(n_t - 1.0, 1.0)[:, None, None]
     if normalize:
-        total, count = text_norms
-        scale = count / total  # [L]: 1 / mean text-row norm
+        scale = 1.0 / text_norm  # [L]
         mean_v, mean_t = mean_v * scale[:, None], mean_t * scale[:, None]
         cov_v, cov_t = cov_v * (scale * scale)[:, None, None], cov_t * (scale * scale)[:, None, None]
     trace_v = jnp.trace(cov_v, axis1=-2, axis2=-1)
@@ -504,4 +503,5 @@ def _finalize(vision, text, text_norms, *, method, normalize):
     cross, diagnostics = cross_term_from_covariances(cov_v, cov_t, method)
     per_layer = mean_term + trace_v + trace_t - 2.0 * cross
     diagnostics = published_fast_diagnostics(per_layer, cross, diagnostics)
-    return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer))), diagnostics
+    return MIRResult(per_layer=per_layer, overall=jnp.log10(jnp.sum(per_layer)),
+                     vision_norm_per_layer=vision_norm, text_norm_per_layer=text_norm), diagnostics

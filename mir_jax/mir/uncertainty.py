@@ -210,11 +210,10 @@ def _layer_replicates(layer, num_groups, method, normalize):
 @functools.partial(jax.jit, static_argnames=("method", "normalize", "remove_outliers", "num_groups"))
 def _jackknife_jit(vision, text, vision_mask, text_mask, groups_and_layouts, quantile, *,
                    method, normalize, remove_outliers, num_groups):
-    vision, text, scaled_text = preprocess(vision, text, vision_mask, text_mask, normalize,
-                                           remove_outliers)
+    vision, text, text_norms, (vision_norm, text_norm) = preprocess(
+        vision, text, vision_mask, text_mask, normalize, remove_outliers)
     per_layer, diagnostics = _frechet_from_rows(vision, vision_mask, text, text_mask, method)
     overall = jnp.log10(jnp.sum(per_layer))
-    text_norms = jnp.linalg.norm(scaled_text, axis=-1)
     shared = tuple(groups_and_layouts)
     per_layer_replicates = lax.map(  # [L, G]: one layer's statistics in memory at a time
         lambda layer: _layer_replicates(layer + shared, num_groups, method, normalize),
@@ -223,7 +222,8 @@ def _jackknife_jit(vision, text, vision_mask, text_mask, groups_and_layouts, qua
     per_layer_se, per_layer_interval = jackknife_interval(per_layer, per_layer_replicates, quantile)
     overall_se, overall_interval = jackknife_interval(overall, overall_replicates, quantile)
     result = MIRResult(per_layer, overall, per_layer_se, per_layer_interval, overall_se,
-                       overall_interval, per_layer_replicates, overall_replicates)
+                       overall_interval, per_layer_replicates, overall_replicates,
+                       vision_norm_per_layer=vision_norm, text_norm_per_layer=text_norm)
     return result, diagnostics
 
 

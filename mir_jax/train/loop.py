@@ -209,6 +209,9 @@ class Setup:
                                mesh=self.mesh, progress=False)
             out["mir"] = float(res.overall)
             out["mir_per_layer"] = np.asarray(res.per_layer).tolist()
+            # The mean raw norms each layer's FD came from: whether MIR moved by alignment or scale.
+            out["mir_vision_norm_per_layer"] = np.asarray(res.vision_norm_per_layer).tolist()
+            out["mir_text_norm_per_layer"] = np.asarray(res.text_norm_per_layer).tolist()
             # What the value was computed on, so that it can be set beside evaluate.py's.
             out.update(mir_samples=res.num_samples, mir_vision_tokens=res.num_vision_tokens,
                        mir_text_tokens=res.num_text_tokens, mir_row_length=int(np.shape(mir_batches[0]["input_ids"])[1]))
@@ -314,7 +317,8 @@ class TrainResult:
     """What `train_and_evaluate` ends with.
 
     step: the last step trained; loss: the mean training loss of the last logged window;
-    eval: the last held-out evaluation ({"loss", "tokens", "mir", "mir_per_layer"});
+    eval: the last held-out evaluation ({"loss", "tokens", "mir", "mir_per_layer",
+      "mir_vision_norm_per_layer", "mir_text_norm_per_layer", ...});
     downstream: the last score of each downstream evaluator ({"KEY/metric": value});
     plot: loss_mir.png (process 0); preempted / signal: stopped by a preemption notice (the
     signal number, None for `stop_at_step`); already_done: the workdir held the finished run.
@@ -466,7 +470,9 @@ def _print_final_mir(result: TrainResult, method: str) -> None:
         from mir_jax.mir import MIRResult
 
         ev = result.eval
-        print(format_mir(MIRResult(np.asarray(ev["mir_per_layer"]), np.asarray(ev["mir"])), method))
+        norms = {k: np.asarray(ev[f"mir_{k}"]) for k in ("vision_norm_per_layer", "text_norm_per_layer")
+                 if f"mir_{k}" in ev}
+        print(format_mir(MIRResult(np.asarray(ev["mir_per_layer"]), np.asarray(ev["mir"]), **norms), method))
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResult:
