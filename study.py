@@ -4,11 +4,15 @@ and their rank correlation, as one command.
     python study.py --study=configs/studies/mir_vs_sft.py:runlocal --workdir=/tmp/mir_vs_sft
 
 Each run is an ordinary training workdir, DIR/VARIANT/STAGE (DIR/shared/STAGE for a stage
-the whole study shares); rerunning the same command skips finished runs and resumes
+the whole study shares); with --seeds=N (or a study's `seeds`) each variant's non-shared stages
+run N times, with --config.seed = base + k, the k >= 1 ones in DIR/VARIANT/seed_K/STAGE, and
+study.json adds each seed's values, the spread and bootstrap intervals of the correlations.
+Rerunning the same command skips finished runs and resumes
 interrupted ones. --print_commands prints every run's train.py command instead (submit them
 as separate jobs, in the order printed), and --collect assembles the results of finished
 workdirs without running anything. Results in DIR: study.json (schema:
-mir_jax/studies/collect.py), study.md, mir_vs_score.png, mir_per_layer.png.
+mir_jax/studies/collect.py), study.md, mir_vs_score.png, mir_per_layer.png (and mir_norms.png
+where the runs logged the hidden states' norms).
 
 --set=STAGE.KEY=VALUE (repeatable; STAGE a stage name or "all") adds an override to every run
 of that stage, e.g. the paths a full-size study needs:
@@ -32,6 +36,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Every run's workdir and the res
 _PRINT = flags.DEFINE_bool("print_commands", False, "Print each run's command; run nothing.")
 _COLLECT = flags.DEFINE_bool("collect", False, "Assemble results from finished workdirs; run nothing.")
 _SET = flags.DEFINE_multi_string("set", [], "STAGE.KEY=VALUE: an override for every run of STAGE (or all).")
+_SEEDS = flags.DEFINE_integer("seeds", None, "Run each variant's non-shared stages this many times, with config "
+                               "seeds base+0 .. base+N-1 (default: the study's `seeds`, else 1).", lower_bound=1)
 _ECHO = flags.DEFINE_bool("echo", False, "Also stream each run's output here (it always goes to WORKDIR/train.log).")
 flags.mark_flags_as_required(["study", "workdir"])
 
@@ -41,11 +47,13 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 def _summary(result: dict) -> str:
     corr = result["correlation"]
 
-    def f(x):
-        return "n/a" if x is None else f"{x:+.3f}"
+    def f(c, name):
+        x, ci = c[name], (c.get("interval") or {}).get(name)
+        text = "n/a" if x is None else f"{x:+.3f}"
+        return text + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
 
-    return (f"MIR vs score: Spearman {f(corr['mir']['spearman'])}, Kendall {f(corr['mir']['kendall'])}; "
-            f"loss vs score: Spearman {f(corr['loss']['spearman'])}, Kendall {f(corr['loss']['kendall'])}")
+    return (f"MIR vs score: Spearman {f(corr['mir'], 'spearman')}, Kendall {f(corr['mir'], 'kendall')}; "
+            f"loss vs score: Spearman {f(corr['loss'], 'spearman')}, Kendall {f(corr['loss'], 'kendall')}")
 
 
 def _run(runs, directory: str, handled: set, failed: dict) -> None:
@@ -89,6 +97,8 @@ def main(argv):
 
     try:
         study = studies.load(_STUDY.value, REPO)
+        if _SEEDS.value is not None:
+            study = studies.with_seeds(study, _SEEDS.value)
         extra = studies.parse_set(_SET.value)
     except studies.StudyError as e:
         sys.exit(f"study.py: {e}")
@@ -103,7 +113,9 @@ def main(argv):
             runs = studies.plan(study, directory, extra)
             for run in runs:  # every run's overrides parse, before any of them starts
                 if run.workdir not in handled:
-                    studies.runs.resolve_config(run, REPO)
+                    config = studies.runs.resolve_config(run, REPO)
+                    if study.seeds > 1 and run.variant != studies.runs.SHARED:
+                        studies.runs.check_seed(run, config)
         except studies.StudyError as e:
             sys.exit(f"study.py: {e}")
         if _PRINT.value:

@@ -2,7 +2,9 @@
 that makes it, whether it is finished, and running it.
 
 Layout under the study's DIR: `shared/STAGE` for shared stages (one run for the study) and
-`VARIANT/STAGE` for the rest. A run is finished when its workdir holds the checkpoint of its
+`VARIANT/STAGE` for the rest; a study with `seeds` N > 1 adds `VARIANT/seed_K/STAGE` for
+k = 1 .. N-1 (`--config.seed` = the run's own seed + k; seed 0 keeps the one-seed layout and
+command, so a one-seed study's workdirs count as its seed 0). A run is finished when its workdir holds the checkpoint of its
 config's last step (what `train.py` itself takes for "already done"); an interrupted run is
 resumed by running the same command again (the trainer restores its newest checkpoint).
 Each workdir also gets `study_run.json` (the command, the wall time) and `train.log` (the
@@ -32,10 +34,11 @@ class Run:
     workdir: str
     overrides: dict[str, Any]      # --config.KEY=VALUE pairs, init_from included
     after: tuple[str, ...]         # workdirs this run starts from (must be finished first)
+    seed: int = 0                  # k of the study's seeds (0 for shared stages)
 
     @property
     def label(self) -> str:
-        return f"{self.variant}/{self.stage.name}"
+        return f"{self.variant}/seed_{self.seed}/{self.stage.name}" if self.seed else f"{self.variant}/{self.stage.name}"
 
 
 def format_value(value: Any) -> str:
@@ -55,29 +58,53 @@ def plan(study: Study, directory: str, extra: dict[str, dict[str, Any]] | None =
         raise StudyError(f"--set names stage(s) {sorted(unknown)}; the study has {[s.name for s in study.stages]}")
     directory = os.path.abspath(directory)
 
-    def workdir(variant: str, stage: Stage) -> str:
-        return os.path.join(directory, SHARED if stage.shared else variant, stage.name)
+    def workdir(variant: str, stage: Stage, k: int) -> str:
+        if stage.shared:
+            return os.path.join(directory, SHARED, stage.name)
+        return os.path.join(directory, variant, *([f"seed_{k}"] if k else []), stage.name)
 
     runs, seen = [], set()
-    for variant in study.variants:
-        for stage in study.stages:
-            wd = workdir(variant.name, stage)
-            if wd in seen:
-                continue
-            seen.add(wd)
-            over = dict(stage.overrides)
-            if not stage.shared:
-                over.update(variant.overrides.get("all", {}))
-                over.update(variant.overrides.get(stage.name, {}))
-            over.update(extra.get("all", {}))
-            over.update(extra.get(stage.name, {}))
-            after: tuple[str, ...] = ()
-            if stage.init_from:
-                source = workdir(variant.name, study.stage(stage.init_from))
-                over["init_from"] = source
-                after = (source,)
-            runs.append(Run(SHARED if stage.shared else variant.name, stage, wd, over, after))
+    for k in range(study.seeds):  # every variant's seed 0 first: one seed's results come soonest
+        for variant in study.variants:
+            for stage in study.stages:
+                wd = workdir(variant.name, stage, k)
+                if wd in seen:
+                    continue
+                seen.add(wd)
+                over = dict(stage.overrides)
+                if not stage.shared:
+                    over.update(variant.overrides.get("all", {}))
+                    over.update(variant.overrides.get(stage.name, {}))
+                over.update(extra.get("all", {}))
+                over.update(extra.get(stage.name, {}))
+                if k and not stage.shared:
+                    over["seed"] = _base_seed(over, variant.name, stage) + k
+                after: tuple[str, ...] = ()
+                if stage.init_from:
+                    source = workdir(variant.name, study.stage(stage.init_from), k)
+                    over["init_from"] = source
+                    after = (source,)
+                runs.append(Run(SHARED if stage.shared else variant.name, stage, wd, over, after,
+                                0 if stage.shared else k))
     return runs
+
+
+def _base_seed(overrides: dict[str, Any], variant: str, stage: Stage) -> int:
+    """The config seed the run's overrides set (the recipes' own is 0: configs/common.py)."""
+    value = overrides.get("seed", 0)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StudyError(f"{variant}/{stage.name}: seed={value!r} is not an integer") from None
+
+
+def check_seed(run: Run, config) -> None:
+    """Raises StudyError where `--seeds` would repeat a seed: the runs k >= 1 count from the
+    seed the overrides set, else from 0, so a recipe (resolved `config`) seeding with another
+    value must get it as an override."""
+    if run.seed == 0 and "seed" not in run.overrides and int(config.seed) != 0:
+        raise StudyError(f"{run.label}: its recipe sets seed={config.seed}, and the seeds count from 0 unless "
+                         f"the study overrides seed: add it to the stage's overrides (or --set={run.stage.name}.seed=...)")
 
 
 def command(run: Run, repo_root: str, python: str = sys.executable) -> list[str]:

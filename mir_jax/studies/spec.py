@@ -17,7 +17,8 @@ dict (`arg` as for recipes, e.g. "runlocal"):
      "score_metrics": ["vqa/accuracy", ...],      # "score" = their mean
      "description": "...",
      "derive": None,                              # optional: results -> more variants
-     "summarize": None}                           # optional: results -> study.json "summary"
+     "summarize": None,                           # optional: results -> study.json "summary"
+     "seeds": 1}                                  # optional: runs of each variant (study.py --seeds)
 
 `derive(results)`, given {variant name: its study.json entry} for the variants so far, returns
 variants to add (dicts as above; those already known are ignored): the driver runs them,
@@ -31,6 +32,12 @@ variant's overrides are keyed by stage name, or "all" for every stage of the var
 a stage names an earlier stage; a stage may also set `config.init_from` itself (real data:
 the HF stage-1 start), and `extra` overrides from the command line reach every run
 (`study.py --set=stage1.tokenizer=/ckpt/vicuna`).
+
+`seeds` (default 1; `study.py --seeds=N` overrides it) runs every variant's non-shared stages
+N times: run k (0 <= k < N) trains with `config.seed` = the run's own seed (0 unless a stage,
+variant or `--set` sets it) + k, in `DIR/VARIANT/seed_K/STAGE` for k >= 1 (run 0 keeps the
+one-seed layout, `DIR/VARIANT/STAGE`); a stage that starts from a non-shared stage starts from
+the same k's run, and shared stages still run once. A stage may then not be named `seed_K`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -72,13 +80,14 @@ class Study:
     description: str = ""
     derive: Callable[[dict], list] | None = None
     summarize: Callable[[dict], dict] | None = None
+    seeds: int = 1                    # runs of each variant's non-shared stages, config seeds base+k
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
 
 _STUDY_KEYS = {"name", "stages", "variants", "mir_stage", "score_stage", "score_metrics", "description", "derive",
-               "summarize"}
+               "summarize", "seeds"}
 _STAGE_KEYS = {f.name for f in dataclasses.fields(Stage)}
 
 
@@ -126,7 +135,23 @@ def from_dict(d: dict) -> Study:
     if not metrics or any(not isinstance(m, str) or "/" not in m for m in metrics):
         raise StudyError(f"score_metrics={list(metrics)!r}: give one or more 'evaluator/metric' names")
     return Study(_check_name("study", d.get("name")), tuple(stages), tuple(variants), mir_stage, score_stage,
-                 metrics, str(d.get("description") or ""), d.get("derive"), d.get("summarize"))
+                 metrics, str(d.get("description") or ""), d.get("derive"), d.get("summarize"),
+                 check_seeds(d.get("seeds", 1), tuple(stages)))
+
+
+def check_seeds(seeds: Any, stages: tuple[Stage, ...]) -> int:
+    """`seeds` as an int >= 1; with more than one, no stage may be named like a seed folder."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise StudyError(f"seeds={seeds!r} must be an integer >= 1 (runs of each variant)")
+    clash = [s.name for s in stages if seeds > 1 and re.fullmatch(r"seed_\d+", s.name)]
+    if clash:
+        raise StudyError(f"stage name {clash[0]!r} clashes with the seed folders (DIR/VARIANT/seed_K/STAGE)")
+    return seeds
+
+
+def with_seeds(study: Study, seeds: int) -> Study:
+    """The study run `seeds` times per variant (`study.py --seeds`)."""
+    return dataclasses.replace(study, seeds=check_seeds(seeds, study.stages))
 
 
 def _variants(items: list[dict], stages: tuple[Stage, ...], known: tuple[Variant, ...]) -> list[Variant]:
