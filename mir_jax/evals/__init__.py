@@ -8,18 +8,19 @@ One interface (`base.Evaluator`, picked by name from one registry) serves the tr
   loss             loss.py              loss, perplexity
   caption          caption.py           cider (CIDEr-D), bleu_4, bleu_1..3 (meteor with Java)
   vqa              vqa.py               accuracy (VQAv2: vqaEval.py; TextVQA: LLaVA's m4c; GQA: its
-                                        eval.py; details["scorer"] names it)
+                                        eval.py; VizWiz: its vqaEval.py; details["scorer"] names it)
   pope             pope.py              accuracy, precision, recall, f1, yes_ratio
   multiple_choice  multiple_choice.py   accuracy (letter parsed), likelihood_accuracy
 
 Downstream data is the embedded benchmark (`benchmark.py`) unless a file is given
-(`datasets.py` reads COCO/Karpathy captions, VQAv2, TextVQA, GQA, POPE, ScienceQA and a
-generic multiple-choice JSONL). Generation is batched greedy decoding with the KV cache
+(`datasets.py` reads COCO/Karpathy captions, VQAv2, TextVQA, GQA, VizWiz, POPE, ScienceQA,
+MMBench and a generic multiple-choice JSONL). Generation is batched greedy decoding with the KV cache
 (`predict.py`, `mir_jax.models.generate`); prompts are the model's training template with the
 answer left out (`prompts.py`); few-shot examples come from a support split (`fewshot.py`).
 
 Stable names: `vqa_accuracy(prediction, answers, scoring="official") -> float`,
-`normalize_answer(text) -> str`. Re-scoring answer files without a model: `rescore.py`.
+`normalize_answer(text) -> str`. Re-scoring answer files without a model: `rescore.py`; answer
+files at LLaVA's `answers/` paths: `llava_answers.py`.
 """
 
 from . import caption, loss, mir, multiple_choice, pope, vqa  # noqa: F401  (register evaluators)

@@ -5,6 +5,8 @@ Each scorer equals one official script (read, not copied):
   vqa_accuracy(scoring="official")   GT-Vision-Lab/VQA ``vqaEval.py`` (2021 fix, a013f00)
   vqa_accuracy(scoring="lmms_eval")  lmms-eval ``tasks/vqav2/utils.py``
   vqa_accuracy(scoring="llava")      LLaVA-1.5 ``EvalAIAnswerProcessor``, then ``vqaEval.py``
+  vizwiz_accuracy                    the VizWiz-VQA API's ``vqaEval.py`` (``scoring="llava"``:
+                                     LLaVA's ``convert_vizwiz_for_submission.py`` first)
   textvqa_accuracy                   LLaVA ``m4c_evaluator.py`` ``TextVQAAccuracyEvaluator``
   gqa_accuracy                       LLaVA ``convert_gqa_for_eval.py`` + GQA ``eval.py``
   yes_no / pope_scores               LLaVA ``eval_pope.py``
@@ -20,6 +22,8 @@ __all__ = [
     "vqa_accuracy",
     "VQA_SCORINGS",
     "textvqa_accuracy",
+    "vizwiz_accuracy",
+    "VIZWIZ_SCORINGS",
     "gqa_accuracy",
     "exact_match",
     "yes_no",
@@ -104,6 +108,15 @@ _CONTRACTIONS = {
 }
 
 
+# VizWiz's vqaEval.py keeps the table of the 2016 VQA script (GT-Vision-Lab/VQA before 458a8b2),
+# whose apostrophes are the typographic U+2019 except in these keys and these keys' values.
+_ASCII_KEYS = frozenset(("couldn'tve", "hadn'tve"))
+_ASCII_VALUES = frozenset(("aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove"))
+_VIZWIZ_CONTRACTIONS = {
+    (k if k in _ASCII_KEYS else k.replace("'", "\u2019")): (v if k in _ASCII_VALUES else v.replace("'", "\u2019"))
+    for k, v in _CONTRACTIONS.items()}
+
+
 def _process_punctuation(text: str, comma_switch: re.Pattern = _COMMA_STRIP) -> str:
     """The official ``processPunctuation``.
 
@@ -120,7 +133,7 @@ def _process_punctuation(text: str, comma_switch: re.Pattern = _COMMA_STRIP) -> 
     return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
-def _process_digit_article(text: str) -> str:
+def _process_digit_article(text: str, contractions: dict = _CONTRACTIONS) -> str:
     """The official ``processDigitArticle``: lowercase, number words to digits, drop
     articles, expand contractions."""
     words = []
@@ -128,7 +141,7 @@ def _process_digit_article(text: str) -> str:
         word = _NUMBER_WORDS.get(word, word)
         if word not in _ARTICLES:
             words.append(word)
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(contractions.get(w, w) for w in words)
 
 
 def normalize_answer(text: str) -> str:
@@ -227,6 +240,57 @@ def textvqa_accuracy(prediction: str, answers: list[str]) -> float:
     if len(answers) != 10:
         raise ValueError(f"textvqa_accuracy: {len(answers)} answers; TextVQA has 10 per question")
     return _leave_one_out(evalai_answer(prediction), [evalai_answer(a) for a in answers])
+
+
+VIZWIZ_SCORINGS = ("official", "llava")
+
+
+def vizwiz_normalize(text: str) -> str:
+    """What VizWiz's ``vqaEval.py`` compares of a prediction: newlines/tabs to spaces and strip,
+    ``processPunctuation``, ``processDigitArticle`` with its contractions table (the 2016 VQA
+    one: ``"dont"`` -> ``"don\u2019t"`` with U+2019, ``"weve"`` -> ``"we've"``)."""
+    return _process_digit_article(_process_punctuation(_clean(text)), _VIZWIZ_CONTRACTIONS)
+
+
+def vizwiz_accuracy(prediction: str, answers: list[str], scoring: str = "official") -> float:
+    """VizWiz VQA accuracy of one prediction against the (usually 10) human answers.
+
+    ``"official"`` -- the VizWiz-VQA API's ``vqaEval.py``: the prediction is always normalized
+    (:func:`vizwiz_normalize`), the human answers never (not even stripped); then the mean
+    over the answers left out in turn of ``min(1, matches among the others / 3)``.
+    "unanswerable" is an answer like any other: ``"Unanswerable."`` normalizes to it.
+
+    ``"llava"`` -- :func:`evalai_answer` of the prediction first, as LLaVA-1.5's
+    ``convert_vizwiz_for_submission.py`` writes it for the server.
+
+    Raises:
+      ValueError: if ``answers`` is empty or ``scoring`` is unknown.
+    """
+    if len(answers) == 0:
+        raise ValueError("vizwiz_accuracy: the answers list is empty")
+    if scoring == "llava":
+        prediction = evalai_answer(prediction)
+    elif scoring != "official":
+        raise ValueError(f"vizwiz_accuracy: scoring={scoring!r} not in {VIZWIZ_SCORINGS}")
+    return _leave_one_out(vizwiz_normalize(prediction), list(answers))
+
+
+def vizwiz_unanswerable_f1(predictions: list[str], answerable: list[int], scoring: str = "official") -> float:
+    """F1 of "unanswerable" as the positive class, as VizWiz's ``evaluate_unanswerability``
+    computes it (``f1_score(1 - answerable, 1 - predicted answerable)``), a prediction being
+    unanswerable when it normalizes to ``"unanswerable"``. 0.0 when there is no positive."""
+    if len(predictions) != len(answerable):
+        raise ValueError(f"vizwiz_unanswerable_f1: {len(predictions)} predictions, {len(answerable)} labels")
+    tp = fp = fn = 0
+    for pred, label in zip(predictions, answerable):
+        if scoring == "llava":
+            pred = evalai_answer(pred)
+        said = vizwiz_normalize(pred) == "unanswerable"
+        truth = int(label) == 0
+        tp += said and truth
+        fp += said and not truth
+        fn += truth and not said
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 def gqa_prediction(text: str) -> str:

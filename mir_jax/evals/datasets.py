@@ -8,14 +8,15 @@ file's folder) and, with ``check_images=True``, must exist. Any problem with a f
 
 Each record's ``"prompt"`` is the ``text`` of LLaVA-1.5's question file for the benchmark (kept
 verbatim where given, else built the same way): short answer ``"{question}\nAnswer the question
-using a single word or phrase."`` (TextVQA adds ``"\nReference OCR token: ..."``); multiple
-choice: `multiple_choice.py`; captions: `caption.py`.
+using a single word or phrase."`` (TextVQA adds ``"\nReference OCR token: ..."``, VizWiz
+``"\nWhen the provided information is insufficient, respond with 'Unanswerable'."`` before the
+last line); multiple choice: `multiple_choice.py`; captions: `caption.py`.
 
 Records (``image``: absolute path, None for text-only; MMBench: the encoded image bytes)::
 
     caption          {"question_id", "image", "captions": [str, ...]}
     vqa              {"question_id", "image", "question", "answers": [str, ...],
-                      "metric": "vqa" | "textvqa" | "gqa", "prompt", ...extras}
+                      "metric": "vqa" | "textvqa" | "gqa" | "vizwiz", "prompt", ...extras}
     pope             {"question_id", "image", "question", "label": "yes" | "no",
                       "category": str | None}
     multiple_choice  {"question_id", "image", "question", "options": [str, ...],
@@ -39,9 +40,14 @@ Formats (``LOADERS`` key, file, fields read):
 * ``gqa``: LLaVA's ``llava_gqa_testdev_balanced.jsonl`` with GQA's
   ``testdev_balanced_questions.json`` (``{qid: {"answer", "imageId", "question"}}``), or that
   file alone. Extras ``"prompt"``, ``"balanced"``.
+* ``vizwiz``: VizWiz's ``val.json`` (a JSON array: ``image``, ``question``,
+  ``answers[].answer``, ``answer_type``, ``answerable``), optionally with a LLaVA-style question
+  JSONL (``question_id``, ``image``, ``text``; matched by image). Extras ``"answer_type"``,
+  ``"answerable"``, ``"prompt"``. Test files (no answers) are refused.
 * ``pope``: POPE's ``coco_pope_<category>.json`` (JSON Lines): ``question_id``, ``image``,
-  ``text``, ``label``; ``category`` from the field, else the file name. LLaVA's
-  ``llava_pope_test.jsonl`` has no labels and is refused.
+  ``text``, ``label``; ``category`` from the field, else the file name. Or LLaVA's
+  ``llava_pope_test.jsonl`` (no labels) with ``annotation_dir`` = the folder of those files,
+  labels paired by order within a category, as ``eval_pope.py`` pairs them.
 * ``mc_jsonl``: generic JSONL/JSON: ``question_id``/``id``, ``image`` (optional),
   ``question``, ``options``/``choices``, ``answer`` (index, letter or option text), ``hint``.
 * ``scienceqa``: ``problems.json`` (``{pid: {"question", "choices", "answer", "hint",
@@ -182,10 +188,15 @@ def _qid(raw: dict, index: int, keys=("question_id", "id")):
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 
 
-def llava_text(question: str, ocr: str | None = None) -> str:
-    """The ``text`` LLaVA-1.5's converted question files hold for a short-answer question."""
+VIZWIZ_INSTRUCTION = "When the provided information is insufficient, respond with 'Unanswerable'."
+
+
+def llava_text(question: str, ocr: str | None = None, vizwiz: bool = False) -> str:
+    """The ``text`` LLaVA-1.5's converted question files hold for a short-answer question
+    (VizWiz's adds ``VIZWIZ_INSTRUCTION`` on a line of its own before the short-answer one)."""
     ocr_line = f"\nReference OCR token: {ocr}" if ocr else ""
-    return f"{question}{ocr_line}\n{SHORT_ANSWER}"
+    vizwiz_line = f"\n{VIZWIZ_INSTRUCTION}" if vizwiz else ""
+    return f"{question}{ocr_line}{vizwiz_line}\n{SHORT_ANSWER}"
 
 
 def _check_limit(limit):
@@ -517,6 +528,72 @@ def load_gqa(questions_jsonl_or_json, image_folder=None, answers_json=None, limi
     return _unique(out, path)
 
 
+def load_vizwiz(annotations_json, questions_jsonl=None, image_folder=None, limit=None,
+                check_images=True) -> list[dict]:
+    """VizWiz VQA -> ``{"question_id", "image", "question", "answers" (the human answers as
+    given: VizWiz's vqaEval.py compares them unnormalized), "metric": "vizwiz", "answer_type",
+    "answerable", "prompt"}``.
+
+    ``annotations_json``: VizWiz's ``val.json`` (or ``train.json``), a JSON array keyed by image
+    name. Alone, its records in file order, ``question_id`` = the 0-based index, ``prompt`` =
+    LLaVA-1.5's VizWiz text (:func:`llava_text` with ``vizwiz=True``). With ``questions_jsonl``
+    (LLaVA's layout, e.g. a ``llava_val.jsonl`` written as its ``llava_test.jsonl``): that file's
+    order, ids and ``text``, each line's answers found by its image name. The test split has no
+    answers (LLaVA-1.5's VizWiz number is the EvalAI server's) and is refused.
+    """
+    _check_limit(limit)
+    apath = os.fspath(annotations_json)
+    kind, anns = _parse_json(apath)
+    if kind != "object" or not isinstance(anns, list):
+        raise DataError(f"{apath}: expected a JSON array of questions (is this VizWiz's val.json?)")
+    by_image: dict[str, tuple[int, dict]] = {}
+    for j, ann in enumerate(anns):
+        where = f"{apath}: [{j}]"
+        image = _need(ann, "image", where)
+        _need(ann, "question", where)
+        if "answers" not in ann:
+            raise DataError(f"{where}: no 'answers' (VizWiz's test split has none: its accuracy comes "
+                            "from the EvalAI server; score val.json here)")
+        answers = [_need(a, "answer", f"{where} answers[{k}]") for k, a in enumerate(_need(ann, "answers", where, list))]
+        if not answers:
+            raise DataError(f"{where}: 'answers' is empty")
+        if image in by_image:
+            raise DataError(f"{where}: image {image!r} appears twice (VizWiz's scorer keys by image)")
+        by_image[image] = (j, {"answers": answers, "question": ann["question"],
+                               "answer_type": ann.get("answer_type"), "answerable": ann.get("answerable")})
+    out: list[dict] = []
+    if questions_jsonl is None:
+        folder = _folder(image_folder, apath)
+        for image, (j, ann) in by_image.items():
+            if _full(out, limit):
+                break
+            where = f"{apath}: [{j}] ({image})"
+            out.append({"question_id": j, "image": _image(image, folder, where, check_images),
+                        "question": ann["question"].strip(), "answers": ann["answers"], "metric": "vizwiz",
+                        "answer_type": ann["answer_type"], "answerable": ann["answerable"],
+                        "prompt": llava_text(ann["question"], vizwiz=True)})
+        return _unique(out, apath)
+    qpath = os.fspath(questions_jsonl)
+    folder = _folder(image_folder, qpath)
+    suffix = f"\n{VIZWIZ_INSTRUCTION}\n{SHORT_ANSWER}"
+    for raw, where in _records(qpath):
+        if _full(out, limit):
+            break
+        qid = _need(raw, "question_id", where, (int, str))
+        where = f"{where} (question_id {qid})"
+        image = _need(raw, "image", where)
+        text = _need(raw, "text", where)
+        found = by_image.get(image) or by_image.get(os.path.basename(image))
+        if found is None:
+            raise DataError(f"{where}: no annotation for image {image!r} in {apath}")
+        ann = found[1]
+        question = text[: -len(suffix)] if text.endswith(suffix) else _split_llava_text(text)[0]
+        out.append({"question_id": qid, "image": _image(image, folder, where, check_images),
+                    "question": question.strip(), "answers": ann["answers"], "metric": "vizwiz",
+                    "answer_type": ann["answer_type"], "answerable": ann["answerable"], "prompt": text})
+    return _unique(out, qpath)
+
+
 # -- POPE -----------------------------------------------------------------------------
 
 
@@ -525,31 +602,78 @@ def _pope_category(path: str) -> str | None:
     return (stem.rsplit("pope_", 1)[1] or None) if "pope_" in stem else None
 
 
-def load_pope(jsonl, image_folder=None, limit=None, check_images=True) -> list[dict]:
-    """POPE question lines -> ``{"question_id", "image", "question", "label", "category"}``."""
+def _pope_labels(annotation_dir) -> dict[str, list[tuple[str, str, str]]]:
+    """{category: [(label, image, where), ...] in file order} from eval_pope.py's
+    --annotation-dir: every file there is ``coco_pope_<category>.json`` (it asserts so)."""
+    folder = os.fspath(annotation_dir)
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: annotation_dir is not a folder (of coco_pope_<category>.json files)")
+    labels: dict[str, list[tuple[str, str, str]]] = {}
+    for name in sorted(os.listdir(folder)):
+        if not (name.startswith("coco_pope_") and name.endswith(".json")):
+            raise DataError(f"{folder}: {name!r} is not a coco_pope_<category>.json file (eval_pope.py "
+                            "reads every file of its --annotation-dir as one)")
+        rows = labels[name[len("coco_pope_"):-len(".json")]] = []
+        for raw, where in _records(os.path.join(folder, name)):
+            label = _need(raw, "label", where).strip().lower()
+            if label not in ("yes", "no"):
+                raise DataError(f"{where}: label {raw['label']!r} is not 'yes' or 'no'")
+            rows.append((label, _need(raw, "image", where), where))
+    if not labels:
+        raise DataError(f"{folder}: no coco_pope_<category>.json files")
+    return labels
+
+
+def load_pope(jsonl, image_folder=None, limit=None, check_images=True, annotation_dir=None) -> list[dict]:
+    """POPE question lines -> ``{"question_id", "image", "question", "label", "category"}``.
+
+    Lines with labels (POPE's ``coco_pope_<category>.json``) carry their own. LLaVA's
+    ``llava_pope_test.jsonl`` (``question_id`` ints, ``image``, ``text``, ``category``) has none:
+    ``annotation_dir`` (eval_pope.py's ``--annotation-dir``) gives them, the k-th question of a
+    category taking the k-th line of ``coco_pope_<category>.json``, as eval_pope.py pairs the
+    k-th answer of a category with it; a pair whose images differ is an error (the files do not
+    belong together). Questions of a category with no label file are left out, as eval_pope.py
+    leaves them unscored.
+    """
     _check_limit(limit)
     path = os.fspath(jsonl)
     file_category = _pope_category(path)
     folder = _folder(image_folder, path)
+    labels = None if annotation_dir is None else _pope_labels(annotation_dir)
+    taken: dict[str, int] = {}
     out: list[dict] = []
     for i, (raw, where) in enumerate(_records(path)):
         if _full(out, limit):
             break
         qid = _qid(raw, i, ("question_id",))
         where = f"{where} (question_id {qid})"
-        if "label" not in raw:
-            raise DataError(f"{where}: missing key 'label' (LLaVA's llava_pope_test.jsonl has no "
-                            "labels: load POPE's coco_pope_<category>.json files)")
-        label = _need(raw, "label", where).strip().lower()
-        if label not in ("yes", "no"):
-            raise DataError(f"{where}: label {raw['label']!r} is not 'yes' or 'no'")
         category = raw.get("category")
+        category = str(category) if category is not None else file_category
+        if "label" in raw:
+            label = _need(raw, "label", where).strip().lower()
+            if label not in ("yes", "no"):
+                raise DataError(f"{where}: label {raw['label']!r} is not 'yes' or 'no'")
+        elif labels is None:
+            raise DataError(f"{where}: missing key 'label' (LLaVA's llava_pope_test.jsonl has no labels: "
+                            "pass annotation_dir=the folder of POPE's coco_pope_<category>.json files)")
+        else:
+            if category is None:
+                raise DataError(f"{where}: missing key 'category' (eval_pope.py pairs labels per category)")
+            if category not in labels:
+                continue  # eval_pope.py scores only the categories it has a label file for
+            k = taken[category] = taken.get(category, 0) + 1
+            if k > len(labels[category]):
+                raise DataError(f"{where}: question {k} of category {category!r}, but coco_pope_{category}.json "
+                                f"has {len(labels[category])} labels")
+            label, image, label_where = labels[category][k - 1]
+            if os.path.basename(image) != os.path.basename(str(raw.get("image"))):
+                raise DataError(f"{where}: question {k} of category {category!r} is for image {raw.get('image')!r} "
+                                f"but {label_where} is for {image!r} (eval_pope.py pairs them by order)")
         text = _need(raw, "text", where)
         question = _split_llava_text(text)[0]
         out.append({"question_id": qid,
                     "image": _image(_need(raw, "image", where), folder, where, check_images),
-                    "question": question, "label": label,
-                    "category": str(category) if category is not None else file_category,
+                    "question": question, "label": label, "category": category,
                     "prompt": text if "\n" in text.strip() else llava_text(question)})
     return _unique(out, path)
 
@@ -731,6 +855,7 @@ LOADERS = {
     "vqav2": load_vqav2,
     "textvqa": load_textvqa,
     "gqa": load_gqa,
+    "vizwiz": load_vizwiz,
     "pope": load_pope,
     "scienceqa": load_scienceqa,
     "mc_jsonl": load_multiple_choice,
@@ -740,7 +865,7 @@ LOADERS = {
 # The record kind each format gives (the shapes in the module docstring).
 TASK_KINDS = {
     "coco": "caption", "karpathy": "caption", "jsonl": "caption",
-    "vqav2": "vqa", "textvqa": "vqa", "gqa": "vqa",
+    "vqav2": "vqa", "textvqa": "vqa", "gqa": "vqa", "vizwiz": "vqa",
     "pope": "pope",
     "scienceqa": "multiple_choice", "mc_jsonl": "multiple_choice", "mmbench": "multiple_choice",
 }

@@ -19,7 +19,8 @@ does. A record without a prediction is scored as the empty answer (what
 convert_vqav2_for_submission.py submits) and counted in details["missing"]; answers for no
 record are counted in details["unmatched"]. The evaluator is the data's: --vqa_data -> vqa
 (with every VQAv2 scoring: "accuracy" is vqaEval.py's, "accuracy_lmms_eval" and
-"accuracy_llava" the others), --pope_data -> pope, --mc_data -> multiple_choice,
+"accuracy_llava" the others; VizWiz: "accuracy" VizWiz's vqaEval.py, "accuracy_llava" after
+LLaVA's convert_vizwiz_for_submission.py), --pope_data -> pope, --mc_data -> multiple_choice,
 --caption_data -> caption.
 """
 
@@ -146,11 +147,12 @@ def rescore(answers_path: str, task: str, data, **options) -> EvalResult:
     else:
         scores, more = evaluator.score(records, texts)
         details.update(more)
-        if task == "vqa" and any((r.get("metric") or "vqa") == "vqa" for r in records):
-            for scoring in ("lmms_eval", "llava"):
-                if scoring != evaluator.options["scoring"]:
-                    other = get_evaluator("vqa", data=data, **{**options, "scoring": scoring})
-                    scores[f"accuracy_{scoring}"] = other.score(records, texts)[0]["accuracy"]
+        metrics = {r.get("metric") or "vqa" for r in records} if task == "vqa" else set()
+        others = ("lmms_eval", "llava") if "vqa" in metrics else ("llava",) if "vizwiz" in metrics else ()
+        for scoring in others:
+            if scoring != evaluator.options["scoring"]:
+                other = get_evaluator("vqa", data=data, **{**options, "scoring": scoring})
+                scores[f"accuracy_{scoring}"] = other.score(records, texts)[0]["accuracy"]
     scores["num_samples"] = len(records)
     result = evaluator.result(scores, [], details)
     return result

@@ -9,13 +9,19 @@
   "textvqa"        TextVQA              LLaVA's m4c_evaluator TextVQAAccuracyEvaluator
   "gqa"            GQA                  LLaVA's convert_gqa_for_eval.py + GQA's eval.py
                                         ("exact_match" is read as "gqa")
+  "vizwiz"         VizWiz               the VizWiz-VQA API's vqaEval.py (prediction normalized,
+                                        human answers as given); scoring="llava" applies
+                                        LLaVA's convert_vizwiz_for_submission.py first (other
+                                        scorings: the official one); details["unanswerable_f1"]
+                                        as its evaluate_unanswerability
   "normalized"     the embedded set     no official scorer: the VQA soft accuracy with both
                                         sides normalized (lmms-eval's rule), so "Two." and
                                         "On the left." match the human-style answers
 
 Prompts: a record that carries LLaVA's question text (`"prompt"`: the question, LLaVA-1.5's
 "Reference OCR token: ..." line for TextVQA, and "Answer the question using a single word or
-phrase.") is asked that text verbatim, as LLaVA-1.5's eval did, by conversation templates;
+phrase."; VizWiz: "When the provided information is insufficient, respond with 'Unanswerable'."
+before it) is asked that text verbatim, as LLaVA-1.5's eval did, by conversation templates;
 otherwise the question plus `prompt_suffix`. Pre-trained models (plain/document templates) are
 asked "Question: {q} Answer: " (MM1's few-shot layout). Few-shot examples show the most common
 human answer.
@@ -25,7 +31,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .answers import VQA_SCORINGS, gqa_accuracy, textvqa_accuracy, vqa_accuracy
+from .answers import (
+    VQA_SCORINGS,
+    gqa_accuracy,
+    textvqa_accuracy,
+    vizwiz_accuracy,
+    vizwiz_unanswerable_f1,
+    vqa_accuracy,
+)
 from .base import register
 from .generative import COMMON_OPTIONS, GenerativeEvaluator
 
@@ -35,9 +48,15 @@ SCORERS = {
     ("vqa", "llava"): "LLaVA convert_vqav2_for_submission.py (EvalAIAnswerProcessor) + vqaEval.py (2021)",
     ("textvqa", None): "LLaVA eval_textvqa.py (m4c_evaluator TextVQAAccuracyEvaluator)",
     ("gqa", None): "LLaVA convert_gqa_for_eval.py + GQA eval.py",
+    ("vizwiz", "official"): "VizWiz-VQA API vqaEval.py",
+    ("vizwiz", "llava"): "LLaVA convert_vizwiz_for_submission.py (EvalAIAnswerProcessor) + VizWiz vqaEval.py",
     ("normalized", None): "VQA soft accuracy, both sides normalized (lmms-eval's rule, no official scorer)",
 }
-METRICS = ("vqa", "textvqa", "gqa", "normalized")
+METRICS = ("vqa", "textvqa", "gqa", "vizwiz", "normalized")
+
+
+def _vizwiz_scoring(scoring: str) -> str:
+    return "llava" if scoring == "llava" else "official"  # VizWiz has no lmms-eval variant here
 
 
 def record_score(record: dict, answer: str, scoring: str = "official") -> tuple[float, str]:
@@ -50,6 +69,9 @@ def record_score(record: dict, answer: str, scoring: str = "official") -> tuple[
         return textvqa_accuracy(answer, record["answers"]), SCORERS[("textvqa", None)]
     if metric == "gqa":
         return gqa_accuracy(answer, record["answers"][0]), SCORERS[("gqa", None)]
+    if metric == "vizwiz":
+        scoring = _vizwiz_scoring(scoring)
+        return vizwiz_accuracy(answer, record["answers"], scoring), SCORERS[("vizwiz", scoring)]
     if metric == "normalized":
         return vqa_accuracy(answer, record["answers"], "lmms_eval"), SCORERS[("normalized", None)]
     raise ValueError(f"VQA record {record.get('question_id')!r}: metric {metric!r} not in {METRICS}")
@@ -86,4 +108,9 @@ class VQAEvaluator(GenerativeEvaluator):
             per_kind[r.get("kind") or r.get("answer_type") or "all"].append(v)
         details = {"per_kind": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())},
                    "scorer": "; ".join(sorted(scorers))}
+        vizwiz = [(a, r["answerable"]) for r, a in zip(records, answers)
+                  if r.get("metric") == "vizwiz" and r.get("answerable") is not None]
+        if vizwiz:
+            details["unanswerable_f1"] = vizwiz_unanswerable_f1(
+                [a for a, _ in vizwiz], [lab for _, lab in vizwiz], _vizwiz_scoring(self.options["scoring"]))
         return {"accuracy": sum(values) / len(values) if values else 0.0}, details
