@@ -34,10 +34,12 @@ mir_per_layer.png (FD per layer; below it, those norms), and a table on stdout. 
 written only once an evaluation has completed (never partial results that look complete).
 Downstream evaluators (`mir_jax.evals`) add, per evaluator, EVAL_scores.json and
 EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every score of every model)
-and scores.png; one table of all scores is printed. --X_data takes "embedded" (the default:
-the embedded benchmark) or FORMAT:KEY=PATH,... with the loader's argument names
-(`mir_jax/evals/datasets.py`: coco, karpathy, jsonl, vqav2, textvqa, gqa, pope, scienceqa,
-mc_jsonl, mmbench; mmbench takes the key tsv).
+and scores.png; one table of all scores is printed. --llava_answers_dir=DIR also puts each
+answer file where LLaVA's scripts open it (DIR as LLaVA's playground/data/eval, e.g.
+DIR/pope/answers/MODEL.jsonl, DIR/vqav2/answers/SPLIT/MODEL/merge.jsonl). --X_data takes
+"embedded" (the default: the embedded benchmark) or FORMAT:KEY=PATH,... with the loader's
+argument names (`mir_jax/evals/datasets.py`: coco, karpathy, jsonl, vqav2, textvqa, gqa,
+vizwiz, pope, scienceqa, mc_jsonl, mmbench; mmbench takes the key tsv).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ flags.DEFINE_string("mc_data", "embedded", "Multiple-choice data: 'embedded' or 
 flags.DEFINE_string("score_answers", None, "Re-score this LLaVA or lmms-eval answer file with our scorers, "
                     "no model loaded, against the one --vqa_data/--pope_data/--mc_data/--caption_data "
                     "file given (mir_jax/evals/rescore.py); scores to --output_dir if set.")
+flags.DEFINE_string("llava_answers_dir", None, "Also write each evaluator's answer file where LLaVA-1.5's "
+                    "eval scripts read it, DIR standing for LLaVA's playground/data/eval: "
+                    "vqav2|gqa/answers/SPLIT/MODEL/merge.jsonl, textvqa|pope|vizwiz|scienceqa/answers/"
+                    "MODEL.jsonl, mmbench/answers/SPLIT/MODEL.jsonl (mir_jax/evals/llava_answers.py); "
+                    "embedded and caption data get none.")
 flags.DEFINE_string("hidden_states", None, "MIR of hidden states dumped to safetensors (one file or a "
                     "directory of shards; layout: docs/mir.md section 10, tools/dump_hidden_states.py), "
                     "no model loaded; --method and --mode apply.")
@@ -370,8 +377,20 @@ def main(argv):
     flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
     written = _write_mir(results, records, output_dir) if results else []
     if downstream:
-        for (name, _key), out in outputs.items():
+        evaluators = dict(downstream)
+        llava_files = []
+        for (name, key), out in outputs.items():
             write_result(out, output_dir, prefix=f"{name}_" if len(scores) > 1 else "")
+            if FLAGS.llava_answers_dir:
+                from mir_jax.evals.llava_answers import write_llava_answers
+
+                options = evaluators[key].options
+                written_at = write_llava_answers(out.predictions, options.get("data"), name,
+                                                 FLAGS.llava_answers_dir, int(options.get("shots") or 0))
+                llava_files += [written_at] if written_at else []
+        if FLAGS.llava_answers_dir:
+            print("LLaVA answer files: " + (", ".join(llava_files) if llava_files else
+                  "none (no evaluator read a benchmark file that LLaVA's scripts score)"))
         evals_json = os.path.join(output_dir, "evals.json")
         with open(evals_json + ".tmp", "w") as f:
             json.dump(dict(flags=flag_values, versions=provenance.versions(), weights=weights,

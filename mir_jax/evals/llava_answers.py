@@ -1,0 +1,92 @@
+"""Answer files where LLaVA-1.5's eval scripts open them (`evaluate.py --llava_answers_dir=DIR`).
+
+DIR plays the part of LLaVA's ``playground/data/eval``; each benchmark read from a file gets a
+copy of its answer file (the evaluator's ``predictions``, one JSON object a line) at the path
+that benchmark's ``scripts/v1_5/eval/*.sh`` writes and its scorer reads:
+
+  data format  path under DIR                               read by
+  vqav2        vqav2/answers/SPLIT/MODEL/merge.jsonl        convert_vqav2_for_submission.py --dir DIR/vqav2
+                                                            --split SPLIT --ckpt MODEL
+  gqa          gqa/answers/SPLIT/MODEL/merge.jsonl          convert_gqa_for_eval.py --src (that file)
+  textvqa      textvqa/answers/MODEL.jsonl                  eval_textvqa.py --result-file
+  pope         pope/answers/MODEL.jsonl                     eval_pope.py --result-file
+  vizwiz       vizwiz/answers/MODEL.jsonl                   convert_vizwiz_for_submission.py --result-file
+  scienceqa    scienceqa/answers/MODEL.jsonl                eval_science_qa.py --result-file
+  mmbench      mmbench/answers/SPLIT/MODEL.jsonl            convert_mmbench_for_submission.py
+                                                            --result-dir .../SPLIT --experiment MODEL
+
+SPLIT is LLaVA's name for the question file: VQAv2 ``llava_vqav2_mscoco_<subtype>`` (the
+subtype from the VQA file's name, e.g. ``test-dev2015``), GQA the LLaVA question file's stem
+(``llava_gqa_testdev_balanced``; GQA's own ``testdev_balanced_questions.json`` gives the same),
+MMBench the TSV's stem. MODEL is the model's name (LLaVA's CKPT), ``_Kshot`` added for K-shot
+runs. The embedded benchmark and formats no LLaVA script reads (captions, generic multiple
+choice) get none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+# format -> (benchmark folder, whether LLaVA's path has a SPLIT level, whether the file is merge.jsonl)
+LAYOUTS = {
+    "vqav2": ("vqav2", True, True),
+    "gqa": ("gqa", True, True),
+    "textvqa": ("textvqa", False, False),
+    "pope": ("pope", False, False),
+    "vizwiz": ("vizwiz", False, False),
+    "scienceqa": ("scienceqa", False, False),
+    "mmbench": ("mmbench", True, False),
+}
+
+
+def _stem(path) -> str:
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]
+
+
+def llava_split(data: dict) -> str:
+    """LLaVA's SPLIT name of a benchmark data spec (see the module docstring)."""
+    fmt = data["format"]
+    if fmt == "vqav2":
+        stem = _stem(data["questions_json"])
+        m = re.search(r"mscoco_(.+?)_questions$", stem)
+        return f"llava_vqav2_mscoco_{m.group(1)}" if m else stem
+    if fmt == "gqa":
+        stem = _stem(data["questions_jsonl_or_json"])
+        return stem if stem.startswith("llava_") else "llava_gqa_" + stem.removesuffix("_questions")
+    if fmt == "mmbench":
+        return _stem(data["tsv"])
+    raise ValueError(f"llava_split: LLaVA's layout has no split level for format {fmt!r}")
+
+
+def _safe(name: str) -> str:
+    """A model name as one path component (LLaVA's CKPT, e.g. llava-v1.5-13b)."""
+    return re.sub(r"[\s/\\]+", "_", name.strip()).strip("_") or "model"
+
+
+def llava_answers_path(data, model_name: str, shots: int = 0) -> str | None:
+    """The answer file's path relative to LLaVA's ``playground/data/eval``, or None where no
+    LLaVA script reads one (embedded data, caption files, generic multiple choice)."""
+    if not isinstance(data, dict) or data.get("format") not in LAYOUTS:
+        return None
+    folder, has_split, merge = LAYOUTS[data["format"]]
+    model = _safe(model_name) + (f"_{int(shots)}shot" if shots else "")
+    parts = [folder, "answers"] + ([llava_split(data)] if has_split else [])
+    parts += [model, "merge.jsonl"] if merge else [model + ".jsonl"]
+    return os.path.join(*parts)
+
+
+def write_llava_answers(predictions: list[dict], data, model_name: str, root: str,
+                        shots: int = 0) -> str | None:
+    """Write `predictions` (answer rows) at LLaVA's path under `root`; that path, or None
+    where LLaVA has none for this data. Written to a temporary name and renamed."""
+    relative = llava_answers_path(data, model_name, shots)
+    if relative is None or not predictions:
+        return None
+    path = os.path.join(os.fspath(root), relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(row, default=str) + "\n" for row in predictions)
+    os.replace(path + ".tmp", path)
+    return path
