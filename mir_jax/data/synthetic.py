@@ -234,11 +234,11 @@ def scene_sentence(scene: list[dict]) -> str:
 
 
 def conversation_turns(scene: list[dict], rng: np.random.Generator, opening: str, *, families=None,
-                       wrong_answers: float = 0.0) -> list[tuple[str, str]]:
-    """1-2 question/answer turns about ``scene``, the first user turn opened by ``opening``
-    ("<image>\n" for qa, the scene sentence and a newline for text_qa)."""
+                       wrong_answers: float = 0.0, max_turns: int = 2) -> list[tuple[str, str]]:
+    """1 to ``max_turns`` question/answer turns about ``scene``, the first user turn opened by
+    ``opening`` ("<image>\n" for qa, the scene sentence and a newline for text_qa)."""
     turns = []
-    for k in range(int(rng.integers(1, 3))):
+    for k in range(int(rng.integers(1, max_turns + 1))):
         q, a = _question(scene, rng, families, wrong_answers)
         turns += [("user", (opening if k == 0 else "") + q), ("assistant", a)]
     return turns
@@ -276,13 +276,16 @@ class SyntheticSource:
       questions: qa/text_qa only: some of QUESTION_FAMILIES to ask; None = all.
       wrong_answers: qa/text_qa only: the chance each answer is replaced by a wrong one of the
         same form (noisy instruction data).
+      max_turns: qa/text_qa only: conversations have 1 to max_turns question/answer turns
+        (more turns: more answers per scene read).
 
     Raises:
       ValueError: an unknown kind, split or question family, or wrong_answers outside [0, 1].
     """
 
     def __init__(self, kind: str = "caption", *, num_samples: int = 100_000, image_size: int = 64,
-                 seed: int = 0, split: str = "train", questions=None, wrong_answers: float = 0.0):
+                 seed: int = 0, split: str = "train", questions=None, wrong_answers: float = 0.0,
+                 max_turns: int = 2):
         if kind not in KIND_CODES:
             raise ValueError(f"synthetic kind {kind!r} not in {tuple(KIND_CODES)}")
         if split not in SPLIT_CODES:
@@ -294,9 +297,11 @@ class SyntheticSource:
             questions = tuple(questions)
         if not 0.0 <= float(wrong_answers) <= 1.0:
             raise ValueError(f"synthetic wrong_answers={wrong_answers!r} must be in [0, 1]")
+        if int(max_turns) < 1:
+            raise ValueError(f"synthetic max_turns={max_turns!r} must be >= 1")
         self.kind, self.num_samples, self.image_size = kind, int(num_samples), int(image_size)
         self.seed, self.split = int(seed), split
-        self.questions, self.wrong_answers = questions, float(wrong_answers)
+        self.questions, self.wrong_answers, self.max_turns = questions, float(wrong_answers), int(max_turns)
         self.name = f"synthetic_{kind}"
 
     def __len__(self) -> int:
@@ -306,7 +311,7 @@ class SyntheticSource:
         return np.random.default_rng([self.seed, KIND_CODES[self.kind], SPLIT_CODES[self.split], index])
 
     def _qa_options(self) -> dict:
-        return {"families": self.questions, "wrong_answers": self.wrong_answers}
+        return {"families": self.questions, "wrong_answers": self.wrong_answers, "max_turns": self.max_turns}
 
     def scene(self, index: int) -> list[dict]:
         """The scene of a caption, qa or text_qa sample (for tests and demos)."""

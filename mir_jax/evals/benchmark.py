@@ -50,7 +50,7 @@ def _caption(i, seed, size):
     refs = [syn.caption(scene)]
     if len(scene) == 2:
         refs.append(syn.caption(scene[::-1]))
-    return {"question_id": f"caption/{i}", "image": image, "captions": refs}
+    return {"question_id": f"caption/{i}", "image": image, "captions": refs, "scene": scene}
 
 
 def _vqa(i, seed, size):
@@ -73,7 +73,7 @@ def _vqa(i, seed, size):
         q, a = f"Where are the {g['colour']} {plural}?", g["side"]
     answers = [a] * 5 + [f"on the {a}"] * 5 if kind == "position" else [a] * 10
     return {"question_id": f"vqa/{i}", "image": image, "question": q, "answers": answers,
-            "metric": "normalized", "kind": kind}
+            "metric": "normalized", "kind": kind, "scene": scene}
 
 
 def _pope(i, seed, size):
@@ -86,7 +86,7 @@ def _pope(i, seed, size):
         colour, kind = syn.absent_object(scene, rng, same_kind=category == "adversarial")
         label = "no"
     return {"question_id": f"pope/{i}", "image": image, "question": syn.exists_question(colour, kind),
-            "label": label, "category": category}
+            "label": label, "category": category, "scene": scene}
 
 
 def _multiple_choice(i, seed, size):
@@ -94,19 +94,40 @@ def _multiple_choice(i, seed, size):
     g = scene[int(rng.integers(len(scene)))]
     question, options, answer = syn.choice_question(g, rng)
     return {"question_id": f"multiple_choice/{i}", "image": image, "question": question,
-            "options": options, "answer": answer, "hint": None}
+            "options": options, "answer": answer, "hint": None, "scene": scene}
 
 
 _BUILDERS = {"caption": _caption, "vqa": _vqa, "pope": _pope, "multiple_choice": _multiple_choice}
 
 
+SCENE_MODES = ("image", "text", "blank")
+
+
+def _show_scene(record: dict, mode: str) -> dict:
+    """The record with its scene shown as `mode` says (see `embedded_task`)."""
+    if mode == "text":
+        # Told in words as `text_qa` tells it, before the question; no image.
+        record["question"] = syn.scene_sentence(record["scene"]) + "\n" + record["question"]
+        record["image"] = None
+    elif mode == "blank":
+        record["image"] = np.full_like(record["image"], 240)
+    return record
+
+
 def embedded_task(task: str, num_samples: int, *, image_size: int, seed: int = 0,
-                  support: bool = False) -> list[dict]:
-    """The first `num_samples` records of an embedded task (or of its few-shot support set)."""
+                  support: bool = False, scene: str = "image") -> list[dict]:
+    """The first `num_samples` records of an embedded task (or of its few-shot support set).
+
+    `scene`: "image" (the benchmark), "text" (no image; the scene told in words before the
+    question, as `text_qa` data tells it: what a base LLM can answer without vision) or
+    "blank" (every image a uniform grey: the control that a score needs the image)."""
     if task not in _BUILDERS:
         raise ValueError(f"no embedded {task!r} benchmark; known: {list(TASKS)}")
+    if scene not in SCENE_MODES:
+        raise ValueError(f"scene={scene!r}: use one of {list(SCENE_MODES)}")
     offset = SUPPORT_OFFSET if support else 0
-    records = [_BUILDERS[task](offset + i, seed, image_size) for i in range(int(num_samples))]
+    records = [_show_scene(_BUILDERS[task](offset + i, seed, image_size), scene)
+               for i in range(int(num_samples))]
     if support:
         for r in records:
             r["question_id"] = "support/" + r["question_id"]

@@ -15,6 +15,9 @@ Options common to all of them:
                   text LLaVA-1.5's eval asked (`"prompt"`, see `datasets.py`), and
                   conversation templates are asked exactly that; False: question + suffix
   progress        a progress bar per evaluation
+  scene           embedded data only: "image" (default), "text" (the scene told in words
+                  instead of shown: a base LLM's reading) or "blank" (a blank image: the
+                  control that the score needs the image); `benchmark.embedded_task`
 
 The answer file (`predictions`) is LLaVA's: one row per record with `question_id` as the
 source file has it (int stays int), `prompt` = the question text LLaVA's answer files carry
@@ -30,18 +33,21 @@ from .prompts import DOCUMENT_TEMPLATES, Prompt, encode
 
 COMMON_OPTIONS = {"data": "embedded", "support_data": None, "num_samples": 100, "batch_size": 16,
                   "max_new_tokens": 16, "shots": 0, "seed": 0, "prompt_suffix": "",
-                  "llava_prompt": True, "progress": False, "support_samples": 64}
+                  "llava_prompt": True, "progress": False, "support_samples": 64, "scene": "image"}
 
 
 def load_records(data, task: str, num_samples: int | None, image_size: int, *, support: bool = False,
-                 seed: int = 0) -> list[dict]:
+                 seed: int = 0, scene: str = "image") -> list[dict]:
     """Task records from the embedded benchmark or a benchmark file (see the module docstring)."""
     if data in (None, "embedded"):
         from .benchmark import embedded_task
 
-        return embedded_task(task, num_samples or 100, image_size=image_size, seed=seed, support=support)
+        return embedded_task(task, num_samples or 100, image_size=image_size, seed=seed, support=support,
+                             scene=scene)
     if not isinstance(data, dict) or "format" not in data:
         raise ValueError(f"{task} data must be 'embedded' or a dict with a 'format' key, got {data!r}")
+    if scene != "image":
+        raise ValueError(f"{task}: scene={scene!r} needs the embedded benchmark (its scenes are known)")
     from .datasets import TASK_KINDS, load_task
 
     spec = dict(data)
@@ -88,7 +94,8 @@ class GenerativeEvaluator(Evaluator):
     # ----- shared ----------------------------------------------------------------------------
     def records(self, model: EvalModel) -> list[dict]:
         o = self.options
-        return load_records(o["data"], self.task, o["num_samples"], model.image.size, seed=o["seed"])
+        return load_records(o["data"], self.task, o["num_samples"], model.image.size, seed=o["seed"],
+                            scene=o["scene"])
 
     def support(self, model: EvalModel, records: list[dict]) -> list[dict]:
         o = self.options
@@ -96,7 +103,7 @@ class GenerativeEvaluator(Evaluator):
             return load_records(o["support_data"], self.task, None, model.image.size, support=True)
         if o["data"] in (None, "embedded"):
             return load_records("embedded", self.task, o["support_samples"], model.image.size,
-                                support=True, seed=o["seed"])
+                                support=True, seed=o["seed"], scene=o["scene"])
         return records
 
     def prompts(self, model: EvalModel, records: list[dict]) -> list[Prompt]:
