@@ -15,17 +15,24 @@ Top-level keys (all read by `mir_jax.train.loop`):
   trainable: {connector, vision: none|all|from:K, llm: none|all|until:K, moca} (see mir_jax/models/partition.py),
   optimizer: {lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, clip_norm},
   checkpoint: {every, keep, async_save},
-  eval: {every, at_end, batch_size (0 = 16 rounded up to a multiple of the data-parallel shards,
-         `mir_jax.sharding.eval_batch_rows`), num_samples, mir_samples, mir_images, mir_texts,
-         mir_method, mir_seq_len (0 = seq_len), sample_captions},
-  evals: downstream evaluators run in the loop, a list of {name, every (0: at the end only),
-         key (optional metric prefix), **options} (`mir_jax.evals`; e.g.
-         `--config.evals='[{"name": "vqa", "every": 500, "shots": 4}]'`).
+  evals: every evaluation of the run, a dict keyed by name (big_vision's config.evals.NAME.KEY):
+         {KEY: {every (0: at the end only; every entry also runs at the end), evaluator (default:
+         KEY), **options}}, the evaluator's options (`mir_jax.evals`); KEY names the results
+         ("caption_4shot/cider"). The recipes ask for the held-out loss ("loss": num_samples,
+         batch_size, seq_len; the run's held-out split, config.data with config.seed) and MIR
+         ("mir": num_samples, images, texts, method, batch_size, seq_len), each on a fixed set
+         built before the first step (batch_size 0 = 16 rounded up to a multiple of the
+         data-parallel shards, `mir_jax.sharding.eval_batch_rows`; seq_len 0 = config.seq_len),
+         written to metrics.jsonl rows of split "eval"; the :runlocal ones add "sample_captions"
+         (a few greedy captions, printed) and the embedded benchmark's evaluators (rows of split
+         "downstream"). One key: `--config.evals.mir.every=500`; the whole dict (entries added or
+         dropped) as JSON: `--config.evals='{"vqa": {"every": 500, "shots": 4}}'`.
 
 The full-size recipes leave `tokenizer` and `init_from` unset (`required()`): they are paths on
 the user's machine. `mir_jax.train.config_check.check_config` (run by the trainer before anything
 heavy) lists every unset key, impossible value and missing data file in one message.
-List-valued keys take a JSON list on the command line: `--config.data.sources='[{...}, ...]'`.
+List-valued keys take a JSON list on the command line: `--config.data.sources='[{...}, ...]'`,
+dict-valued ones a JSON object.
 """
 
 from __future__ import annotations
@@ -119,22 +126,40 @@ def base_config() -> ml_collections.ConfigDict:
         "lr": 1e-3, "warmup_steps": 0, "end_factor": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
         "weight_decay": 0.0, "clip_norm": 1.0})
     c.checkpoint = ml_collections.ConfigDict({"every": 1000, "keep": 3, "async_save": True})
-    c.eval = ml_collections.ConfigDict({
-        "every": 1000, "at_end": True, "batch_size": 0, "num_samples": 256, "mir_samples": 100,
-        "mir_images": "synthetic", "mir_texts": "synthetic", "mir_method": "auto", "mir_seq_len": 0,
-        "sample_captions": 0})
-    c.evals = []
+    c.evals = ml_collections.ConfigDict(held_out_evals(runlocal=False))
     return c
 
 
-def runlocal_evals(stage: str, every: int = 150, num_samples: int = 48) -> list[dict]:
-    """The embedded benchmark in the loop of a runlocal recipe: captioning (0- and 4-shot) after
-    pre-training; captioning, VQA, POPE and multiple choice after instruction tuning."""
+def held_out_evals(runlocal: bool, every: int | None = None) -> dict[str, dict]:
+    """The held-out loss and MIR entries of `config.evals` every recipe has, full size or
+    :runlocal, every `every` steps (0: at the end only; default 1000 full size, 100 runlocal)."""
+    if every is None:
+        every = 100 if runlocal else 1000
+    if runlocal:
+        # vicuna_v1's system prompt alone is ~190 byte tokens: MIR samples need longer rows.
+        return {"loss": {"every": every, "num_samples": 64, "batch_size": 16, "seq_len": 0},
+                "mir": {"every": every, "num_samples": 32, "images": "synthetic", "texts": "synthetic",
+                        "method": "auto", "batch_size": 16, "seq_len": 384}}
+    return {"loss": {"every": every, "num_samples": 256, "batch_size": 0, "seq_len": 0},
+            "mir": {"every": every, "num_samples": 100, "images": "synthetic", "texts": "synthetic",
+                    "method": "auto", "batch_size": 0, "seq_len": 0}}
+
+
+def held_out_every(c: ml_collections.ConfigDict, every: int) -> None:
+    """The held-out loss and MIR every `every` steps (and at the end)."""
+    for key in held_out_evals(False):
+        c.evals[key].every = every
+
+
+def runlocal_evals(stage: str, every: int = 150, num_samples: int = 48) -> dict[str, dict]:
+    """The embedded benchmark in the loop of a runlocal recipe (entries of `config.evals`):
+    captioning (0- and 4-shot) after pre-training; captioning, VQA, POPE and multiple choice
+    after instruction tuning."""
     if stage == "pretrain":
-        names = [("caption", {}), ("caption", {"shots": 4})]
+        entries = {"caption": {}, "caption_4shot": {"evaluator": "caption", "shots": 4}}
     else:
-        names = [("caption", {}), ("vqa", {}), ("pope", {}), ("multiple_choice", {})]
-    return [{"name": n, "every": every, "num_samples": num_samples, **o} for n, o in names]
+        entries = {"caption": {}, "vqa": {}, "pope": {}, "multiple_choice": {}}
+    return {key: {"every": every, "num_samples": num_samples, **o} for key, o in entries.items()}
 
 
 def apply_runlocal(c: ml_collections.ConfigDict, connector: ConnectorConfig, *, moca: bool = False,
@@ -155,12 +180,7 @@ def apply_runlocal(c: ml_collections.ConfigDict, connector: ConnectorConfig, *, 
     c.optimizer.weight_decay = 0.01
     c.checkpoint.every = 100
     c.checkpoint.keep = 2
-    c.eval.every = 100
-    c.eval.batch_size = 16
-    c.eval.num_samples = 64
-    c.eval.mir_samples = 32
-    # vicuna_v1's system prompt alone is ~190 byte tokens: MIR samples need longer rows.
-    c.eval.mir_seq_len = 384
-    c.eval.sample_captions = 3
+    c.evals.update(held_out_evals(runlocal=True))
+    c.evals.sample_captions = {"every": 0, "num_samples": 3}
     c.mesh = (-1, 1, 1)
     return c

@@ -31,7 +31,7 @@ def get_config(arg=None):
     c.optimizer.warmup_steps = 65
     c.optimizer.weight_decay = 0.0
     c.checkpoint.every = 500
-    c.eval.every = 500
+    common.held_out_every(c, 500)
     c.mesh = (1, -1, 1)
     # The dry run (BENCHMARKS.md): on 256 x 16 GB chips only "full" fits this batch x length.
     c.model.remat = "full"
@@ -40,7 +40,7 @@ def get_config(arg=None):
                               sources=[{"type": "synthetic", "kind": "caption", "template": "plain"}])
         c.optimizer.lr = 1e-2
         c.optimizer.weight_decay = 0.0
-        c.evals = common.runlocal_evals("pretrain")
+        c.evals.update(common.runlocal_evals("pretrain"))
         # LLaVA's stage-1 start: a fresh connector on the vision tower and LLM of init_from, here
         # a configs/stage0.py workdir (a no-op while init_from is ""). At full size init_from is
         # already that start (hf.build_stage1's fresh connector), taken whole ("all").

@@ -25,7 +25,7 @@ def get_config(arg=None):
     c.optimizer.warmup_steps = 156
     c.optimizer.weight_decay = 0.0
     c.checkpoint.every = 1000
-    c.eval.every = 1000
+    common.held_out_every(c, 1000)
     # 2-way tensor parallelism: the global batch of 128 rows splits over at most 128
     # data-parallel shards, so on 256 chips fsdp x tensor = 128 x 2 (BENCHMARKS.md, "Dry run").
     c.mesh = (1, -1, 2)
@@ -40,5 +40,5 @@ def get_config(arg=None):
         c.data.system = "A chat between a user and an assistant."
         c.seq_len = 384
         c.batch_size = 8
-        c.evals = common.runlocal_evals("sft")
+        c.evals.update(common.runlocal_evals("sft"))
     return c

@@ -40,5 +40,5 @@ def get_config(arg=None):
         # The embedded corpus: the same 45/45/10 mixture, synthetic (see data.mm1_sources).
         common.apply_runlocal(c, ConnectorConfig(name="c_abstractor", num_tokens=16, depth=1))
         c.trainable.llm = "all"
-        c.evals = common.runlocal_evals("pretrain")
+        c.evals.update(common.runlocal_evals("pretrain"))
     return c

@@ -45,9 +45,8 @@ def get_config(arg=None):
     c.total_steps = 1500
     c.optimizer.lr = 3e-3
     c.checkpoint.every = 500
-    c.eval.every = 500
+    common.held_out_every(c, 500)
     # The in-loop prompts would be vicuna_v1 (text_qa's), not the plain captions stage 0 trains:
     # caption it with `evaluate.py --checkpoint=S0 --evals=caption --prompt_template=plain`.
-    c.eval.sample_captions = 0
-    c.evals = []
+    del c.evals["sample_captions"]
     return c

@@ -121,7 +121,7 @@ def data_parallel_size(mesh: Mesh | None, rules=LOGICAL_AXIS_RULES) -> int:
     return 1 if mesh is None else math.prod(mesh.shape[a] for a in batch_axes(rules))
 
 
-EVAL_ROWS = 16  # the eval batch of eval.batch_size=0 on up to 16 data-parallel shards
+EVAL_ROWS = 16  # the eval batch of batch_size=0 (loss, MIR) on up to 16 data-parallel shards
 
 
 def eval_batch_rows(requested: int, data_parallel: int, process_count: int = 1) -> int:
@@ -135,7 +135,7 @@ def eval_batch_rows(requested: int, data_parallel: int, process_count: int = 1) 
     if int(requested) % step:
         raise ValueError(f"eval batch size {requested} is not divisible by the {data_parallel} "
                          f"data-parallel shards and {process_count} hosts "
-                         "(--config.eval.batch_size=0 picks one that is)")
+                         "(batch_size=0 picks one that is)")
     return int(requested)
 
 

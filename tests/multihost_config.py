@@ -26,13 +26,11 @@ def get_config(arg=None):
     c.log_every = 1
     c.optimizer.warmup_steps = 1  # real updates from step 2 on, so the losses move
     c.checkpoint.every = 100
-    c.eval.every = 4  # in the loop at step 4 (after the relaunch), and at the end (step 5)
-    c.eval.at_end = True
-    c.eval.batch_size = 8
-    c.eval.num_samples = 8
-    c.eval.mir_samples = 16
-    c.eval.mir_seq_len = 256
-    c.eval.sample_captions = 1
-    # One downstream evaluator at the end: gathered parameters, generation on process 0 alone.
-    c.evals = [{"name": "caption", "every": 0, "num_samples": 8, "batch_size": 8}]
+    # Held-out loss and MIR in the loop at step 4 (after the relaunch), and at the end (step 5);
+    # one downstream evaluator and a sample caption at the end: gathered parameters, generation
+    # on process 0 alone.
+    c.evals = {"loss": {"every": 4, "num_samples": 8, "batch_size": 8},
+               "mir": {"every": 4, "num_samples": 16, "batch_size": 8, "seq_len": 256},
+               "caption": {"every": 0, "num_samples": 8, "batch_size": 8},
+               "sample_captions": {"every": 0, "num_samples": 1}}
     return c

@@ -102,6 +102,7 @@ def reference(out_path: str) -> None:
     import numpy as np
 
     from mir_jax.data import make_train_iterator
+    from mir_jax.train.evaluations import Evaluations
     from mir_jax.train.loop import Setup
     from mir_jax.train.step import global_batch
     from tests import multihost_config
@@ -114,7 +115,7 @@ def reference(out_path: str) -> None:
         st = setup.stepper
         assert setup.process_count == 1 and len(st.mesh.devices.flat) == 2, st.mesh
         _, state, frozen = setup.initial_state()
-        loss_batches, mir_batches = setup.eval_batches()
+        evaluations = Evaluations(setup, state, frozen)  # the fixed held-out and MIR sets
         local = int(config.batch_size) // hosts
         shards = [make_train_iterator(config.data, batch_size=local, seed=int(config.seed),
                                       shard_index=p, shard_count=hosts, **setup.data_kwargs)
@@ -126,8 +127,8 @@ def reference(out_path: str) -> None:
             batch = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
             state, metrics = st.train_step(state, frozen, global_batch(batch, st))
             out["losses"].append(float(metrics["loss"]))
-            if step % int(config.eval.every) == 0 or step == int(config.total_steps):
-                out["eval"][str(step)] = setup.evaluate(state, frozen, loss_batches, mir_batches)
+            if step % int(config.evals.mir.every) == 0 or step == int(config.total_steps):
+                out["eval"][str(step)] = evaluations.held_out(step, state, frozen)
         # The whole data set: one epoch of the (unsharded) source, read by one host.
         n = multihost_config.NUM_SAMPLES
         everything = next(make_train_iterator(config.data, batch_size=n, seed=int(config.seed),

@@ -1,5 +1,6 @@
-"""Every recipe in configs/ runs with :runlocal; config checks before anything heavy; list-valued
-overrides; the too_long error names the length needed and the key to raise."""
+"""Every recipe in configs/ runs with :runlocal; config checks before anything heavy; list- and
+dict-valued overrides (config.evals as a dict keyed by name); the too_long error names the length
+needed and the key to raise."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from mir_jax.data import BadSampleFractionError, make_train_iterator
 from mir_jax.models import LlavaConfig
-from mir_jax.train.config_check import ConfigError, JsonListParser, check_config
+from mir_jax.train.config_check import ConfigError, JsonDictParser, JsonListParser, check_config
 from mir_jax.train.loop import train_and_evaluate
 from mir_jax.train.metrics import read_jsonl
 from tests import train_fixtures as fx
@@ -96,13 +97,20 @@ def test_runlocal_trains_a_few_steps(name, tmp_path):
     """Each recipe's runlocal config as train.py gets it, shortened to 2 steps. The held-out and
     MIR sets are built (their data goes through the recipe's template and seq_len) but not
     evaluated: compiling the evaluation would double the time, and the loop's evaluation is
-    tested elsewhere (test_evaluate, the multi-host tests)."""
+    tested elsewhere (test_evaluate, test_evals, the multi-host tests)."""
+    from mir_jax.train.evaluations import Evaluations
+    from mir_jax.train.loop import Setup
+
     c = _config(name)
     c.total_steps, c.log_every = 2, 1
     c.checkpoint.every, c.checkpoint.async_save = 0, False
-    c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
-    c.evals = []  # downstream evaluators in the loop: tests/test_evals_loop.py
-    c.eval.num_samples = c.eval.mir_samples = 16
+    c.evals = {key: {**c.evals[key].to_dict(), "num_samples": 16} for key in ("loss", "mir")}
+    setup = Setup(c, str(tmp_path / "sets"))
+    try:
+        Evaluations(setup, *setup.initial_state()[1:])  # the fixed sets, as the loop builds them
+    finally:
+        setup.checkpointer.close()
+    c.evals = {}  # every evaluator runs at the end
     result = train_and_evaluate(c, str(tmp_path))
     assert result.step == 2 and np.isfinite(result.loss)
     rows = read_jsonl(str(tmp_path / "metrics.jsonl"))
@@ -175,8 +183,14 @@ def test_byte_tokenizer_on_a_full_size_model_is_named():
     ("optimizer.b2", 1.0, "optimizer.b2=1.0 must be in [0, 1)"),
     ("optimizer.warmup_steps", -1, "optimizer.warmup_steps=-1 must be an integer >= 0"),
     ("checkpoint.keep", 0, "checkpoint.keep=0 must be a positive integer"),
-    ("eval.batch_size", -2, "eval.batch_size=-2 must be an integer >= 0"),
-    ("eval.mir_method", "fast", "eval.mir_method='fast' is not one of"),
+    ("evals.loss.batch_size", -2, "evals.loss: evaluator 'loss': batch_size=-2 must be an integer >= 0"),
+    ("evals.mir.method", "fast", "evals.mir: evaluator 'mir': method='fast' not in"),
+    ("evals.caption_4shot.shots", -4, "evals.caption_4shot: evaluator 'caption': shots=-4 must be >= 0"),
+    ("evals.mir.every", -1, "evals.mir.every=-1 must be an integer >= 0 (0: at the end only)"),
+    ("evals.vqq", {"every": 0}, "evals.vqq: unknown evaluator 'vqq'; known: ["),
+    ("evals.pope", {"every": 0, "temperature": 2}, "evals.pope: evaluator 'pope': unknown option(s) ['temperature']"),
+    ("evals.mir.images", "/nonexistent/images", "evals.mir.images '/nonexistent/images' not found: "
+                                                 "--config.evals.mir.images=PATH or 'synthetic'"),
     ("model.connector.name", "mlp2x_relu", "model: unknown connector 'mlp2x_relu'"),
     ("trainable.llm", "until:99", "trainable.llm='until:99': K must be in [1, 3]"),
     ("mesh", (2, -1, -1), "mesh=(2, -1, -1) must be three sizes"),
@@ -200,6 +214,15 @@ def test_impossible_values_are_one_line_before_compiling(key, value, message, tm
     assert not os.listdir(tmp_path)  # nothing written: no checkpoint directory named -5
 
 
+def test_the_list_form_of_evals_is_refused_in_one_line():
+    c = _config("mm1_mix")
+    with c.ignore_type():
+        c.evals = [{"name": "vqa", "every": 500}]  # what config.evals was before it was a dict
+    with pytest.raises(ConfigError, match=r"^config has 1 problem: evals must be a dict keyed by name, "
+                                          r"\{KEY: \{\"every\": K, \*\*options\}\} .*not list$"):
+        check_config(c)
+
+
 def test_several_problems_in_one_message():
     c = _config("mm1_mix")
     c.total_steps, c.batch_size, c.optimizer.lr = -5, 0, 0.0
@@ -221,6 +244,47 @@ def test_json_list_parser():
         p.parse('[{"type": ')
     with pytest.raises(ValueError, match="is not a list"):
         p.parse('{"type": "llava"}')
+
+
+def test_json_dict_parser():
+    p = JsonDictParser()
+    got = p.parse('{"vqa": {"every": 500, "shots": 4}, "mir": {"data": {"format": "x"}}}')
+    assert got.to_dict() == {"vqa": {"every": 500, "shots": 4}, "mir": {"data": {"format": "x"}}}
+    with pytest.raises(ValueError, match="is not a JSON object"):
+        p.parse('{"vqa": ')
+    with pytest.raises(ValueError, match="is not a JSON object; this key is a dict keyed by name"):
+        p.parse('[{"name": "vqa"}]')  # the list form config.evals had
+
+
+def test_evals_keys_from_the_command_line():
+    """big_vision's --config.evals.NAME.KEY=VALUE, no JSON; a whole entry or the whole dict as JSON
+    (entries added, the others dropped); a few-shot entry named by its key."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from mir_jax.evals import build_evals
+    from mir_jax.train.config_check import register_list_overrides
+
+    register_list_overrides()
+
+    def parse(*args):
+        argv = ["train.py", f"--config={fx.ROOT}/configs/llava15_sft.py:runlocal", *args]
+        fv = flags.FlagValues()
+        holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                                 sys_argv=argv)
+        fv(argv)
+        return holder.value
+
+    c = parse("--config.evals.vqa.every=500", "--config.evals.mir.method=exact")
+    assert c.evals.vqa.every == 500 and c.evals.mir.method == "exact" and c.evals.pope.every == 150
+    c = parse('--config.evals.vqa={"every": 7, "shots": 2}')
+    assert c.evals.vqa.to_dict() == {"every": 7, "shots": 2} and c.evals.pope.every == 150
+    c = parse('--config.evals={"loss": {"every": 3}, "vqa_2shot": {"evaluator": "vqa", "shots": 2}}')
+    assert sorted(c.evals) == ["loss", "vqa_2shot"]
+    built = build_evals(c.evals)
+    assert [(key, every, e.name, e.options["shots"] if e.name == "vqa" else None) for key, every, e in built] == [
+        ("loss", 3, "loss", None), ("vqa_2shot", 0, "vqa", 2)]
+    check_config(c)
 
 
 # ----- too_long names the length and the key -------------------------------------------------------

@@ -15,7 +15,7 @@ from flax import nnx
 
 from mir_jax.data import ByteTokenizer, ImageConfig
 from mir_jax.data import synthetic as syn
-from mir_jax.evals import EvalModel, get_evaluator
+from mir_jax.evals import EvalModel, build_evals, get_evaluator
 from mir_jax.evals import benchmark as bench
 from mir_jax.evals.fewshot import select_examples
 from mir_jax.evals.predict import continuation_logprobs
@@ -264,7 +264,9 @@ def test_registry_and_options_fail_in_one_line():
     for call, message in [(lambda: get_evaluator("vqq"), "unknown evaluator 'vqq'"),
                           (lambda: get_evaluator("vqa", shot=4), "unknown option(s) ['shot']"),
                           (lambda: get_evaluator("pope", shots=4), "shots=4 is not supported"),
-                          (lambda: get_evaluator("caption", num_samples=0), "num_samples=0 must be >= 1"),
+                          (lambda: get_evaluator("caption", num_samples=0), "num_samples=0 must be an integer >= 1"),
+                          (lambda: get_evaluator("vqa", batch_size=0), "batch_size=0 must be an integer >= 1"),
+                          (lambda: get_evaluator("mir", batch_size=-1), "batch_size=-1 must be an integer >= 0"),
                           (lambda: get_evaluator("multiple_choice", mode="vote"), "mode='vote'"),
                           (lambda: get_evaluator("mir", method="svd"), "method='svd'")]:
         with pytest.raises(ValueError) as e:
@@ -273,6 +275,92 @@ def test_registry_and_options_fail_in_one_line():
     m = _stub_model("vicuna_v1")
     with pytest.raises(ValueError, match="format 'pope' holds pope records"):
         get_evaluator("vqa", data={"format": "pope", "jsonl": "x.jsonl"}).records(m)
+
+
+# ----- one way to ask for evaluations --------------------------------------------------------------
+
+def test_the_dict_form_builds_evaluators_by_key():
+    """{KEY: {every, evaluator?, **options}}: the key names the evaluator unless "evaluator" does,
+    every defaults to 0 (at the end only), the rest are the evaluator's options."""
+    built = build_evals({"caption_4shot": {"evaluator": "caption", "every": 150, "shots": 4, "num_samples": 8},
+                         "loss": {"every": 100}, "pope": {}})
+    assert [(key, every, e.name) for key, every, e in built] == [
+        ("caption_4shot", 150, "caption"), ("loss", 100, "loss"), ("pope", 0, "pope")]
+    assert built[0][2].options["shots"] == 4 and built[0][2].options["num_samples"] == 8
+    assert built[1][2].options == get_evaluator("loss").options  # nothing but "every" given
+    for evals, message in [([{"name": "vqa", "every": 500}], "evals must be a dict keyed by name"),
+                           ({"vqq": {}}, "evals.vqq: unknown evaluator 'vqq'; known: ["),
+                           ({"vqa_4shot": {"shots": 4}}, "evals.vqa_4shot: unknown evaluator 'vqa_4shot'"),
+                           ({"vqa": 3}, "evals.vqa=3 must be a dict of options"),
+                           ({"vqa": {"every": -1}}, "evals.vqa.every=-1 must be an integer >= 0"),
+                           ({"vqa": {"every": 2.5}}, "evals.vqa.every=2.5 must be an integer >= 0"),
+                           ({"vqa": {"shot": 4}}, "evals.vqa: evaluator 'vqa': unknown option(s) ['shot']")]:
+        with pytest.raises(ValueError) as e:
+            build_evals(evals)
+        assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_in_the_loop_loss_and_mir_take_the_runs_data_and_row_length():
+    import ml_collections
+
+    run = ml_collections.ConfigDict({"seq_len": 96, "seed": 7, "data": {"sources": [{"type": "synthetic"}]}})
+    (_, _, loss), (_, _, mir), (_, _, mir_64), (_, _, loss_embedded) = build_evals(
+        {"loss": {}, "mir": {"seq_len": 0}, "mir_64": {"evaluator": "mir", "seq_len": 64},
+         "loss_embedded": {"evaluator": "loss", "data": "embedded", "seed": 1}}, run_config=run)
+    assert loss.options["data"] is run.data and loss.options["seed"] == 7 and loss.options["seq_len"] == 96
+    assert mir.options["seq_len"] == 96 and mir_64.options["seq_len"] == 64 and mir.options["seed"] == 0
+    assert (loss_embedded.options["data"], loss_embedded.options["seed"]) == ("embedded", 1)
+    assert get_evaluator("loss").options["seq_len"] == 0  # evaluate.py: the model's context, at most 512
+
+
+def test_held_out_rows_are_named_by_the_key():
+    """The loop's "eval" row as studies/collect.py and the plot read it: "mir", "mir_per_layer",
+    ... for the key "mir", "loss" and "tokens" for "loss"; another key prefixes its fields."""
+    from mir_jax.evals import EvalResult, MIREvaluation
+
+    evaluation = MIREvaluation(
+        per_layer=np.array([2.0, 8.0], np.float32), overall=1.0, method="exact", mode="streaming", num_samples=4,
+        num_vision_tokens=16, num_text_tokens=40, lm_loss=2.5, perplexity=12.18, timings={},
+        vision_norm_per_layer=np.array([3.0, 4.0]), text_norm_per_layer=np.array([5.0, 6.0]))
+    result = EvalResult("mir", {"mir": 1.0, "lm_loss": 2.5}, details={"evaluation": evaluation, "data": {"seq_len": 384}})
+    mir = get_evaluator("mir")
+    want = {"mir": 1.0, "mir_per_layer": [2.0, 8.0], "mir_vision_norm_per_layer": [3.0, 4.0],
+            "mir_text_norm_per_layer": [5.0, 6.0], "mir_samples": 4, "mir_vision_tokens": 16,
+            "mir_text_tokens": 40, "mir_row_length": 384}
+    assert mir.metrics(result, "mir") == want
+    assert list(mir.metrics(result, "mir_long")) == [k.replace("mir", "mir_long", 1) for k in want]
+    assert mir.report(result, "mir") == "mir=1.0000 (MIR over 4 samples, 16 vision / 40 text tokens, rows of 384)"
+    loss = get_evaluator("loss")
+    scores = EvalResult("loss", {"loss": 0.5, "perplexity": 1.6487, "tokens": 1200.0})
+    assert loss.metrics(scores, "loss") == {"loss": 0.5, "tokens": 1200.0}
+    assert loss.metrics(scores, "loss_b") == {"loss_b": 0.5, "loss_b_tokens": 1200.0}
+    assert loss.report(scores, "loss") == "loss=0.5000"
+    vqa = EvalResult("vqa", {"accuracy": 0.25, "num_samples": 8.0})
+    assert get_evaluator("vqa").metrics(vqa, "vqa_4shot") == {"vqa_4shot/accuracy": 0.25}
+    assert get_evaluator("vqa").report(vqa, "vqa_4shot") == "vqa_4shot/accuracy=0.250"
+
+
+def test_sample_captions_are_the_caption_evaluators_greedy_captions():
+    """The first images of the embedded benchmark captioned as the caption evaluator does (the
+    captions the loop printed before it was an evaluator), each beside its first reference; no
+    score; the fixed records once prepared."""
+    from configs import common
+    from mir_jax.models import LlavaConfig, LlavaModel
+
+    model = LlavaModel(LlavaConfig.from_dict(common.tiny_model(common.ConnectorConfig(name="mlp2x_gelu"))),
+                       rngs=nnx.Rngs(0))
+    handle = EvalModel("untrained", model, TOK, ImageConfig(size=32), "plain")
+    want = get_evaluator("caption", num_samples=2, batch_size=2, max_new_tokens=6).run(handle)
+    samples = get_evaluator("sample_captions", num_samples=2, max_new_tokens=6)
+    samples.prepare(handle)
+    got = samples.run(handle)
+    records = bench.embedded_task("caption", 2, image_size=32)
+    assert got.scores == {} and samples.metrics(got, "sample_captions") == {}
+    assert got.details["captions"] == [(r["captions"][0], p["text"]) for r, p in zip(records, want.predictions)]
+    assert [p["text"] for p in got.predictions] == [p["text"] for p in want.predictions]
+    assert samples.report(got, "sample_captions") == "\n".join(
+        f"  target:    {r['captions'][0]}\n  generated: {p['text']}" for r, p in zip(records, want.predictions))
+    assert [r["question_id"] for r in samples.fixed] == [r["question_id"] for r in records]
 
 
 # ----- in the training loop ----------------------------------------------------------------------
@@ -291,11 +379,10 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
     c = mm1_mix.get_config("runlocal")
     c.total_steps, c.log_every, c.batch_size = 120, 20, 8
     c.checkpoint.every, c.checkpoint.async_save = 0, False
-    c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
     c.data.num_threads = 1
     # 48 new tokens, not the default longest reference (+4): the test is about the loop, and the
     # threshold below was measured at 48.
-    c.evals = [{"name": "caption", "every": 60, "num_samples": 32, "batch_size": 16, "max_new_tokens": 48}]
+    c.evals = {"caption": {"every": 60, "num_samples": 32, "batch_size": 16, "max_new_tokens": 48}}
     result = train_and_evaluate(c, str(tmp_path))
     rows = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "downstream"]
     assert [r["step"] for r in rows] == [60, 120]
@@ -314,10 +401,11 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
 
 
 def test_loop_evaluator_batch_must_split_over_the_mesh_before_training(tmp_path):
+    from mir_jax.train.config_check import ConfigError
     from mir_jax.train.loop import Setup
 
     c = train_fixtures.tiny_train_config()  # mesh (-1, 1, 1): the 8 test devices, 8-way data parallel
-    c.evals = [{"name": "vqa", "every": 3, "batch_size": 12}]
-    with pytest.raises(ValueError, match="evals entry 'vqa': batch_size=12 does not split over the 8"):
+    c.evals = {"vqa": {"every": 3, "batch_size": 12}}
+    with pytest.raises(ConfigError, match="evals.vqa: batch_size=12 does not split over the 8"):
         Setup(c, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()

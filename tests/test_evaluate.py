@@ -208,11 +208,7 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     from tests import train_fixtures
 
     config = train_fixtures.tiny_train_config()
-    config.eval.at_end = True
-    config.eval.num_samples = 0
-    config.eval.mir_samples = 8
-    config.eval.batch_size = 8
-    config.eval.mir_seq_len = 256
+    config.evals = {"mir": {"every": 0, "num_samples": 8, "batch_size": 8, "seq_len": 256}}  # at the end
     result = train_and_evaluate(config, str(tmp_path))
     in_loop = result.eval["mir"]
     # The loop says what its MIR was computed on (set beside evaluate.py's at a glance).
@@ -221,10 +217,10 @@ def test_our_checkpoint_round_trip_gives_the_in_loop_mir(tmp_path):
     pre = load_model(str(tmp_path))
     model_config, model = pre.model.config, pre.model
     assert model_config.text.num_layers == 2 and pre.image.size == 32
-    batches = make_mir_batches(config.eval.mir_images, config.eval.mir_texts, tokenizer=pre.tokenizer,
+    batches = make_mir_batches("synthetic", "synthetic", tokenizer=pre.tokenizer,
                                num_samples=8, image_size=32, mean=pre.image.mean, std=pre.image.std,
                                num_image_tokens=model_config.num_image_tokens, batch_size=8, seq_len=256)
-    reloaded = evaluate_mir(model, lambda: iter(batches), method=config.eval.mir_method, progress=False)
+    reloaded = evaluate_mir(model, lambda: iter(batches), progress=False)
     assert abs(reloaded.overall - in_loop) < 1e-4
     assert (result.eval["mir_vision_tokens"], result.eval["mir_text_tokens"]) == (
         8 * model_config.num_image_tokens, reloaded.num_text_tokens)

@@ -94,7 +94,6 @@ def _connector_config(kind, *, stage, **top):
     c.trainable.llm = "none" if stage == 1 else "all"
     c.trainable.moca = moca
     c.checkpoint.every = 1
-    c.eval.num_samples = c.eval.mir_samples = c.eval.sample_captions = 0
     return c
 
 

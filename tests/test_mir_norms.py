@@ -118,25 +118,25 @@ def test_evaluation_json_table_and_plot_carry_the_norms(tmp_path):
 
 
 def test_the_training_loop_eval_row_carries_the_norms(tmp_path):
-    """Setup.evaluate (the row the loop writes to metrics.jsonl) against float64 norms of the
+    """Evaluations.held_out (the row the loop writes to metrics.jsonl) against float64 norms of the
     model's own hidden states at hand-picked positions: the image tokens, and every real
     position after the row's last image token."""
     from flax import nnx
 
     from mir_jax.models.forward import forward
+    from mir_jax.train.evaluations import Evaluations
     from mir_jax.train.loop import Setup
     from tests import train_fixtures
 
     config = train_fixtures.tiny_train_config()
-    config.eval.num_samples = 0
-    config.eval.mir_samples = 8
-    config.eval.batch_size = 8  # one row per data-parallel shard of the 8 test devices
-    config.eval.mir_seq_len = 512  # the synthetic stories are fed whole
+    # One row per data-parallel shard of the 8 test devices; the synthetic stories are fed whole.
+    config.evals = {"mir": {"num_samples": 8, "batch_size": 8, "seq_len": 512}}
     setup = Setup(config, str(tmp_path))
     try:
         _, state, frozen = setup.initial_state()
-        _, mir_batches = setup.eval_batches()
-        row = setup.evaluate(state, frozen, [], mir_batches)
+        evaluations = Evaluations(setup, state, frozen)
+        row = evaluations.held_out(0, state, frozen)
+        mir_batches = setup.evals[0].evaluator.fixed  # the fixed set the row was computed on
         model = setup.stepper.model(state, frozen)
         image_token = int(setup.model_config.image_token_id)
         vision_rows, text_rows = [[] for _ in range(2)], [[] for _ in range(2)]

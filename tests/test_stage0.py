@@ -18,10 +18,8 @@ from tests.helpers import flat_params, start_params
 def _short(c, steps: int):
     c.total_steps, c.log_every = steps, 1
     c.checkpoint.async_save = False
-    c.eval.every, c.eval.at_end, c.eval.sample_captions = 0, False, 0
-    c.evals = []
+    c.evals = {}  # no evaluation, no held-out or MIR batches to build
     c.data.num_threads = 1
-    c.eval.num_samples = c.eval.mir_samples = 0  # no held-out or MIR batches to build
     return c
 
 

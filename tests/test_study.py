@@ -108,8 +108,8 @@ def test_plan_layout_chaining_and_override_order(tmp_path):
 
 # ----- end to end --------------------------------------------------------------------------------
 
-_SMALL = {"total_steps": 2, "checkpoint.every": 2, "log_every": 1, "eval.num_samples": 16,
-          "eval.mir_samples": 8, "eval.sample_captions": 0, "evals": []}
+_SMALL = {"total_steps": 2, "checkpoint.every": 2, "log_every": 1,
+          "evals": {"loss": {"every": 0, "num_samples": 16}, "mir": {"every": 0, "num_samples": 8, "seq_len": 384}}}
 
 STUDY_FILE = '''
 def get_study(arg=None):
@@ -121,7 +121,7 @@ def get_study(arg=None):
              "overrides": small}},
             {{"name": "s1", "config": "configs/llava15_pretrain.py:runlocal", "init_from": "s0",
              "overrides": {{**small, "init_parts": "all",
-                           "evals": [{{"name": "pope", "every": 0, "num_samples": 8}}]}}}},
+                           "evals": {{**small["evals"], "pope": {{"every": 0, "num_samples": 8}}}}}}}},
         ],
         "variants": [{{"name": "lr_low", "overrides": {{"s1": {{"optimizer.lr": 1e-4}}}}}},
                      {{"name": "lr_high", "overrides": {{"s1": {{"optimizer.lr": 3e-2}}}}}}],
@@ -249,7 +249,7 @@ def test_shipped_studies_resolve(tmp_path):
     assert all(p == plain[0] for p in plain)  # and is otherwise the same run
     # The miniature's SFT: a modest budget, and captioning among the scores (the one benchmark
     # there that moves with stage 1).
-    assert plain[0]["total_steps"] == 150 and "caption" in [e["name"] for e in plain[0]["evals"]]
+    assert plain[0]["total_steps"] == 150 and "caption" in plain[0]["evals"]
     assert seen["mir_vs_sft"]["full/sft"].total_steps == 5198  # full size: the recipe's own length
     scales = [c.data.sources[0]["data_scale"] for k, c in seen["data_scale"].items() if k.endswith("/stage1")]
     assert len(scales) == 4 and max(scales) / min(scales) >= 30

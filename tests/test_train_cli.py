@@ -29,10 +29,13 @@ pytestmark = pytest.mark.slow  # every test starts train.py in a fresh process
 
 
 # Keeps the runlocal recipe to seconds: 4 rows a step, held-out loss only (no MIR, no samples,
-# no downstream evaluators).
-FAST = ["--config.batch_size=4", "--config.log_every=1", "--config.eval.batch_size=4",
-        "--config.eval.num_samples=4", "--config.eval.mir_samples=0", "--config.eval.sample_captions=0",
-        "--config.evals=[]"]
+# no downstream evaluators), every `every` steps and at the end.
+def _fast(every: int = 0, evals: dict | None = None) -> list[str]:
+    evals = {"loss": {"every": every, "num_samples": 4, "batch_size": 4}} if evals is None else evals
+    return ["--config.batch_size=4", "--config.log_every=1", f"--config.evals={json.dumps(evals)}"]
+
+
+FAST = _fast()
 
 
 def _cmd(config: str, workdir, *overrides) -> list[str]:
@@ -61,7 +64,7 @@ def test_sigterm_then_a_damaged_checkpoint_then_a_rerun_of_the_finished_run(tmp_
     wrote and rerun (resumes from the one before, finishes); rerun again (changes nothing)."""
     workdir = tmp_path / "run"
     ckpts, metrics = workdir / "checkpoints", workdir / "metrics.jsonl"
-    cmd = ["--config.total_steps=60", "--config.checkpoint.every=4", "--config.eval.every=20", *FAST]
+    cmd = ["--config.total_steps=60", "--config.checkpoint.every=4", *_fast(every=20)]
     # 1. kill -TERM once training is under way: checkpoint, exit 143, say where it stopped.
     out, err = open(tmp_path / "out1", "w+"), open(tmp_path / "err1", "w+")
     proc = subprocess.Popen(_cmd("configs/mm1_mix.py:runlocal", workdir, *cmd), cwd=fx.ROOT, env=ENV,
@@ -193,7 +196,7 @@ def test_readme_pretrain_command_with_init_from_and_a_json_list_of_sources(tmp_p
 
     workdir = tmp_path / "pt_local"
     proc = _run("configs/llava15_pretrain.py:runlocal", workdir, *readme, "--config.total_steps=2",
-                "--config.eval.at_end=False", *FAST)
+                *_fast(evals={}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: step 2" in proc.stdout
     (data,) = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "data"]

@@ -51,9 +51,7 @@ def tiny_train_config(**top):
     c.log_every = 1
     c.checkpoint.every = 3
     c.checkpoint.async_save = False
-    c.eval.every = 0
-    c.eval.at_end = False
-    c.eval.sample_captions = 0
+    c.evals = {}
     c.trainable.llm = "all"
     c.data.num_threads = 1
     for k, v in top.items():

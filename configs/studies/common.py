@@ -13,19 +13,25 @@ Vicuna): give the stage-1 start and the paths with `study.py --set`, e.g.
 
 from __future__ import annotations
 
+from configs.common import held_out_evals
+
 # The benchmark after SFT: every evaluator at the end of the run only ("every": 0), on the
 # embedded benchmark (or, full size, the files the evaluator options name).
-SFT_EVALS = [{"name": n, "every": 0, "num_samples": 64} for n in ("vqa", "pope", "multiple_choice")]
+SFT_EVALS = {n: {"every": 0, "num_samples": 64} for n in ("vqa", "pope", "multiple_choice")}
 SFT_SCORE = ["vqa/accuracy", "pope/accuracy", "multiple_choice/accuracy"]
 # Captioning after SFT as well, for the studies that rank stage-1 variants: in the miniature it
 # is the one benchmark whose post-SFT score depends on stage 1 (docs/miniature_world.md). 256
 # samples, since at 64 CIDEr-D moved by up to 0.4 between two runs of the same model.
-WITH_CAPTION_EVALS = [*SFT_EVALS, {"name": "caption", "every": 0, "num_samples": 256}]
+WITH_CAPTION_EVALS = {**SFT_EVALS, "caption": {"every": 0, "num_samples": 256}}
 WITH_CAPTION_SCORE = [*SFT_SCORE, "caption/cider"]
+
 
 # Study runs keep what the study reads (the final held-out loss and MIR, the final scores)
 # and drop what only a person watching a single run wants (sample captions, mid-run evals).
-_QUIET = {"eval.sample_captions": 0, "eval.every": 100_000}
+def _quiet_evals(runlocal: bool, evals) -> dict:
+    """A run's whole `evals` override: the recipe's held-out loss and MIR and `evals`, all at
+    the end only."""
+    return {**held_out_evals(runlocal, every=0), **dict(evals or {})}
 
 
 def parse_arg(arg: str | None) -> bool:
@@ -40,12 +46,13 @@ def stage0(runlocal: bool) -> list[dict]:
     """The shared stage 0 in miniature; nothing at full size (CLIP and an LLM are the start)."""
     if not runlocal:
         return []
-    return [{"name": "stage0", "config": "configs/stage0.py:runlocal", "shared": True, "overrides": dict(_QUIET)}]
+    return [{"name": "stage0", "config": "configs/stage0.py:runlocal", "shared": True,
+             "overrides": {"evals.loss.every": 0, "evals.mir.every": 0}}]
 
 
 def stage1(runlocal: bool, config: str = "configs/llava15_pretrain.py", evals=None, **overrides) -> dict:
     """LLaVA stage 1: a fresh connector between the (frozen) vision tower and LLM."""
-    over = {**_QUIET, "evals": list(evals or []), **overrides}
+    over = {"evals": _quiet_evals(runlocal, evals), **overrides}
     stage = {"name": "stage1", "config": config + (":runlocal" if runlocal else ""), "overrides": over}
     if runlocal:
         stage["init_from"] = "stage0"
@@ -55,7 +62,8 @@ def stage1(runlocal: bool, config: str = "configs/llava15_pretrain.py", evals=No
 
 def sft(runlocal: bool, evals=None, **overrides) -> dict:
     """LLaVA stage 2 (instruction tuning) from the stage-1 result, scored at its end."""
-    over = {**_QUIET, "init_parts": "all", "evals": list(evals if evals is not None else SFT_EVALS), **overrides}
+    over = {"init_parts": "all", "evals": _quiet_evals(runlocal, SFT_EVALS if evals is None else evals),
+            **overrides}
     return {"name": "sft", "config": "configs/llava15_sft.py" + (":runlocal" if runlocal else ""),
             "init_from": "stage1", "overrides": over}
 

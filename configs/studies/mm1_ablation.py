@@ -14,8 +14,9 @@ stage 0, the LLM trains (MM1 pre-trains the LLM too). Full size: configs/mm1_mix
 from configs.studies import common
 
 CONNECTORS = ("avgpool", "attnpool", "c_abstractor")
-FEW_SHOT_EVALS = [{"name": n, "every": 0, "num_samples": 64, **({"shots": k} if k else {})}
-                  for n in ("caption", "vqa") for k in (0, 4)]
+FEW_SHOT_EVALS = {n + (f"_{k}shot" if k else ""): {"evaluator": n, "every": 0, "num_samples": 64,
+                                                    **({"shots": k} if k else {})}
+                  for n in ("caption", "vqa") for k in (0, 4)}
 FEW_SHOT_SCORE = ["caption/cider", "caption_4shot/cider", "vqa/accuracy", "vqa_4shot/accuracy"]
 
 

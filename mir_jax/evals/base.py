@@ -5,10 +5,18 @@
     write_result(result, output_dir)                              # scores JSON + answer file
 
 Every evaluator is a class registered under its name (big_vision's evaluators, picked by
-name from the config): the training loop builds them from `config.evals`
-(`[{"name": "caption", "every": 100, **options}]`), `evaluate.py` from `--evals=...`.
-An evaluator declares its options and their defaults in `OPTIONS`; an unknown option or an
-impossible value is one `ValueError` line naming it.
+name from the config). Evaluations are asked for in one form, a dict keyed by name (big_vision's
+`config.evals.NAME.KEY`): {KEY: {"every": K, "evaluator": NAME, **options}}, "evaluator"
+defaulting to KEY (`{"caption_4shot": {"evaluator": "caption", "shots": 4}}`), "every" only for
+the training loop (0: at the end only). The loop reads it from `config.evals`, `evaluate.py`
+builds it from its flags; `build_evals` turns it into evaluators. An evaluator declares its
+options and their defaults in `OPTIONS`; an unknown option or an impossible value is one
+`ValueError` line naming it. KEY names the results ("caption_4shot/cider").
+
+Held-out measurements of the model itself (`split = "eval"`: held-out loss, MIR) run on every
+process with the sharded model; the others (generation) on process 0. In the training loop an
+evaluator first `prepare`s its fixed record set (once, before the first step), then each `run`
+reuses it; `metrics` gives its metrics.jsonl fields, `report` what the loop prints.
 
 `EvalResult.scores` holds flat scalars (what goes to metrics.jsonl, TensorBoard, the table
 and the plot, e.g. {"cider": 0.91, "bleu_4": 0.33}); `details` holds the rest (per-layer
@@ -86,6 +94,10 @@ class Evaluator:
 
     name: ClassVar[str] = ""
     OPTIONS: ClassVar[dict[str, Any]] = {}
+    # The training loop's metrics.jsonl split: "eval" (held-out measurements: forward passes on
+    # the sharded model in every process) or "downstream" (generation on process 0).
+    split: ClassVar[str] = "downstream"
+    auto_batch: ClassVar[bool] = False  # batch_size=0 picks one for the mesh (`auto_batch_size`)
 
     def __init__(self, **options):
         unknown = sorted(set(options) - set(self.OPTIONS))
@@ -98,11 +110,36 @@ class Evaluator:
     def check_options(self) -> None:
         """Raise a one-line ValueError for an impossible option value (subclasses extend)."""
         for key in ("num_samples", "batch_size", "max_new_tokens"):
-            if key in self.options and self.options[key] is not None and int(self.options[key]) < 1:
-                raise ValueError(f"evaluator {self.name!r}: {key}={self.options[key]} must be >= 1")
+            least = 0 if key == "batch_size" and self.auto_batch else 1
+            value = self.options.get(key)
+            if value is not None and (not _is_int(value) or int(value) < least):
+                raise ValueError(f"evaluator {self.name!r}: {key}={value!r} must be an integer >= {least}"
+                                 + (" (0: picked for the mesh)" if least == 0 else ""))
 
     def run(self, model: EvalModel) -> EvalResult:
         raise NotImplementedError
+
+    @classmethod
+    def loop_options(cls, options: dict, run_config) -> dict:
+        """`options` of an entry of the training config `run_config` with what the evaluator
+        takes from the run when the entry leaves it open (default: nothing)."""
+        return dict(options)
+
+    def prepare(self, model: EvalModel) -> None:
+        """Builds the evaluator's fixed record set once (`self.fixed`), for the repeated `run`s of
+        the training loop (which calls it before the first step, so that bad data stops the run
+        before it trains); `model` gives the tokenizer and preprocessing. Default: nothing to
+        build (the evaluator reads its records at each run)."""
+
+    def metrics(self, result: EvalResult, key: str) -> dict[str, Any]:
+        """The fields `result` adds to the loop's metrics.jsonl row: {"KEY/score": value}."""
+        return {f"{key}/{k}": v for k, v in result.scores.items() if k != "num_samples"}
+
+    def report(self, result: EvalResult, key: str) -> str:
+        """What the loop prints of `result`: its headline scores ("KEY/cider=0.912")."""
+        from .score_plot import HEADLINE_SCORES
+
+        return " ".join(f"{key}/{k}={v:.3f}" for k, v in result.scores.items() if k in HEADLINE_SCORES)
 
     def result(self, scores: dict, predictions=(), details=None) -> EvalResult:
         return EvalResult(self.name, {k: float(v) for k, v in scores.items()}, list(predictions),
@@ -139,6 +176,21 @@ def bind_model(model, mesh: Mesh | None, jitted, keys):
     return run
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def auto_batch_size(requested: int, mesh: Mesh | None) -> int:
+    """The batch of an `auto_batch` evaluator: `requested`, or for 0 the smallest multiple of the
+    mesh's data-parallel shards and the processes that is at least 16
+    (`sharding.eval_batch_rows`, ValueError when `requested` does not split)."""
+    import jax
+
+    from mir_jax.sharding import data_parallel_size, eval_batch_rows
+
+    return eval_batch_rows(int(requested), data_parallel_size(mesh), jax.process_count())
+
+
 REGISTRY: dict[str, type[Evaluator]] = {}
 
 
@@ -148,17 +200,47 @@ def register(cls: type[Evaluator]) -> type[Evaluator]:
     return cls
 
 
-ENTRY_KEYS = ("name", "every", "key")
+ENTRY_KEYS = ("every", "evaluator")  # the keys of an entry that are not evaluator options
 
 
-def split_entry(entry: dict) -> tuple[str, object, str, dict]:
-    """A `config.evals` entry {name, every, key?, **options} -> (name, every, key, options).
-    The key names its metrics ("vqa/accuracy"): by default the evaluator's name, with
-    "_Kshot" for K-shot entries."""
+def split_entry(key: str, entry) -> tuple[str, object, dict]:
+    """One entry KEY: {every?, evaluator?, **options} of the dict form (module docstring) ->
+    (evaluator name, every (default 0), options). ValueError (one line) unless it is a dict."""
+    if not hasattr(entry, "items"):
+        raise ValueError(f"evals.{key}={entry!r} must be a dict of options, e.g. {{\"every\": 500}}")
+    entry = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)  # ConfigDicts to plain dicts
     options = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
-    name = entry["name"]
-    key = entry.get("key") or name + (f"_{int(options['shots'])}shot" if options.get("shots") else "")
-    return name, entry.get("every", 0), key, options
+    return str(entry.get("evaluator") or key), entry.get("every", 0), options
+
+
+def evals_items(evals) -> list[tuple[str, Any]]:
+    """(KEY, entry) of the dict form; ValueError (one line) for anything but a dict, e.g. the
+    list of {name, ...} entries `config.evals` was before."""
+    if evals is None:
+        return []
+    if not hasattr(evals, "items"):
+        raise ValueError(f"evals must be a dict keyed by name, {{KEY: {{\"every\": K, **options}}}} "
+                         f"(e.g. {{\"vqa\": {{\"every\": 500, \"shots\": 4}}}}), not {type(evals).__name__}")
+    return list(evals.items())
+
+
+def build_evals(evals, *, run_config=None) -> list[tuple[str, int, Evaluator]]:
+    """(KEY, every, evaluator) for each entry of the dict form `evals`, in its order; with the
+    training config `run_config`, each evaluator's `loop_options` fill in what the entry leaves
+    to the run. ValueError (one line naming the entry) for an unknown evaluator or option, an
+    impossible value or `every` < 0."""
+    out = []
+    for key, entry in evals_items(evals):
+        name, every, options = split_entry(key, entry)
+        if not _is_int(every) or every < 0:
+            raise ValueError(f"evals.{key}.every={every!r} must be an integer >= 0 (0: at the end only)")
+        try:
+            if name in REGISTRY and run_config is not None:
+                options = REGISTRY[name].loop_options(options, run_config)
+            out.append((str(key), every, get_evaluator(name, **options)))
+        except ValueError as e:
+            raise ValueError(f"evals.{key}: {e}") from e
+    return out
 
 
 def get_evaluator(name: str, **options) -> Evaluator:

@@ -36,7 +36,7 @@ from mir_jax import mir
 from mir_jax.mir.tokens import mir_rows, mir_token_masks
 from mir_jax.models.forward import LOSS_INPUTS, forward, loss_sums
 
-from .base import EvalResult, Evaluator, bind_model, register
+from .base import EvalResult, Evaluator, auto_batch_size, bind_model, register
 
 MODES = ("streaming", "exact")
 
@@ -324,15 +324,24 @@ class MirEvaluator(Evaluator):
 
     Options: images, texts ("synthetic", a path, or a source object; see
     `mir_jax.data.make_mir_iterator`), image_folder, num_samples, template (the MIR paper's
-    vicuna_v1), method, mode, batch_size, seq_len (0: the model's context; longer samples are
-    cut there and counted), seed, progress. Scores: "mir" (overall), "lm_loss"; details:
-    "evaluation" (the `MIREvaluation`) and "data" (what was fed, truncations included).
+    vicuna_v1), method, mode, batch_size (0: picked for the mesh), seq_len (0: the model's
+    context; longer samples are cut there and counted; in the training loop 0 is config.seq_len),
+    seed, progress. Scores: "mir" (overall), "lm_loss"; details: "evaluation" (the
+    `MIREvaluation`) and "data" (what was fed, truncations included).
+
+    `run` alone reads the data each pass, longest samples first in batches as long as their
+    longest row; `prepare` (the training loop) holds the batches in memory instead, every row
+    seq_len long in the data's order, so that every evaluation reuses one compiled program.
     """
 
     name = "mir"
+    split = "eval"
+    auto_batch = True
     OPTIONS = {"images": "synthetic", "texts": "synthetic", "image_folder": None, "num_samples": 100,
                "template": "vicuna_v1", "method": "auto", "mode": "streaming", "batch_size": 8,
                "seq_len": 0, "seed": 0, "progress": False, "uncertainty": None, "num_groups": 10}
+    fixed: list[dict] | None = None  # the fixed batches, once prepared
+    _data: dict | None = None
 
     def check_options(self):
         super().check_options()
@@ -347,29 +356,73 @@ class MirEvaluator(Evaluator):
             raise ValueError("evaluator 'mir': uncertainty needs mode='exact' (--mode=exact): the "
                              "streaming accumulator keeps no per-group statistics")
 
+    @classmethod
+    def loop_options(cls, options, run_config):
+        out = dict(options)
+        out["seq_len"] = int(out.get("seq_len") or 0) or int(run_config.seq_len)
+        return out
+
+    def _data_kwargs(self, model) -> dict:
+        o = self.options
+        return dict(tokenizer=model.tokenizer, num_samples=int(o["num_samples"]),
+                    num_image_tokens=model.num_image_tokens, template=o["template"], seed=int(o["seed"]),
+                    image_folder=o["image_folder"])
+
+    def _data_details(self, model, seq_len: int, lengths) -> dict:
+        return dict(seq_len=seq_len, truncated_samples=int((lengths > seq_len).sum()),
+                    longest_sample=int(lengths.max()), truncated_by=("seq_len" if self.options["seq_len"] else "context"),
+                    num_image_tokens=model.num_image_tokens, image_size=model.image.size,
+                    image_mode=model.image.mode)
+
+    def prepare(self, model) -> None:
+        from mir_jax.data import make_mir_batches, mir_sample_lengths
+
+        o = self.options
+        seq_len = int(o["seq_len"]) or model.context
+        text_kwargs = self._data_kwargs(model)
+        lengths = mir_sample_lengths(o["images"], o["texts"], **text_kwargs)  # validates the data
+        self.fixed = make_mir_batches(
+            o["images"], o["texts"], **text_kwargs, image_size=model.image.size, mean=model.image.mean,
+            std=model.image.std, batch_size=auto_batch_size(o["batch_size"], model.mesh), seq_len=seq_len,
+            image_mode=model.image.mode)
+        self._data = self._data_details(model, seq_len, lengths)
+
     def run(self, model) -> EvalResult:
         from mir_jax.data import make_mir_iterator, mir_sample_lengths
 
         o = self.options
-        context = model.context
-        seq_len = int(o["seq_len"]) or context
-        text_kwargs = dict(tokenizer=model.tokenizer, num_samples=int(o["num_samples"]),
-                           num_image_tokens=model.num_image_tokens, template=o["template"],
-                           seed=int(o["seed"]), image_folder=o["image_folder"])
+        common = dict(method=o["method"], mode=o["mode"], mesh=model.mesh, progress=bool(o["progress"]),
+                      uncertainty=o["uncertainty"], num_groups=int(o["num_groups"]))
+        if self.fixed is not None:
+            batches = self.fixed
+            evaluation = evaluate_mir(model.model, lambda: batches, num_batches=len(batches), **common)
+            return self.result({"mir": evaluation.overall, "lm_loss": evaluation.lm_loss},
+                               details={"evaluation": evaluation, "data": self._data})
+        seq_len = int(o["seq_len"]) or model.context
+        text_kwargs = self._data_kwargs(model)
         lengths = mir_sample_lengths(o["images"], o["texts"], **text_kwargs)  # validates the data
-        truncated = int((lengths > seq_len).sum())
+        batch_size = auto_batch_size(o["batch_size"], model.mesh)
         data_kwargs = dict(text_kwargs, image_size=model.image.size, mean=model.image.mean,
-                           std=model.image.std, batch_size=int(o["batch_size"]), seq_len=seq_len,
+                           std=model.image.std, batch_size=batch_size, seq_len=seq_len,
                            image_mode=model.image.mode, sort_by_length=True, lengths=lengths)
         evaluation = evaluate_mir(
             model.model, lambda: make_mir_iterator(o["images"], o["texts"], **data_kwargs),
-            method=o["method"], mode=o["mode"], mesh=model.mesh, progress=bool(o["progress"]),
-            num_batches=-(-int(o["num_samples"]) // int(o["batch_size"])),
-            uncertainty=o["uncertainty"], num_groups=int(o["num_groups"]),
-            sample_order=np.argsort(-np.asarray(lengths), kind="stable"))  # the iterator's order
-        data = dict(seq_len=seq_len, truncated_samples=truncated, longest_sample=int(lengths.max()),
-                    truncated_by=("seq_len" if o["seq_len"] else "context"),
-                    num_image_tokens=model.num_image_tokens, image_size=model.image.size,
-                    image_mode=model.image.mode)
+            num_batches=-(-int(o["num_samples"]) // batch_size),
+            sample_order=np.argsort(-np.asarray(lengths), kind="stable"), **common)  # the iterator's order
         return self.result({"mir": evaluation.overall, "lm_loss": evaluation.lm_loss},
-                           details={"evaluation": evaluation, "data": data})
+                           details={"evaluation": evaluation, "data": self._data_details(model, seq_len, lengths)})
+
+    def metrics(self, result, key):
+        # The loop's "eval" row as ever: mir, mir_per_layer, the norms, what it was computed on.
+        e = result.details["evaluation"]
+        return {key: float(e.overall), f"{key}_per_layer": np.asarray(e.per_layer).tolist(),
+                # The mean raw norms each layer's FD came from: whether MIR moved by alignment or scale.
+                f"{key}_vision_norm_per_layer": np.asarray(e.vision_norm_per_layer).tolist(),
+                f"{key}_text_norm_per_layer": np.asarray(e.text_norm_per_layer).tolist(),
+                f"{key}_samples": e.num_samples, f"{key}_vision_tokens": e.num_vision_tokens,
+                f"{key}_text_tokens": e.num_text_tokens, f"{key}_row_length": result.details["data"]["seq_len"]}
+
+    def report(self, result, key):
+        e = result.details["evaluation"]
+        return (f"{key}={e.overall:.4f} (MIR over {e.num_samples} samples, {e.num_vision_tokens} vision / "
+                f"{e.num_text_tokens} text tokens, rows of {result.details['data']['seq_len']})")

@@ -2,12 +2,15 @@
 
 `check_config(config)` raises one ConfigError line naming every problem and its fix:
 impossible values (non-positive steps, batch sizes or learning rate, bad betas or mesh,
-unknown connector / template / source type / MIR method / trainable spec), and what must be
+unknown connector / template / source type / trainable spec; an `evals` entry with an unknown
+evaluator or option or an impossible value, `mir_jax.evals.build_evals`), and what must be
 set (`required()` placeholders, a tokenizer that does not fit the model, missing data files),
 each with the --config.KEY override that sets it.
 
 `register_list_overrides()` makes list-valued keys overridable with a JSON list, e.g.
-`--config.data.sources='[{"type": "llava", "path": "train.json", "image_folder": "images"}]'`.
+`--config.data.sources='[{"type": "llava", "path": "train.json", "image_folder": "images"}]'`,
+and dict-valued ones (ConfigDicts) with a JSON object that replaces the whole dict, e.g.
+`--config.evals='{"vqa": {"every": 500, "shots": 4}}'` (one key of it: `--config.evals.vqa.every=500`).
 """
 
 from __future__ import annotations
@@ -59,9 +62,6 @@ VALUE_RULES = {
     "optimizer.end_factor": _NONNEG, "optimizer.b1": _BETA, "optimizer.b2": _BETA,
     "optimizer.eps": _POSITIVE, "optimizer.weight_decay": _NONNEG, "optimizer.clip_norm": _NONNEG,
     "checkpoint.every": _NONNEG_INT, "checkpoint.keep": _POSITIVE_INT,
-    "eval.every": _NONNEG_INT, "eval.batch_size": _NONNEG_INT, "eval.num_samples": _NONNEG_INT,
-    "eval.mir_samples": _NONNEG_INT, "eval.mir_seq_len": _NONNEG_INT,
-    "eval.sample_captions": _NONNEG_INT,
 }
 
 _MISSING = object()
@@ -89,12 +89,6 @@ def _value_problems(config) -> list[str]:
         if (sizes is None or len(sizes) != 3 or not all(_int(s) and (s >= 1 or s == -1) for s in sizes)
                 or sizes.count(-1) > 1):
             out.append(f"mesh={mesh!r} must be three sizes (data, fsdp, tensor), each >= 1 or one -1")
-    method = _get(config, "eval.mir_method")
-    if method is not _MISSING:
-        from mir_jax.mir import METHODS
-
-        if method not in METHODS:
-            out.append(f"eval.mir_method={method!r} is not one of {list(METHODS)}")
     return out
 
 
@@ -239,32 +233,35 @@ def _path_problems(config) -> list[str]:
                 now = json.dumps(list(data.get("sources") or []))
                 out.append(f"{', '.join(missing)} not found: set the sources with "
                            f"--config.data.sources='<JSON list>' (now: {now})")
-    for key in ("eval.mir_images", "eval.mir_texts"):
-        v = _get(config, key)
-        if isinstance(v, str) and v != "synthetic" and not _exists(v):
-            out.append(f"{key} {v!r} not found: --config.{key}=PATH or 'synthetic'")
+    evals = _get(config, "evals")
+    for key, entry in (evals.items() if hasattr(evals, "items") else []):
+        if not hasattr(entry, "get") or (entry.get("evaluator") or key) != "mir":
+            continue
+        for option in ("images", "texts"):  # the MIR evaluator's data
+            v = entry.get(option)
+            if isinstance(v, str) and v != "synthetic" and not _exists(v):
+                out.append(f"evals.{key}.{option} {v!r} not found: --config.evals.{key}.{option}=PATH or 'synthetic'")
     return out
 
 
 def _evals_problems(config) -> list[str]:
-    """Each `evals` entry names a known evaluator, with options it takes and `every` >= 0."""
+    """`evals` is a dict keyed by name; each entry names a known evaluator (its key, or its
+    "evaluator"), with options it takes, possible values and `every` >= 0."""
     evals = _get(config, "evals")
-    if evals is _MISSING or not evals:
+    if evals is _MISSING:
         return []
-    from mir_jax.evals.base import get_evaluator, split_entry
+    from mir_jax.evals.base import build_evals, evals_items
 
+    try:
+        items = evals_items(evals)
+    except ValueError as e:
+        return [str(e)]
     out = []
-    for i, entry in enumerate(evals):
-        if not isinstance(entry, dict) or "name" not in entry:
-            out.append(f"evals[{i}]={entry!r} must be a dict with a 'name' (and 'every', options)")
-            continue
-        name, every, _, options = split_entry(entry)
-        if not _int(every) or every < 0:
-            out.append(f"evals[{i}].every={every!r} must be an integer >= 0 (0: at the end only)")
+    for key, entry in items:
         try:
-            get_evaluator(name, **options)
+            build_evals({key: entry})
         except ValueError as e:
-            out.append(f"evals[{i}]: {e}")
+            out.append(str(e))
     return out
 
 
@@ -305,6 +302,28 @@ class JsonListParser(flags.ArgumentParser):
         return "JSON list"
 
 
+class JsonDictParser(flags.ArgumentParser):
+    """`--config.KEY={...}` for a dict-valued KEY (a ConfigDict): a JSON object, which replaces
+    the whole dict (e.g. `--config.evals='{"vqa": {"every": 500}}'`)."""
+
+    def parse(self, argument):
+        from ml_collections import ConfigDict
+
+        if isinstance(argument, (dict, ConfigDict)):  # the config's own value, as the flag's default
+            return argument
+        try:
+            value = json.loads(argument)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{argument!r} is not a JSON object ({e.msg}, column {e.colno})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{argument!r} is not a JSON object; this key is a dict keyed by name, e.g. "
+                             "'{\"vqa\": {\"every\": 500, \"shots\": 4}}'")
+        return ConfigDict(value)
+
+    def flag_type(self):
+        return "JSON object"
+
+
 def load_recipe(spec: str):
     """The config of a recipe 'configs/X.py[:ARG]', before any override: its `get_config(ARG)`.
     The file is loaded as a module the way `config_flags` loads it (exceptions propagate)."""
@@ -320,10 +339,12 @@ def load_recipe(spec: str):
 
 
 def register_list_overrides() -> None:
-    """Lets ml_collections' config flags override list-valued keys (call before flag parsing)."""
-    from ml_collections import config_flags
+    """Lets ml_collections' config flags override list-valued keys with a JSON list and
+    dict-valued ones with a JSON object (call before flag parsing)."""
+    from ml_collections import ConfigDict, config_flags
 
     config_flags.register_flag_parser_for_type(list, JsonListParser())
+    config_flags.register_flag_parser_for_type(ConfigDict, JsonDictParser())
 
 
 def unknown_key(config, key: str) -> str | None:

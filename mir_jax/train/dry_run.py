@@ -182,13 +182,14 @@ def dry_run(config, *, hbm_gb: float = 16.0, devices=None, eval_step: bool = Tru
     mem, flops, lower_s, compile_s = _compile(stepper.jit_train_step(ndims), (state, frozen, batch),
                                               mesh, stepper.rules)
     report["train"] = {"memory": mem, "flops": flops, "lower_s": lower_s, "compile_s": compile_s}
-    ev = config.eval
-    if eval_step and int(ev.get("mir_samples", 0) or 0) > 0:
-        eseq = int(ev.get("mir_seq_len") or seq)
+    mir_key, ev = next(((k, dict(e)) for k, e in (config.get("evals") or {}).items()
+                        if (e.get("evaluator") or k) == "mir"), (None, {}))
+    if eval_step and mir_key is not None:  # the first MIR entry of config.evals
+        eseq = int(ev.get("seq_len") or seq)
         try:
-            ebs = eval_batch_rows(int(ev.batch_size), stepper.data_parallel)
+            ebs = eval_batch_rows(int(ev.get("batch_size", 0)), stepper.data_parallel)
         except ValueError as e:
-            report["problems"].append(f"eval.batch_size: {e} (the trainer refuses it)")
+            report["problems"].append(f"evals.{mir_key}.batch_size: {e} (the trainer refuses it)")
         else:
             ebatch = abstract_batch(stepper, ebs, eseq, 1, mc.vision.image_size)
             mem_e, flops_e, lower_e, compile_e = _compile(

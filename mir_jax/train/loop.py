@@ -4,22 +4,23 @@
 
 1. `config_check.check_config` (every impossible value, unset path and missing file in one
    ConfigError); mesh from `config.mesh`, the Stepper (model, partition, optimizer, jitted
-   steps), the data iterator of this host's slice; every shape/divisibility check before
-   anything compiles;
+   steps), the data iterator of this host's slice, the evaluators of `config.evals`; every
+   shape/divisibility check before anything compiles;
 2. resume from the newest checkpoint in `workdir/checkpoints` that restores (params, optimizer,
    step, data position; damaged newer ones are reported and kept aside), else initialize
    (randomly or from `config.init_from`, via `mir_jax.weights.load_weights`); a run already at
    `total_steps` returns at once (`TrainResult.already_done`) without touching its logs;
-3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, held-out loss
-   and MIR every `eval.every` steps, the downstream evaluators of `config.evals` (captioning,
-   VQA, POPE, multiple choice; `mir_jax.evals`) every one's `every` steps (rows of split
-   "downstream" in metrics.jsonl, answer files in WORKDIR/evals/step_N/), checkpoint every
-   `checkpoint.every` steps and on SIGTERM (then it returns with `TrainResult.preempted`);
-   time spent evaluating and saving is not counted in tokens/s and MFU (`Throughput.paused`);
-4. at the end: final evaluation (MIR and every downstream evaluator), a checkpoint, the plot,
-   a few greedy captions.
+   the evaluators build their fixed record sets;
+3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, each entry of
+   `config.evals` every its `every` steps (held-out loss and MIR: rows of split "eval"; the
+   downstream evaluators: captioning, VQA, POPE, multiple choice, split "downstream", answer
+   files in WORKDIR/evals/step_N/; `evaluations.py`), checkpoint every `checkpoint.every` steps
+   and on SIGTERM (then it returns with `TrainResult.preempted`); time spent evaluating and
+   saving is not counted in tokens/s and MFU (`Throughput.paused`);
+4. at the end: every evaluator of `config.evals` (sample captions among them when asked for), a
+   checkpoint, the plot, the final MIR table.
 Bad-sample counts (per source and reason) are printed and logged (split "data") with each
-evaluation and at the end.
+round of evaluations and at the end.
 
 Config keys: see `configs/common.py`.
 """
@@ -38,14 +39,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mir_jax.data import make_eval_iterator, make_mir_batches, make_train_iterator
+from mir_jax.data import make_train_iterator
 from mir_jax.data.tokenizer import load_tokenizer
 from mir_jax.distributed import host_batch_slice
-from mir_jax.mir import format_mir
 from mir_jax.models import LlavaConfig
-from mir_jax.sharding import eval_batch_rows, make_mesh
+from mir_jax.sharding import make_mesh
 from mir_jax.train import metrics as metrics_lib
 from mir_jax.train.config_check import ConfigError, check_config
+from mir_jax.train.evaluations import Evaluations, loop_evals
 from mir_jax.train.step import StepConfig, Stepper, global_batch
 from mir_jax.weights.checkpoint import Checkpointer, StopSignal
 
@@ -90,8 +91,6 @@ class Setup:
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         if config.batch_size % self.process_count:
             raise ValueError(f"batch size {config.batch_size} does not split over {self.process_count} hosts")
-        self.eval_batch_size = eval_batch_rows(int(config.eval.batch_size), self.stepper.data_parallel,
-                                               self.process_count)
         try:
             self.tokenizer = load_tokenizer(config.tokenizer or None)
         except Exception as e:  # noqa: BLE001 -- whatever transformers raises on files it cannot read
@@ -109,12 +108,7 @@ class Setup:
         self.train_iter = make_train_iterator(
             config.data, batch_size=self.local_batch, seed=int(config.seed),
             shard_index=self.data_shard, shard_count=self.data_shard_count, **self.data_kwargs)
-        self.downstream = downstream_evaluators(config)
-        for key, _, evaluator in self.downstream:  # generation shards its batches like training's
-            bs = int(evaluator.options.get("batch_size") or 0)
-            if self.process_count == 1 and bs % self.stepper.data_parallel:
-                raise ValueError(f"evals entry {key!r}: batch_size={bs} does not split over the "
-                                 f"{self.stepper.data_parallel} data-parallel shards")
+        self.evals = loop_evals(config, self.stepper.data_parallel, self.process_count)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                          keep=int(config.checkpoint.keep),
                                          every=int(config.checkpoint.every),
@@ -171,62 +165,6 @@ class Setup:
                  f"; fresh (not in the source): {', '.join(kept_fresh)}" if kept_fresh else "")
         return merged
 
-    # ----- evaluation -------------------------------------------------------------------------
-    def eval_batches(self) -> tuple[list[dict], list[dict]]:
-        """Fixed held-out loss batches and MIR batches (image + unrelated text), on the host.
-
-        Every host reads both sets whole, as global batches (`evaluate` gives each device its
-        rows): the same samples and the same number of batches on every host, so the values
-        equal a single process's (per-host slices of a finite set differ in length once bad
-        samples are skipped, and hosts would disagree on the number of eval steps)."""
-        cfg, ev = self.config, self.config.eval
-        kw = dict(self.data_kwargs, batch_size=self.eval_batch_size)
-        loss_batches = list(make_eval_iterator(cfg.data, num_samples=int(ev.num_samples), seed=int(cfg.seed), **kw)) \
-            if ev.num_samples else []
-        mir_batches = []
-        if ev.mir_samples:
-            mkw = dict(kw)
-            mkw["seq_len"] = int(ev.get("mir_seq_len") or cfg.seq_len)
-            mir_batches = make_mir_batches(ev.mir_images, ev.mir_texts, num_samples=int(ev.mir_samples), **mkw)
-        return loss_batches, mir_batches
-
-    def evaluate(self, state, frozen, loss_batches, mir_batches) -> dict[str, Any]:
-        """Held-out loss and MIR on the fixed batches, through the evaluators' own functions
-        (`mir_jax.evals.loss.held_out_loss`, `mir_jax.evals.evaluate_mir`): the loop and
-        `evaluate.py` evaluate a model one way. Parameters stay sharded as trained; the MIR
-        statistics are per-layer sums combined over the mesh (constant memory)."""
-        from mir_jax.evals import evaluate_mir
-        from mir_jax.evals.loss import held_out_loss
-
-        model = self.stepper.model(state, frozen)
-        out: dict[str, Any] = {}
-        if loss_batches:
-            ce, tokens = held_out_loss(model, loss_batches, self.mesh)
-            out["loss"] = ce / max(tokens, 1.0)
-            out["tokens"] = tokens
-        if mir_batches:
-            res = evaluate_mir(model, lambda: mir_batches, method=self.config.eval.mir_method,
-                               mesh=self.mesh, progress=False)
-            out["mir"] = float(res.overall)
-            out["mir_per_layer"] = np.asarray(res.per_layer).tolist()
-            # The mean raw norms each layer's FD came from: whether MIR moved by alignment or scale.
-            out["mir_vision_norm_per_layer"] = np.asarray(res.vision_norm_per_layer).tolist()
-            out["mir_text_norm_per_layer"] = np.asarray(res.text_norm_per_layer).tolist()
-            # What the value was computed on, so that it can be set beside evaluate.py's.
-            out.update(mir_samples=res.num_samples, mir_vision_tokens=res.num_vision_tokens,
-                       mir_text_tokens=res.num_text_tokens, mir_row_length=int(np.shape(mir_batches[0]["input_ids"])[1]))
-        return out
-
-
-def format_bad_samples(summary: dict) -> str:
-    """One line from `BadSampleStats.summary()` ({source: {"seen", "bad", "reasons"}}), e.g.
-    "bad samples: llava 3 of 410 (missing_image 2, too_long 1), synthetic_text 0 of 96"."""
-    parts = []
-    for name, s in summary.items():
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["reasons"].items(), key=lambda kv: -kv[1]))
-        parts.append(f"{name} {s['bad']} of {s['seen']}" + (f" ({reasons})" if reasons else ""))
-    return "bad samples: " + ", ".join(parts)
-
 
 def _mfu_numbers(setup: Setup, batch: dict) -> tuple[int, float]:
     """(tokens per step, model FLOPs per token) for a batch (LLM positions, images included)."""
@@ -234,82 +172,6 @@ def _mfu_numbers(setup: Setup, batch: dict) -> tuple[int, float]:
     tokens = b * s * setup.data_shard_count
     images_per_token = float(np.sum(batch["image_mask"])) / (b * s)
     return tokens, metrics_lib.model_flops_per_token(setup.model_config, s, images_per_token)
-
-
-def downstream_evaluators(config) -> list[tuple[str, int, object]]:
-    """(key, every, evaluator) for each entry {name, every, key?, **options} of `config.evals`
-    (`evals.base.split_entry`)."""
-    from mir_jax.evals.base import get_evaluator, split_entry
-
-    out = []
-    for entry in config.get("evals") or []:
-        name, every, key, options = split_entry(dict(entry))
-        out.append((key, int(every or 0), get_evaluator(name, **options)))
-    return out
-
-
-def _host_model(setup: Setup, state, frozen):
-    """(model, mesh) to run host-driven evaluation (generation) on: the sharded model and the
-    run's mesh on one process; with several processes the parameters are gathered (a
-    collective: every process must call this) and process 0 alone gets (model, None), the
-    others (None, None)."""
-    if setup.process_count > 1:
-        from jax.experimental import multihost_utils
-
-        state, frozen = multihost_utils.process_allgather((state, frozen), tiled=True)
-        if setup.process_index:
-            return None, None
-        return setup.stepper.model(state, frozen), None
-    return setup.stepper.model(state, frozen), setup.mesh
-
-
-def _eval_handle(setup: Setup, model, mesh, step: int):
-    """The trained model as evaluators take it: the run's tokenizer, image preprocessing and
-    the prompt template of its training data."""
-    from mir_jax.evals import EvalModel
-    from mir_jax.evals.loading import run_image_config, training_template
-
-    template, system = training_template(setup.config.data)
-    image = run_image_config(setup.config, setup.model_config)
-    return EvalModel(f"step_{step}", model, setup.tokenizer, image, template, system, mesh, setup.workdir)
-
-
-def run_downstream(setup: Setup, state, frozen, step: int, which) -> dict[str, float]:
-    """Runs the given (key, every, evaluator) entries; returns {"KEY/score": value}; scores JSON
-    and answer files go to WORKDIR/evals/step_N/. Every process must call it."""
-    from mir_jax.evals import write_result
-
-    if not which:
-        return {}
-    model, mesh = _host_model(setup, state, frozen)
-    if model is None:
-        return {}
-    handle = _eval_handle(setup, model, mesh, step)
-    out = {}
-    for key, _, evaluator in which:
-        result = evaluator.run(handle)
-        result.evaluator = key  # files and metrics are named by the entry's key
-        write_result(result, os.path.join(setup.workdir, "evals", f"step_{step}"))
-        out.update({f"{key}/{k}": v for k, v in result.scores.items() if k != "num_samples"})
-    return out
-
-
-def sample_captions(setup: Setup, state, frozen, n: int) -> list[tuple[str, str]]:
-    """Greedy captions of the first `n` embedded-benchmark images, prompted as the run's
-    training data is (the caption evaluator's prompt): [(reference, generated)]. Every process
-    must call it (gathering sharded parameters is a collective); only process 0 generates, the
-    others get []."""
-    from mir_jax.evals import get_evaluator
-
-    model, mesh = _host_model(setup, state, frozen)
-    if model is None:
-        return []
-    shards = 1 if mesh is None else setup.stepper.data_parallel
-    caption = get_evaluator("caption", num_samples=n, batch_size=shards * -(-n // shards))
-    handle = _eval_handle(setup, model, mesh, int(setup.config.total_steps))
-    records = caption.records(handle)
-    _, texts = caption.generate(handle, records)
-    return [(r["captions"][0], t) for r, t in zip(records, texts)]
 
 
 @dataclasses.dataclass
@@ -385,72 +247,6 @@ def read_step_metrics(step_metrics, step: int, meter: Throughput, max_bad: int) 
     return m
 
 
-class Evaluations:
-    """The loop's evaluations and their reports: held-out loss and MIR on fixed batches, the
-    downstream evaluators, and the bad-sample counts; each writes its metrics rows, prints a
-    line (process 0) and keeps its latest values in the run's `TrainResult`."""
-
-    def __init__(self, setup: Setup, writer, result: TrainResult):
-        self.setup, self.writer, self.result = setup, writer, result
-        self.main = setup.process_index == 0
-        self.loss_batches, self.mir_batches = setup.eval_batches()
-        self.last_held_out = self.last_bad_report = None
-
-    def say(self, text: str) -> None:
-        if self.main:
-            tqdm.write(text)  # above the progress bar
-
-    def held_out(self, step: int, state, frozen) -> None:
-        t = time.perf_counter()
-        ev = self.setup.evaluate(state, frozen, self.loss_batches, self.mir_batches)
-        if ev:
-            self.writer.write(step, "eval", ev)
-            shown = " ".join(f"{k}={v:.4f}" for k, v in ev.items() if k in ("loss", "mir"))
-            if "mir" in ev:
-                shown += (f" (MIR over {ev['mir_samples']} samples, {ev['mir_vision_tokens']} vision / "
-                          f"{ev['mir_text_tokens']} text tokens, rows of {ev['mir_row_length']})")
-            self.say(f"step {step}: eval {shown} ({time.perf_counter() - t:.1f}s)")
-        self.result.eval = ev
-        self.last_held_out = step
-        self.bad_samples(step)
-
-    def downstream(self, step: int, state, frozen, which) -> None:
-        t = time.perf_counter()
-        scores = run_downstream(self.setup, state, frozen, step, which)
-        if scores:
-            self.writer.write(step, "downstream", scores)
-            self.result.downstream.update(scores)
-            shown = " ".join(f"{k}={v:.3f}" for k, v in scores.items()
-                             if k.split("/")[-1] in metrics_lib.HEADLINE_SCORES)
-            self.say(f"step {step}: {shown} ({time.perf_counter() - t:.1f}s)")
-
-    def bad_samples(self, step: int) -> None:
-        # This host's counts (its slice of the stream), cumulative over resumes: they live in
-        # the data iterator's checkpointed state.
-        summary = self.setup.train_iter.bad_samples
-        self.writer.write(step, "data", {"bad_samples": summary})
-        self.say(f"step {step}: {format_bad_samples(summary)}")
-        self.last_bad_report = step
-
-    def during_training(self, step: int, state, frozen) -> None:
-        """Whatever is due at `step` (before the last one)."""
-        every = int(self.setup.config.eval.every)
-        if every and step % every == 0:
-            self.held_out(step, state, frozen)
-        due = [d for d in self.setup.downstream if d[1] and step % d[1] == 0]
-        if due:
-            self.downstream(step, state, frozen, due)
-
-    def at_end(self, step: int, state, frozen) -> None:
-        ev = self.setup.config.eval
-        if self.last_held_out != step and (ev.at_end or ev.every):
-            self.held_out(step, state, frozen)
-        if self.setup.downstream:
-            self.downstream(step, state, frozen, self.setup.downstream)
-        if self.last_bad_report != step:
-            self.bad_samples(step)
-
-
 def _start_run_files(setup: Setup) -> None:
     """config.json (with the library versions that ran it, under "versions") and the run's
     size, from process 0."""
@@ -463,16 +259,6 @@ def _start_run_files(setup: Setup) -> None:
     trainable, frozen = setup.stepper.partition.counts()
     log.info("mesh %s; parameters: %s trainable, %s frozen", dict(setup.mesh.shape), f"{trainable:,}",
              f"{frozen:,}")
-
-
-def _print_final_mir(result: TrainResult, method: str) -> None:
-    if "mir_per_layer" in result.eval:
-        from mir_jax.mir import MIRResult
-
-        ev = result.eval
-        norms = {k: np.asarray(ev[f"mir_{k}"]) for k in ("vision_norm_per_layer", "text_norm_per_layer")
-                 if f"mir_{k}" in ev}
-        print(format_mir(MIRResult(np.asarray(ev["mir_per_layer"]), np.asarray(ev["mir"]), **norms), method))
 
 
 def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResult:
@@ -492,7 +278,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         _start_run_files(setup)
     result = TrainResult(step=start)
     writer = metrics_lib.MetricWriter(workdir, active=main, resume_step=start or None)
-    evaluations = Evaluations(setup, writer, result)  # builds the fixed batches: may raise
+    evaluations = Evaluations(setup, state, frozen, writer, result)  # the fixed record sets: may raise
     bar = tqdm(total=total, initial=start, disable=not main, dynamic_ncols=True, desc="train")
     peak = float(config.get("peak_flops") or 0) or metrics_lib.peak_flops_per_device()
     meter = Throughput(peak * jax.device_count())
@@ -540,10 +326,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         if main:
             writer.flush()
             result.plot = metrics_lib.plot_metrics(writer.path, os.path.join(workdir, "loss_mir.png"))
-            _print_final_mir(result, config.eval.mir_method)
-        if int(config.eval.get("sample_captions", 0)):  # on every host: see sample_captions
-            for target, got in sample_captions(setup, state, frozen, int(config.eval.sample_captions)):
-                print(f"  target:    {target}\n  generated: {got}")
+            for table in evaluations.mir_tables():
+                print(table)
         result.step = total
         return result
     finally:
