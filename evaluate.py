@@ -32,9 +32,11 @@ mir.json (config, data spec, per-layer values, the per-layer mean norms of the v
 text hidden states they came from, overall, method, LM loss/perplexity, timings),
 mir_per_layer.png (FD per layer; below it, those norms), and a table on stdout. Files are
 written only once an evaluation has completed (never partial results that look complete).
-Downstream evaluators (`mir_jax.evals`) add, per evaluator, EVAL_scores.json and
-EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every score of every model)
-and scores.png; one table of all scores is printed. --llava_answers_dir=DIR also puts each
+--evals and the flags of their options make the dict the training loop reads from
+`config.evals` ({KEY: {"evaluator": NAME, **options}}, `mir_jax.evals.build_evals`): the
+same evaluators, built one way. Downstream evaluators (`mir_jax.evals`) add, per evaluator,
+EVAL_scores.json and EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every
+score of every model) and scores.png; one table of all scores is printed. --llava_answers_dir=DIR also puts each
 answer file where LLaVA's scripts open it (DIR as LLaVA's playground/data/eval, e.g.
 DIR/pope/answers/MODEL.jsonl, DIR/vqav2/answers/SPLIT/MODEL/merge.jsonl). --X_data takes
 "embedded" (the default: the embedded benchmark) or FORMAT:KEY=PATH,... with the loader's
@@ -95,7 +97,7 @@ flags.DEFINE_string("output_dir", None, "Where mir.json and the plot go (default
                     "DIR_mir_eval beside an HF directory --hf_model=DIR).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_list("evals", ["mir"], "Evaluators: mir, loss, caption, vqa, pope, multiple_choice, "
-                  "or all.")
+                  "or all (those six); also sample_captions (a few greedy captions, printed).")
 flags.DEFINE_string("caption_data", "embedded", "Caption data: 'embedded' or FORMAT:KEY=PATH,...")
 flags.DEFINE_string("vqa_data", "embedded", "VQA data: 'embedded' or FORMAT:KEY=PATH,...")
 flags.DEFINE_string("pope_data", "embedded", "POPE data: 'embedded' or pope:jsonl=PATH,image_folder=DIR")
@@ -160,37 +162,6 @@ def _source(spec: str, flag: str, split: str):
     return spec
 
 
-def _evaluate_mir(handle, name: str):
-    """(MIREvaluation, data spec) of one model (the MIR evaluator on the --images/--texts data)."""
-    import jax
-
-    from mir_jax.data.errors import DataError
-    from mir_jax.evals import get_evaluator
-
-    images = _source(FLAGS.images, "images", FLAGS.tfds_image_split)
-    texts = _source(FLAGS.texts, "texts", FLAGS.tfds_text_split)
-    try:
-        evaluator = get_evaluator(
-            "mir", images=images, texts=texts, image_folder=FLAGS.image_folder,
-            num_samples=FLAGS.num_samples, template=FLAGS.template, method=FLAGS.method,
-            mode=FLAGS.mode, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len, seed=FLAGS.seed,
-            progress=FLAGS.progress, uncertainty=FLAGS.uncertainty, num_groups=FLAGS.uncertainty_groups)
-        result = evaluator.run(handle)
-    except (DataError, ValueError) as e:
-        _fail(f"{name}: {e}")
-    data = result.details["data"]
-    if data["truncated_samples"] and jax.process_index() == 0:
-        cause = f"--seq_len={data['seq_len']}" if FLAGS.seq_len else f"the model's context of {data['seq_len']}"
-        print(f"[{name}] {data['truncated_samples']} of {FLAGS.num_samples} samples are longer than "
-              f"{cause} tokens (longest {data['longest_sample']}) and are truncated there")
-    spec = dict(images=FLAGS.images, texts=FLAGS.texts, image_folder=FLAGS.image_folder,
-                num_samples=FLAGS.num_samples, template=FLAGS.template, seed=FLAGS.seed,
-                seq_len=data["seq_len"], truncated_samples=data["truncated_samples"],
-                longest_sample=data["longest_sample"], num_image_tokens=data["num_image_tokens"],
-                image_size=data["image_size"], image_mode=data["image_mode"], dtype=FLAGS.dtype)
-    return result.details["evaluation"], spec
-
-
 def _data_spec(value: str, flag: str):
     """'embedded', or FORMAT:KEY=PATH,KEY=PATH -> {"format": FORMAT, KEY: PATH, ...}."""
     if value in ("", "embedded"):
@@ -205,18 +176,25 @@ def _data_spec(value: str, flag: str):
     return spec
 
 
-def _downstream(names: list[str]) -> list[tuple[str, object]]:
-    """(key, evaluator) for each downstream evaluator asked for, one per shot count."""
-    from mir_jax.evals import get_evaluator
-
+def _eval_entries(names: list[str]) -> dict[str, dict]:
+    """The evaluations asked for, in the one form the training loop's `config.evals` has
+    ({KEY: {"evaluator": NAME, **options}}, `mir_jax.evals.build_evals`), options from the
+    flags: MIR first, each few-shot count of caption and vqa its own entry ("vqa_4shot")."""
     try:
         shots = [int(s) for s in FLAGS.shots]
     except ValueError:
         _fail(f"--shots={','.join(FLAGS.shots)}: expected integers, e.g. 0,4,8")
     data_flags = {"caption": "caption_data", "vqa": "vqa_data", "pope": "pope_data",
                   "multiple_choice": "mc_data"}
-    out = []
-    for name in names:
+    entries = {}
+    if "mir" in names:
+        entries["mir"] = dict(
+            images=_source(FLAGS.images, "images", FLAGS.tfds_image_split),
+            texts=_source(FLAGS.texts, "texts", FLAGS.tfds_text_split), image_folder=FLAGS.image_folder,
+            num_samples=FLAGS.num_samples, template=FLAGS.template, method=FLAGS.method, mode=FLAGS.mode,
+            batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len, seed=FLAGS.seed, progress=FLAGS.progress,
+            uncertainty=FLAGS.uncertainty, num_groups=FLAGS.uncertainty_groups)
+    for name in (n for n in names if n != "mir"):
         options = dict(num_samples=FLAGS.num_samples, seed=FLAGS.seed)
         flag = data_flags.get(name)
         if flag:  # a generating evaluator (loss reads the embedded held-out mixture)
@@ -224,12 +202,26 @@ def _downstream(names: list[str]) -> list[tuple[str, object]]:
             if FLAGS.max_new_tokens:
                 options["max_new_tokens"] = FLAGS.max_new_tokens
         for k in (shots if name in ("caption", "vqa") else [0]):
-            try:
-                evaluator = get_evaluator(name, **options, **({"shots": k} if k else {}))
-            except ValueError as e:
-                _fail(str(e))
-            out.append((name + (f"_{k}shot" if k else ""), evaluator))
-    return out
+            entries[name + (f"_{k}shot" if k else "")] = {"evaluator": name, **options, **({"shots": k} if k else {})}
+    return entries
+
+
+def _mir_record(result, name: str, path: str, weights: dict) -> dict:
+    """mir.json's record of one model's MIR evaluation (`MirEvaluator`'s result): the data spec
+    from the flags and what was fed, the evaluation's fields."""
+    import jax
+
+    data = result.details["data"]
+    if data["truncated_samples"] and jax.process_index() == 0:
+        cause = f"--seq_len={data['seq_len']}" if FLAGS.seq_len else f"the model's context of {data['seq_len']}"
+        print(f"[{name}] {data['truncated_samples']} of {FLAGS.num_samples} samples are longer than "
+              f"{cause} tokens (longest {data['longest_sample']}) and are truncated there")
+    spec = dict(images=FLAGS.images, texts=FLAGS.texts, image_folder=FLAGS.image_folder,
+                num_samples=FLAGS.num_samples, template=FLAGS.template, seed=FLAGS.seed,
+                seq_len=data["seq_len"], truncated_samples=data["truncated_samples"],
+                longest_sample=data["longest_sample"], num_image_tokens=data["num_image_tokens"],
+                image_size=data["image_size"], image_mode=data["image_mode"], dtype=FLAGS.dtype)
+    return dict(model=path, weights=weights, data=spec, **result.details["evaluation"].to_json())
 
 
 def _default_output_dir(paths: list[str]) -> str:
@@ -292,14 +284,18 @@ def main(argv):
         _fail(f"--batch_size={FLAGS.batch_size} is not divisible by the mesh's "
               f"{data_parallel_size(mesh)} data-parallel shards")
 
-    from mir_jax.evals import ALL, DOWNSTREAM, write_result
+    from mir_jax.evals import ALL, REGISTRY, build_evals, write_result
 
     names = list(ALL) if FLAGS.evals == ["all"] else list(FLAGS.evals)
-    unknown = sorted(set(names) - set(ALL))
+    unknown = sorted(set(names) - set(REGISTRY))
     if unknown:
-        _fail(f"--evals: unknown evaluator(s) {unknown}; known: {', '.join(ALL)} (or all)")
-    downstream = _downstream([n for n in names if n != "mir"])
-    generative = sorted(set(names) & set(DOWNSTREAM))
+        _fail(f"--evals: unknown evaluator(s) {unknown}; known: {', '.join(ALL)} (or all), "
+              f"{', '.join(sorted(set(REGISTRY) - set(ALL)))}")
+    try:
+        evaluators = [(key, evaluator) for key, _, evaluator in build_evals(_eval_entries(names))]
+    except ValueError as e:
+        _fail(str(e))
+    generative = sorted(n for n in names if REGISTRY[n].split != "eval")
     if generative and jax.process_count() > 1:
         _fail(f"--evals: {', '.join(generative)} generate in one process (several processes: "
               "--evals=mir,loss; one process can still use all its local devices)")
@@ -325,29 +321,28 @@ def main(argv):
             if handle.weights.skipped:
                 print(f"evaluate.py: warning: {name}: the newest checkpoint does not restore; "
                       f"evaluating step {handle.weights.step} instead", file=sys.stderr)
-        if "mir" in names:
-            result, spec = _evaluate_mir(handle, name)
-            results[name] = result
-            records[name] = dict(model=path, weights=weights[name], data=spec, **result.to_json())
-            scores[name].update({"mir/mir": result.overall, "mir/lm_loss": result.lm_loss})
-            if main_process:  # several processes compute one result; process 0 reports
-                print(f"\n== {name}: MIR over {result.num_samples} samples "
-                      f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens, "
-                      f"rows of up to {spec['seq_len']} tokens), "
-                      f"method={result.method}, mode={result.mode}, dtype={FLAGS.dtype}")
-                print(result.format())
-                print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
-                      f"{result.timings['total_s']:.1f} s")
-        for key, evaluator in downstream:
+        for key, evaluator in evaluators:
             try:
                 out = evaluator.run(handle)
             except (DataError, ValueError) as e:
-                _fail(f"{name}: {key}: {e}")
+                _fail(f"{name}: {e}" if evaluator.name == "mir" else f"{name}: {key}: {e}")
             out.evaluator = key
-            outputs[(name, key)] = out
             scores[name].update({f"{key}/{k}": v for k, v in out.scores.items() if k != "num_samples"})
+            if evaluator.name == "mir":  # the table, mir.json and the per-layer plot
+                result = results[name] = out.details["evaluation"]
+                records[name] = _mir_record(out, name, path, weights[name])
+                if main_process:  # several processes compute one result; process 0 reports
+                    print(f"\n== {name}: MIR over {result.num_samples} samples "
+                          f"({result.num_vision_tokens} vision / {result.num_text_tokens} text tokens, "
+                          f"rows of up to {out.details['data']['seq_len']} tokens), "
+                          f"method={result.method}, mode={result.mode}, dtype={FLAGS.dtype}")
+                    print(result.format())
+                    print(f"LM loss on the texts = {result.lm_loss:.4f} (perplexity {result.perplexity:.2f}); "
+                          f"{result.timings['total_s']:.1f} s")
+                continue
+            outputs[(name, key)] = out
             if main_process:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in out.scores.items())
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in out.scores.items()) or "\n" + evaluator.report(out, key)
                 print(f"[{name}] {key}: {shown}")
 
     if not main_process:
@@ -368,7 +363,8 @@ def main(argv):
             print(f"{c['a']} - {c['b']}: MIR {c['overall']:+.6f}, paired 95 % interval "
                   f"[{lo:+.6f}, {hi:+.6f}]: {verdict}")
             records[c["a"]].setdefault("paired_differences", {})[c["b"]] = c
-    if downstream:
+    downstream = {key: evaluator.options for key, evaluator in evaluators if evaluator.name != "mir"}
+    if downstream and any(scores.values()):
         print("\n" + _score_table(scores))
 
     # Written only now that every evaluation finished: no partial results that look complete.
@@ -377,14 +373,13 @@ def main(argv):
     flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
     written = _write_mir(results, records, output_dir) if results else []
     if downstream:
-        evaluators = dict(downstream)
         llava_files = []
         for (name, key), out in outputs.items():
             write_result(out, output_dir, prefix=f"{name}_" if len(scores) > 1 else "")
             if FLAGS.llava_answers_dir:
                 from mir_jax.evals.llava_answers import write_llava_answers
 
-                options = evaluators[key].options
+                options = downstream[key]
                 written_at = write_llava_answers(out.predictions, options.get("data"), name,
                                                  FLAGS.llava_answers_dir, int(options.get("shots") or 0))
                 llava_files += [written_at] if written_at else []
@@ -473,7 +468,7 @@ def _score_table(scores: dict[str, dict[str, float]]) -> str:
     """One row per score, one column per model."""
     models = list(scores)
     keys = sorted({k for s in scores.values() for k in s})
-    width = max(len(k) for k in keys)
+    width = max((len(k) for k in keys), default=len("score"))
     lines = [f"{'score':<{width}}  " + "  ".join(f"{m[:14]:>14}" for m in models)]
     for k in keys:
         lines.append(f"{k:<{width}}  " + "  ".join(
