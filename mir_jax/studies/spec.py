@@ -10,7 +10,7 @@ dict (`arg` as for recipes, e.g. "runlocal"):
           "init_from": "stage0",                  # that stage's workdir seeds this one
           "overrides": {"init_parts": "vision,llm"}},
          {"name": "sft", "config": "configs/llava15_sft.py:runlocal", "init_from": "stage1",
-          "overrides": {"evals": [{"name": "vqa", "every": 0}]}}],
+          "overrides": {"evals": {"vqa": {"every": 0}}}}],
      "variants": [{"name": "steps_20", "overrides": {"stage1": {"total_steps": 20}}}, ...],
      "mir_stage": "stage1",                       # MIR and loss: its final held-out eval
      "score_stage": "sft",                        # scores: its final downstream evals
