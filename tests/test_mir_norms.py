@@ -72,25 +72,35 @@ def test_streaming_reports_the_raw_mean_norms_once_over_all_batches(remove_outli
     _check(result, vision, text, vm, tm)
 
 
-def test_hidden_states_files_report_the_norms_in_both_modes(tmp_path):
+def _hidden_states_file(path, rng, *, samples, positions, vision_span, scales, name):
+    """Writes `samples` dumps of random hidden states [L+1, positions, D] (layer l scaled by
+    scales[l]) with vision at positions [vision_span) and text after it, sample i under
+    name.format(i); returns the vision [L, N, D] and text [L, M, D] rows of layers 1..L."""
     from safetensors.numpy import save_file
 
-    from mir_jax.mir.hidden_states import hidden_states_mir
-
-    rng = np.random.default_rng(1)
     tensors, vision_rows, text_rows = {}, [], []
-    for i in range(4):  # 2 prompt positions, 9 vision, 12 text; layers scaled apart
-        states = (rng.standard_normal((L + 1, 23, D)) * np.array([1, 2, 20, 200])[:, None, None]
+    at = np.arange(positions)
+    vision_mask = (at >= vision_span[0]) & (at < vision_span[1])
+    text_mask = at >= vision_span[1]
+    for i in range(samples):
+        states = (rng.standard_normal((L + 1, positions, D)) * np.array(scales)[:, None, None]
                   ).astype(np.float32)
-        positions = np.arange(23)
-        vision_mask, text_mask = (positions >= 2) & (positions < 11), positions >= 11
-        tensors[f"{i:04d}/hidden_states"] = states
-        tensors[f"{i:04d}/vision_mask"], tensors[f"{i:04d}/text_mask"] = vision_mask, text_mask
+        key = name.format(i)
+        tensors[f"{key}/hidden_states"] = states
+        tensors[f"{key}/vision_mask"], tensors[f"{key}/text_mask"] = vision_mask, text_mask
         vision_rows.append(states[1:, vision_mask])
         text_rows.append(states[1:, text_mask])
-    path = str(tmp_path / "h.safetensors")
     save_file(tensors, path)
-    vision, text = np.concatenate(vision_rows, axis=1), np.concatenate(text_rows, axis=1)
+    return np.concatenate(vision_rows, axis=1), np.concatenate(text_rows, axis=1)
+
+
+def test_hidden_states_files_report_the_norms_in_both_modes(tmp_path):
+    from mir_jax.mir.hidden_states import hidden_states_mir
+
+    path = str(tmp_path / "h.safetensors")
+    # 2 prompt positions, 9 vision, 12 text; layers scaled apart
+    vision, text = _hidden_states_file(path, np.random.default_rng(1), samples=4, positions=23,
+                                       vision_span=(2, 11), scales=(1, 2, 20, 200), name="{:04d}")
     all_v, all_t = np.ones(vision.shape[1], bool), np.ones(text.shape[1], bool)
     for mode in ("exact", "streaming"):
         _check(hidden_states_mir(path, mode=mode).result, vision, text, all_v, all_t)
@@ -164,28 +174,15 @@ def test_the_training_loop_eval_row_carries_the_norms(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_cli_writes_the_norms_to_mir_json(tmp_path):
-    from safetensors.numpy import save_file
-
     from tests.helpers import run_tool
 
-    rng = np.random.default_rng(2)
-    tensors, vision_rows, text_rows = {}, [], []
-    for i in range(3):
-        states = (rng.standard_normal((L + 1, 20, D)) * np.array([1, 3, 30, 300])[:, None, None]
-                  ).astype(np.float32)
-        positions = np.arange(20)
-        vision_mask, text_mask = (positions >= 1) & (positions < 9), positions >= 9
-        tensors[f"{i}/hidden_states"] = states
-        tensors[f"{i}/vision_mask"], tensors[f"{i}/text_mask"] = vision_mask, text_mask
-        vision_rows.append(states[1:, vision_mask])
-        text_rows.append(states[1:, text_mask])
     path = str(tmp_path / "h.safetensors")
-    save_file(tensors, path)
+    vision, text = _hidden_states_file(path, np.random.default_rng(2), samples=3, positions=20,
+                                       vision_span=(1, 9), scales=(1, 3, 30, 300), name="{}")
     out_dir = tmp_path / "out"
     run = run_tool("evaluate.py", f"--hidden_states={path}", "--mode=exact", f"--output_dir={out_dir}")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     record = next(iter(json.loads((out_dir / "mir.json").read_text())["results"].values()))
-    vision, text = np.concatenate(vision_rows, axis=1), np.concatenate(text_rows, axis=1)
     np.testing.assert_allclose(record["vision_norm_per_layer"],
                                _reference(vision, np.ones(vision.shape[1], bool)), rtol=1e-6)
     np.testing.assert_allclose(record["text_norm_per_layer"],

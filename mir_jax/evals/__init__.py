@@ -29,14 +29,14 @@ files at LLaVA's `answers/` paths: `llava_answers.py`.
 from . import caption, loss, mir, multiple_choice, pope, sample_captions, vqa  # noqa: F401  (register evaluators)
 from .answers import exact_match, normalize_answer, parse_option_letter, pope_scores, vqa_accuracy
 from .base import (
-                   REGISTRY,
-                   EvalModel,
-                   EvalResult,
-                   Evaluator,
-                   build_evals,
-                   get_evaluator,
-                   register,
-                   write_result,
+    REGISTRY,
+    EvalModel,
+    EvalResult,
+    Evaluator,
+    build_evals,
+    get_evaluator,
+    register,
+    write_result,
 )
 from .mir import MIREvaluation, evaluate_mir, plot_per_layer
 

@@ -39,6 +39,7 @@ from mir_jax.models.forward import LOSS_INPUTS, forward, loss_sums
 from .base import EvalResult, Evaluator, auto_batch_size, bind_model, register
 
 MODES = ("streaming", "exact")
+NORM_FIELDS = ("vision_norm_per_layer", "text_norm_per_layer")  # MIRResult's and MIREvaluation's
 
 
 @dataclasses.dataclass
@@ -76,7 +77,7 @@ class MIREvaluation:
     def result(self) -> mir.MIRResult:
         """The values as a `mir.MIRResult` (with the interval and norm fields when there are some)."""
         fields = {k: np.asarray(v) for k, v in self.interval.items() if k in mir.MIRResult._fields}
-        for k in ("vision_norm_per_layer", "text_norm_per_layer"):
+        for k in NORM_FIELDS:
             if getattr(self, k) is not None:
                 fields[k] = np.asarray(getattr(self, k))
         return mir.MIRResult(np.asarray(self.per_layer), np.asarray(self.overall), **fields)
@@ -84,7 +85,7 @@ class MIREvaluation:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["per_layer"] = [float(x) for x in self.per_layer]
-        for k in ("vision_norm_per_layer", "text_norm_per_layer"):
+        for k in NORM_FIELDS:
             d[k] = None if getattr(self, k) is None else [float(x) for x in getattr(self, k)]
         d["diagnostics"] = {k: [float(x) for x in np.asarray(v)] for k, v in self.diagnostics.items()}
         d["interval"] = {k: np.asarray(v).tolist() for k, v in self.interval.items()}
@@ -250,8 +251,7 @@ def evaluate_mir(
 
 def norm_fields(result: mir.MIRResult) -> dict:
     """The mean row norms of a result ([L] host arrays), as `MIREvaluation`'s keyword arguments."""
-    return {k: np.asarray(getattr(result, k)) for k in ("vision_norm_per_layer", "text_norm_per_layer")
-            if getattr(result, k) is not None}
+    return {k: np.asarray(getattr(result, k)) for k in NORM_FIELDS if getattr(result, k) is not None}
 
 
 def interval_fields(result: mir.MIRResult, num_groups: int) -> dict:
@@ -394,23 +394,23 @@ class MirEvaluator(Evaluator):
         common = dict(method=o["method"], mode=o["mode"], mesh=model.mesh, progress=bool(o["progress"]),
                       uncertainty=o["uncertainty"], num_groups=int(o["num_groups"]))
         if self.fixed is not None:
-            batches = self.fixed
+            batches, data = self.fixed, self._data
             evaluation = evaluate_mir(model.model, lambda: batches, num_batches=len(batches), **common)
-            return self.result({"mir": evaluation.overall, "lm_loss": evaluation.lm_loss},
-                               details={"evaluation": evaluation, "data": self._data})
-        seq_len = int(o["seq_len"]) or model.context
-        text_kwargs = self._data_kwargs(model)
-        lengths = mir_sample_lengths(o["images"], o["texts"], **text_kwargs)  # validates the data
-        batch_size = auto_batch_size(o["batch_size"], model.mesh)
-        data_kwargs = dict(text_kwargs, image_size=model.image.size, mean=model.image.mean,
-                           std=model.image.std, batch_size=batch_size, seq_len=seq_len,
-                           image_mode=model.image.mode, sort_by_length=True, lengths=lengths)
-        evaluation = evaluate_mir(
-            model.model, lambda: make_mir_iterator(o["images"], o["texts"], **data_kwargs),
-            num_batches=-(-int(o["num_samples"]) // batch_size),
-            sample_order=np.argsort(-np.asarray(lengths), kind="stable"), **common)  # the iterator's order
+        else:
+            seq_len = int(o["seq_len"]) or model.context
+            text_kwargs = self._data_kwargs(model)
+            lengths = mir_sample_lengths(o["images"], o["texts"], **text_kwargs)  # validates the data
+            batch_size = auto_batch_size(o["batch_size"], model.mesh)
+            data_kwargs = dict(text_kwargs, image_size=model.image.size, mean=model.image.mean,
+                               std=model.image.std, batch_size=batch_size, seq_len=seq_len,
+                               image_mode=model.image.mode, sort_by_length=True, lengths=lengths)
+            evaluation = evaluate_mir(
+                model.model, lambda: make_mir_iterator(o["images"], o["texts"], **data_kwargs),
+                num_batches=-(-int(o["num_samples"]) // batch_size),
+                sample_order=np.argsort(-np.asarray(lengths), kind="stable"), **common)  # the iterator's order
+            data = self._data_details(model, seq_len, lengths)
         return self.result({"mir": evaluation.overall, "lm_loss": evaluation.lm_loss},
-                           details={"evaluation": evaluation, "data": self._data_details(model, seq_len, lengths)})
+                           details={"evaluation": evaluation, "data": data})
 
     def metrics(self, result, key):
         # The loop's "eval" row as ever: mir, mir_per_layer, the norms, what it was computed on.
