@@ -102,6 +102,10 @@ flags.DEFINE_string("caption_data", "embedded", "Caption data: 'embedded' or FOR
 flags.DEFINE_string("vqa_data", "embedded", "VQA data: 'embedded' or FORMAT:KEY=PATH,...")
 flags.DEFINE_string("pope_data", "embedded", "POPE data: 'embedded' or pope:jsonl=PATH,image_folder=DIR")
 flags.DEFINE_string("mc_data", "embedded", "Multiple-choice data: 'embedded' or FORMAT:KEY=PATH,...")
+flags.DEFINE_enum("scene", "image", ["image", "text", "blank"],
+                  "Embedded benchmark only: show each scene as the image, told in words before the "
+                  "question with no image (what a base LLM reads), or as a blank grey image (the "
+                  "control that the benchmark needs the image).")
 flags.DEFINE_string("score_answers", None, "Re-score this LLaVA or lmms-eval answer file with our scorers, "
                     "no model loaded, against the one --vqa_data/--pope_data/--mc_data/--caption_data "
                     "file given (mir_jax/evals/rescore.py); scores to --output_dir if set.")
@@ -201,6 +205,8 @@ def _eval_entries(names: list[str]) -> dict[str, dict]:
             options.update(data=_data_spec(FLAGS[flag].value, flag), progress=FLAGS.progress)
             if FLAGS.max_new_tokens:
                 options["max_new_tokens"] = FLAGS.max_new_tokens
+            if FLAGS.scene != "image":
+                options["scene"] = FLAGS.scene
         for k in (shots if name in ("caption", "vqa") else [0]):
             entries[name + (f"_{k}shot" if k else "")] = {"evaluator": name, **options, **({"shots": k} if k else {})}
     return entries

@@ -40,6 +40,7 @@ from __future__ import annotations
 import ml_collections
 
 from mir_jax.data import CLIP_MEAN, CLIP_STD
+from mir_jax.data.miniature import BASE_DIR as MINIATURE_BASE
 from mir_jax.data.mixture import DEFAULTS as DATA_DEFAULTS
 from mir_jax.models import ConnectorConfig, LlavaConfig, TextConfig, VisionConfig
 from mir_jax.models.partition import RECIPE_DEFAULTS
@@ -67,8 +68,25 @@ def llava15_7b_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
     return cfg.to_dict()
 
 
+def miniature_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
+    """The miniature LLaVA of every `:runlocal` recipe (1.97M parameters with mlp2x_gelu): a
+    2-layer CLIP-style ViT on 32x32 images (16 patches of 8 px) and an 8-layer decoder 128 wide
+    over the miniature BPE vocabulary (627 tokens, padded to 632; image id 3). Its vision tower
+    and LLM are the shipped base, `MINIATURE_BASE` (`configs/stage0.py` trains it; depth, not
+    width, is what let the LLM answer existence questions: docs/miniature_world.md)."""
+    cfg = LlavaConfig(
+        vision=VisionConfig(kind="clip", image_size=32, patch_size=8, hidden_size=64,
+                            intermediate_size=128, num_layers=2, num_heads=4),
+        connector=connector,
+        text=TextConfig(vocab_size=632, hidden_size=128, intermediate_size=384, num_layers=8,
+                        num_heads=4, num_kv_heads=4, max_position_embeddings=1024),
+        image_token_id=3, pad_token_id=0, eos_token_id=2, moca=moca, dtype="float32",
+        remat="none")
+    return cfg.to_dict()
+
+
 def tiny_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
-    """A ~0.7M-parameter model for CPU runs with the byte tokenizer (vocab 264, image id 3):
+    """A ~0.7M-parameter model with the byte tokenizer (vocab 264, image id 3), for tests:
     a 2-layer CLIP-style ViT on 32x32 images (4x4 patches of 8 px) and a 3-layer decoder.
 
     Context 1,024: a 4-shot caption prompt of byte-tokenized captions (~430 tokens) plus a
@@ -136,10 +154,9 @@ def held_out_evals(runlocal: bool, every: int | None = None) -> dict[str, dict]:
     if every is None:
         every = 100 if runlocal else 1000
     if runlocal:
-        # vicuna_v1's system prompt alone is ~190 byte tokens: MIR samples need longer rows.
         return {"loss": {"every": every, "num_samples": 64, "batch_size": 16, "seq_len": 0},
                 "mir": {"every": every, "num_samples": 32, "images": "synthetic", "texts": "synthetic",
-                        "method": "auto", "batch_size": 16, "seq_len": 384}}
+                        "method": "auto", "batch_size": 16, "seq_len": 0}}
     return {"loss": {"every": every, "num_samples": 256, "batch_size": 0, "seq_len": 0},
             "mir": {"every": every, "num_samples": 100, "images": "synthetic", "texts": "synthetic",
                     "method": "auto", "batch_size": 0, "seq_len": 0}}
@@ -164,10 +181,13 @@ def runlocal_evals(stage: str, every: int = 150, num_samples: int = 48) -> dict[
 
 def apply_runlocal(c: ml_collections.ConfigDict, connector: ConnectorConfig, *, moca: bool = False,
                    sources=None) -> ml_collections.ConfigDict:
-    """The CPU recipe: tiny model, embedded corpus, a few hundred steps (minutes on 2 cores)."""
-    c.model = tiny_model(connector, moca=moca)
-    c.init_from = ""
-    c.tokenizer = "byte"
+    """The CPU recipe: the miniature model on the embedded corpus, a few hundred steps (minutes
+    on 2 cores), starting from the shipped base's vision tower and LLM under a fresh connector
+    (LLaVA's stage-1 start; `configs/stage0.py`, which trains that base, starts from nothing)."""
+    c.model = miniature_model(connector, moca=moca)
+    c.init_from = MINIATURE_BASE
+    c.init_parts = "vision,llm"
+    c.tokenizer = MINIATURE_BASE
     c.total_steps = 300
     c.batch_size = 16
     c.seq_len = 128

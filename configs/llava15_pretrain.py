@@ -6,9 +6,10 @@ Set `init_from` to a stage-1 start (`mir_jax.weights.hf.build_stage1(clip, vicun
 `hf.save_pretrained`) and `data.sources[0].path` / `image_folder` to the LCS-558K layout
 (blip_laion_cc_sbu_558k.json + images/).
 
-`runlocal`: the tiny model on embedded captions; `--config.init_from=S0` (a
-`configs/stage0.py:runlocal` workdir) takes its vision tower and LLM (`init_parts` defaults to
-"vision,llm" there) under a fresh connector, as LLaVA's stage 1 does.
+`runlocal`: the miniature model on embedded captions, from the shipped base's vision tower and
+LLM (`configs/common.py:MINIATURE_BASE`, made by `configs/stage0.py`; `--config.init_from=S0`
+takes another stage 0) under a fresh connector (`init_parts="vision,llm"`), as LLaVA's stage 1
+does.
 """
 
 from configs import common

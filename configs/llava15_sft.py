@@ -32,13 +32,11 @@ def get_config(arg=None):
     if "runlocal" in opts:
         common.apply_runlocal(c, ConnectorConfig(name="mlp2x_gelu"),
                               sources=[{"type": "synthetic", "kind": "qa", "template": "vicuna_v1"}])
-        # vicuna_v1 with the byte tokenizer: its 156-byte system prompt is 156 tokens (~30 with
-        # LLaMA's) and the embedded Q&A conversations then run to 421 tokens, so seq_len 128
-        # skipped every sample as too_long. A one-line system prompt keeps the prompt the small
-        # part of a row it is in a real run: conversations of 107-304 tokens, all inside 384.
-        # 8 rows (3,072 tokens a step) still split over up to 8 devices.
+        # The whole stage-1 result (`--config.init_from=STAGE1`); by default the shipped base
+        # with stage 0's connector. With the miniature BPE a conversation is 30-130 tokens.
+        c.init_parts = "all"
         c.data.system = "A chat between a user and an assistant."
-        c.seq_len = 384
+        c.seq_len = 256
         c.batch_size = 8
         c.evals.update(common.runlocal_evals("sft"))
     return c

@@ -21,32 +21,46 @@ SYSTEM = "A chat between a user and an assistant."
 
 
 def get_config(arg=None):
-    opts = common.parse_arg(arg)
+    opts = common.parse_arg(arg, known=("runlocal", "llm", "vision"))
     if "runlocal" not in opts:
         raise ValueError("configs/stage0.py is runlocal-only (configs/stage0.py:runlocal): at full "
                          "size stage 0 is a pre-trained CLIP and LLM, joined by mir_jax.weights.hf.build_stage1")
+    if len(opts & {"llm", "vision"}) != 1:
+        raise ValueError("configs/stage0.py:runlocal takes its phase: runlocal,llm (the LLM on told "
+                         "scenes) then runlocal,vision (--config.init_from=the llm phase's workdir)")
     c = common.base_config()
-    common.apply_runlocal(c, ConnectorConfig(name="mlp2x_gelu"), sources=[
-        {"type": "synthetic", "kind": "caption", "template": "plain", "weight": 0.7},
-        {"type": "synthetic", "kind": "text", "weight": 0.05},
-        # Overlong conversations lose their last turn rather than the whole sample.
-        {"type": "synthetic", "kind": "text_qa", "template": "vicuna_v1", "weight": 0.25,
-         "overlong": "truncate"},
-    ])
+    # Up to 6 questions per told scene: more answers per token read (docs/miniature_world.md).
+    text_qa = {"type": "synthetic", "kind": "text_qa", "template": "vicuna_v1", "max_turns": 6,
+               # Overlong conversations lose their last turns rather than the whole sample.
+               "overlong": "truncate"}
+    if "llm" in opts:
+        # Reading a told scene is learned fastest on told scenes alone (docs/miniature_world.md).
+        sources = [{**text_qa, "weight": 1.0}]
+    else:
+        sources = [
+            {"type": "synthetic", "kind": "caption", "template": "plain", "weight": 0.2},
+            {"type": "synthetic", "kind": "text", "weight": 0.05},
+            {**text_qa, "weight": 0.4},
+            # Existence and lettered choice are the families learned last: a second stream of
+            # them, on other scenes (its own seed).
+            {**text_qa, "weight": 0.35, "questions": ["exists", "choice"], "seed": 1},
+        ]
+    common.apply_runlocal(c, ConnectorConfig(name="mlp2x_gelu"), sources=sources)
+    # The llm phase starts from nothing; the vision phase from the llm phase's workdir.
+    c.init_from = "" if "llm" in opts else common.required()
+    c.init_parts = "all"
     c.data.system = SYSTEM
     c.trainable.connector = True
     c.trainable.vision = "all"
     c.trainable.llm = "all"
-    # Short rows keep CPU attention cheap (docs/miniature_world.md).
-    c.seq_len = 320
-    c.batch_size = 8
-    # A shorter stage 0 leaves post-SFT scores that do not depend on stage 1
-    # (docs/miniature_world.md).
-    c.total_steps = 1500
+    c.seq_len = 256
+    c.total_steps = 1200 if "llm" in opts else 600
     c.optimizer.lr = 3e-3
-    c.checkpoint.every = 500
+    c.optimizer.warmup_steps = 50
+    c.checkpoint.every = 250
     common.held_out_every(c, 500)
-    # The in-loop prompts would be vicuna_v1 (text_qa's), not the plain captions stage 0 trains:
-    # caption it with `evaluate.py --checkpoint=S0 --evals=caption --prompt_template=plain`.
     del c.evals["sample_captions"]
+    # The base LLM told each scene in words (`scene="text"`): what stage 0 must teach.
+    c.evals.update({f"{task}_text": {"evaluator": task, "every": 250, "num_samples": 96, "scene": "text"}
+                    for task in ("vqa", "pope", "multiple_choice")})
     return c

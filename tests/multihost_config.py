@@ -20,6 +20,7 @@ def get_config(arg=None):
     c.data.num_threads = 1
     c.model.text.num_layers = 2  # compile time: every XLA:CPU compile counts on 2 cores
     c.model.vision.num_layers = 1
+    c.init_from = ""  # random weights: a shallower model than the shipped base
     c.total_steps = 5
     c.batch_size = 8
     c.mesh = (1, 2, 1)

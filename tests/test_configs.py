@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mir_jax.data import BadSampleFractionError, make_train_iterator
+from mir_jax.data.miniature import BASE_DIR as MINIATURE_BASE
 from mir_jax.models import LlavaConfig
 from mir_jax.train.config_check import ConfigError, JsonDictParser, JsonListParser, check_config
 from mir_jax.train.loop import train_and_evaluate
@@ -35,12 +36,18 @@ RECIPES = _recipes()
 # (mir_jax.weights.hf.build_stage1), so configs/stage0.py without runlocal is a one-line ValueError.
 RUNLOCAL_ONLY = ("stage0",)
 FULL_SIZE = [n for n in RECIPES if n not in RUNLOCAL_ONLY]
-# Options beyond runlocal that change the data (moca on the stage-1 recipe).
-VARIANTS = [(n, "runlocal") for n in RECIPES] + [("moca", "runlocal,pretrain")]
+# Stage 0 runs in two phases (configs/stage0.py), each its own data; its runlocal is the first.
+RUNLOCAL_ARG = {"stage0": "runlocal,llm"}
+# Options beyond runlocal that change the data (moca on the stage-1 recipe, stage 0's second phase).
+VARIANTS = [(n, RUNLOCAL_ARG.get(n, "runlocal")) for n in RECIPES] + [
+    ("moca", "runlocal,pretrain"), ("stage0", "runlocal,vision")]
 
 
 def _config(name: str, arg: str | None = "runlocal"):
-    return importlib.import_module(f"configs.{name}").get_config(arg)
+    c = importlib.import_module(f"configs.{name}").get_config(RUNLOCAL_ARG.get(name, arg) if arg == "runlocal" else arg)
+    if name == "stage0" and arg and "vision" in arg:  # it starts from the llm phase's workdir
+        c.init_from = MINIATURE_BASE
+    return c
 
 
 def test_the_recipes_are_found():
@@ -192,7 +199,7 @@ def test_byte_tokenizer_on_a_full_size_model_is_named():
     ("evals.mir.images", "/nonexistent/images", "evals.mir.images '/nonexistent/images' not found: "
                                                  "--config.evals.mir.images=PATH or 'synthetic'"),
     ("model.connector.name", "mlp2x_relu", "model: unknown connector 'mlp2x_relu'"),
-    ("trainable.llm", "until:99", "trainable.llm='until:99': K must be in [1, 3]"),
+    ("trainable.llm", "until:99", "trainable.llm='until:99': K must be in [1, 8]"),
     ("mesh", (2, -1, -1), "mesh=(2, -1, -1) must be three sizes"),
     ("data.sources", [{"type": "synthetic", "template": "vicuna"}],
      "data.sources[0].template='vicuna' is not one of ['plain', 'vicuna_v1', 'chat', 'document']"),
@@ -329,7 +336,7 @@ def test_a_tokenizer_directory_that_does_not_load_is_one_line(tmp_path):
 
 
 def test_init_from_with_other_shapes_names_the_fields(tmp_path):
-    """A stage-1 directory with 2 decoder layers for a recipe that has 3."""
+    """A stage-1 directory with 2 decoder layers for a recipe that has 8."""
     from flax import nnx
 
     from mir_jax.models import LlavaModel
@@ -341,4 +348,4 @@ def test_init_from_with_other_shapes_names_the_fields(tmp_path):
     c.init_from = str(tmp_path / "stage1")
     with pytest.raises(ConfigError) as e:
         train_and_evaluate(c, str(tmp_path / "w"))
-    assert str(e.value) == f"init_from '{tmp_path / 'stage1'}' is not config.model: model.text.num_layers: 2 there, 3 here"
+    assert str(e.value) == f"init_from '{tmp_path / 'stage1'}' is not config.model: model.text.num_layers: 2 there, 8 here"

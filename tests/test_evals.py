@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mir_jax.data import ByteTokenizer, ImageConfig
+from mir_jax.data import ByteTokenizer, ImageConfig, load_tokenizer
 from mir_jax.data import synthetic as syn
 from mir_jax.evals import EvalModel, build_evals, get_evaluator
 from mir_jax.evals import benchmark as bench
@@ -394,7 +394,7 @@ def test_training_loop_runs_evaluators_and_training_beats_no_training(tmp_path):
     assert scores["scores"]["cider"] == trained
 
     untrained = LlavaModel(LlavaConfig.from_dict(c.model.to_dict()), rngs=nnx.Rngs(0))
-    handle = EvalModel("untrained", untrained, TOK, ImageConfig(size=32), "plain")
+    handle = EvalModel("untrained", untrained, load_tokenizer(c.tokenizer), ImageConfig(size=32), "plain")
     baseline = get_evaluator("caption", num_samples=32, batch_size=16, max_new_tokens=48).run(handle).scores["cider"]
     print(f"caption CIDEr-D: trained {trained:.3f}, untrained {baseline:.3f}")
     assert trained > 0.3 and baseline < 0.05

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,6 +59,30 @@ def test_workdir_params_are_the_saved_ones_and_no_optimizer_is_built(stage1, eve
         assert config.text.num_layers == 2 and model.config == config
         assert pre.image == ImageConfig(size=32, mean=pre.image.mean, std=pre.image.std, mode="pad")
         assert pre.tokenizer.vocab_size == 264
+
+
+def test_export_writes_the_checkpoint_as_an_hf_directory_that_says_where_it_came_from(everything, tmp_path):
+    """`python -m mir_jax.weights.export WORKDIR OUT`: HF transformers' own safetensors reader
+    finds the orbax-saved arrays under LlavaForConditionalGeneration's keys, and export.json names
+    the step and the run's config; a bad path is one line and exit status 1."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "mir_jax.weights.export", everything, str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out} from {everything} (step 2)"
+    tensors = load_file(str(out / "model.safetensors"))
+    saved = saved_params(everything, 2)
+    # The embedding table is the one tensor stored the same way in both layouts.
+    np.testing.assert_array_equal(tensors["language_model.model.embed_tokens.weight"],
+                                  saved["language_model/embed_tokens"])
+    info = json.load(open(out / "export.json"))
+    assert info["source"]["step"] == 2 and info["train_config"]["total_steps"] == 2
+    assert not any(f.startswith("tokenizer") for f in os.listdir(out))  # a byte-tokenizer run has none
+    bad = subprocess.run([sys.executable, "-m", "mir_jax.weights.export", str(tmp_path / "nope"), str(out)],
+                         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "does not exist" in bad.stderr
 
 
 def test_workdir_at_step_takes_that_step(stage1):

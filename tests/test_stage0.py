@@ -26,30 +26,39 @@ def _short(c, steps: int):
 @pytest.fixture(scope="module")
 def s0(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("stage0")
-    result = train_and_evaluate(_short(stage0.get_config("runlocal"), 3), str(workdir))
+    result = train_and_evaluate(_short(stage0.get_config("runlocal,llm"), 3), str(workdir))
     assert result.step == 3 and np.isfinite(result.loss)
     return workdir
 
 
 def test_the_recipe():
-    c = stage0.get_config("runlocal")
-    assert (c.trainable.vision, c.trainable.llm, c.trainable.connector) == ("all", "all", True)
-    kinds = {s["kind"]: s for s in c.data.sources}
+    llm, vision = stage0.get_config("runlocal,llm"), stage0.get_config("runlocal,vision")
+    for c in (llm, vision):
+        assert (c.trainable.vision, c.trainable.llm, c.trainable.connector) == ("all", "all", True)
+        assert c.init_parts == "all"
+        # The same model as stage 1's (so init_from's shapes match) and SFT's system prompt.
+        assert c.model.to_dict() == llava15_pretrain.get_config("runlocal").model.to_dict()
+        assert c.data.system == llava15_sft.get_config("runlocal").data.system
+    # The llm phase starts from nothing, on told scenes alone; the vision phase must be given it.
+    assert llm.init_from == "" and [s["kind"] for s in llm.data.sources] == ["text_qa"]
+    assert vision.init_from is None
+    kinds = {s["kind"]: s for s in vision.data.sources}
     assert set(kinds) == {"caption", "text", "text_qa"}
     assert kinds["caption"]["template"] == "plain" and kinds["text_qa"]["template"] == "vicuna_v1"
-    # The same model as stage 1's (so init_from's shapes match) and SFT's system prompt.
-    assert c.model.to_dict() == llava15_pretrain.get_config("runlocal").model.to_dict()
-    assert c.data.system == llava15_sft.get_config("runlocal").data.system
+    hard = [s for s in vision.data.sources if s.get("questions")]
+    assert len(hard) == 1 and set(hard[0]["questions"]) == {"exists", "choice"} and hard[0]["seed"] != vision.seed
     assert llava15_pretrain.get_config("runlocal").init_parts == "vision,llm"
-    with pytest.raises(ValueError, match="runlocal-only.*build_stage1") as e:
-        stage0.get_config()
-    assert "\n" not in str(e.value)
+    for arg, match in ((None, "runlocal-only.*build_stage1"), ("runlocal", "runlocal,llm.*runlocal,vision"),
+                       ("runlocal,llm,vision", "runlocal,llm.*runlocal,vision")):
+        with pytest.raises(ValueError, match=match) as e:
+            stage0.get_config(arg)
+        assert "\n" not in str(e.value)
 
 
 def test_stage0_trains_everything_and_resumes(s0):
     ckpt = s0 / "checkpoints" / "3"
     assert (ckpt / "state").is_dir() and not (ckpt / "frozen").exists()  # nothing is frozen
-    again = train_and_evaluate(_short(stage0.get_config("runlocal"), 3), str(s0))  # restores step 3
+    again = train_and_evaluate(_short(stage0.get_config("runlocal,llm"), 3), str(s0))  # restores step 3
     assert again == TrainResult(step=3, already_done=True)
 
 

@@ -16,6 +16,7 @@ import pytest
 import scipy.stats
 
 from mir_jax import studies
+from mir_jax.data.miniature import BASE_DIR as MINIATURE_BASE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -240,7 +241,9 @@ def test_shipped_studies_resolve(tmp_path):
             seen[name + arg] = {r.label: studies.runs.resolve_config(r, REPO) for r in runs}
     mvs = seen["mir_vs_sft:runlocal"]
     assert len([k for k in mvs if k.endswith("/stage1")]) >= 6
-    assert {mvs[k].init_from for k in mvs if k.endswith("/stage1")} == {str(tmp_path / "shared" / "stage0")}
+    # Every stage 1 starts from the shipped base; no study trains a stage 0.
+    assert {mvs[k].init_from for k in mvs if k.endswith("/stage1")} == {MINIATURE_BASE}
+    assert not any("stage0" in k for name in seen for k in seen[name])
     assert all(mvs[k].init_parts == "vision,llm" and mvs[k].trainable.vision == "none" for k in mvs if k.endswith("/stage1"))
     assert mvs["linear_connector/sft"].model.connector.name == "linear" and mvs["moca/sft"].model.moca
     sft = {k: v for k, v in mvs.items() if k.endswith("/sft") and not k.startswith(("linear", "moca"))}

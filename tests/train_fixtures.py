@@ -45,6 +45,7 @@ def tiny_train_config(**top):
 
     c = common.apply_runlocal(common.base_config(), ConnectorConfig(name="mlp2x_gelu"))
     c.model = tiny_model_config().to_dict()
+    c.init_from, c.init_parts, c.tokenizer = "", "all", "byte"  # random weights, byte tokens
     c.total_steps = 6
     c.batch_size = 8
     c.seq_len = SEQ_LEN

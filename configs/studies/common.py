@@ -1,11 +1,11 @@
-"""Pieces the shipped studies share: the LLaVA chain (stage 0 -> stage 1 -> SFT) in
+"""Pieces the shipped studies share: the LLaVA chain (stage 1 -> SFT) in
 miniature or full size, and the embedded benchmark at the end of a run.
 
-In miniature (`:runlocal`) every study starts from one shared stage 0 (`configs/stage0.py`:
-the tiny vision tower and LLM pre-trained on the embedded corpus), so stage 1 trains a fresh
-connector between a pretrained vision tower and a pretrained, frozen LLM, as LLaVA's does. At
-full size there is no stage 0 (the vision tower and the LLM are someone else's: CLIP and
-Vicuna): give the stage-1 start and the paths with `study.py --set`, e.g.
+In miniature (`:runlocal`) every study starts from the shipped base (`configs/common.py`:
+MINIATURE_BASE, the vision tower and LLM `configs/stage0.py` pre-trained on the embedded corpus;
+no study retrains it), so stage 1 trains a fresh connector between a pretrained vision tower and
+a pretrained, frozen LLM, as LLaVA's does. At full size the vision tower and the LLM are someone
+else's (CLIP and Vicuna): give the stage-1 start and the paths with `study.py --set`, e.g.
     --set=stage1.init_from=/ckpt/clip-vicuna-stage1-start --set=all.tokenizer=/ckpt/vicuna-7b-v1.5
     --set=stage1.data.sources='[...LCS-558K...]' --set=sft.data.sources='[...mix665k...]'
 (`hf.build_stage1(clip, vicuna)` saved with `hf.save_pretrained` makes the stage-1 start).
@@ -42,22 +42,11 @@ def parse_arg(arg: str | None) -> bool:
     return "runlocal" in opts
 
 
-def stage0(runlocal: bool) -> list[dict]:
-    """The shared stage 0 in miniature; nothing at full size (CLIP and an LLM are the start)."""
-    if not runlocal:
-        return []
-    return [{"name": "stage0", "config": "configs/stage0.py:runlocal", "shared": True,
-             "overrides": {"evals.loss.every": 0, "evals.mir.every": 0}}]
-
-
 def stage1(runlocal: bool, config: str = "configs/llava15_pretrain.py", evals=None, **overrides) -> dict:
-    """LLaVA stage 1: a fresh connector between the (frozen) vision tower and LLM."""
+    """LLaVA stage 1: a fresh connector between the (frozen) vision tower and LLM (in miniature
+    the shipped base's, the recipe's default `init_from`)."""
     over = {"evals": _quiet_evals(runlocal, evals), **overrides}
-    stage = {"name": "stage1", "config": config + (":runlocal" if runlocal else ""), "overrides": over}
-    if runlocal:
-        stage["init_from"] = "stage0"
-        over.setdefault("init_parts", "vision,llm")
-    return stage
+    return {"name": "stage1", "config": config + (":runlocal" if runlocal else ""), "overrides": over}
 
 
 def sft(runlocal: bool, evals=None, **overrides) -> dict:

@@ -27,7 +27,7 @@ def get_study(arg=None):
     return {
         "name": "data_scale",
         "description": "Stage-1 data scale sweep (nested subsets, 32x), the same steps and SFT for each.",
-        "stages": [*common.stage0(runlocal), common.stage1(runlocal), common.ranking_sft(runlocal)],
+        "stages": [common.stage1(runlocal), common.ranking_sft(runlocal)],
         "variants": [{"name": f"scale_{n}", "overrides": {"stage1": {"data.sources": [{**source, "data_scale": n}]}}}
                      for n in scales],
         "mir_stage": "stage1",

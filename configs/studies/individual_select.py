@@ -4,7 +4,7 @@ all of them.
 
     python study.py --study=configs/studies/individual_select.py:runlocal --workdir=/tmp/individual_select
 
-The procedure, as variants of the SFT stage (one stage 0 and one stage 1 shared by all):
+The procedure, as variants of the SFT stage (one stage 1 shared by all):
 1. `base`: SFT on the base set alone; `plus_C` for each candidate C: base + C, same budget;
    C's individual gain = score(plus_C) - score(base);
 2. greedy: start from the best candidate with a positive gain, try adding the next best, keep
@@ -98,7 +98,7 @@ def get_study(arg=None):
         "name": "individual_select",
         "description": "Candidate SFT datasets by individual gain over the base set, a greedy selection, "
                        "and all data, on one shared stage 1.",
-        "stages": [*common.stage0(runlocal), stage1, common.sft(runlocal)],
+        "stages": [stage1, common.sft(runlocal)],
         "variants": variants,
         "mir_stage": None,
         "score_stage": "sft",

@@ -4,11 +4,10 @@ pre-training loss.
 
     python study.py --study=configs/studies/mir_vs_sft.py:runlocal --workdir=/tmp/mir_vs_sft
 
-Stages: (stage 0, miniature only) -> stage 1, one variant each -> the same SFT for all (150
-steps in miniature) -> VQA, POPE, multiple choice and captioning on the embedded benchmark;
-`score` is the mean of the three accuracies and CIDEr-D. (In miniature only captioning moves
-with stage 1; the others stay near chance: BENCHMARKS.md, "Studies".) MIR and loss are stage
-1's final held-out values. Variants differ in pre-training quality as
+Stages: stage 1 (in miniature from the shipped base), one variant each -> the same SFT for all
+(150 steps in miniature) -> VQA, POPE, multiple choice and captioning on the embedded
+benchmark; `score` is the mean of the three accuracies and CIDEr-D (what each measured:
+BENCHMARKS.md, "Studies"). MIR and loss are stage 1's final held-out values. Variants differ in pre-training quality as
 the paper's do: training steps, data scale, the connector, unlocking the LLM, MoCa.
 
 Full size: the variants are the same overrides of configs/llava15_pretrain.py (steps in
@@ -45,7 +44,7 @@ def get_study(arg=None):
         "name": "mir_vs_sft",
         "description": "Stage-1 variants of differing quality, the same SFT for all: does stage-1 MIR rank "
                        "them by their post-SFT score (Spearman <= -0.7 wanted), and does stage-1 loss?",
-        "stages": [*common.stage0(runlocal), common.stage1(runlocal), common.ranking_sft(runlocal)],
+        "stages": [common.stage1(runlocal), common.ranking_sft(runlocal)],
         "variants": variants,
         "mir_stage": "stage1",
         "score_stage": "sft",

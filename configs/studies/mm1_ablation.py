@@ -6,8 +6,8 @@ MM1 scores pre-training, by 0- and 4-shot captioning and VQA.
     python study.py --study=configs/studies/mm1_ablation.py:runlocal --workdir=/tmp/mm1_ablation
 
 Miniature: the tiny vision tower sees 32 x 32 images as 4 x 4 patches, so the token counts
-are 4 and 16 (MM1's 64 and 144 at 336 px); the vision tower and LLM come from the shared
-stage 0, the LLM trains (MM1 pre-trains the LLM too). Full size: configs/mm1_mix.py with
+are 4 and 16 (MM1's 64 and 144 at 336 px); the vision tower and LLM come from the shipped
+base (configs/stage0.py), the LLM trains (MM1 pre-trains the LLM too). Full size: configs/mm1_mix.py with
 144 and 64 tokens; give init_from and the data with --set.
 """
 
@@ -29,7 +29,7 @@ def get_study(arg=None):
         "name": "mm1_ablation",
         "description": "Connector x image tokens after MM1-mixture pre-training, scored by 0-/4-shot "
                        "captioning (CIDEr) and VQA.",
-        "stages": [*common.stage0(runlocal), stage],
+        "stages": [stage],
         "variants": [{"name": f"{c}_{n}", "overrides": {"pretrain": {"model.connector.name": c,
                                                                      "model.connector.num_tokens": n}}}
                      for c in CONNECTORS for n in tokens],

@@ -5,7 +5,8 @@ For one of our training workdirs that is its config's tokenizer, image size/mean
 the prompt template of its training data (`training_template`); for an HF directory, its own
 tokenizer (the byte tokenizer when it has none, said on stdout), its preprocessor_config.json
 (`mir_jax.data.images.image_config_from_hf`; CLIP's mean/std and pad when it has none) and
-vicuna_v1 (LLaVA-1.5's template).
+vicuna_v1 (LLaVA-1.5's template), or, for a directory `mir_jax.weights.export` wrote, the
+template and system prompt of the run it came from.
 """
 
 from __future__ import annotations
@@ -90,7 +91,26 @@ def hf_preprocessing(directory: str, model_config, image_mode: str | None = None
     else:
         tokenizer = ByteTokenizer()
         print(f"[{name}] no tokenizer files; using the built-in byte tokenizer")
-    return Preprocessing(image, tokenizer, "vicuna_v1", None)
+    template, system = _exported_template(directory)
+    return Preprocessing(image, tokenizer, template, system)
+
+
+def _exported_template(directory: str) -> tuple[str, str | None]:
+    """The template and system prompt a directory written by `mir_jax.weights.export` was
+    trained with (its export.json keeps the training config); vicuna_v1 with its own system
+    prompt (LLaVA-1.5's) for any other HF directory."""
+    import json
+
+    from mir_jax.weights.export import EXPORT_FILE
+
+    path = os.path.join(directory, EXPORT_FILE)
+    if not os.path.exists(path):
+        return "vicuna_v1", None
+    with open(path) as f:
+        train_config = json.load(f).get("train_config") or {}
+    if not train_config.get("data"):
+        return "vicuna_v1", None
+    return training_template(train_config["data"])
 
 
 def load_model(path: str, *, template: str | None = None, image_mode: str | None = None,
