@@ -17,8 +17,7 @@ import os
 import sys
 
 from mir_jax import provenance
-from mir_jax.weights import load_weights
-from mir_jax.weights import hf
+from mir_jax.weights import hf, load_weights
 
 EXPORT_FILE = "export.json"
 
