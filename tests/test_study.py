@@ -170,7 +170,7 @@ def test_study_runs_and_writes_the_schema(finished_study):
         assert v["workdirs"] == {"s0": str(out / "shared" / "s0"), "s1": str(out / v["name"] / "s1")}
         ev, down = _final_rows(v["workdirs"]["s1"])  # the run's own rows, read here
         assert v["mir"] == pytest.approx(ev["mir"]) and v["stage1_loss"] == pytest.approx(ev["loss"])
-        assert v["mir_per_layer"] == pytest.approx(ev["mir_per_layer"]) and len(v["mir_per_layer"]) == 3
+        assert v["mir_per_layer"] == pytest.approx(ev["mir_per_layer"]) and len(v["mir_per_layer"]) == 8  # the miniature LLM's layers
         assert v["scores"]["pope"]["accuracy"] == pytest.approx(down["pope/accuracy"])
         assert v["score"] == pytest.approx((down["pope/accuracy"] + down["pope/f1"]) / 2)
         # The shared stage seeded this run: its config records the shared workdir.
