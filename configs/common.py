@@ -86,20 +86,14 @@ def miniature_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
 
 
 def tiny_model(connector: ConnectorConfig, *, moca: bool = False) -> dict:
-    """A ~0.7M-parameter model with the byte tokenizer (vocab 264, image id 3), for tests:
-    a 2-layer CLIP-style ViT on 32x32 images (4x4 patches of 8 px) and a 3-layer decoder.
+    """A ~0.7M-parameter model with the byte tokenizer (vocab 264, image id 3), for tests: the
+    miniature model with a 3-layer decoder (2 key/value heads).
 
     Context 1,024: a 4-shot caption prompt of byte-tokenized captions (~430 tokens) plus a
     caption's budget (up to ~90 new tokens) passes 512; RoPE positions cost no parameters."""
-    cfg = LlavaConfig(
-        vision=VisionConfig(kind="clip", image_size=32, patch_size=8, hidden_size=64,
-                            intermediate_size=128, num_layers=2, num_heads=4),
-        connector=connector,
-        text=TextConfig(vocab_size=264, hidden_size=128, intermediate_size=384, num_layers=3,
-                        num_heads=4, num_kv_heads=2, max_position_embeddings=1024),
-        image_token_id=3, pad_token_id=0, eos_token_id=2, moca=moca, dtype="float32",
-        remat="none")
-    return cfg.to_dict()
+    cfg = miniature_model(connector, moca=moca)
+    cfg["text"] = {**cfg["text"], "vocab_size": 264, "num_layers": 3, "num_kv_heads": 2}
+    return cfg
 
 
 def data_config(**values) -> ml_collections.ConfigDict:

@@ -1,16 +1,18 @@
 """Stage 0 of the miniature: what LLaVA starts from, pre-trained here on the embedded corpus.
 
 Real LLaVA starts stage 1 from a pre-trained CLIP and LLM (`mir_jax.weights.hf.build_stage1`);
-the tiny `:runlocal` model has none, so this recipe trains both, with everything trainable:
+the miniature has none, so this recipe trains both, everything trainable, in two phases:
 
-* the vision tower by captioning (CapPa, Tschannen et al. 2023), which needs no batch of
-  negatives and uses the same loss and train step as every other stage;
-* the LLM on `text` passages and `text_qa` conversations (`mir_jax.data.synthetic`: the scene
-  told in words, then questions), so SFT only has to teach it to read the scene from the image.
+* `:runlocal,llm`: the LLM on `text_qa` conversations alone (`mir_jax.data.synthetic`: the
+  scene told in words, then 1-6 questions), so that it learns to read a told scene;
+* `:runlocal,vision` (`--config.init_from=` the llm phase's workdir): the vision tower by
+  captioning (CapPa, Tschannen et al. 2023: no batch of negatives, the same loss and train step
+  as every other stage), with `text_qa` and extra existence / choice questions kept on.
 
-The connector is `llava15_pretrain.py:runlocal`'s, whose stage 1 takes this workdir's vision
-tower and LLM (`init_parts="vision,llm"`) with a fresh connector. The chain, the rationale and
-the measurements: docs/miniature_world.md. Only `runlocal` exists.
+Its result, exported with `python -m mir_jax.weights.export`, is shipped as
+`configs/common.py:MINIATURE_BASE`, which every other `:runlocal` recipe starts from (stage 1:
+its vision tower and LLM under a fresh connector). The commands, the rationale and the
+measurements: docs/miniature_world.md. Only `runlocal` exists.
 """
 
 from configs import common
