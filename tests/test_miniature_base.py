@@ -41,9 +41,13 @@ def test_the_base_is_the_runlocal_recipes_model(base):
     assert info["source"]["kind"] == "workdir" and info["source"]["step"] > 0
 
 
+@pytest.fixture(scope="module")
+def model():
+    return load_model(miniature.BASE_DIR)
+
+
 @pytest.mark.parametrize("task", ["vqa", "pope", "multiple_choice"])
-def test_told_in_words_it_answers_at_its_documented_accuracy(task):
-    model = load_model(miniature.BASE_DIR)
+def test_told_in_words_it_answers_at_its_documented_accuracy(model, task):
     assert model.system == miniature.SYSTEM  # from export.json: the prompt it was trained with
     result = get_evaluator(task, num_samples=NUM_SAMPLES, scene="text", batch_size=32).run(model)
     assert abs(result.scores["accuracy"] - DOCUMENTED[task]) <= TOLERANCE

@@ -12,12 +12,14 @@ way (docs/miniature_world.md).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 
 from mir_jax import provenance
 from mir_jax.weights import hf, load_weights
+from mir_jax.weights.checkpoint import CheckpointError
 
 EXPORT_FILE = "export.json"
 
@@ -40,8 +42,7 @@ def export(path: str, out_dir: str, *, tokenizer: str | None = None) -> dict:
         tokenizer = run_config["tokenizer"]
     if tokenizer is not None and not os.path.isdir(tokenizer):
         raise FileNotFoundError(f"--tokenizer={tokenizer}: no such directory")
-    same_dir = tokenizer is not None and os.path.realpath(tokenizer) == os.path.realpath(out_dir)
-    hf.save_pretrained(loaded.model, out_dir, copy_processor_from=None if same_dir else tokenizer)
+    hf.save_pretrained(loaded.model, out_dir, copy_processor_from=tokenizer)
     info = {"source": {**loaded.source.to_json(), "path": os.path.basename(os.path.normpath(loaded.source.path))},
             "exported_with": provenance.versions(), "train_config": run_config}
     with open(os.path.join(out_dir, EXPORT_FILE), "w") as f:
@@ -49,20 +50,20 @@ def export(path: str, out_dir: str, *, tokenizer: str | None = None) -> dict:
     return info
 
 
-def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
-    unknown = [a for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] != "tokenizer"]
-    if len(args) != 2 or unknown:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mir_jax.weights.export", description=__doc__.split("\n")[0])
+    parser.add_argument("weights", help="a training WORKDIR, WORKDIR@STEP or an HF directory")
+    parser.add_argument("out_dir", help="the HF directory to write")
+    parser.add_argument("--tokenizer", default=None, help="copy this tokenizer directory's files "
+                        "(default: the run's config.tokenizer when it is a directory)")
+    args = parser.parse_args(argv)
     try:
-        info = export(args[0], args[1], tokenizer=opts.get("tokenizer"))
-    except (FileNotFoundError, ValueError) as e:
+        info = export(args.weights, args.out_dir, tokenizer=args.tokenizer)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 1
     step = info["source"]["step"]
-    print(f"wrote {args[1]} from {args[0]}" + (f" (step {step})" if step is not None else ""))
+    print(f"wrote {args.out_dir} from {args.weights}" + (f" (step {step})" if step is not None else ""))
     return 0
 
 

@@ -579,7 +579,7 @@ def save_pretrained(model: LlavaModel, path: str, *, copy_processor_from: str | 
                     max_shard_bytes: int = 5 * 2**30) -> None:
     """Writes an HF `LlavaForConditionalGeneration` directory (config.json + float32 safetensors,
     sharded above `max_shard_bytes`), optionally copying tokenizer / preprocessor files from
-    another directory so the result is self-contained."""
+    another directory (unless it is `path` itself) so the result is self-contained."""
     from safetensors.numpy import save_file
 
     cfg = model.config
@@ -620,7 +620,8 @@ def save_pretrained(model: LlavaModel, path: str, *, copy_processor_from: str | 
                        "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_cfg, f, indent=2)
-    if copy_processor_from:
+    # A directory that already holds its tokenizer (re-exported in place) has nothing to copy.
+    if copy_processor_from and os.path.realpath(copy_processor_from) != os.path.realpath(path):
         for pat in ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "*.model", "vocab*",
                     "merges.txt", "preprocessor_config.json", "processor_config.json", "chat_template*",
                     "generation_config.json"):
