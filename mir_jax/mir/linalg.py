@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mir_jax.models import backend
+
 HIGHEST = lax.Precision.HIGHEST
 
 
@@ -207,7 +209,7 @@ def per_matrix(fn, *arrays):
     arrays: [..., m, n] with the same leading batch shape; fn maps one [m, n] set.
     """
     batch = arrays[0].shape[:-2]
-    if not batch or jax.default_backend() != "cpu":
+    if not batch or not backend.on_cpu():
         return fn(*arrays)
     flat = tuple(a.reshape((-1,) + a.shape[len(batch):]) for a in arrays)
     out = lax.map(lambda xs: fn(*xs), flat)

@@ -5,9 +5,10 @@ and 6). Used by the kernel (`compute_mir`), the streaming accumulator and the CL
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mir_jax.models import backend
 
 METHODS = ("auto", "eigh", "gram", "newton_schulz", "legacy_fast", "published_fast")
 LEGACY_NOTE = (
@@ -48,7 +49,7 @@ def resolve_method(method: str, n_rows_a: int | None = None, n_rows_b: int | Non
         return "eigh"
     if method != "auto":
         return method
-    if jax.default_backend() == "tpu":
+    if backend.on_tpu():
         return "newton_schulz"
     return "gram" if have_rows and min(n_rows_a, n_rows_b) < dim else "eigh"
 
