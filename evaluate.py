@@ -38,8 +38,9 @@ same evaluators, built one way. Downstream evaluators (`mir_jax.evals`) add, per
 EVAL_scores.json and EVAL_predictions.jsonl (LLaVA's answer-file format), evals.json (every
 score of every model) and scores.png; one table of all scores is printed. --llava_answers_dir=DIR also puts each
 answer file where LLaVA's scripts open it (DIR as LLaVA's playground/data/eval, e.g.
-DIR/pope/answers/MODEL.jsonl, DIR/vqav2/answers/SPLIT/MODEL/merge.jsonl). --X_data takes
-"embedded" (the default: the embedded benchmark) or FORMAT:KEY=PATH,... with the loader's
+DIR/pope/answers/MODEL.jsonl, DIR/vqav2/answers/SPLIT/MODEL/merge.jsonl) and VizWiz's EvalAI
+upload where convert_vizwiz_for_submission.py writes it (DIR/vizwiz/answers_upload/MODEL.json).
+--X_data takes "embedded" (the default: the embedded benchmark) or FORMAT:KEY=PATH,... with the loader's
 argument names (`mir_jax/evals/datasets.py`: coco, karpathy, jsonl, vqav2, textvqa, gqa,
 vizwiz, pope, scienceqa, mc_jsonl, mmbench; mmbench takes the key tsv).
 """
@@ -112,8 +113,9 @@ flags.DEFINE_string("score_answers", None, "Re-score this LLaVA or lmms-eval ans
 flags.DEFINE_string("llava_answers_dir", None, "Also write each evaluator's answer file where LLaVA-1.5's "
                     "eval scripts read it, DIR standing for LLaVA's playground/data/eval: "
                     "vqav2|gqa/answers/SPLIT/MODEL/merge.jsonl, textvqa|pope|vizwiz|scienceqa/answers/"
-                    "MODEL.jsonl, mmbench/answers/SPLIT/MODEL.jsonl (mir_jax/evals/llava_answers.py); "
-                    "embedded and caption data get none.")
+                    "MODEL.jsonl, mmbench/answers/SPLIT/MODEL.jsonl, and VizWiz's EvalAI upload "
+                    "vizwiz/answers_upload/MODEL.json as convert_vizwiz_for_submission.py writes it "
+                    "(mir_jax/evals/llava_answers.py); embedded and caption data get none.")
 flags.DEFINE_string("hidden_states", None, "MIR of hidden states dumped to safetensors (one file or a "
                     "directory of shards; layout: docs/mir.md section 10, tools/dump_hidden_states.py), "
                     "no model loaded; --method and --mode apply.")
@@ -383,12 +385,13 @@ def main(argv):
         for (name, key), out in outputs.items():
             write_result(out, output_dir, prefix=f"{name}_" if len(scores) > 1 else "")
             if FLAGS.llava_answers_dir:
-                from mir_jax.evals.llava_answers import write_llava_answers
+                from mir_jax.evals.llava_answers import write_llava_answers, write_llava_upload
 
                 options = downstream[key]
-                written_at = write_llava_answers(out.predictions, options.get("data"), name,
-                                                 FLAGS.llava_answers_dir, int(options.get("shots") or 0))
-                llava_files += [written_at] if written_at else []
+                for write in (write_llava_answers, write_llava_upload):
+                    written_at = write(out.predictions, options.get("data"), name, FLAGS.llava_answers_dir,
+                                       int(options.get("shots") or 0))
+                    llava_files += [written_at] if written_at else []
         if FLAGS.llava_answers_dir:
             print("LLaVA answer files: " + (", ".join(llava_files) if llava_files else
                   "none (no evaluator read a benchmark file that LLaVA's scripts score)"))

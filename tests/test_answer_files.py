@@ -344,34 +344,44 @@ def test_pope_llava_question_file_errors(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_llava_answers_dir_cli(tmp_path):
-    """evaluate.py --llava_answers_dir on a tiny HF LLaVA: VizWiz (val.json + LLaVA-style questions)
-    and POPE (llava_pope_test.jsonl + coco/ labels) answer files land where vizwiz.sh and pope.sh
-    put them, with the question files' int ids."""
+    """evaluate.py --llava_answers_dir on a tiny HF LLaVA: VizWiz's test split (LLaVA's
+    llava_test.jsonl alone: predictions only) and POPE (llava_pope_test.jsonl + coco/ labels)
+    answer files land where vizwiz.sh and pope.sh put them, with the question files' int ids,
+    and VizWiz's EvalAI upload where convert_vizwiz_for_submission.py writes it."""
     pytest.importorskip("transformers")
-    from tests.test_vizwiz import vizwiz_files
+    from mir_jax.evals.answers import evalai_answer
+    from tests.test_vizwiz import SUFFIX
     from tests.torch_init import save_random_llava, tiny_llava_config
 
     model_dir = str(tmp_path / "tiny-llava")
     save_random_llava(tiny_llava_config(ByteTokenizer(), 28, 7), 0, model_dir)
-    val, vizwiz_questions = vizwiz_files(tmp_path)
+    vizwiz_questions = _lines(tmp_path / "llava_test.jsonl", [
+        {"question_id": 7, "image": "VizWiz_test_00000001.jpg", "text": "What color is this shirt?" + SUFFIX},
+        {"question_id": 3, "image": "VizWiz_test_00000000.jpg", "text": "What is this?" + SUFFIX}])
     pope_questions, coco = pope_llava_files(tmp_path)
-    for name in ("VizWiz_val_00000000.jpg", "VizWiz_val_00000001.jpg", "A.jpg", "B.jpg", "C.jpg", "D.jpg"):
+    for name in ("VizWiz_test_00000000.jpg", "VizWiz_test_00000001.jpg", "A.jpg", "B.jpg", "C.jpg", "D.jpg"):
         _png(tmp_path / name)
     llava_dir = tmp_path / "eval"
     run = run_tool("evaluate.py", f"--hf_model={model_dir}", "--evals=vqa,pope", "--num_samples=2",
                    "--max_new_tokens=2", "--batch_size=2", "--noprogress", f"--output_dir={tmp_path / 'out'}",
-                   f"--vqa_data=vizwiz:annotations_json={val},questions_jsonl={vizwiz_questions}",
+                   f"--vqa_data=vizwiz:questions_jsonl={vizwiz_questions}",
                    f"--pope_data=pope:jsonl={pope_questions},annotation_dir={coco}",
                    f"--llava_answers_dir={llava_dir}", cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     vizwiz = [json.loads(line) for line in open(tmp_path / "out" / "vqa_predictions.jsonl")]
     model = vizwiz[0]["model_id"]
+    assert "accuracy" not in json.load(open(tmp_path / "out" / "vqa_scores.json"))["scores"]  # no answers
     # vizwiz.sh: --answers-file .../vizwiz/answers/CKPT.jsonl, which convert_vizwiz_for_submission.py
     # reads as {question_id: text} and looks up with the question file's ids (it asserts each is there).
     rows = [json.loads(line) for line in open(llava_dir / "vizwiz" / "answers" / f"{model}.jsonl")]
     assert rows == vizwiz
     results = {x["question_id"]: x["text"] for x in rows}
-    assert all(q["question_id"] in results for q in map(json.loads, open(vizwiz_questions)))
+    questions = list(map(json.loads, open(vizwiz_questions)))
+    assert all(q["question_id"] in results for q in questions)
+    # ... and writes --result-upload-file .../vizwiz/answers_upload/CKPT.json: the question file's
+    # images in its order, each answer through EvalAIAnswerProcessor (whose rules test_llava_scripts checks).
+    upload = json.load(open(llava_dir / "vizwiz" / "answers_upload" / f"{model}.json"))
+    assert upload == [{"image": q["image"], "answer": evalai_answer(results[q["question_id"]])} for q in questions]
     # pope.sh: .../pope/answers/CKPT.jsonl; eval_pope.py finds each answer's category by its id.
     rows = [json.loads(line) for line in open(llava_dir / "pope" / "answers" / f"{model}.jsonl")]
     questions = {q["question_id"]: q for q in map(json.loads, open(pope_questions))}

@@ -255,9 +255,14 @@ def test_vqa_and_pope_scores_on_hand_checked_answers():
     pope = get_evaluator("pope")
     recs = [{"label": x, "category": c} for x, c in zip("yes yes no no".split(), ["random", "random", "adversarial", "adversarial"])]
     scores, details = pope.score(recs, ["Yes.", "No, there is not.", "Yes", "no"])
-    # TP 1, FN 1, FP 1, TN 1: accuracy 0.5, precision 0.5, recall 0.5, F1 0.5, yes ratio 0.5.
-    assert [scores[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == [0.5] * 5
+    # random: TP 1 ("Yes."), FN 1 ("not"): accuracy 1/2, precision 1/1, recall 1/2, F1 2/3,
+    # yes ratio 1/2. adversarial: FP 1 ("Yes"), TN 1: accuracy 1/2, precision 0/1, recall 0/0 ->
+    # 0, F1 0, yes ratio 1/2. The headline is their mean: 1/2, 1/2, 1/4, 1/3, 1/2.
+    assert [scores[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == pytest.approx(
+        [0.5, 0.5, 0.25, 1 / 3, 0.5])
     assert details["per_category"]["random"]["recall"] == 0.5
+    # Pooled (TP 1, FN 1, FP 1, TN 1): 0.5 each.
+    assert [details["pooled"][k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")] == [0.5] * 5
 
 
 def test_registry_and_options_fail_in_one_line():

@@ -149,11 +149,18 @@ def test_reader_alone_and_with_llava_questions(tmp_path):
     assert load_vizwiz(val, llava, limit=1, check_images=False)[0]["question_id"] == 7
 
 
-def test_reader_refuses_test_files_and_unknown_images(tmp_path):
+def test_reader_test_files_give_predictions_only_and_unknown_images_are_refused(tmp_path):
+    # test.json has no answers: every record gets none (predictions for the EvalAI upload).
     test = tmp_path / "test.json"
     test.write_text(json.dumps([{"image": "VizWiz_test_00000000.jpg", "question": "What is this?"}]))
-    with pytest.raises(DataError, match="test split has none"):
-        load_vizwiz(test, check_images=False)
+    (r,) = load_vizwiz(test, check_images=False)
+    assert (r["question_id"], r["image_file"], r["answers"], r["answerable"]) == (0, "VizWiz_test_00000000.jpg", [], None)
+    assert r["prompt"] == "What is this?" + SUFFIX
+    # A file where only some questions lack answers is not a test file: refused.
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([_ann("a.jpg", "Q?", ["x"] * 10), {"image": "b.jpg", "question": "Q?"}]))
+    with pytest.raises(DataError, match=r"mixed.json: \[1\]: no 'answers', though other questions"):
+        load_vizwiz(mixed, check_images=False)
     val, _ = vizwiz_files(tmp_path)
     stray = tmp_path / "q.jsonl"
     stray.write_text(json.dumps({"question_id": 1, "image": "nope.jpg", "text": "Hi?" + SUFFIX}) + "\n")

@@ -152,7 +152,8 @@ def choice_question(g: dict, rng: np.random.Generator) -> tuple[str, list[str], 
 
 def choice_prompt(question: str, options: list[str]) -> str:
     """LLaVA's multiple-choice layout: the question, lettered options, the instruction."""
-    lines = [question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
+    # chr, not LETTERS: benchmark files have a fifth option (ScienceQA, MMBench's E).
+    lines = [question] + [f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(options)]
     return "\n".join(lines + [CHOICE_INSTRUCTION])
 
 

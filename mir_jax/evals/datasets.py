@@ -15,12 +15,14 @@ last line); multiple choice: `multiple_choice.py`; captions: `caption.py`.
 Records (``image``: absolute path, None for text-only; MMBench: the encoded image bytes)::
 
     caption          {"question_id", "image", "captions": [str, ...]}
-    vqa              {"question_id", "image", "question", "answers": [str, ...],
-                      "metric": "vqa" | "textvqa" | "gqa" | "vizwiz", "prompt", ...extras}
+    vqa              {"question_id", "image", "question", "answers": [str, ...] ([] for a
+                      test split: predictions only), "metric": "vqa" | "textvqa" | "gqa" |
+                      "vizwiz", "prompt", ...extras}
     pope             {"question_id", "image", "question", "label": "yes" | "no",
                       "category": str | None}
     multiple_choice  {"question_id", "image", "question", "options": [str, ...],
-                      "answer": int (0-based), "hint": str | None}
+                      "answer": int (0-based), "hint": str | None, "benchmark":
+                      "scienceqa" | "mmbench" (absent for generic files)}
 
 Formats (``LOADERS`` key, file, fields read):
 
@@ -32,8 +34,10 @@ Formats (``LOADERS`` key, file, fields read):
 * ``jsonl``: LLaVA-style JSONL or JSON array: ``image``, ``captions`` or ``caption``,
   ``question_id`` or ``id`` (else the index).
 * ``vqav2``: VQA API questions (``data_subtype``, ``questions[].question_id/image_id/question``)
-  and annotations (``annotations[].question_id/answers[].answer/answer_type``); images of
-  "test-dev2015" are read from "test2015".
+  or LLaVA-1.5's ``llava_vqav2_mscoco_*.jsonl`` (``questions_jsonl``: ``question_id``,
+  ``image``, ``text``), and annotations (``annotations[].question_id/answers[].answer/
+  answer_type``; none for test-dev: predictions only); images of "test-dev2015" are read from
+  "test2015".
 * ``textvqa``: LLaVA's ``llava_textvqa_val_v051_ocr.jsonl`` (``question_id``, ``image``,
   ``text``) with ``TextVQA_0.5.1_val.json`` (``data[].question_id/image_id/question/answers``),
   or the annotation file alone. Extras ``"ocr"``, ``"prompt"``.
@@ -42,8 +46,9 @@ Formats (``LOADERS`` key, file, fields read):
   file alone. Extras ``"prompt"``, ``"balanced"``.
 * ``vizwiz``: VizWiz's ``val.json`` (a JSON array: ``image``, ``question``,
   ``answers[].answer``, ``answer_type``, ``answerable``), optionally with a LLaVA-style question
-  JSONL (``question_id``, ``image``, ``text``; matched by image). Extras ``"answer_type"``,
-  ``"answerable"``, ``"prompt"``. Test files (no answers) are refused.
+  JSONL (``question_id``, ``image``, ``text``; matched by image). Extras ``"image_file"``,
+  ``"answer_type"``, ``"answerable"``, ``"prompt"``. The test split (``test.json`` or LLaVA's
+  ``llava_test.jsonl`` alone) has no answers: predictions only.
 * ``pope``: POPE's ``coco_pope_<category>.json`` (JSON Lines): ``question_id``, ``image``,
   ``text``, ``label``; ``category`` from the field, else the file name. Or LLaVA's
   ``llava_pope_test.jsonl`` (no labels) with ``annotation_dir`` = the folder of those files,
@@ -336,17 +341,69 @@ def load_caption_jsonl(path, image_folder=None, limit=None, check_images=True) -
 # -- VQA ------------------------------------------------------------------------------
 
 
-def load_vqav2(questions_json, annotations_json, image_folder=None,
-               image_pattern="COCO_{split}_{image_id:012d}.jpg", limit=None,
-               check_images=True) -> list[dict]:
-    """VQA API questions + annotations -> ``{"question_id", "image", "question", "answers"
-    (the 10 human answers), "metric": "vqa", "answer_type"}``.
+def _vqa_annotations(annotations_json) -> tuple[str, dict[str, tuple[list[str], str | None]]]:
+    """(path, {str(question_id): (the human answers, answer_type)}) of a VQA annotations file
+    (ids as strings: a question file's int and the annotations' int or str agree)."""
+    apath = os.fspath(annotations_json)
+    adoc = _read_object(apath, "VQA annotations")
+    anns = _need(adoc, "annotations", apath, list, " (is this a VQA annotations file?)")
+    answers = {}
+    for j, ann in enumerate(anns):
+        where = f"{apath}: annotations[{j}]"
+        qid = str(_need(ann, "question_id", where, (int, str)))
+        human = [_need(a, "answer", f"{where} answers[{k}]")
+                 for k, a in enumerate(_need(ann, "answers", where, list))]
+        answers[qid] = (human, ann.get("answer_type"))
+    return apath, answers
 
-    ``annotations_json=None`` (test-dev, no public answers) gives ``answers: []`` and
-    ``answer_type: None``; otherwise every question needs an annotation.
+
+def load_vqav2(questions_json=None, annotations_json=None, image_folder=None,
+               image_pattern="COCO_{split}_{image_id:012d}.jpg", limit=None,
+               check_images=True, questions_jsonl=None) -> list[dict]:
+    """VQAv2 questions + annotations -> ``{"question_id", "image", "question", "answers"
+    (the 10 human answers), "metric": "vqa", "answer_type", "prompt"}``.
+
+    The questions are either the VQA API's ``questions_json`` (images named by
+    ``image_pattern``) or LLaVA-1.5's ``questions_jsonl`` (``llava_vqav2_mscoco_test-dev2015.jsonl``,
+    ``llava_vqav2_mscoco_val*.jsonl``: a line ``{"question_id", "image", "text", "category"}``,
+    ``text`` = the question and the short-answer line, kept verbatim as ``prompt``; its order,
+    ids and image names). ``annotations_json=None`` (test-dev, no public answers) gives
+    ``answers: []`` and ``answer_type: None``: predictions only, for the EvalAI upload;
+    otherwise every question needs an annotation.
     """
     _check_limit(limit)
+    if (questions_json is None) == (questions_jsonl is None):
+        raise DataError("load_vqav2: give questions_json (the VQA API's questions file) or questions_jsonl "
+                        "(LLaVA's llava_vqav2_mscoco_*.jsonl), not both or neither")
+    apath, answers = (None, None) if annotations_json is None else _vqa_annotations(annotations_json)
+
+    def human(qid, where):
+        if answers is None:
+            return [], None
+        if str(qid) not in answers:
+            raise DataError(f"{where}: no annotation for this question in {apath}")
+        found, answer_type = answers[str(qid)]
+        return list(found), answer_type
+
+    out: list[dict] = []
+    if questions_jsonl is not None:
+        qpath = os.fspath(questions_jsonl)
+        folder = _folder(image_folder, qpath)
+        for raw, where in _records(qpath):
+            if _full(out, limit):
+                break
+            qid = _need(raw, "question_id", where, (int, str))  # its type kept: LLaVA's are ints
+            where = f"{where} (question_id {qid})"
+            text = _need(raw, "text", where)
+            found, answer_type = human(qid, where)
+            out.append({"question_id": qid,
+                        "image": _image(_need(raw, "image", where), folder, where, check_images),
+                        "question": _split_llava_text(text)[0], "answers": found, "metric": "vqa",
+                        "answer_type": answer_type, "prompt": text})
+        return _unique(out, qpath)
     qpath = os.fspath(questions_json)
+    if qpath.endswith(".jsonl"):
+        raise DataError(f"{qpath}: a JSONL file; LLaVA's llava_vqav2_mscoco_*.jsonl is read as questions_jsonl=")
     qdoc = _read_object(qpath, "VQA questions")
     questions = _need(qdoc, "questions", qpath, list, " (is this a VQA questions file?)")
     split = qdoc.get("data_subtype")
@@ -355,21 +412,7 @@ def load_vqav2(questions_json, annotations_json, image_folder=None,
             raise DataError(f"{qpath}: missing key 'data_subtype' (e.g. \"val2014\"), which "
                             f"names the images in {image_pattern!r}")
         split = re.sub(r"^test-dev", "test", split)  # test-dev2015's images are test2015's
-    answers: dict[str, tuple[list[str], str | None]] | None = None
-    apath = None
-    if annotations_json is not None:
-        apath = os.fspath(annotations_json)
-        adoc = _read_object(apath, "VQA annotations")
-        anns = _need(adoc, "annotations", apath, list, " (is this a VQA annotations file?)")
-        answers = {}
-        for j, ann in enumerate(anns):
-            where = f"{apath}: annotations[{j}]"
-            qid = str(_need(ann, "question_id", where, (int, str)))
-            human = [_need(a, "answer", f"{where} answers[{k}]")
-                     for k, a in enumerate(_need(ann, "answers", where, list))]
-            answers[qid] = (human, ann.get("answer_type"))
     folder = _folder(image_folder, qpath)
-    out: list[dict] = []
     for i, q in enumerate(questions):
         if _full(out, limit):
             break
@@ -381,15 +424,10 @@ def load_vqav2(questions_json, annotations_json, image_folder=None,
             ref = image_pattern.format(split=split, image_id=int(image_id))
         except (ValueError, KeyError, IndexError) as e:
             raise DataError(f"{where}: image_pattern {image_pattern!r} does not format: {e!r}") from e
-        if answers is None:
-            human, answer_type = [], None
-        elif str(qid) in answers:
-            human, answer_type = answers[str(qid)]
-        else:
-            raise DataError(f"{where}: no annotation for this question in {apath}")
+        found, answer_type = human(qid, where)
         question = _need(q, "question", where).strip()
         out.append({"question_id": qid, "image": _image(ref, folder, where, check_images),
-                    "question": question, "answers": list(human),
+                    "question": question, "answers": found,
                     "metric": "vqa", "answer_type": answer_type, "prompt": llava_text(question)})
     return _unique(out, qpath)
 
@@ -528,54 +566,76 @@ def load_gqa(questions_jsonl_or_json, image_folder=None, answers_json=None, limi
     return _unique(out, path)
 
 
-def load_vizwiz(annotations_json, questions_jsonl=None, image_folder=None, limit=None,
-                check_images=True) -> list[dict]:
-    """VizWiz VQA -> ``{"question_id", "image", "question", "answers" (the human answers as
-    given: VizWiz's vqaEval.py compares them unnormalized), "metric": "vizwiz", "answer_type",
-    "answerable", "prompt"}``.
-
-    ``annotations_json``: VizWiz's ``val.json`` (or ``train.json``), a JSON array keyed by image
-    name. Alone, its records in file order, ``question_id`` = the 0-based index, ``prompt`` =
-    LLaVA-1.5's VizWiz text (:func:`llava_text` with ``vizwiz=True``). With ``questions_jsonl``
-    (LLaVA's layout, e.g. a ``llava_val.jsonl`` written as its ``llava_test.jsonl``): that file's
-    order, ids and ``text``, each line's answers found by its image name. The test split has no
-    answers (LLaVA-1.5's VizWiz number is the EvalAI server's) and is refused.
-    """
-    _check_limit(limit)
-    apath = os.fspath(annotations_json)
+def _vizwiz_annotations(apath: str) -> dict[str, tuple[int, dict]]:
+    """{image: (index, {"answers", "question", "answer_type", "answerable"})} of a VizWiz
+    annotations file (a JSON array keyed by image name). The test split's ``test.json`` has no
+    answers: every entry then gets ``answers: []`` (predictions only); a file where only some
+    entries lack them is refused."""
     kind, anns = _parse_json(apath)
     if kind != "object" or not isinstance(anns, list):
         raise DataError(f"{apath}: expected a JSON array of questions (is this VizWiz's val.json?)")
+    test_split = bool(anns) and all(isinstance(a, dict) and "answers" not in a for a in anns)
     by_image: dict[str, tuple[int, dict]] = {}
     for j, ann in enumerate(anns):
         where = f"{apath}: [{j}]"
         image = _need(ann, "image", where)
         _need(ann, "question", where)
-        if "answers" not in ann:
-            raise DataError(f"{where}: no 'answers' (VizWiz's test split has none: its accuracy comes "
-                            "from the EvalAI server; score val.json here)")
-        answers = [_need(a, "answer", f"{where} answers[{k}]") for k, a in enumerate(_need(ann, "answers", where, list))]
-        if not answers:
-            raise DataError(f"{where}: 'answers' is empty")
+        answers = []
+        if not test_split:
+            if "answers" not in ann:
+                raise DataError(f"{where}: no 'answers', though other questions of the file have them")
+            answers = [_need(a, "answer", f"{where} answers[{k}]")
+                       for k, a in enumerate(_need(ann, "answers", where, list))]
+            if not answers:
+                raise DataError(f"{where}: 'answers' is empty")
         if image in by_image:
             raise DataError(f"{where}: image {image!r} appears twice (VizWiz's scorer keys by image)")
         by_image[image] = (j, {"answers": answers, "question": ann["question"],
                                "answer_type": ann.get("answer_type"), "answerable": ann.get("answerable")})
+    return by_image
+
+
+def load_vizwiz(annotations_json=None, questions_jsonl=None, image_folder=None, limit=None,
+                check_images=True) -> list[dict]:
+    """VizWiz VQA -> ``{"question_id", "image", "image_file", "question", "answers" (the human
+    answers as given: VizWiz's vqaEval.py compares them unnormalized), "metric": "vizwiz",
+    "answer_type", "answerable", "prompt"}``; ``image_file``: the image as the file names it
+    (what the EvalAI upload lists, `llava_answers.vizwiz_upload`).
+
+    ``annotations_json``: VizWiz's ``val.json`` (or ``train.json``), a JSON array keyed by image
+    name. Alone, its records in file order, ``question_id`` = the 0-based index, ``prompt`` =
+    LLaVA-1.5's VizWiz text (:func:`llava_text` with ``vizwiz=True``). With ``questions_jsonl``
+    (LLaVA's layout: ``llava_test.jsonl``, ``{"question_id", "image", "text", ...}`` a line): that
+    file's order, ids and ``text``, each line's answers found by its image name. The test split
+    has no answers (LLaVA-1.5's VizWiz number is the EvalAI server's): ``test.json``, or LLaVA's
+    ``llava_test.jsonl`` alone, gives ``answers: []``, ``answer_type``/``answerable`` None:
+    predictions only, for the upload file.
+    """
+    _check_limit(limit)
+    if annotations_json is None and questions_jsonl is None:
+        raise DataError("load_vizwiz: give annotations_json (val.json, test.json), questions_jsonl "
+                        "(LLaVA's llava_test.jsonl) or both")
+    apath = None if annotations_json is None else os.fspath(annotations_json)
+    by_image = {} if apath is None else _vizwiz_annotations(apath)
     out: list[dict] = []
+
+    def record(qid, image, question, ann, prompt, folder, where):
+        return {"question_id": qid, "image": _image(image, folder, where, check_images), "image_file": image,
+                "question": question.strip(), "answers": ann["answers"], "metric": "vizwiz",
+                "answer_type": ann["answer_type"], "answerable": ann["answerable"], "prompt": prompt}
+
     if questions_jsonl is None:
         folder = _folder(image_folder, apath)
         for image, (j, ann) in by_image.items():
             if _full(out, limit):
                 break
-            where = f"{apath}: [{j}] ({image})"
-            out.append({"question_id": j, "image": _image(image, folder, where, check_images),
-                        "question": ann["question"].strip(), "answers": ann["answers"], "metric": "vizwiz",
-                        "answer_type": ann["answer_type"], "answerable": ann["answerable"],
-                        "prompt": llava_text(ann["question"], vizwiz=True)})
+            out.append(record(j, image, ann["question"], ann, llava_text(ann["question"], vizwiz=True),
+                              folder, f"{apath}: [{j}] ({image})"))
         return _unique(out, apath)
     qpath = os.fspath(questions_jsonl)
     folder = _folder(image_folder, qpath)
     suffix = f"\n{VIZWIZ_INSTRUCTION}\n{SHORT_ANSWER}"
+    unanswered = {"answers": [], "answer_type": None, "answerable": None}
     for raw, where in _records(qpath):
         if _full(out, limit):
             break
@@ -584,13 +644,10 @@ def load_vizwiz(annotations_json, questions_jsonl=None, image_folder=None, limit
         image = _need(raw, "image", where)
         text = _need(raw, "text", where)
         found = by_image.get(image) or by_image.get(os.path.basename(image))
-        if found is None:
+        if found is None and apath is not None:
             raise DataError(f"{where}: no annotation for image {image!r} in {apath}")
-        ann = found[1]
         question = text[: -len(suffix)] if text.endswith(suffix) else _split_llava_text(text)[0]
-        out.append({"question_id": qid, "image": _image(image, folder, where, check_images),
-                    "question": question.strip(), "answers": ann["answers"], "metric": "vizwiz",
-                    "answer_type": ann["answer_type"], "answerable": ann["answerable"], "prompt": text})
+        out.append(record(qid, image, question, found[1] if found else unanswered, text, folder, where))
     return _unique(out, qpath)
 
 
@@ -840,7 +897,7 @@ def load_mmbench(tsv, limit=None) -> list[dict]:
             record = {"question_id": int(qid) if qid.isdigit() else qid, "image": image,
                       "question": row["question"].strip(),
                       "options": options, "answer": _answer_index(answer, options, where),
-                      "hint": _hint(_mmbench_field(row, "hint"))}
+                      "hint": _hint(_mmbench_field(row, "hint")), "benchmark": "mmbench"}
             for key, extra in (("category", "category"), ("l2-category", "l2_category")):
                 if key in columns:
                     record[extra] = _mmbench_field(row, key)

@@ -14,9 +14,19 @@ that benchmark's ``scripts/v1_5/eval/*.sh`` writes and its scorer reads:
   scienceqa    scienceqa/answers/MODEL.jsonl                eval_science_qa.py --result-file
   mmbench      mmbench/answers/SPLIT/MODEL.jsonl            convert_mmbench_for_submission.py
                                                             --result-dir .../SPLIT --experiment MODEL
+                                                            (the server's xlsx: pandas + openpyxl)
+
+VizWiz also gets the EvalAI upload, as LLaVA's ``convert_vizwiz_for_submission.py`` writes it
+(vizwiz.sh's ``--result-upload-file``): ``vizwiz/answers_upload/MODEL.json``, a JSON array of
+``{"image": the question file's image, "answer": EvalAIAnswerProcessor(text)}`` in the question
+file's order (`vizwiz_upload`). VQAv2's upload is left to LLaVA's
+``convert_vqav2_for_submission.py``, which reads our merge.jsonl unchanged: it lists every
+question of ``llava_vqav2_mscoco_test2015.jsonl`` (``""`` for those not answered), a file a
+test-dev run does not read.
 
 SPLIT is LLaVA's name for the question file: VQAv2 ``llava_vqav2_mscoco_<subtype>`` (the
-subtype from the VQA file's name, e.g. ``test-dev2015``), GQA the LLaVA question file's stem
+stem of LLaVA's own question file, else the subtype from the VQA file's name, e.g.
+``test-dev2015``), GQA the LLaVA question file's stem
 (``llava_gqa_testdev_balanced``; GQA's own ``testdev_balanced_questions.json`` gives the same),
 MMBench the TSV's stem. MODEL is the model's name (LLaVA's CKPT), ``_Kshot`` added for K-shot
 runs. The embedded benchmark and formats no LLaVA script reads (captions, generic multiple
@@ -28,6 +38,8 @@ from __future__ import annotations
 import json
 import os
 import re
+
+from .answers import evalai_answer
 
 # format -> (benchmark folder, whether LLaVA's path has a SPLIT level, whether the file is merge.jsonl)
 LAYOUTS = {
@@ -49,7 +61,9 @@ def llava_split(data: dict) -> str:
     """LLaVA's SPLIT name of a benchmark data spec (see the module docstring)."""
     fmt = data["format"]
     if fmt == "vqav2":
-        stem = _stem(data["questions_json"])
+        stem = _stem(data.get("questions_jsonl") or data["questions_json"])
+        if stem.startswith("llava_vqav2_"):  # LLaVA's own question file: its stem is SPLIT
+            return stem
         m = re.search(r"mscoco_(.+?)_questions$", stem)
         return f"llava_vqav2_mscoco_{m.group(1)}" if m else stem
     if fmt == "gqa":
@@ -65,13 +79,18 @@ def _safe(name: str) -> str:
     return re.sub(r"[\s/\\]+", "_", name.strip()).strip("_") or "model"
 
 
+def _model(model_name: str, shots: int) -> str:
+    """LLaVA's CKPT of a model name, ``_Kshot`` added for a K-shot run."""
+    return _safe(model_name) + (f"_{int(shots)}shot" if shots else "")
+
+
 def llava_answers_path(data, model_name: str, shots: int = 0) -> str | None:
     """The answer file's path relative to LLaVA's ``playground/data/eval``, or None where no
     LLaVA script reads one (embedded data, caption files, generic multiple choice)."""
     if not isinstance(data, dict) or data.get("format") not in LAYOUTS:
         return None
     folder, has_split, merge = LAYOUTS[data["format"]]
-    model = _safe(model_name) + (f"_{int(shots)}shot" if shots else "")
+    model = _model(model_name, shots)
     parts = [folder, "answers"] + ([llava_split(data)] if has_split else [])
     parts += [model, "merge.jsonl"] if merge else [model + ".jsonl"]
     return os.path.join(*parts)
@@ -88,5 +107,42 @@ def write_llava_answers(predictions: list[dict], data, model_name: str, root: st
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(row, default=str) + "\n" for row in predictions)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def vizwiz_upload(predictions: list[dict], records: list[dict]) -> list[dict]:
+    """The EvalAI upload LLaVA's ``convert_vizwiz_for_submission.py`` writes: for each question
+    of `records` (the question file's order) answered in `predictions` (answer rows, matched by
+    ``question_id`` as the script matches them), ``{"image": record["image_file"], "answer":
+    evalai_answer(text)}``. The script asserts every question is answered; here a run on the
+    first N questions gives the first N (the server wants all 8,000 of the test split)."""
+    texts = {row["question_id"]: row["text"] for row in predictions}
+    return [{"image": r["image_file"], "answer": evalai_answer(texts[r["question_id"]])}
+            for r in records if r["question_id"] in texts]
+
+
+def llava_upload_path(data, model_name: str, shots: int = 0) -> str | None:
+    """The upload file's path relative to ``playground/data/eval`` (VizWiz only), else None."""
+    if not isinstance(data, dict) or data.get("format") != "vizwiz":
+        return None
+    return os.path.join("vizwiz", "answers_upload", _model(model_name, shots) + ".json")
+
+
+def write_llava_upload(predictions: list[dict], data, model_name: str, root: str, shots: int = 0) -> str | None:
+    """Write the `vizwiz_upload` of `predictions` at LLaVA's path under `root` (the question
+    file read again, images unchecked, as the script reads it); that path, or None where LLaVA
+    writes no upload for this data."""
+    relative = llava_upload_path(data, model_name, shots)
+    if relative is None or not predictions:
+        return None
+    from .datasets import load_task
+
+    spec = {k: v for k, v in data.items() if k != "format"}
+    records = load_task(data["format"], **{**spec, "check_images": False})
+    path = os.path.join(os.fspath(root), relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(vizwiz_upload(predictions, records), f)  # json.dump's separators, as the script's
     os.replace(path + ".tmp", path)
     return path

@@ -10,10 +10,21 @@
               token count, which does not favour short options).
 
 scoring (generate mode): "official" (default) reads ScienceQA records' letters as LLaVA's
-eval_science_qa.py does (`answers.scienceqa_choice`: "B", "B. ...", or one "The answer is B.");
+eval_science_qa.py does (`answers.scienceqa_choice`: "B", "B. ...", or one "The answer is B."),
+and adds "img_accuracy", its IMG-Accuracy (the problems with an image; LLaVA-1.5's SQA-IMG);
 other records (MMBench, generic files) have no official scorer we reproduce (MMBench's server
 uses circular evaluation and GPT-assisted matching) and are read with `parse_option_letter`;
 "lenient" reads every record with `parse_option_letter`. The scores JSON names the scorer.
+
+Answer files, as LLaVA's scripts read them: ScienceQA's `question_id` is the pid (a str, as
+problems.json's keys) and its `prompt` starts with "<image>\n" for a problem with an image
+(eval_science_qa.py counts IMG-Accuracy from that). MMBench's `question_id` is the TSV's
+`index` as an int, which convert_mmbench_for_submission.py compares with pandas' int column
+(a str id would match no row); that script writes the server's xlsx with pandas and openpyxl,
+neither of which this project needs, so it is run on our answer file (`--llava_answers_dir`
+puts it at mmbench/answers/SPLIT/MODEL.jsonl, where the script looks). Prompts: MMBench's
+hint stands on its own line before the question (model_vqa_mmbench.py), ScienceQA's as
+"Context: ..." (LLaVA-1.5's ScienceQA prompt as lmms-eval's scienceqa task renders it).
 """
 
 from __future__ import annotations
@@ -53,10 +64,32 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
         return parse_option_letter(text, len(record["options"])), "mir_jax parse_option_letter (no official scorer)"
 
     def answer_prompt(self, record):
-        return self.question(record, False)
+        """The answer file's `prompt`, as LLaVA's model_vqa_science.py / model_vqa_mmbench.py write
+        it: ScienceQA's starts with "<image>\n" where the problem has an image, which is how
+        eval_science_qa.py tells the problems of its IMG-Accuracy."""
+        prompt = self.question(record, False)
+        return "<image>\n" + prompt if record.get("benchmark") == "scienceqa" and record.get("image") else prompt
+
+    def generation_scores(self, records, texts) -> tuple[list[int | None], dict, str]:
+        """(the option each generation names, {"accuracy", "unparsed"} plus "img_accuracy" (over
+        the ScienceQA problems with an image: eval_science_qa.py's IMG-Accuracy, LLaVA-1.5's
+        SQA-IMG) where there are such problems, the scorers' names)."""
+        picks = [self.choose(r, t) for t, r in zip(texts, records)]
+        chosen = [c for c, _ in picks]
+        mc = multiple_choice_scores(chosen, [int(r["answer"]) for r in records])
+        scores = {"accuracy": mc["accuracy"], "unparsed": mc["unparsed"]}
+        img = [i for i, r in enumerate(records) if r.get("benchmark") == "scienceqa" and r.get("image")]
+        if img:
+            scores["img_accuracy"] = multiple_choice_scores([chosen[i] for i in img],
+                                                            [int(records[i]["answer"]) for i in img])["accuracy"]
+        return chosen, scores, "; ".join(sorted({s for _, s in picks}))
 
     def _context(self, record) -> str:
-        return f"Context: {record['hint']}\n" if record.get("hint") else ""
+        """The hint's line: MMBench's bare (model_vqa_mmbench.py: hint + "\n" + question), the
+        others' as "Context: ..." (ScienceQA's, as lmms-eval renders LLaVA-1.5's prompt)."""
+        if not record.get("hint"):
+            return ""
+        return f"{record['hint']}\n" if record.get("benchmark") == "mmbench" else f"Context: {record['hint']}\n"
 
     def question(self, record, document):
         q = self._context(record) + choice_prompt(record["question"], record["options"])
@@ -70,11 +103,8 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
         scores, predictions, details = {"num_samples": len(records)}, [], {}
         if o["mode"] in ("both", "generate"):
             prompts, texts = self.generate(model, records)
-            picks = [self.choose(r, t) for t, r in zip(texts, records)]
-            chosen = [c for c, _ in picks]
-            mc = multiple_choice_scores(chosen, answers)
-            scores.update(accuracy=mc["accuracy"], unparsed=mc["unparsed"])
-            details["scorer"] = "; ".join(sorted({s for _, s in picks}))
+            chosen, generated, details["scorer"] = self.generation_scores(records, texts)
+            scores.update(generated)
             predictions = [answer_row(r["question_id"], self.answer_prompt(r), t, model.name,
                                       choice=c, rendered_prompt=rendered(model, p))
                            for r, p, t, c in zip(records, prompts, texts, chosen)]

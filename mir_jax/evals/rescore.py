@@ -32,7 +32,6 @@ import sys
 
 from mir_jax.data.errors import DataError
 
-from .answers import multiple_choice_scores
 from .base import EvalResult, get_evaluator, write_result
 from .generative import load_records
 
@@ -137,13 +136,12 @@ def rescore(answers_path: str, task: str, data, **options) -> EvalResult:
     records = load_records(_without_image_checks(data), evaluator.task, None, 0)
     if not records:
         raise ValueError(f"rescore: the {task} data holds no records")
+    if task == "vqa" and not any(r["answers"] for r in records):
+        raise ValueError("rescore: the data has no answers (a test split: its benchmark's server scores it)")
     texts, missing, unmatched = match(records, read_answers(answers_path))
     details = {"answers_file": os.path.abspath(answers_path), "missing": missing, "unmatched": unmatched}
     if task == "multiple_choice":
-        picks = [evaluator.choose(r, t) for r, t in zip(records, texts)]
-        mc = multiple_choice_scores([c for c, _ in picks], [int(r["answer"]) for r in records])
-        scores = {"accuracy": mc["accuracy"], "unparsed": mc["unparsed"]}
-        details["scorer"] = "; ".join(sorted({s for _, s in picks}))
+        _, scores, details["scorer"] = evaluator.generation_scores(records, texts)
     else:
         scores, more = evaluator.score(records, texts)
         details.update(more)

@@ -18,6 +18,10 @@
                                         sides normalized (lmms-eval's rule), so "Two." and
                                         "On the left." match the human-style answers
 
+Records without answers (VQAv2 test-dev, VizWiz test) are not scored: they are counted in
+details["unscored"] and their answers written; with none scored there is no "accuracy" and
+details["scorer"] says so (`NO_ANSWERS`).
+
 Prompts: a record that carries LLaVA's question text (`"prompt"`: the question, LLaVA-1.5's
 "Reference OCR token: ..." line for TextVQA, and "Answer the question using a single word or
 phrase."; VizWiz: "When the provided information is insufficient, respond with 'Unanswerable'."
@@ -53,6 +57,8 @@ SCORERS = {
     ("normalized", None): "VQA soft accuracy, both sides normalized (lmms-eval's rule, no official scorer)",
 }
 METRICS = ("vqa", "textvqa", "gqa", "vizwiz", "normalized")
+NO_ANSWERS = ("none: the data has no answers (a test split: predictions only; the benchmark's server scores "
+              "the upload, e.g. LLaVA's answers_upload/ files)")
 
 
 def _vizwiz_scoring(scoring: str) -> str:
@@ -94,23 +100,33 @@ class VQAEvaluator(GenerativeEvaluator):
         return self.llava_text(record)
 
     def example_answer(self, record):
+        if not record["answers"]:
+            raise ValueError(f"evaluator 'vqa': few-shot example {record['question_id']!r} has no answers "
+                             "(a test split): give support_data= a split with answers")
         return Counter(record["answers"]).most_common(1)[0][0]
 
     def score(self, records, answers):
         per_kind = defaultdict(list)
-        values, scorers = [], set()
+        values, scorers, unscored = [], set(), 0
         for r, a in zip(records, answers):
             if r.get("balanced") is False:  # GQA's eval.py scores balanced questions only
+                continue
+            if not r["answers"]:  # a test split (VQAv2 test-dev, VizWiz test): its server scores it
+                unscored += 1
                 continue
             v, scorer = record_score(r, a, self.options["scoring"])
             values.append(v)
             scorers.add(scorer)
             per_kind[r.get("kind") or r.get("answer_type") or "all"].append(v)
         details = {"per_kind": {k: sum(v) / len(v) for k, v in sorted(per_kind.items())},
-                   "scorer": "; ".join(sorted(scorers))}
+                   "scorer": "; ".join(sorted(scorers)) or NO_ANSWERS}
+        if unscored:
+            details["unscored"] = unscored
         vizwiz = [(a, r["answerable"]) for r, a in zip(records, answers)
                   if r.get("metric") == "vizwiz" and r.get("answerable") is not None]
         if vizwiz:
             details["unanswerable_f1"] = vizwiz_unanswerable_f1(
                 [a for a, _ in vizwiz], [lab for _, lab in vizwiz], _vizwiz_scoring(self.options["scoring"]))
+        if not values and unscored:
+            return {}, details
         return {"accuracy": sum(values) / len(values) if values else 0.0}, details
