@@ -2,7 +2,9 @@
 
 References: the float64 transcription of docs/mir.md (tests/reference_mir.py) on the rows the
 files hold, a float64 delete-a-group jackknife written here, and, for the dump tool, our own
-forward of the same tiny HF LLaVA the parity tests use (evaluate_mir)."""
+forward of the same tiny HF LLaVA the parity tests use (evaluate_mir); for the dump tool's
+command line (AutoProcessor on image and text files), our own run of the same HF processor and
+model on the shipped miniature base, with the masks selected here from the input ids."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from mir_jax.mir import compute_mir
 from mir_jax.mir.hidden_states import HiddenStatesError, hidden_states_mir, open_hidden_states
 from tests import reference_mir as ref
 from tests.helpers import ROOT
@@ -319,3 +322,191 @@ def test_benchmark_runs_and_prints_its_ratios():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.startswith("versions: jax "), out.stdout[:300]
     assert "target >= 0.5" in out.stdout and "whole streaming MIR" in out.stdout
+
+
+# --------------------------------------------------------------------------------------
+# The command line: AutoProcessor on image and text files, against our own run of the same
+# processor and model and the float64 reference.
+# --------------------------------------------------------------------------------------
+
+# The MIR paper's prompt, which the chat template saved with the processor renders (the
+# reference writes it out rather than asking the template, so a tool that built its
+# conversation differently would not match).
+PAPER_PROMPT = "USER: <image>\n ASSISTANT: {text}"
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+                 "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+                 "{% else %} ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}"
+                 "{% endfor %}")
+NUM_DUMPED = 10  # x 16 image positions: 160 vision rows, more than the miniature LLM's width (128)
+
+
+@pytest.fixture(scope="module")
+def processor_llava(tmp_path_factory):
+    """The shipped miniature base (an HF LLaVA directory) copied with an HF LlavaProcessor saved
+    beside it, so that AutoProcessor.from_pretrained loads it as it loads a hub checkpoint's;
+    a folder of images and one of texts; and the number of image positions the model expects."""
+    pytest.importorskip("torch", reason="the dump tool runs the HF PyTorch model")
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    from PIL import Image
+
+    from mir_jax.data import synthetic
+    from mir_jax.data.images import CLIP_MEAN, CLIP_STD
+    from mir_jax.data.miniature import BASE_DIR
+
+    model_dir = str(tmp_path_factory.mktemp("miniature_hf"))
+    shutil.copytree(BASE_DIR, model_dir, dirs_exist_ok=True)
+    with open(os.path.join(BASE_DIR, "config.json")) as f:
+        config = json.load(f)
+    vision = config["vision_config"]
+    # CLIP's patches plus its CLS position; the "default" strategy drops the CLS (HF's
+    # LlavaProcessor counts image positions this way, so the model's and the processor's
+    # counts agree only with both settings right).
+    strategy = config["vision_feature_select_strategy"]
+    expected = (vision["image_size"] // vision["patch_size"]) ** 2 + 1 - (strategy == "default")
+    assert expected == config["image_seq_length"] == 16
+    with open(os.path.join(BASE_DIR, "tokenizer_config.json")) as f:
+        tokenizer_config = json.load(f)
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=os.path.join(BASE_DIR, "tokenizer.json"),
+        **{k: tokenizer_config[k] for k in ("bos_token", "eos_token", "pad_token", "extra_special_tokens",
+                                            "model_max_length")})
+    assert tokenizer.convert_tokens_to_ids("<image>") == config["image_token_index"] == 3
+    size = vision["image_size"]
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    processor = transformers.LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision["patch_size"],
+        num_additional_image_tokens=1, vision_feature_select_strategy=strategy, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(model_dir)
+
+    # Images of several sizes and shapes (the processor resizes and crops them to 32 x 32, so
+    # every sample still has 16 image positions), one more than --num_samples, and a file
+    # that is no image; texts of several lengths, a .story cut at its first @highlight, and
+    # a file that is no text.
+    rng = np.random.default_rng(7)
+    images, texts = tmp_path_factory.mktemp("images"), tmp_path_factory.mktemp("texts")
+    for i in range(NUM_DUMPED + 1):
+        if i % 3 == 2:
+            pixels = rng.integers(0, 256, (24 + 8 * i, 40, 3), dtype=np.uint8)
+        else:
+            pixels = synthetic.render(synthetic.random_scene(rng), (32, 48, 64)[i % 3], rng)
+        Image.fromarray(pixels).save(images / f"{i:02d}.png")
+        captions = " ".join(synthetic.caption(synthetic.random_scene(rng)) for _ in range(1 + i % 4))
+        if i == 4:
+            (texts / f"{i:02d}.story").write_text(f"{captions}\n\n@highlight\n\nnot part of the sample\n")
+        else:
+            (texts / f"{i:02d}.txt").write_text(f"  {captions}\n")
+    (images / "notes.txt").write_text("not an image")
+    (texts / "notes.md").write_text("not a text")
+    return model_dir, str(images), str(texts), expected
+
+
+def _reference_dump(model_dir, images, texts, count):
+    """Per sample (hidden states [L+1, S, D] float32, vision [S], text [S]) from our own run of
+    the saved processor and the HF model on the first `count` files, the masks as the tool's
+    docstring and docs/mir.md section 10 define them."""
+    import torch
+    import transformers
+    from PIL import Image
+
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = transformers.AutoProcessor.from_pretrained(model_dir)
+    image_files = [os.path.join(images, f"{i:02d}.png") for i in range(count)]
+    text_files = sorted(f for f in os.listdir(texts) if not f.endswith(".md"))[:count]
+    out = []
+    for image_file, text_file in zip(image_files, text_files):
+        with open(os.path.join(texts, text_file)) as f:
+            text = f.read()
+        text = (text.split("@highlight")[0] if text_file.endswith(".story") else text).strip()
+        with Image.open(image_file) as image:
+            image = image.convert("RGB")
+        batch = processor(images=[image],
+                          text=[PAPER_PROMPT.replace("{text}", text)], return_tensors="pt")
+        with torch.no_grad():
+            states = torch.stack(model(**batch, output_hidden_states=True).hidden_states)[:, 0].numpy()
+        ids = batch["input_ids"][0].numpy()  # one sample per call: no padding
+        vision = ids == model.config.image_token_index
+        text_mask = np.arange(len(ids)) > np.flatnonzero(vision)[-1]
+        out.append((states, vision, text_mask))
+    return out
+
+
+def _read_dump(path):
+    from safetensors.numpy import load_file
+
+    tensors = {}
+    for shard in sorted(os.listdir(path)):
+        tensors.update(load_file(os.path.join(path, shard)))
+    names = sorted({k.split("/")[0] for k in tensors})
+    return [tuple(tensors[f"{n}/{t}"] for t in ("hidden_states", "vision_mask", "text_mask")) for n in names]
+
+
+@pytest.mark.slow
+def test_dump_cli_with_autoprocessor_equals_our_run_and_the_float64_reference(processor_llava, tmp_path):
+    from tests.helpers import run_tool
+
+    model_dir, images, texts, image_positions = processor_llava
+    output = str(tmp_path / "chat_template")
+    run = run_tool("tools/dump_hidden_states.py", f"--model={model_dir}", f"--images={images}",
+                   f"--texts={texts}", f"--num_samples={NUM_DUMPED}", f"--output={output}")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"wrote {NUM_DUMPED} samples to {output}" in run.stdout
+
+    expected = _reference_dump(model_dir, images, texts, NUM_DUMPED)
+    dumped = _read_dump(output)
+    assert len(dumped) == NUM_DUMPED
+    for (states, vision, text), (ref_states, ref_vision, ref_text) in zip(dumped, expected):
+        assert int(vision.sum()) == image_positions  # the processor expanded <image> into 16
+        np.testing.assert_array_equal(vision, ref_vision)
+        np.testing.assert_array_equal(text, ref_text)
+        assert states.shape == ref_states.shape and states.shape[0] == 9  # 8 layers + embeddings
+        np.testing.assert_allclose(states, ref_states, rtol=1e-5, atol=1e-5)
+
+    index = open_hidden_states(output)
+    assert (index.layers, index.dim, index.first_layer) == (8, 128, 1)
+    out = hidden_states_mir(output, mode="exact", index=index)
+    vision_rows = [np.concatenate([s[k][v] for s, v, _ in expected]) for k in range(1, 9)]
+    text_rows = [np.concatenate([s[k][t] for s, _, t in expected]) for k in range(1, 9)]
+    # The file's MIR is the float32 kernel's on our own rows, to float32 rounding ...
+    ours = [float(compute_mir(v[None], t[None]).per_layer[0]) for v, t in zip(vision_rows, text_rows)]
+    np.testing.assert_allclose(out.result.per_layer, ours, rtol=1e-5)
+    # ... and the float64 reference's to the kernel's float32 precision on these covariances:
+    # the miniature model's vision covariance here has condition number 4e8 to 3e10 (layer 8
+    # to 1), past float32's 1/eps (1.7e7), so its smallest eigenvalues are lost as numerically
+    # zero (1.4e-4 relative measured; kernel.py's 1e-4 is for well-conditioned data).
+    per_layer, overall = ref.mir(vision_rows, text_rows)
+    np.testing.assert_allclose(out.result.per_layer, per_layer, rtol=5e-4)
+    assert abs(float(out.result.overall) - overall) < 2e-4
+    assert out.num_vision_tokens == NUM_DUMPED * image_positions
+    assert out.num_text_tokens == sum(int(t.sum()) for _, _, t in expected)
+
+    # --prompt with the paper's prompt gives the same samples as the chat template; small
+    # --shard_gb puts them in several shards.
+    prompted = str(tmp_path / "prompt")
+    run = run_tool("tools/dump_hidden_states.py", f"--model={model_dir}", f"--images={images}",
+                   f"--texts={texts}", f"--num_samples={NUM_DUMPED}", f"--output={prompted}",
+                   f"--prompt={PAPER_PROMPT}", "--shard_gb=0.0005")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert len(os.listdir(prompted)) > 1
+    for (states, vision, text), (other, other_vision, other_text) in zip(dumped, _read_dump(prompted)):
+        np.testing.assert_array_equal(states, other)
+        np.testing.assert_array_equal(vision, other_vision)
+        np.testing.assert_array_equal(text, other_text)
+
+
+@pytest.mark.slow
+def test_dump_cli_refuses_too_few_files_in_one_line(processor_llava, tmp_path):
+    from tests.helpers import run_tool
+
+    model_dir, images, texts, _ = processor_llava
+    output = tmp_path / "out"
+    # 11 images and 11 texts for 12 samples: exit 2 before the model loads, nothing written.
+    run = run_tool("tools/dump_hidden_states.py", f"--model={model_dir}", f"--images={images}",
+                   f"--texts={texts}", f"--num_samples={NUM_DUMPED + 2}", f"--output={output}")
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.stderr.strip() == (f"dump_hidden_states.py: error: {NUM_DUMPED + 1} images and "
+                                  f"{NUM_DUMPED + 1} texts for --num_samples={NUM_DUMPED + 2}")
+    assert not output.exists()
