@@ -60,7 +60,9 @@ def start_params(config, workdir) -> tuple[dict[str, np.ndarray], dict[str, np.n
 
 
 def run_tool(script: str, *args, cwd=None, timeout: int = 600, **env_extra) -> subprocess.CompletedProcess:
-    """`python SCRIPT ARGS` (train.py, evaluate.py, study.py) on the CPU, output captured."""
+    """`python SCRIPT ARGS` (train.py, evaluate.py, study.py; `-m`, MODULE for a module's command
+    line) on the CPU, output captured."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", **env_extra)
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True,
+    target = [script] if script == "-m" else [os.path.join(ROOT, script)]
+    return subprocess.run([sys.executable, *target, *args], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=timeout)

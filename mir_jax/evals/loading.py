@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from mir_jax.data.images import ImageConfig, image_config_from_hf
-from mir_jax.weights import load_weights
+from mir_jax.weights import Weights, load_weights
 
 from .base import EvalModel
 
@@ -114,11 +114,12 @@ def _exported_template(directory: str) -> tuple[str, str | None]:
 
 
 def load_model(path: str, *, template: str | None = None, image_mode: str | None = None,
-               step: int | None = None, mesh=None) -> EvalModel:
+               step: int | None = None, mesh=None, weights: Weights | None = None) -> EvalModel:
     """The `EvalModel` at `path` ('WORKDIR', 'WORKDIR@STEP' or an HF directory): its weights
-    (`load_weights`, whose one-line errors it raises) and preprocessing. `template` overrides
-    the model's own prompt template, `image_mode` its pad/crop/resize."""
-    weights = load_weights(path, step=step, mesh=mesh)
+    (`load_weights`, whose one-line errors it raises, or `weights` already loaded from `path`)
+    and preprocessing. `template` overrides the model's own prompt template, `image_mode` its
+    pad/crop/resize."""
+    weights = weights or load_weights(path, step=step, mesh=mesh)
     if weights.source.kind == "workdir":
         pre = workdir_preprocessing(weights.run_config, weights.config, image_mode)
     else:
