@@ -39,6 +39,7 @@ def _scaled_hf(hf_model, factor):
     return scaled
 
 
+@pytest.mark.slow
 def test_each_factor_equals_the_hf_model_with_its_projector_scaled(tiny_llava):
     path, hf_model = tiny_llava
     model = load_model(path)
