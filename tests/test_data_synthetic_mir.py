@@ -255,3 +255,23 @@ def test_mir_long_story_truncated_image_kept():
     assert b["attention_mask"].sum(1).tolist() == [64, 0]
     assert b["labels"][0].tolist() == [-100] * 26 + [x + 4 for x in story[:38].encode()]
     assert int((b["input_ids"][0] == 3).sum()) == 4
+
+
+def test_distinct_questions_removes_repeats_and_off_keeps_the_stream():
+    """Six independent draws about a scene of 1-2 groups repeat a question in many
+    conversations (answered by copying); distinct_questions redraws them. Off, the records are
+    the default source's exactly."""
+    def repeats(src):  # conversations asking some question twice (the first turn opens with the scene)
+        questions = [[text.split("\n", 1)[1] if k == 0 else text for k, (_, text) in enumerate(rec["turns"][::2])]
+                     for rec in (src[i] for i in range(300))]
+        return sum(len(set(qs)) < len(qs) for qs in questions)
+
+    plain = SyntheticSource("text_qa", max_turns=6)
+    distinct = SyntheticSource("text_qa", max_turns=6, distinct_questions=True)
+    assert repeats(plain) > 50  # the defect the option exists for (about a third here)
+    assert repeats(distinct) == 0
+    off = SyntheticSource("text_qa", max_turns=6, distinct_questions=False)
+    assert [off[i] for i in range(20)] == [plain[i] for i in range(20)]
+    # The redrawn conversations keep every family and stay as long.
+    turns = [len(distinct[i]["turns"]) for i in range(300)]
+    assert turns == [len(plain[i]["turns"]) for i in range(300)]

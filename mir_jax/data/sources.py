@@ -365,7 +365,8 @@ def make_source(spec: dict, *, image_size: int = 64, seed: int = 0, split: str =
         src = SyntheticSource(spec.get("kind", "caption"), num_samples=spec.get("num_samples", 100_000),
                               image_size=image_size, seed=spec.get("seed", seed), split=split,
                               questions=spec.get("questions"), wrong_answers=spec.get("wrong_answers", 0.0),
-                              max_turns=spec.get("max_turns", 2))
+                              max_turns=spec.get("max_turns", 2),
+                              distinct_questions=spec.get("distinct_questions", False))
         if name:
             src.name = name
         return src

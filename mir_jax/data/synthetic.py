@@ -234,13 +234,28 @@ def scene_sentence(scene: list[dict]) -> str:
     return SCENE_INTRO + caption(scene)
 
 
+# Redraws allowed per turn before a distinct_questions conversation accepts a repeat (a scene
+# of one group may have fewer distinct questions than turns).
+_REDRAWS = 8
+
+
 def conversation_turns(scene: list[dict], rng: np.random.Generator, opening: str, *, families=None,
-                       wrong_answers: float = 0.0, max_turns: int = 2) -> list[tuple[str, str]]:
+                       wrong_answers: float = 0.0, max_turns: int = 2,
+                       distinct_questions: bool = False) -> list[tuple[str, str]]:
     """1 to ``max_turns`` question/answer turns about ``scene``, the first user turn opened by
-    ``opening`` ("<image>\n" for qa, the scene sentence and a newline for text_qa)."""
-    turns = []
+    ``opening`` ("<image>\n" for qa, the scene sentence and a newline for text_qa).
+
+    Questions are drawn independently, so a conversation may ask one twice, and a repeat is
+    answered by copying the earlier answer rather than by reading the scene;
+    ``distinct_questions`` redraws a repeat (up to _REDRAWS times)."""
+    turns, asked = [], set()
     for k in range(int(rng.integers(1, max_turns + 1))):
         q, a = _question(scene, rng, families, wrong_answers)
+        for _ in range(_REDRAWS if distinct_questions else 0):
+            if q not in asked:
+                break
+            q, a = _question(scene, rng, families, wrong_answers)
+        asked.add(q)
         turns += [("user", (opening if k == 0 else "") + q), ("assistant", a)]
     return turns
 
@@ -279,6 +294,8 @@ class SyntheticSource:
         same form (noisy instruction data).
       max_turns: qa/text_qa only: conversations have 1 to max_turns question/answer turns
         (more turns: more answers per scene read).
+      distinct_questions: qa/text_qa only: no question asked twice in one conversation where
+        the scene allows (`conversation_turns`); off keeps the independent draws.
 
     Raises:
       ValueError: an unknown kind, split or question family, or wrong_answers outside [0, 1].
@@ -286,7 +303,7 @@ class SyntheticSource:
 
     def __init__(self, kind: str = "caption", *, num_samples: int = 100_000, image_size: int = 64,
                  seed: int = 0, split: str = "train", questions=None, wrong_answers: float = 0.0,
-                 max_turns: int = 2):
+                 max_turns: int = 2, distinct_questions: bool = False):
         if kind not in KIND_CODES:
             raise ValueError(f"synthetic kind {kind!r} not in {tuple(KIND_CODES)}")
         if split not in SPLIT_CODES:
@@ -303,6 +320,7 @@ class SyntheticSource:
         self.kind, self.num_samples, self.image_size = kind, int(num_samples), int(image_size)
         self.seed, self.split = int(seed), split
         self.questions, self.wrong_answers, self.max_turns = questions, float(wrong_answers), int(max_turns)
+        self.distinct_questions = bool(distinct_questions)
         self.name = f"synthetic_{kind}"
 
     def __len__(self) -> int:
@@ -312,7 +330,8 @@ class SyntheticSource:
         return np.random.default_rng([self.seed, KIND_CODES[self.kind], SPLIT_CODES[self.split], index])
 
     def _qa_options(self) -> dict:
-        return {"families": self.questions, "wrong_answers": self.wrong_answers, "max_turns": self.max_turns}
+        return {"families": self.questions, "wrong_answers": self.wrong_answers, "max_turns": self.max_turns,
+                "distinct_questions": self.distinct_questions}
 
     def scene(self, index: int) -> list[dict]:
         """The scene of a caption, qa or text_qa sample (for tests and demos)."""
