@@ -510,3 +510,31 @@ def test_dump_cli_refuses_too_few_files_in_one_line(processor_llava, tmp_path):
     assert run.stderr.strip() == (f"dump_hidden_states.py: error: {NUM_DUMPED + 1} images and "
                                   f"{NUM_DUMPED + 1} texts for --num_samples={NUM_DUMPED + 2}")
     assert not output.exists()
+
+
+@pytest.mark.slow
+def test_dump_cli_refuses_a_cut_into_the_image_or_past_all_text_in_one_line(processor_llava, tmp_path):
+    import transformers
+
+    from tests.helpers import run_tool
+
+    model_dir, images, texts, _ = processor_llava
+    processor = transformers.AutoProcessor.from_pretrained(model_dir)
+    from PIL import Image
+
+    tool = _dump_tool()  # the first sample as the tool picks and reads it
+    prompt = PAPER_PROMPT.replace("{text}", tool._text(tool._sorted_files(texts, (".txt", ".story"))[0]))
+    image_file = tool._sorted_files(images, tool.IMAGE_SUFFIXES)[0]
+
+    with Image.open(image_file) as image:
+        ids = processor(images=[image.convert("RGB")], text=[prompt], return_tensors="np")["input_ids"][0]
+    last_image = int(np.flatnonzero(ids == 3).max())  # <image> is id 3 in the miniature vocabulary
+    # Cut 4 positions into the image; then exactly after it, which leaves no text position.
+    for max_length, says in ((last_image - 3, "max_length"), (last_image + 1, "no text position after the image")):
+        output = tmp_path / f"cut_{max_length}"
+        run = run_tool("tools/dump_hidden_states.py", f"--model={model_dir}", f"--images={images}",
+                       f"--texts={texts}", "--num_samples=2", f"--output={output}", f"--prompt={PAPER_PROMPT}",
+                       f"--max_length={max_length}")
+        assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+        assert len(run.stderr.strip().splitlines()) == 1 and says in run.stderr, run.stderr
+        assert run.stderr.startswith("dump_hidden_states.py: error: ") and not output.exists()

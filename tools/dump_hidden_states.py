@@ -40,9 +40,9 @@ FORMAT = "mir-jax.hidden_states"  # the value mir_jax.mir.hidden_states writes a
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def image_token_id(model) -> int:
+def image_token_id(model_config) -> int:
     """The input id of the positions an image is expanded into, from the model's config."""
-    for config in (model.config, getattr(model.config, "text_config", None)):
+    for config in (model_config, getattr(model_config, "text_config", None)):
         for key in ("image_token_id", "image_token_index"):
             value = getattr(config, key, None)
             if value is not None:
@@ -100,7 +100,7 @@ def dump_hidden_states(model, inputs, output: str, *, dtype=None, shard_bytes: i
     Returns the number of samples written."""
     import torch
 
-    image_id = image_token_id(model)
+    image_id = image_token_id(model.config)
     writer = ShardWriter(output, shard_bytes, {"format": FORMAT, "embeddings": "included",
                                                "image_token_id": str(image_id), **(metadata or {})})
     for batch in inputs:
@@ -166,17 +166,40 @@ def main(argv=None) -> int:
         print(f"dump_hidden_states.py: error: {len(images)} images and {len(texts)} texts for "
               f"--num_samples={args.num_samples}", file=sys.stderr)
         return 2
+    processor = transformers.AutoProcessor.from_pretrained(args.model)
+    image_id = image_token_id(transformers.AutoConfig.from_pretrained(args.model))
+    kwargs = dict(truncation=True, max_length=args.max_length) if args.max_length else {}
+
+    def processed(image_path, text_path):
+        with Image.open(image_path) as image:
+            rgb = image.convert("RGB")
+        return processor(images=[rgb], text=[_prompt(processor, args.prompt, _text(text_path))],
+                         return_tensors="pt", **kwargs)
+
+    # Every sample is checked before the model loads, so a bad one costs no model load and
+    # leaves no partial dump behind: a cut into the image's positions (the processor refuses
+    # it) or a sample with no text position after its image (not a MIR sample).
+    cut = f" (--max_length={args.max_length} may be too short)" if args.max_length else ""
+    for image_path, text_path in zip(images, texts):
+        try:
+            batch = processed(image_path, text_path)
+        except (ValueError, OSError) as e:
+            print(f"dump_hidden_states.py: error: {image_path} with {text_path}: "
+                  f"{str(e).strip().splitlines()[0]}{cut}", file=sys.stderr)
+            return 2
+        vision, text = mir_masks(batch["input_ids"][0].numpy(), batch["attention_mask"][0].numpy(), image_id)
+        if not vision.any() or not text.any():
+            what = "no image position" if not vision.any() else "no text position after the image"
+            print(f"dump_hidden_states.py: error: {image_path} with {text_path}: {what}{cut}", file=sys.stderr)
+            return 2
+
     dtype = getattr(torch, args.dtype) if args.dtype else "auto"
     auto = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
     model = auto.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
-    processor = transformers.AutoProcessor.from_pretrained(args.model)
 
     def inputs():
         for image_path, text_path in zip(images, texts):
-            prompt = _prompt(processor, args.prompt, _text(text_path))
-            kwargs = dict(truncation=True, max_length=args.max_length) if args.max_length else {}
-            batch = processor(images=[Image.open(image_path).convert("RGB")], text=[prompt],
-                              return_tensors="pt", **kwargs)
+            batch = processed(image_path, text_path)
             yield {k: (v.to(args.device, model.dtype) if v.is_floating_point() else v.to(args.device))
                    for k, v in batch.items()}
 
