@@ -120,13 +120,12 @@ def main(argv=None) -> int:
     from mir_jax.evals.loading import load_model
     from mir_jax.weights import WeightsError, load_weights
 
-    path, _, step = args.weights.partition("@")
     try:
-        weights = load_weights(path, step=int(step) if step else None)
+        weights = load_weights(args.weights)  # it reads WORKDIR@STEP itself
     except (WeightsError, ValueError) as e:
         print(f"connector_scale: error: {e}", file=sys.stderr)
         return 2
-    eval_model = load_model(path, weights=weights)
+    eval_model = load_model(args.weights, weights=weights)
     loss_data = weights.run_config.get("data") if weights.run_config is not None else None
     records = measure(eval_model, scales, num_samples=args.num_samples, loss_data=loss_data,
                       loss_samples=args.loss_samples, progress=True)
