@@ -1,25 +1,10 @@
 """MIR from hidden states dumped to safetensors files, for any model (docs/mir.md, section 10).
 
-A model we cannot run can still be measured: its own pipeline (or `tools/dump_hidden_states.py`
-for any HF vision-to-text model) writes, per sample, the hidden states HF returns with
-`output_hidden_states=True` and which positions are vision and which text. This module reads
-them in one of two ways, never holding more than it must:
-
-  mode="streaming"  sample by sample, layer by layer (safetensors `get_slice`), packed into
-      fixed-shape batches for `MIRAccumulator`: memory independent of the number of samples
-      and of the tokens (two or three passes over the files, as the accumulator needs).
-  mode="exact"      layer by layer: layer l of every sample, then `compute_mir` on that one
-      layer (exact medians); memory one layer of all samples' MIR rows. Each file byte is read
-      once. The only mode that gives intervals (`uncertainty="jackknife"`: each sample is one
-      member of a jackknife group, groups dealt by `jackknife_groups`).
-
-Both check every file before the first heavy read: a file that is not safetensors, cut short,
-a sample missing a tensor, wrong shapes or dtypes, overlapping or empty masks: one
-`HiddenStatesError` line naming the file and the sample. NaN or infinite values are found
-while reading (the same error, naming the layer too).
-
-Public: `open_hidden_states` (the checked index), `hidden_states_mir` (MIR from a path),
-`HiddenStatesError`, `HiddenStatesMIR`.
+`open_hidden_states` checks every file (headers and masks only) and indexes its samples;
+`hidden_states_mir` computes MIR from a path in mode "streaming" (`stream_batches` into
+`MIRAccumulator`, memory independent of the data) or "exact" (layer by layer through
+`compute_mir`, the only mode with intervals). Any layout error, NaN or infinity is one
+`HiddenStatesError` line naming the file and the sample.
 """
 
 from __future__ import annotations
@@ -449,10 +434,12 @@ def hidden_states_mir(path: str, *, method: str = "auto", mode: str = "streaming
       mode: "streaming" (MIRAccumulator, memory independent of the data) or "exact" (layer by
         layer, memory one layer of all samples' rows).
       uncertainty: None or "jackknife" (exact mode only): intervals over `num_groups` groups of
-        samples at `level`, as `compute_mir(..., uncertainty=...)`.
+        samples at `level`.
       batch_bytes: float32 bytes of one streaming batch (both modalities).
-      check_finite: refuse NaN / infinite values (one summation per layer slice).
+      check_finite: refuse NaN / infinite values.
       index: an `open_hidden_states(path)` already made (skips the checks).
+    Returns:
+      HiddenStatesMIR (the MIRResult and the sample count).
     Raises:
       HiddenStatesError on a file that breaks the layout; ValueError on bad options.
     """

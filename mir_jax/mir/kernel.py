@@ -1,38 +1,12 @@
 """The Modality Integration Rate (MIR), exactly as `docs/mir.md` defines it.
 
-MIR measures how far an LVLM's vision tokens sit from its text tokens inside the
-language model: per decoder layer l, the Fréchet distance between Gaussians fitted
-to the vision-token and text-token hidden states, after text-centric normalization
-and 3-sigma outlier replacement; overall, ``log10(Σ_l FD_l)``. Lower is better
-aligned.
-
-In one compiled program for all layers: `compute_mir` (per layer and overall) and
-`frechet_distance` (one pair of row sets), with the two preprocessing rules
-(`text_centric_scale`, `replace_outliers`). The streaming form is
-`mir_jax.mir.streaming.MIRAccumulator`; the public names are re-exported by `mir_jax.mir`.
-
-Methods for tr((Σ_V Σ_T)^{1/2}) (`mir_jax.mir.methods`; routines in `mir_jax.mir.linalg`):
-  "eigh"          exact: factor both covariances (Cholesky; eigh when singular) and
-                  sum the singular values of L₁ᵀ L₂, i.e. the square roots of the
-                  eigenvalues of L₁ᵀ Σ₂ L₁, without squaring the condition number.
-  "gram"          exact through the n×n nuclear norm when rows n < D.
-  "newton_schulz" matmul-only iteration (TPU-friendly), 1e-3 relative tolerance.
-  "auto"          newton_schulz on TPU; elsewhere gram when min(N, M) < D, else eigh.
-  "legacy_fast"   NOT a Fréchet distance: what the published code's default "fast"
-                  mode computes in exact arithmetic (its square-root iteration returns
-                  its input): ||μ_V−μ_T||² + tr Σ_V + tr Σ_T − 2 tr(Σ_V Σ_T), in
-                  closed form. Only for comparing with numbers published from it.
-  "published_fast" NOT a Fréchet distance either: that five-step iteration run
-                  literally in float32, so that a published fast-mode number can be
-                  approached as closely as rounding allows. On ill-conditioned
-                  covariance products its output is rounding noise that differs
-                  between torch, JAX and NumPy; `return_diagnostics=True` says
-                  whether a run was in that regime and how much it moved the
-                  values (see `methods.published_fast_verdict`).
-
-Precision: float32 with centered statistics. Against a float64 SciPy reference the
-exact methods agree to 1e-4 relative per layer on well-conditioned data (N > D)
-and 1e-3 on rank-deficient data (N < D); see tests/test_mir.py.
+Per decoder layer, the Fréchet distance between Gaussians fitted to the vision-token and
+text-token hidden states (after text-centric normalization and 3-sigma outlier replacement);
+overall, log10 of their sum. `compute_mir` (all layers, one compiled program, optional
+jackknife intervals), `frechet_distance` (one pair of row sets) and `format_mir` live here;
+the methods for tr((Σ_V Σ_T)^{1/2}) ("auto", "eigh", "gram", "newton_schulz", and the published
+"legacy_fast" / "published_fast", which are not Fréchet distances) and their precision are
+in docs/mir.md, sections 5-6; the streaming form is `mir_jax.mir.streaming.MIRAccumulator`.
 """
 
 from __future__ import annotations
@@ -64,19 +38,16 @@ def _frechet_distance_jit(x, y, x_mask, y_mask, method):
 
 
 def frechet_distance(x, y, *, x_mask=None, y_mask=None, method: str = "auto") -> jax.Array:
-    """Fréchet distance between Gaussians fitted to the rows of x and y.
-
-    FD = ||μ_x − μ_y||² + tr Σ_x + tr Σ_y − 2 tr((Σ_x Σ_y)^{1/2}), unbiased covariances.
+    """Fréchet distance between Gaussians fitted to the rows of x and y (unbiased covariances).
 
     Args:
       x: [N, D] rows; y: [M, D] rows (computed in float32).
       x_mask: optional [N] bool, False for padding rows; y_mask: [M] likewise.
-      method: see the module docstring ("legacy_fast" is not a Fréchet distance).
+      method: as in `compute_mir` ("legacy_fast" is not a Fréchet distance).
     Returns:
-      scalar float32. Differentiable with jax.grad for "gram" always and for "eigh"
-      when both covariances are nonsingular (rows > D); with fewer rows than
-      dimensions, differentiate "gram" ("auto" picks it): an eigendecomposition of a
-      singular covariance has repeated zero eigenvalues, whose derivative is undefined.
+      scalar float32. Differentiable for "gram" always and for "eigh" when both covariances are
+      nonsingular (rows > D); with fewer rows than dimensions differentiate "gram" ("auto" picks
+      it), since a singular covariance's repeated zero eigenvalues have no derivative.
     """
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
@@ -123,28 +94,22 @@ def compute_mir(
       vision_mask: optional [N] or [L, N] bool, False for padding rows.
       text_mask: optional [M] or [L, M] bool.
       method: "auto", "eigh", "gram", "newton_schulz", or "legacy_fast" / "published_fast"
-        (the published fast mode in closed form / literally: not Fréchet distances; see
-        LEGACY_NOTE and PUBLISHED_FAST_NOTE).
+        (the published fast mode in closed form / literally: not Fréchet distances).
       normalize: text-centric normalization (scale both by 1 / mean text-row norm).
       remove_outliers: 3-sigma replacement of outlier rows by the median row.
-      return_diagnostics: also return the method's diagnostics, a dict of [L] arrays, {} for
-        all but published_fast, which gives "drift" (relative change of each value from its
-        exact-arithmetic value, legacy_fast), "trace_drift" (of tr(Y) from tr(Σ_V Σ_T)) and
-        "condition" (Frobenius condition number of Σ_V Σ_T); see `published_fast_verdict`.
-      uncertainty: None (no interval), or "jackknife": standard errors and intervals over
-        samples by a delete-a-group jackknife (docs/mir.md, section 9), in the same compiled
-        program; per_layer and overall are then the same values as without it.
-      vision_groups: with uncertainty, [N] int: the jackknife group (0..G-1) of the sample each
-        vision row belongs to; text_groups: [M] int, likewise. All rows of one sample must share
-        a group, in both modalities (`mir_jax.mir.uncertainty.jackknife_groups` makes them from
-        sample ids). Padding rows (mask False) may hold any value. Concrete arrays: G and the
-        group sizes set the compiled shapes.
+      return_diagnostics: also return the method's diagnostics, a dict of [L] arrays: {} for all
+        but published_fast, which gives "drift", "trace_drift" and "condition"
+        (`published_fast_verdict`).
+      uncertainty: None, or "jackknife": standard errors and intervals over samples
+        (docs/mir.md, section 9); per_layer and overall are unchanged.
+      vision_groups, text_groups: with uncertainty, [N] / [M] int jackknife group (0..G-1) of
+        each row's sample, shared by all rows of a sample in both modalities (`jackknife_groups`
+        makes them); padding rows may hold anything. Concrete arrays (they set shapes).
       level: the intervals' confidence level.
     Returns:
-      MIRResult(per_layer=[L] float32, overall=log10(sum(per_layer)), vision_norm_per_layer and
-      text_norm_per_layer [L]: the mean norm of the valid rows as given, before both rules), with
-      the interval fields filled when uncertainty is given, or (MIRResult, diagnostics) with
-      return_diagnostics=True.
+      MIRResult(per_layer [L] float32, overall = log10(sum(per_layer)), vision_norm_per_layer and
+      text_norm_per_layer [L], interval fields when uncertainty is given), or
+      (MIRResult, diagnostics) with return_diagnostics=True.
     """
     vision = jnp.asarray(vision, jnp.float32)
     text = jnp.asarray(text, jnp.float32)
@@ -171,10 +136,10 @@ def compute_mir(
 
 def format_mir(result: MIRResult, method: str = "auto", diagnostics: dict | None = None,
                level: float = 0.95) -> str:
-    """A per-layer table and the overall value as text (the published modes labelled as such;
-    for published_fast with its diagnostics, the rounding-regime verdict too). A result with
-    intervals gets its standard errors and `level` intervals beside each value; one with the mean
-    row norms gets them as two more columns (as given, before the rules)."""
+    """A per-layer table and the overall value as text: published modes labelled as such (with
+    the rounding verdict given diagnostics), standard errors and intervals when the result has
+    them, and the mean row norms as two more columns.
+    """
     per_layer = np.asarray(result.per_layer)
     note = method_note(method)
     label = f"FD ({method}, not a Fréchet distance)" if note else "FD"

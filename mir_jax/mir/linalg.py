@@ -1,25 +1,10 @@
 """Matrix routines behind the MIR kernel: masked statistics, exact order statistics,
-and the trace of the square root of a product of two covariances.
+and tr((Σ_a Σ_b)^{1/2}) by three routes (factored, Gram, Newton–Schulz).
 
-All routines take leading batch dimensions (one per LLM layer in `mir_jax.mir.kernel`), so
-one compiled program serves every layer. Everything is float32 unless the caller
-passes float64; matmuls ask for full precision so accelerators do not silently use
-bf16/tf32 passes for statistics.
-
-The Fréchet distance needs ``tr((Σ_a Σ_b)^{1/2})``. Its exact value is the sum of
-the square roots of the eigenvalues of Σ_a Σ_b, which are real and non-negative;
-they equal the eigenvalues of the symmetric ``Lᵀ Σ_b L`` for any factor Σ_a = L Lᵀ.
-Three exact routes are here:
-
-* `trace_sqrt_product_factored`: factors Σ_a = F_a F_aᵀ and Σ_b = F_b F_bᵀ
-  (Cholesky after equilibration to unit diagonal; an eigendecomposition when a
-  covariance is singular), then the nuclear norm of F_aᵀ F_b: its singular values
-  are the square roots of the eigenvalues of Lᵀ Σ_b L, obtained without squaring
-  the condition number (see that function for why this matters in float32).
-* `trace_sqrt_product_gram`: with few rows, the same trace is the nuclear norm of
-  A_c B_cᵀ / sqrt((n_a-1)(n_b-1)) (centered rows), an n×n problem instead of D×D.
-* `trace_sqrt_product_newton_schulz`: a coupled Newton–Schulz iteration that uses
-  only matmuls (for TPU-style hardware); approximate, with a tested tolerance.
+All take leading batch dimensions (one per layer), so one compiled program serves
+every layer; matmuls use HIGHEST precision. Why singular values rather than
+eigenvalues, and each route's precision: docs/mir.md, section 5; timings behind the
+shapes of these routines: BENCHMARKS.md, "Kernel notes".
 """
 
 from __future__ import annotations
@@ -68,10 +53,8 @@ _GRAM_BLOCKED_FROM = 1024
 def gram_of_rows(x: jax.Array) -> jax.Array:
     """xᵀx over the rows: [..., N, D] -> [..., D, D], exactly symmetric.
 
-    For large D only the blocks on and below the diagonal are multiplied (10 of 16
-    for 4x4 blocks) and the rest are their transposes: XLA has no symmetric rank-k
-    update, and a full GEMM spends about 60% more on the same numbers (BENCHMARKS.md,
-    kernel notes).
+    For large D only the blocks on and below the diagonal are multiplied and the rest
+    transposed, since XLA has no symmetric rank-k update.
     """
     dim = x.shape[-1]
     if dim < _GRAM_BLOCKED_FROM or dim % _GRAM_BLOCKS:
@@ -117,10 +100,8 @@ _COUNT_BLOCK = 16  # rows per uint8 partial count (a block count is at most 16)
 def _count_true_along_rows(pred: jax.Array) -> jax.Array:
     """Number of True entries over axis -2: [..., N, D] bool -> [..., D] int32.
 
-    Why this shape: XLA:CPU vectorises a straight bool->int32 column sum poorly;
-    summing blocks of 16 rows in uint8 first (a block count is at most 16) and then
-    the N/16 block counts in int32 is several times faster (BENCHMARKS.md, kernel
-    notes), and these counts are the whole cost of the median.
+    Sums blocks of 16 rows in uint8 first, then the block counts in int32, which XLA:CPU
+    vectorises far better than a bool->int32 column sum.
     """
     n, d = pred.shape[-2:]
     blocks = -(-n // _COUNT_BLOCK)
@@ -156,20 +137,9 @@ def _select_uint16(keys: jax.Array, rank: jax.Array) -> jax.Array:
 def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Lower median over axis -2 of the valid rows, exactly as torch.median does.
 
-    torch.median returns the lower of the two middle values for an even count
-    (the element of rank (n-1)//2 in sorted order), not their average.
-
-    A full sort of every column costs more than the whole eigenvalue problem at
-    N = 4096, D = 2048, so this is a selection instead, a radix bisection over the
-    float32 bit patterns mapped to order-preserving uint32 keys, in two 16-bit
-    halves:
-      1. 16 count passes over the high halves find the high half p of the answer;
-      2. rows whose high half is below p are counted once; 16 passes over the low
-         halves of the rows whose high half equals p (the others masked out)
-         finish the exact order statistic.
-    Each pass is one compare and one blocked count (`_count_true_along_rows`).
-    Far cheaper than jnp.sort, and than the same bisection with uint32 keys and
-    int32 counts (BENCHMARKS.md, kernel notes).
+    For an even count this is the element of rank (n-1)//2, not the mean of the two middle
+    values. Instead of a sort, a radix bisection over the order-preserving uint32 keys of
+    the float32 values, in two 16-bit halves (16 count passes each).
 
     Args:
       x: [..., N, D] values (computed in float32).
@@ -199,12 +169,8 @@ def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
 def per_matrix(fn, *arrays):
     """fn applied to one matrix at a time (lax.map) on CPU; batched on other backends.
 
-    Why: on CPU, jaxlib runs a batched LAPACK call (Cholesky, eigh, SVD) through a
-    parallel map over the batch on XLA's intra-op thread pool and blocks until it
-    finishes. When two such calls run at once (the vision and the text covariance)
-    each blocks a pool thread, and on a small pool (2 cores) no thread is left to
-    run their tasks: the program deadlocks. Unbatched calls never take that path.
-    Still one compiled program for all layers.
+    On CPU two batched LAPACK calls running at once can each block a thread of XLA's
+    intra-op pool and deadlock a small (2-core) pool; unbatched calls never take that path.
 
     arrays: [..., m, n] with the same leading batch shape; fn maps one [m, n] set.
     """
@@ -234,14 +200,10 @@ _PIVOT_FLOOR = 100.0  # in units of eps: smallest squared Cholesky pivot taken a
 def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A factor F with Σ = F Fᵀ for a batch of PSD covariances [..., D, D].
 
-    Σ is equilibrated first (Σ = S⁻¹ (S Σ S) S⁻¹ with S = diag(Σ)^{-1/2}) because
-    Cholesky of a unit-diagonal matrix loses only what its true conditioning
-    forces, whatever the scale of each dimension (hidden states have a few
-    dimensions 10-1000x larger than the rest). If any batch element's Cholesky
-    breaks down or has a squared pivot below 100·eps (Σ singular to working precision,
-    as whenever rows < D), the whole batch takes an eigendecomposition instead, with
-    numerically-zero eigenvalues dropped. The switch is one scalar `lax.cond`, so
-    the healthy case pays for a Cholesky only.
+    Cholesky of the equilibrated (unit-diagonal) Σ, so that badly scaled dimensions cost
+    no accuracy. If any batch element breaks down or has a squared pivot below 100·eps
+    (Σ singular to working precision, as when rows < D), the whole batch takes an
+    eigendecomposition with numerically-zero eigenvalues dropped (one scalar `lax.cond`).
 
     Returns:
       (F [..., D, D], healthy: bool scalar, True when the Cholesky route was taken).
@@ -252,11 +214,8 @@ def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
     rel_floor = dim * _eps(cov.dtype)
     chol = per_matrix(jnp.linalg.cholesky, unit)
     pivots = jnp.diagonal(chol, axis1=-2, axis2=-1)
-    # Cholesky is backward stable whenever it completes, so an ill-conditioned but
-    # nonsingular Σ keeps it (hidden-state covariances routinely have Schur complements
-    # near 1e-4 of the unit diagonal). Only a singular Σ, whose float32 Cholesky either
-    # breaks down or leaves rounding-level pivots (~eps), takes the eigendecomposition.
-    # (A breakdown makes jax return an all-NaN factor, so the pivots show it.)
+    # Cholesky is backward stable whenever it completes, so only a singular Σ (a breakdown,
+    # which jax returns as an all-NaN factor, or rounding-level pivots) takes eigh.
     healthy = jnp.all(pivots * pivots > _PIVOT_FLOOR * _eps(cov.dtype))
 
     def via_cholesky(unit, chol):
@@ -280,17 +239,9 @@ def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
 def trace_sqrt_product_factored(cov_a: jax.Array, cov_b: jax.Array) -> jax.Array:
     """tr((Σ_a Σ_b)^{1/2}) for PSD [..., D, D] covariances (exact).
 
-    With Σ_a = F_a F_aᵀ and Σ_b = F_b F_bᵀ, the eigenvalues of Σ_a Σ_b (equal to
-    those of F_aᵀ Σ_b F_a) are the squared singular values of C = F_aᵀ F_b, so the
-    trace is C's nuclear norm. Taking singular values of C instead of eigenvalues
-    of F_aᵀ Σ_b F_a matters in float32: eigenvalues carry an absolute error
-    eps·λ_max, which swamps the small ones when a few massive dimensions set λ_max
-    or when the distance is a small difference of large traces; singular values
-    carry eps·sqrt(λ_max). Measured (benchmarks/mir_routes.py, FD error vs float64):
-    LLM-like features with the outlier rule off, 9e-4 by JAX's eigvalsh, 1.5e-4 by
-    LAPACK's values-only solver, 2.5e-6 here; two well-aligned sets, 3e-2 / 3e-4 /
-    7e-5. The price: a values-only SVD of a D×D matrix costs about twice a symmetric
-    eigensolve (BENCHMARKS.md, kernel notes).
+    The nuclear norm of F_aᵀ F_b for factors Σ = F Fᵀ: its singular values carry a float32
+    error of eps·sqrt(λ_max) where eigenvalues of F_aᵀ Σ_b F_a would carry eps·λ_max
+    (measured errors: BENCHMARKS.md, "MIR kernel").
     """
     factor_a, _ = _covariance_factor(cov_a)
     factor_b, _ = _covariance_factor(cov_b)
@@ -303,14 +254,14 @@ def trace_sqrt_product_gram(
 ) -> jax.Array:
     """tr((Σ_a Σ_b)^{1/2}) from centered rows, exact, for few rows (n_a or n_b < D).
 
-    With Σ_a = A_cᵀA_c/(n_a-1) and Σ_b = B_cᵀB_c/(n_b-1), the trace is the nuclear
-    norm of C = A_c B_cᵀ / sqrt((n_a-1)(n_b-1)) (n_a×n_b). When the larger set has
-    more rows than D, B_c is replaced by a D×D factor of Σ_b (C = A_c F_b/sqrt(n_a-1)),
-    which keeps the problem at min(n_a, n_b) × D.
+    The nuclear norm of A_c B_cᵀ / sqrt((n_a-1)(n_b-1)) (n_a×n_b); when the larger set has
+    more rows than D, B_c is replaced by a D×D factor of Σ_b.
 
     Args:
       centered_a: [..., Na, D] centered rows, padding rows zero. count_a: [...].
       centered_b: [..., Nb, D], count_b: [...].
+    Returns:
+      [...] the trace.
     """
     na, nb, dim = centered_a.shape[-2], centered_b.shape[-2], centered_a.shape[-1]
     if na > nb:  # Work on the side with fewer rows.
@@ -329,11 +280,9 @@ def trace_sqrt_product_gram(
 def _newton_schulz_sqrt(a: jax.Array, num_iters: int) -> jax.Array:
     """Principal square root of symmetric PSD a [..., D, D] by coupled Newton–Schulz.
 
-    Y₀ = a/c, Z₀ = I, T = (3I − Z Y)/2, Y ← Y T, Z ← T Z, with c = ||a||_F so the
-    spectrum lies in [0, 1]; Y → (a/c)^{1/2}. Matmuls only. On a singular matrix
-    the iteration converges and then amplifies rounding noise in the null space,
-    so each batch element stops updating once its residual ||I − Z Y||_F no longer
-    decreases.
+    Matmuls only, on a/||a||_F. Each batch element stops updating once its residual
+    ||I − Z Y||_F no longer decreases, since on a singular matrix the iteration would
+    go on to amplify rounding noise in the null space.
     """
     dim = a.shape[-1]
     norm = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1)))
@@ -359,11 +308,9 @@ def _newton_schulz_sqrt(a: jax.Array, num_iters: int) -> jax.Array:
 
 
 def _newton_schulz_nuclear_norm(c: jax.Array, num_iters: int) -> jax.Array:
-    """Σσ_i(c) = tr(Uᵀ c), U the polar factor of c by the Newton–Schulz iteration.
+    """Σσ_i(c) = tr(Uᵀ c), U the polar factor of c [..., m, n] by Newton–Schulz.
 
-    X₀ = c/||c||_F, X ← 1.5 X − 0.5 X XᵀX. Singular values grow 1.5x per step until
-    they reach 1, then converge quadratically; a singular value that has not
-    converged is underestimated, by at most itself.
+    A singular value that has not converged is underestimated, by at most itself.
     """
     norm = jnp.sqrt(jnp.sum(c * c, axis=(-2, -1)))
     x = c / jnp.where(norm > 0, norm, 1.0)[..., None, None]
@@ -381,16 +328,16 @@ def trace_sqrt_product_newton_schulz(
 ) -> jax.Array:
     """tr((Σ_a Σ_b)^{1/2}) with matmuls only (for TPU-style hardware).
 
-    Equilibrate both covariances by a common diagonal similarity, take
-    P_a = Σ_a^{1/2}, P_b = Σ_b^{1/2} by Newton–Schulz, and return the nuclear norm of
-    P_a P_b (its singular values are the square roots of the eigenvalues of
-    Σ_a Σ_b) through the Newton–Schulz polar iteration. `num_iters` steps resolve
-    eigenvalue ratios down to about 2.25^-num_iters (square-root stage) and
-    singular-value ratios to 1.5^-num_iters (polar stage).
+    Square roots of both (commonly equilibrated) covariances by Newton–Schulz, then the
+    nuclear norm of their product by the polar iteration. Tolerance (tests/test_mir.py):
+    1e-3 relative on the Fréchet distance in float32 for well-conditioned data; use an
+    exact route for spectra spanning many decades.
 
-    Tolerance (tested in tests/test_mir.py): 1e-3 relative on the Fréchet distance
-    in float32 for well-conditioned data. For spectra spanning many decades use an
-    exact method.
+    Args:
+      cov_a, cov_b: [..., D, D]. num_iters: steps of each square root (the polar stage
+        runs twice as many).
+    Returns:
+      [...] the trace.
     """
     scale_a = _equilibration(cov_a)
     a = cov_a * scale_a[..., :, None] * scale_a[..., None, :]
@@ -412,20 +359,15 @@ PUBLISHED_FAST_STEPS = 5
 def published_fast_trace(cov_a: jax.Array, cov_b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The published tool's "fast" square-root iteration, literally, and how far to trust it.
 
-    A = Σ_a Σ_b; Y ← A, Z ← I; five times: Y ← (Y + Z⁻¹A)/2, then Z ← (Z + Y⁻¹A)/2
-    (general inverses, in the input dtype). In exact arithmetic Y stays A, so tr(Y)
-    equals `trace_product`. In float32 every Z⁻¹A and Y⁻¹A carries an error of
-    about ε·κ(A), and on the ill-conditioned products of LLM hidden states the
-    iteration drifts from A in a way that depends on the LAPACK build and the
-    hardware.
+    Five steps of Y ← (Y + Z⁻¹A)/2, Z ← (Z + Y⁻¹A)/2 from Y = A = Σ_a Σ_b, Z = I (docs/mir.md,
+    section 6): in exact arithmetic Y stays A; in float32 it drifts by about ε·κ(A).
 
     Args:
       cov_a, cov_b: [..., D, D] covariances (one pair per layer).
     Returns:
       (trace [...]: tr(Y) after the five steps,
-       trace_product [...]: tr(A), what the iteration returns in exact arithmetic,
-       condition [...]: ||A||_F ||A⁻¹||_F, the Frobenius condition number of A, from the
-         last inverse the iteration takes (of Y ≈ A)).
+       trace_product [...]: tr(A), the exact-arithmetic result,
+       condition [...]: ||A||_F ||A⁻¹||_F, from the last inverse the iteration takes).
     """
 
     def one(a_cov, b_cov):

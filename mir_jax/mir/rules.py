@@ -18,19 +18,11 @@ from mir_jax.mir.methods import METHODS, published_fast_diagnostics
 class MIRResult(NamedTuple):
     """per_layer: [L] Fréchet distance per layer; overall: scalar log10(sum(per_layer)).
 
-    The other fields are None unless compute_mir ran with uncertainty="jackknife" over G sample
-    groups (docs/mir.md, section 9): per_layer_se [L] and overall_se [] standard errors,
-    per_layer_interval [L, 2] and overall_interval [2] (low, high) confidence intervals at the
-    requested level, and the leave-one-group-out values per_layer_replicates [G, L] and
-    overall_replicates [G], which `mir_jax.mir.uncertainty.paired_difference` needs.
-
-    vision_norm_per_layer [L] and text_norm_per_layer [L]: the mean Euclidean norm of the vision
-    and of the text rows the layer's distance was computed from, as given (before the text-centric
-    scale and the outlier rule), over every valid row (mask True). The outlier rule replaces rows
-    and drops none, so every valid row is a row used. MIR is a distance between hidden states,
-    so it moves with their scale as well as with their alignment; these say which
-    (docs/mir.md, section 4). Every route fills them; None only where a caller built the
-    result without them.
+    With uncertainty="jackknife" over G sample groups (docs/mir.md, section 9): per_layer_se [L],
+    overall_se [], per_layer_interval [L, 2], overall_interval [2], and the replicates
+    per_layer_replicates [G, L], overall_replicates [G]; None otherwise.
+    vision_norm_per_layer / text_norm_per_layer [L]: mean Euclidean norm of the valid rows as
+    given (before both rules), to tell scale from alignment (docs/mir.md, section 4).
     """
 
     per_layer: jax.Array
@@ -143,13 +135,11 @@ def as_row_mask(mask, shape_prefix: tuple[int, ...], name: str) -> jax.Array:
 
 
 def preprocess(vision, text, vision_mask, text_mask, normalize: bool, remove_outliers: bool):
-    """MIR's two rules (section 3, steps 1-2) on [L, N, D] / [L, M, D] rows.
+    """MIR's two rules (docs/mir.md, section 3, steps 1-2) on [L, N, D] / [L, M, D] rows.
 
     Returns (vision, text, text_norms, (vision_norm, text_norm)): the rows the Fréchet distance
     sees; the text-row norms [L, M] after normalization, before replacement (the jackknife's
-    per-replicate scale); and the mean norms [L] of the valid rows as given (`MIRResult`'s
-    vision_norm_per_layer, text_norm_per_layer). The row norms are taken once and serve the
-    scale, the outlier rule and the reported means.
+    per-replicate scale); and the mean norms [L] of the valid rows as given.
     """
     vision_norms = jnp.linalg.norm(vision, axis=-1)
     text_norms = jnp.linalg.norm(text, axis=-1)

@@ -1,45 +1,14 @@
 """Streaming MIR in constant memory: `MIRAccumulator`.
 
-`compute_mir` needs every vision and text token of every sample at once. For large
-evaluations (LLaVA-7B: 100 samples × 33 layers × ~1,300 tokens × 4,096 dims) the
-accumulator keeps, per layer and modality, only fixed-size statistics and gives the
-same MIR.
-
-Two passes over the data when outliers are removed, because the 3-sigma rule needs
-global statistics before any row can be replaced:
-
-  pass 1 ("outlier statistics"): per layer and modality, the count, mean and M2 of
-    the row norms (→ σ, exactly), a 65,536-bin histogram of the norms (→ the lower
-    median m, to 1/65,536 of the range), a per-column histogram (→ the per-column
-    lower median row), and the exact minimum and maximum of the norms and of every
-    column. Histogram ranges are set from the first batch: norms in [0, 4·max],
-    column j in mean_j ± 4·std_j, plus under/overflow counts, so a few extreme values
-    cost no resolution. A median is read by linear interpolation inside its bin.
-  pass 1b, only when needed: if some median lies outside its first-batch range (in
-    the under- or overflow, e.g. when the first batch is not typical of the data), the
-    statistics are gathered again with that histogram over the exact [min, lo) or
-    [hi, max] it must lie in. The median is then always inside a bin, never clamped.
-  pass 2 ("moments"): the count, mean and centered second moment (Chan's parallel
-    update, D×D) of the rows after replacing outliers (|n_i − m| > 3σ) by the
-    median row; and the sum of the row norms before replacement (both modalities: the
-    mean text-row norm gives the text-centric scale s, and both means are reported as
-    `MIRResult.vision_norm_per_layer` / `text_norm_per_layer`), s applied
-    at the end to the statistics (means by s, covariances by s²). The outlier rule
-    is scale-invariant, so nothing else changes. Scaling the statistics rather than
-    the distance matters for the published modes: tr(Σ_V Σ_T) scales as s⁴ and the
-    literal iteration is not homogeneous at all.
-
-Without outlier removal one pass suffices. Memory per layer and modality:
-D² + D·(median_bins + 2) + 65,538 floats, independent of the number of samples.
-
-The medians are approximate (to a fraction of a histogram bin), and only matter
-through the few replaced rows, so the per-layer distances agree with `compute_mir`'s
-to about 1e-4 relative on the tests' data, also when the first batch is atypical
-(the requirement is 1e-3).
-
-Under a device mesh, `update` runs as a `shard_map` over the rows: each device
-computes partial statistics of its rows and a `psum` over the mesh axes combines
-them, so 1 and 8 devices give the same result (up to float summation order).
+Keeps per layer and modality only counts, means, D×D second moments and histograms
+(D² + D·(median_bins + 2) + 65,538 floats), so memory does not grow with the number of
+samples. The 3-sigma rule needs global statistics, so with it the data is read twice:
+pass 1 gathers norm moments, extremes and histograms (ranges from the first batch;
+medians interpolated inside a bin), pass 1b re-gathers over the exact interval when a
+median fell outside its range, pass 2 accumulates moments of the rows after replacement.
+The text-centric scale is applied to the final statistics (the rule is scale-invariant;
+the published modes are not homogeneous in the distance). Under a mesh, `update` is a
+`shard_map` over rows with a psum. Passes and precision: docs/mir.md, section 5.
 
 Usage:
     acc = MIRAccumulator(method="auto")
@@ -305,8 +274,7 @@ def _compiled(fn, n_sharded, n_replicated, mesh, static):
     """jit(fn), wrapped in shard_map over the rows when a mesh is given; one per (fn, mesh).
 
     The first n_sharded arguments are [L, n, ...] rows / [L, n] masks, sharded on n; the next
-    n_replicated are pytrees (states, rules), replicated. Cached at module level so that every
-    accumulator (one per evaluation, e.g. every in-loop MIR evaluation) reuses the programs.
+    n_replicated are pytrees, replicated. Cached at module level so every accumulator reuses them.
     """
     axes = tuple(mesh.axis_names) if mesh is not None else ()
     body = functools.partial(fn, axes=axes, **dict(static))
@@ -327,13 +295,10 @@ class MIRAccumulator:
     """Streaming MIR with memory independent of the number of samples.
 
     Args:
-      method: as in `compute_mir`, resolved by the same `methods.resolve_method` without row
-        counts: only covariances are kept, so "gram" (no rows to work on) is computed as
-        "eigh", and "auto" is newton_schulz on TPU, else eigh. "legacy_fast" and
-        "published_fast" are not Fréchet distances.
+      method: as in `compute_mir`, but only covariances are kept: "gram" runs as "eigh", and
+        "auto" is newton_schulz on TPU, else eigh.
       normalize, remove_outliers: as in `compute_mir`.
-      mesh: optional `jax.sharding.Mesh`; rows of each batch are sharded over all
-        its axes, statistics are computed per device and combined with psum.
+      mesh: optional `jax.sharding.Mesh`; batch rows are sharded over all its axes.
       median_bins: histogram bins per column for the median row (memory D·bins).
       uncertainty: must be None: intervals are refused (docs/mir.md, section 9).
     """

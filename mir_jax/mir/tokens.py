@@ -1,12 +1,6 @@
-"""Which hidden states MIR compares: vision tokens vs the text that follows them.
-
-Per sample (docs/mir.md, "Which tokens"): the vision tokens are the positions the image was
-expanded into; the text tokens are every position after the last vision token.
-Tokens before the image (system prompt, "USER:") are in neither set, and neither is
-padding. A row without an image contributes no tokens at all.
-
-These are pure jittable functions so that an evaluator can reduce hidden states to
-MIR statistics inside the compiled forward pass.
+"""Which hidden states MIR compares (docs/mir.md, section 2): the positions the image was
+expanded into against every real position after the last of them. Pure jittable functions,
+so an evaluator can reduce hidden states inside the compiled forward pass.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """How much MIR depends on the choice of samples: a delete-a-group jackknife over samples.
 
-Tokens of one sample (an image with its text) are not independent, so the unit of resampling
-is the sample. The samples are split into G groups (10-20); replicate g is MIR without group
-g; the jackknife turns the G replicates into a standard error, a bias-corrected centre and a
-t interval with G-1 degrees of freedom (docs/mir.md, section 9, says why this estimator and
-what it costs). Everything runs in one compiled program with the plain computation:
-
-  * the rows are normalized and outlier-replaced once, with the rule fixed from the full set;
-  * per layer (a lax.map, so memory holds one layer's statistics at a time), each group's
-    count, sum and D×D second moment about the full mean are taken once, and each replicate's
-    covariances are the totals minus its group's: one D×D factorization per replicate, no
-    new pass over the rows ("gram", which works on rows, masks the group out instead);
-  * the text-centric scale is recomputed per replicate (a ratio of per-group sums).
-
-Public: `jackknife_groups` (sample ids -> group ids), `jackknife_mir` (what
-`compute_mir(..., uncertainty="jackknife")` runs), `jackknife_interval` (the estimator on any
-statistic's replicates), `paired_difference` (two models on the same sample groups) and
-`MIRDifference`.
+The unit is the sample (its tokens are not independent); replicate g is MIR without group g,
+computed from per-group moments so that a replicate costs one D×D factorization and no new
+pass over the rows, all in the plain computation's compiled program. Estimator, cost and
+why: docs/mir.md, section 9. Public: `jackknife_groups`, `jackknife_mir`,
+`jackknife_interval`, `paired_difference`, `MIRDifference`.
 """
 
 from __future__ import annotations

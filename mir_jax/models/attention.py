@@ -1,33 +1,12 @@
 """Softmax attention: one entry point (`attention`), four implementations, one mask type.
 
-Shapes, everywhere in this module:
-  q [B, S, H, Dh] queries; k, v [B, T, KVH, Dh] keys/values, H a multiple of KVH (GQA: query
-  head i reads key/value head i // (H / KVH), as HF's `repeat_kv`). Output [B, S, H, Dh].
-
-Implementations (the model config's `attention` key; `select_implementation` resolves "auto"):
-  "dense"      scores [B, H, S, T] at once (`dense_attention`), differentiated by autodiff.
-               The path for decoding steps and short sequences; memory O(S * T) per head,
-               forward and backward.
-  "blockwise"  pure JAX, online softmax over [block_q, block_kv] tiles with a custom VJP that
-               recomputes each tile in the backward pass (`blockwise_attention`): never more
-               than one tile of scores per head, forward or backward. Runs on any backend; on
-               one CPU device it loops over (batch row, kv head) slices (`head_loop_default`).
-  "cudnn"      `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, fp16/bf16).
-  "pallas"     the Pallas TPU splash-attention kernel (`jax.experimental.pallas.ops.tpu.
-               splash_attention`), under `shard_map` when a mesh is active; on other backends
-               it runs in Pallas' interpreter (slow: tests only).
-
-Decoding steps (fewer than DECODE_MAX_QUERIES queries over a KV cache) take `cache_attention`,
-whose keys/values are the cache's head-major [B, KVH, T, Dh] layout.
-
-Masks are described, not materialized (`Mask`): causal (with an offset for KV-cache decoding),
-packed segment ids, key padding, and optionally an explicit boolean array. Dense paths
-materialize [B, S, T] booleans; the blockwise path builds one tile of it at a time; the
-kernels get what their APIs take (causal flag, segment ids, or as a last resort a mask).
-
-Rows with no key to attend to (padding queries) give finite outputs whose value depends on the
-implementation (dense: the mean of all values; blockwise: zeros) and receive zero gradient
-where their output's cotangent is zero, as the model's losses ensure. Never NaN.
+Shapes throughout: q [B, S, H, Dh]; k, v [B, T, KVH, Dh] with H a multiple of KVH (GQA as
+HF's `repeat_kv`); output [B, S, H, Dh]. Implementations (config key `attention`, "auto"
+resolved by `select_implementation`): "dense" (`dense_attention`, scores [B, H, S, T]),
+"blockwise" (`blockwise_attention`, online softmax over tiles, custom VJP), "cudnn"
+(`cudnn_attention`) and "pallas" (`pallas_attention`, TPU splash). Decoding steps over a KV
+cache take `cache_attention`. Masks are described, not materialized (`Mask`). Rows with no
+key to attend to give finite outputs (never NaN) and zero gradient.
 """
 
 from __future__ import annotations
@@ -82,9 +61,9 @@ def validate_implementation(name: str) -> str:
 class Mask:
     """Which keys each query may attend to; every given condition must hold.
 
-    causal:          key j only if j <= q_offset + i (query i sits at slot q_offset + i of the
-                     key axis: 0 for self-attention, the cache index when decoding).
-    q_offset:        a Python int (static: stays one through jit) or an int32 scalar array.
+    causal:          key j only if j <= q_offset + i (q_offset: 0 for self-attention, the
+                     cache index when decoding).
+    q_offset:        a Python int (static through jit) or an int32 scalar array.
     q_segment_ids,
     kv_segment_ids:  [B, S], [B, T] int; key j only if its id equals the query's and is not 0
                      (0 = padding). Both or neither.
@@ -147,9 +126,9 @@ class Mask:
 
 
 def _mask_tile(mask: Mask, qpos, kpos, q_range, k_range) -> jax.Array | None:
-    """bool [B or 1, len(qpos), len(kpos)] for query indices `qpos` and key indices `kpos`
-    (1-D, contiguous: q_range / k_range = (start, size) of the slice into the per-position
-    arrays, start possibly traced). None when nothing is masked."""
+    """bool [B or 1, len(qpos), len(kpos)] for the contiguous query/key index tiles (q_range /
+    k_range = (start, size), start possibly traced); None when nothing is masked.
+    """
     out = None
 
     def both(m):
@@ -198,16 +177,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array |
 def select_implementation(name: str, q, k, mask: Mask | None = None, *, backend: str | None = None) -> str:
     """The implementation `attention` runs for `name` on `backend` (default: JAX's default).
 
-    A name other than "auto" is returned as given (validated). "auto", in this order:
-      * fewer than 16 queries (decoding steps): "dense", on every backend;
-      * GPU: "cudnn" for fp16/bf16 with head_dim a multiple of 8 and <= 128 (what cuDNN's flash
-        attention takes);
-      * TPU: "pallas" unless the mask carries an explicit array or a traced causal offset
-        (the splash kernel's mask is static);
-      * one CPU device: "dense" below CPU_BLOCKWISE_MIN_SCORES scores a head, "blockwise"
-        (looped over heads) from it;
-      * otherwise (what the kernel does not take, CPU meshes): "dense" below BLOCKWISE_MIN_KV
-        keys, "blockwise" from it.
+    A name other than "auto" is returned as given (validated). "auto", in this order: fewer
+    than DECODE_MAX_QUERIES queries: "dense"; GPU: "cudnn" for fp16/bf16 with head_dim a multiple
+    of 8 and <= 128; TPU: "pallas" unless the mask has an explicit array or a traced causal
+    offset; one CPU device: "blockwise" (looped) from CPU_BLOCKWISE_MIN_SCORES scores a head;
+    otherwise "blockwise" from BLOCKWISE_MIN_KV keys; else "dense".
     """
     validate_implementation(name)
     if name != "auto":
@@ -255,15 +229,11 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.A
 def cache_attention(q: jax.Array, ck: jax.Array, cv: jax.Array, mask: Mask | jax.Array | None = None) -> jax.Array:
     """Attention of new queries over a head-major KV cache (the decoding step's attention).
 
-    q [B, S, H, Dh]; ck, cv [B, KVH, T, Dh] (the cache's layout, see `generate.init_cache`);
-    mask over the T cache slots (`Mask`: causal with q_offset = the first query's slot, and
-    kv_valid for left padding). Returns [B, S, H, Dh] in q's dtype; a fully masked row gets the
-    mean of the values, as `dense_attention`.
-
-    Two batched dots over (B, KVH), the query heads grouped [KVH, G] (as HF's `repeat_kv`):
-    with T contiguous per head, each one-query dot streams its keys once. In the token-major
-    [B, T, KVH, Dh] layout XLA:CPU's dot for the same reads is several times slower
-    (BENCHMARKS.md, "Batched greedy generation"); on accelerators it is bandwidth-bound either way.
+    q [B, S, H, Dh]; ck, cv [B, KVH, T, Dh] (`generate.init_cache`'s layout); mask over the T
+    cache slots (causal with q_offset = the first query's slot, kv_valid for left padding).
+    Returns [B, S, H, Dh] in q's dtype; a fully masked row gets the mean of the values.
+    Head-major so each one-query dot streams its keys once (timings: BENCHMARKS.md, "Batched
+    greedy generation").
     """
     mask = Mask.of(mask)
     b, s, h, dh = q.shape
@@ -303,22 +273,16 @@ class _Blocks(NamedTuple):
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
                         block_q: int | None = None, block_kv: int | None = None,
                         head_loop: bool | None = None) -> jax.Array:
-    """Attention over [block_q, block_kv] tiles with an online softmax (FlashAttention-2's
-    algorithm, in pure JAX). q [B, S, H, Dh]; k, v [B, T, KVH, Dh]; returns [B, S, H, Dh].
+    """Attention over [block_q, block_kv] tiles with an online softmax (FlashAttention-2 in pure JAX).
 
-    Forward: for each query block, a loop over key blocks carries the running row maximum,
-    normalizer and float32 output accumulator, so only one [B, KVH, G, block_q, block_kv] tile
-    of scores exists at a time. Residuals for the backward pass are the inputs, the output and
-    the row log-sum-exp [B, H, S]. Backward (custom VJP): for each key block, a loop over query
-    blocks recomputes the tile's probabilities from the log-sum-exp and accumulates dK, dV for
-    that block and dQ for all. Causal masks skip the key blocks entirely above the diagonal
-    in both passes. Lengths need not divide the block sizes: blocks are balanced to the length
-    (`_balanced_block`) and the rest is padded and masked. Fully masked query rows return 0.
+    q [B, S, H, Dh]; k, v [B, T, KVH, Dh]; returns [B, S, H, Dh]. Only one tile of scores per
+    head exists at a time; the custom VJP saves the output and the row log-sum-exp [B, H, S] and
+    recomputes each tile's probabilities. Causal masks skip the key blocks above the diagonal;
+    lengths need not divide the blocks (balanced, padded and masked). Fully masked rows return 0.
 
-    head_loop: run the (batch row, kv head) slices one after another (`lax.map`, inside the
-    custom VJP) rather than batched; None = on one CPU device (`head_loop_default`). Block sizes
-    default to BLOCK_Q x BLOCK_KV batched and to CPU_BLOCK rows (keys: CPU_BLOCK if causal,
-    else CPU_BLOCK_KV_BIDIRECTIONAL) looped.
+    head_loop: run the (batch row, kv head) slices one after another (`lax.map`) rather than
+    batched; None = on one CPU device (`head_loop_default`). Block sizes default to BLOCK_Q x
+    BLOCK_KV batched, CPU_BLOCK (keys: CPU_BLOCK causal, else CPU_BLOCK_KV_BIDIRECTIONAL) looped.
     """
     mask = Mask.of(mask)
     b, s, h, dh = q.shape
@@ -367,9 +331,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
 
 
 def head_loop_default() -> bool:
-    """Whether `blockwise_attention` loops over (batch row, kv head) slices by default: on one
-    CPU device, where a slice's tiles stay in cache (BENCHMARKS.md, "Attention"); accelerators
-    batch them, and under a multi-device mesh the looped axis would be a sharded one."""
+    """Whether `blockwise_attention` loops over (batch row, kv head) slices by default: on one CPU
+    device, where a slice's tiles stay in cache; not under a mesh, where that axis is sharded.
+    """
     return on_cpu() and _one_device()
 
 
@@ -551,10 +515,10 @@ _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 # ----------------------------------------------------------------------------------------------
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
                     implementation: str = "cudnn") -> jax.Array:
-    """`jax.nn.dot_product_attention` (BTNH layout = ours; GQA native). Plain causal
-    self-attention passes `is_causal` only (nothing materialized); any other mask goes in as a
-    bool [B, 1, S, T] `mask`, which the cuDNN path turns into an additive bias (one [S, T] per
-    batch row, not per head). `implementation="xla"` runs the same call through XLA (tests)."""
+    """`jax.nn.dot_product_attention` (BTNH layout, GQA native). Plain causal self-attention passes
+    `is_causal` only; any other mask goes in as a bool [B, 1, S, T]. `implementation="xla"` runs
+    the same call through XLA (tests).
+    """
     mask = Mask.of(mask)
     plain = mask.is_plain_causal and q.shape[1] == k.shape[1]
     m = None if plain else mask.materialize(q.shape[1], k.shape[1])
@@ -570,12 +534,10 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.
                      block: int = 512, interpret: bool = False) -> jax.Array:
     """The Pallas TPU splash-attention kernel, vmapped over the batch, GQA native.
 
-    The causal part of the mask is the kernel's static `CausalMask` (its offset must be known at
-    trace time); segment ids and key padding become the kernel's `SegmentIds` (padding keys get
-    id -1, which no query has); an explicit mask array is not supported. Lengths are padded to a
-    multiple of the block (a multiple of 128, at most `block`). Under an active mesh the kernel
-    runs in `shard_map`, batch over the logical "batch" axes and heads over "act_heads" (the kv
-    heads must divide evenly). `interpret=True` runs Pallas' interpreter (any backend).
+    Causal masks need a static offset; segment ids and key padding become `SegmentIds` (padding
+    keys get id -1); an explicit mask array is not supported. Lengths are padded to a multiple
+    of the block. Under an active mesh it runs in `shard_map` (batch over "batch", heads over
+    "act_heads"). `interpret=True` runs Pallas' interpreter (any backend).
     """
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 

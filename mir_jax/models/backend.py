@@ -1,10 +1,6 @@
-"""The one place that decides whether a computation takes a backend-specific path.
-
-XLA:CPU runs a program's ops nearly one after another on a few cores with small caches, so
-there a loop over cache-sized tiles or an unrolled layer stack beats the batched, scanned form
-that suits accelerators (BENCHMARKS.md, "Components" and "Attention"); every such branch asks
-`on_cpu`. TPUs get their own MIR method (`mir_jax.mir.methods.resolve_method`: their
-eigensolvers are slow, their matmuls fast), which asks `on_tpu`.
+"""The one place that decides whether a computation takes a backend-specific path: `on_cpu`
+(tile loops and unrolled stacks beat the batched, scanned forms there: BENCHMARKS.md,
+"Components") and `on_tpu` (its own MIR method, `mir_jax.mir.methods.resolve_method`).
 """
 
 from __future__ import annotations

@@ -23,10 +23,8 @@ Init = Callable[..., jax.Array]
 
 
 def param(rngs: nnx.Rngs | None, init: Init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
-    """A float32 `nnx.Param` carrying logical axis names as `out_sharding` metadata.
-
-    Eager sharding is used only when a mesh is active: models are also built without any mesh
-    (tests, single-device CPU runs), where flax would otherwise refuse the annotation.
+    """A float32 `nnx.Param` carrying logical axis names as `out_sharding` metadata; eager
+    sharding only when a mesh is active (models are also built without one).
     """
     shape = tuple(shape)
     if len(names) != len(shape):
@@ -109,12 +107,9 @@ class Dense(nnx.Module):
         self.bias = param(rngs, zeros, out_shape, names[self.n_in:]) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., *in_shape] -> [..., *out_shape].
-
-        Computed as one 2-D matmul [prod(lead), prod(in)] x [prod(in), prod(out)]: XLA:CPU runs a
-        dot_general with several free dimensions far slower than the same GEMM on 2-D operands
-        (BENCHMARKS.md, "Dense"); the reshapes only merge dimensions whose major one carries the
-        sharding (batch, heads), so they are free on every backend."""
+        """x [..., *in_shape] -> [..., *out_shape], as one 2-D matmul (XLA:CPU runs a dot_general with
+        several free dimensions far slower; BENCHMARKS.md, "Components").
+        """
         k = self.kernel[...].astype(self.dtype)
         x = x.astype(self.dtype)
         lead, in_shape = x.shape[:x.ndim - self.n_in], x.shape[x.ndim - self.n_in:]
@@ -216,11 +211,8 @@ def causal_mask(attention_mask: jax.Array | None, segment_ids: jax.Array | None,
 
 def default_positions(attention_mask: jax.Array | None, segment_ids: jax.Array | None,
                       batch: int, length: int) -> jax.Array:
-    """Positions [B, S] int32 when none are given.
-
-    Segments restart at 0. With an attention mask, position = number of earlier real tokens
-    (HF `generate`'s rule; for right padding this equals arange, which HF's forward uses, and
-    for left padding rotary attention only sees position differences, which agree).
+    """Positions [B, S] int32 when none are given: restarting at 0 per segment, or with an
+    attention mask the number of earlier real tokens (HF `generate`'s rule).
     """
     idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     if segment_ids is not None:

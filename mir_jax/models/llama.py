@@ -1,11 +1,7 @@
 """Llama-family decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention, optional
-qkv bias (Qwen2) and tied embeddings; MoCa (modality calibration) after each layer when enabled.
-
-Layers are stacked and scanned (`layers.run_stack`). A KV cache, when given, is a pair of arrays
-[L, B, KVH, T, Dh] (head-major: each head's keys contiguous, for the decoding step) carried
-through the layer scan; each layer writes its new keys/values at `cache_index` in place and its
-queries attend to its slice under the caller's mask. `attention` (the config key) names the
-attention implementation (`mir_jax.models.attention`).
+qkv bias (Qwen2), tied embeddings, and MoCa after each layer when enabled. Layers are stacked
+(`layers.run_stack`); the optional KV cache is head-major [L, B, KVH, T, Dh], written in place
+at `cache_index`.
 """
 
 from __future__ import annotations

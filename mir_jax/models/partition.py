@@ -1,24 +1,17 @@
 """Which parameters train: the recipe's trainable subset, as two flat dicts of arrays.
 
-The model's parameters (an `nnx.State` of `nnx.Param`) are flattened to a dict keyed by dotted
-path ("language_model.layers.mlp.up_proj.kernel") and split into
-
-  trainable: {key: array}   - differentiated, updated, and the only thing optax sees, so frozen
-                              parameters get no optimizer state at all;
-  frozen:    {key: array}   - passed to the step as a constant, never donated, never written.
-
-Decoder / ViT layers are stacked on a leading "layers" axis, so "the vision tower from layer k"
-or "the LLM up to layer k" cuts *inside* a stacked array: such a leaf is stored as two row
-ranges (frozen rows in `frozen`, trainable rows in `trainable`, both under the same key) and
-concatenated back inside the jitted step. The "layers" axis is never sharded (see
-`sharding.LOGICAL_AXIS_RULES`), so the slices keep the parent's sharding.
+Parameters are flattened to dotted keys ("language_model.layers.mlp.up_proj.kernel") and
+split into `trainable` (differentiated; the only thing optax sees) and `frozen` (a constant
+of the step, never donated). A cut inside a stacked "layers" axis stores the leaf as two row
+ranges under the same key, concatenated back inside the jitted step (that axis is never
+sharded, so the slices keep the parent's sharding).
 
 The recipe (`config.trainable`, all optional):
-  connector: bool                 the vision-to-language connector;
-  vision:    "none" | "all" | "from:K"   the ViT (K: layers K.. of the tower; stem stays frozen);
-  llm:       "none" | "all" | "until:K"  the LLM (K: its first K decoder layers; the embeddings,
+  connector: bool                        the vision-to-language connector;
+  vision:    "none" | "all" | "from:K"   the ViT (layers K.. of the tower; stem stays frozen);
+  llm:       "none" | "all" | "until:K"  the LLM (its first K decoder layers; embeddings,
                                          final norm and LM head train only with "all");
-  moca:      bool                 MoCa's per-layer scale/shift (when the model has MoCa).
+  moca:      bool                        MoCa's per-layer scale/shift.
 """
 
 from __future__ import annotations
