@@ -1,18 +1,11 @@
-"""Model weights: the one loader, and the formats it reads and writes.
+"""Model weights: the one loader (`load_weights`), and the formats it reads and writes.
 
-  load_weights(path)  the one way to load a model's parameters from a path:
-      WORKDIR          one of our training workdirs, its newest checkpoint that restores
-                       (a damaged newer step is skipped with a warning, and said in the result);
-      WORKDIR@STEP     that workdir's checkpoint at STEP;
-      HF directory     an HF `LlavaForConditionalGeneration` or original-LLaVA directory.
-  hf.py               the HF format: read, write (`save_pretrained`), `build_stage1`.
-  checkpoint.py       orbax checkpoints of a training run: save and restore the train state,
-                      and the parameters alone for `load_weights`.
-  parts.py            a model's top-level parts (vision, connector, llm): taking some of them
-                      from loaded weights into fresh ones (`init_from` + `init_parts`).
-
-Every result says which weights it holds (`WeightsSource`: path, step, skipped steps), so each
-output of the tools can record it.
+`load_weights(path)` takes WORKDIR (a training workdir's newest checkpoint that restores;
+damaged newer steps are skipped with a warning), WORKDIR@STEP, or an HF / original-LLaVA
+directory, and says which weights it loaded (`WeightsSource`). Formats: `hf` (HF read/write,
+`build_stage1`), `checkpoint` (orbax train-state checkpoints), `parts` (taking some
+top-level parts from loaded weights: `init_from` + `init_parts`), `export` (a run as an HF
+directory).
 """
 
 from __future__ import annotations
@@ -74,8 +67,8 @@ def load_weights(path: str, *, step: int | None = None, mesh=None, **config_over
 
     mesh: where a workdir's parameters land (default: replicated over all devices).
     config_overrides: model-config fields to replace (e.g. dtype="bfloat16", remat="full").
-    Errors are one line: WeightsError (no such path, or neither kind of directory),
-    `checkpoint.CheckpointError` (no such step, with the available ones; nothing restores),
+    Returns `Weights` (config, model, source, run_config). Errors are one line: WeightsError (no such path or
+    kind), `checkpoint.CheckpointError` (no such step; nothing restores),
     `checkpoint.CheckpointMismatch` (shapes differ from the run's config).
     """
     directory, at = split_step(path)

@@ -1,15 +1,9 @@
-"""Checkpoints with orbax: train state, frozen params, data-iterator state and config.
-
-One step directory per save, four items:
-  state   the train state pytree (trainable params, optimizer state, step, skip counters);
-  frozen  the frozen parameters (absent when everything trains);
-  data    every host's grain iterator state (one JSON per process);
-  config  the run's config as JSON (informational on restore).
-
-Arrays are written by every host and restored straight into the target shardings, so no device
-holds a full copy. `restore_newest` falls back from a damaged step to the next older one with a
-one-line warning and deletes nothing; a shape mismatch with the config is an error, not damage.
-`read_params` reads parameters only (no optimizer), for evaluation and init_from.
+"""Checkpoints with orbax: one step directory per save with four items, `state` (trainable
+params, optimizer state, step, skip counters), `frozen` (frozen params), `data` (each host's
+grain iterator state) and `config` (JSON, informational). Arrays are written by every host and
+restored straight into the target shardings. `restore_newest` falls back from a damaged step
+to the next older one with a one-line warning (a shape mismatch is an error, not damage);
+`read_params` reads parameters only, for evaluation and init_from.
 """
 
 from __future__ import annotations
@@ -132,12 +126,9 @@ def _is_closed_loop_callback(unraisable) -> bool:
 
 @contextlib.contextmanager
 def _quiet_abandoned_reads(directory, failed: list[int]):
-    """Drops the traceback noise of orbax's abandoned array reads while a damaged step fails.
-
-    When one read fails orbax closes its event loop, and each abandoned read prints a traceback
-    the one-line warning already covers: an "Exception ignored in: <coroutine>", an asyncio
-    "exception was never retrieved", or "RuntimeError: Event loop is closed" from tensorstore's
-    callback. Only these are dropped. `failed`: the caller's list of failed steps (read on exit).
+    """Drops the traceback noise of orbax's abandoned array reads while a damaged step fails
+    (coroutine "Exception ignored", asyncio "never retrieved", "Event loop is closed"), which the
+    one-line warning already covers. `failed`: the caller's list of failed steps (read on exit).
     """
     previous = sys.unraisablehook
 

@@ -1,15 +1,9 @@
 """Hugging Face interop: load and save LLaVA checkpoints as NumPy (no torch at run time).
 
-Layouts read from a local directory:
-- HF `LlavaForConditionalGeneration` (config.json + *.safetensors, sharded or not), under every
-  key prefix in use (`language_model.model.*`, `vision_tower[.vision_model].*`,
-  `multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`, ...).
-- The original LLaVA repository (`LlavaLlamaForCausalLM`, `model.mm_projector.*`, vision tower
-  from its own directory), MoCa included.
-- Stage 1: a CLIP / SigLIP vision directory + a Llama-family LM + a fresh connector.
-
-`_param_table` maps canonical HF names to our parameters; a prefix table per layout maps keys
-to canonical names. `save_pretrained` writes the installed transformers' own layout.
+Reads HF `LlavaForConditionalGeneration` directories (every key prefix in use), the original
+LLaVA repository's layout (MoCa included), and stage-1 starts (a CLIP / SigLIP tower + a
+Llama-family LM + a fresh connector: `build_stage1`). `_param_table` maps canonical HF names to
+our parameters; `save_pretrained` writes the installed transformers' own layout.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
-"""A model's parts, and taking some of them from loaded weights: `config.init_from` and
-`config.init_parts`.
+"""A model's parts (vision, connector, llm), and taking some of them from loaded weights.
 
-`init_from` is
-  ""                  random weights;
-  DIR                 a Hugging Face or original LLaVA directory (`mir_jax.weights.load_weights`;
-                      e.g. `hf.build_stage1(clip, vicuna)` saved with `save_pretrained`);
-  WORKDIR[@STEP]      one of our training workdirs: its newest checkpoint that restores, or the
-                      one at STEP (stage 1 -> stage 2 chaining, any connector, MoCa included).
-
-`init_parts` says which parts come from there, the rest starting fresh: "all" (default), or a
-comma list of `vision`, `connector`, `llm` (MoCa's parameters belong to `llm`). LLaVA's stage 1
-takes "vision,llm" (a fresh connector on a pretrained vision tower and LLM); stage 2 takes "all"
-from the stage-1 workdir. Every parameter a taken part holds must exist in the source with the
-same shape (else one `InitError` line naming it and both shapes); parameters the source lacks
-(e.g. MoCa's when stage 1 had none) start fresh and are listed.
+`config.init_from`: "" (random), an HF / original-LLaVA directory, or WORKDIR[@STEP] (stage 1
+-> stage 2 chaining). `config.init_parts`: "all" or a comma list of `vision`, `connector`,
+`llm` (MoCa belongs to `llm`); the rest start fresh. A taken parameter missing or of another
+shape in the source is one `InitError` line; parameters the source lacks start fresh and are
+listed.
 """
 
 from __future__ import annotations
