@@ -1,29 +1,15 @@
 """Evaluators: MIR, held-out loss, and the downstream benchmarks MIR is meant to predict.
 
-One interface (`base.Evaluator`, picked by name from one registry) and one way to ask for
-evaluations, a dict keyed by name ({KEY: {"every": K, "evaluator": NAME, **options}},
-`base.build_evals`), serve the training loop (`config.evals`) and `evaluate.py` (which builds
-the dict from its flags):
-
-  name             module               scores
-  mir              mir.py               mir (overall), lm_loss; per-layer FD in details
-  loss             loss.py              loss, perplexity
-  sample_captions  sample_captions.py   none: a few greedy captions to read
-  caption          caption.py           cider (CIDEr-D), bleu_4, bleu_1..3 (meteor with Java)
-  vqa              vqa.py               accuracy (VQAv2: vqaEval.py; TextVQA: LLaVA's m4c; GQA: its
-                                        eval.py; VizWiz: its vqaEval.py; details["scorer"] names it)
-  pope             pope.py              accuracy, precision, recall, f1, yes_ratio
-  multiple_choice  multiple_choice.py   accuracy (letter parsed), likelihood_accuracy
-
-Downstream data is the embedded benchmark (`benchmark.py`) unless a file is given
-(`datasets.py` reads COCO/Karpathy captions, VQAv2, TextVQA, GQA, VizWiz, POPE, ScienceQA,
-MMBench and a generic multiple-choice JSONL). Generation is batched greedy decoding with the KV cache
-(`predict.py`, `mir_jax.models.generate`); prompts are the model's training template with the
-answer left out (`prompts.py`); few-shot examples come from a support split (`fewshot.py`).
+One registry (`base.get_evaluator`) and one dict form of evaluations (`base.build_evals`)
+serve the training loop (`config.evals`) and `evaluate.py`. Evaluators: `mir.py`, `loss.py`,
+`sample_captions.py`, `caption.py`, `vqa.py`, `pope.py`, `multiple_choice.py`; scorers in
+`answers.py` and `caption_metrics.py`; data in `benchmark.py` (embedded) and `datasets.py`
+(benchmark files); generation in `predict.py`, prompts in `prompts.py`, few-shot draws in
+`fewshot.py`; `rescore.py` re-scores answer files, `llava_answers.py` writes them at LLaVA's
+paths. What each computes and which official scorer it matches: docs/evaluation.md.
 
 Stable names: `vqa_accuracy(prediction, answers, scoring="official") -> float`,
-`normalize_answer(text) -> str`. Re-scoring answer files without a model: `rescore.py`; answer
-files at LLaVA's `answers/` paths: `llava_answers.py`.
+`normalize_answer(text) -> str`.
 """
 
 from . import caption, loss, mir, multiple_choice, pope, sample_captions, vqa  # noqa: F401  (register evaluators)

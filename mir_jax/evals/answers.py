@@ -1,6 +1,6 @@
 """Answer normalization and scoring for short-answer VQA-style benchmarks (pure Python).
 
-Each scorer equals one official script (read, not copied):
+Each scorer equals one official script (read, not copied; quirks kept, docs/evaluation.md):
 
   vqa_accuracy(scoring="official")   GT-Vision-Lab/VQA ``vqaEval.py`` (2021 fix, a013f00)
   vqa_accuracy(scoring="lmms_eval")  lmms-eval ``tasks/vqav2/utils.py``
@@ -118,10 +118,8 @@ _VIZWIZ_CONTRACTIONS = {
 
 
 def _process_punctuation(text: str, comma_switch: re.Pattern = _COMMA_STRIP) -> str:
-    """The official ``processPunctuation``.
-
-    Each punctuation character is deleted if it touches a space in the input or the input
-    has digit-comma-digit, else spaced; then periods not followed by a digit are deleted.
+    """The official ``processPunctuation``: a punctuation character is deleted if it touches
+    a space or the text has digit-comma-digit, else spaced; then periods not before a digit go.
     """
     has_digit_comma = comma_switch.search(text) is not None
     out = text
@@ -145,15 +143,11 @@ def _process_digit_article(text: str, contractions: dict = _CONTRACTIONS) -> str
 
 
 def normalize_answer(text: str) -> str:
-    """Normalize an answer like the official VQAv2 evaluation.
+    """Normalize an answer like the official VQAv2 evaluation (its quirks kept:
+    ``"1,000"`` -> ``"1000"``, ``"u.s.a."`` -> ``"usa"``, ``"two"`` -> ``"2"``).
 
-    Newlines/tabs to spaces and strip, then ``processPunctuation``, then
-    ``processDigitArticle``. The official quirks are kept, e.g. ``"black-white"`` ->
-    ``"black white"``, ``"1,000"`` -> ``"1000"``, ``"u.s.a."`` -> ``"usa"``, ``"3.5"`` and
-    ``"10:30"`` unchanged, ``"dont"`` -> ``"don't"``, ``"two"`` -> ``"2"``.
-
-    Returns:
-      The normalized string (possibly empty).
+    Newlines/tabs to spaces and strip, ``processPunctuation``, ``processDigitArticle``; returns
+    the normalized string (possibly empty).
     """
     return _process_digit_article(_process_punctuation(_clean(text)))
 
@@ -190,16 +184,10 @@ VQA_SCORINGS = ("official", "lmms_eval", "llava")
 def vqa_accuracy(prediction: str, answers: list[str], scoring: str = "official") -> float:
     """VQAv2 soft accuracy of one prediction against the human answers.
 
-    Mean over the n leave-one-out subsets of ``min(matches / 3, 1)``; the scorings differ in
-    what is compared:
-
-    ``"official"`` -- ``vqaEval.py``: newlines/tabs to spaces and strip; both sides are
-    normalized (:func:`normalize_answer`) only if the answers are not all identical, so
-    ``"Yes."`` scores 0 against ten ``"yes"``.
-
-    ``"lmms_eval"`` -- both sides always normalized; the comma switch also fires on ``"1,,000"``.
-
-    ``"llava"`` -- :func:`evalai_answer` of the prediction, then ``"official"``.
+    The mean over the n leave-one-out subsets of ``min(matches / 3, 1)``. ``"official"``:
+    ``vqaEval.py``, which normalizes (:func:`normalize_answer`) only if the answers are not all
+    identical (``"Yes."`` scores 0 against ten ``"yes"``); ``"lmms_eval"``: both sides always
+    normalized; ``"llava"``: :func:`evalai_answer` of the prediction, then ``"official"``.
 
     Args:
       prediction: the model's answer.
@@ -255,16 +243,11 @@ def vizwiz_normalize(text: str) -> str:
 def vizwiz_accuracy(prediction: str, answers: list[str], scoring: str = "official") -> float:
     """VizWiz VQA accuracy of one prediction against the (usually 10) human answers.
 
-    ``"official"`` -- the VizWiz-VQA API's ``vqaEval.py``: the prediction is always normalized
-    (:func:`vizwiz_normalize`), the human answers never (not even stripped); then the mean
-    over the answers left out in turn of ``min(1, matches among the others / 3)``.
-    "unanswerable" is an answer like any other: ``"Unanswerable."`` normalizes to it.
-
-    ``"llava"`` -- :func:`evalai_answer` of the prediction first, as LLaVA-1.5's
-    ``convert_vizwiz_for_submission.py`` writes it for the server.
-
-    Raises:
-      ValueError: if ``answers`` is empty or ``scoring`` is unknown.
+    ``"official"``: the VizWiz-VQA API's ``vqaEval.py`` (the prediction normalized with
+    :func:`vizwiz_normalize`, the human answers as given, then the leave-one-out mean);
+    ``"llava"``: :func:`evalai_answer` of the prediction first, as LLaVA-1.5's
+    ``convert_vizwiz_for_submission.py`` writes it. ValueError for no answers or an unknown
+    scoring.
     """
     if len(answers) == 0:
         raise ValueError("vizwiz_accuracy: the answers list is empty")
@@ -315,14 +298,9 @@ POPE_SCORINGS = ("official", "lenient")
 def yes_no(text: str, scoring: str = "official") -> str:
     """Parse a POPE generation into ``"yes"`` or ``"no"``.
 
-    ``"official"`` -- LLaVA's ``eval_pope.py``: text before the first ``'.'``, commas
-    deleted, split on single spaces; ``"no"`` if a piece is ``"No"``, ``"no"`` or ``"not"``,
-    else ``"yes"`` (so ``"NO"`` and empty text count as yes).
-
-    ``"lenient"`` -- the same, lowercased and split on any whitespace (no official scorer).
-
-    Raises:
-      ValueError: if ``scoring`` is not in ``POPE_SCORINGS``.
+    ``"official"``: LLaVA's ``eval_pope.py`` (``"no"`` if a word before the first ``'.'`` is
+    ``"No"``, ``"no"`` or ``"not"``, so ``"NO"`` and empty text count as yes); ``"lenient"``:
+    the same, case-insensitive (no official scorer). ValueError for another ``scoring``.
     """
     if "." in text:
         text = text.split(".", 1)[0]
@@ -342,14 +320,10 @@ def pope_scores(predictions: list[str], labels: list[str], scoring: str = "offic
     Args:
       predictions: the model's generations, parsed with :func:`yes_no` (``scoring``).
       labels: "yes"/"no" per prediction (case and surrounding spaces ignored).
-      scoring: passed to :func:`yes_no`.
 
     Returns:
-      ``{"accuracy", "precision", "recall", "f1", "yes_ratio"}`` floats in [0, 1] and
-      ``"num_samples"`` (int). A zero denominator gives 0.0 (eval_pope.py would raise).
-
-    Raises:
-      ValueError: if the lengths differ or a label is not "yes"/"no".
+      ``{"accuracy", "precision", "recall", "f1", "yes_ratio"}`` floats in [0, 1] (0.0 for a
+      zero denominator) and ``"num_samples"``. ValueError for differing lengths or a bad label.
     """
     if len(predictions) != len(labels):
         raise ValueError(
@@ -401,18 +375,11 @@ _ARTICLE_USE = re.compile(r"\s+[a-z]")
 def parse_option_letter(text: str, num_options: int) -> int | None:
     """The 0-based option index a multiple-choice generation names, or None.
 
-    Like LLaVA's ScienceQA scorer, with more fallbacks. Only capitals ``A``.. up to
-    ``num_options`` count. Rules, first valid hit wins:
-
-    1. the whole text is one letter: ``"B"``, ``"B."``, ``"(B)"``, ``"B)"``;
-    2. it starts with a letter and ``.``/``)``/``:`` or parentheses: ``"B) dog"``;
-    3. ``answer``/``option``/``choice`` [``is``] [``:``] then a letter: ``"The answer is B."``;
-    4. a parenthesized letter anywhere: ``"I pick (D) here"``;
-    5. a letter followed by ``.`` or ``)`` outside a word: ``"so B. is right"``;
-    6. a standalone capital, except article/pronoun ``A``/``I`` (``"A dog"``).
-
-    Raises:
-      ValueError: if ``num_options`` is not in 1..26.
+    Like LLaVA's ScienceQA scorer, with more fallbacks; only capitals up to ``num_options``
+    count, first hit wins: the whole text is a letter (``"(B)"``); it starts with one
+    (``"B) dog"``); ``answer``/``option``/``choice`` [``is``] then a letter; a parenthesized
+    letter; a letter and ``.``/``)`` outside a word; a standalone capital other than the
+    article/pronoun ``A``/``I``. ValueError unless ``num_options`` is in 1..26.
     """
     if not 1 <= num_options <= 26:
         raise ValueError(f"parse_option_letter: num_options={num_options} not in 1..26")
@@ -450,10 +417,8 @@ _SCIENCEQA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
 
 def scienceqa_choice(text: str, num_options: int) -> int | None:
-    """The option index LLaVA's ``eval_science_qa.py`` reads from a generation, or None.
-
-    On the raw text: it is one of A-E; or starts with such a letter and ``". "``; or
-    ``"The answer is X."`` occurs exactly once. Otherwise, or beyond the options: None.
+    """The option index LLaVA's ``eval_science_qa.py`` reads from a generation, or None
+    (the text is one of A-E, starts with one and ``". "``, or holds one ``"The answer is X."``).
     """
     if text in _SCIENCEQA_LETTERS:
         letter = text
@@ -468,17 +433,9 @@ def scienceqa_choice(text: str, num_options: int) -> int | None:
 
 
 def multiple_choice_scores(chosen: list[int | None], answers: list[int]) -> dict:
-    """Accuracy of parsed multiple-choice picks.
-
-    Args:
-      chosen: the parsed option index per question (``None`` counts as wrong).
-      answers: the correct option index per question, same length.
-
-    Returns:
-      ``{"accuracy": float, "num_samples": int, "unparsed": int}``; accuracy 0.0 if empty.
-
-    Raises:
-      ValueError: if the lengths differ.
+    """Accuracy of parsed picks: ``chosen`` (option index or None, counted wrong) against
+    ``answers`` -> ``{"accuracy", "num_samples", "unparsed"}`` (accuracy 0.0 if empty).
+    ValueError if the lengths differ.
     """
     if len(chosen) != len(answers):
         raise ValueError(

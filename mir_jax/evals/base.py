@@ -4,26 +4,11 @@
     result = evaluator.run(EvalModel(...))                        # -> EvalResult
     write_result(result, output_dir)                              # scores JSON + answer file
 
-Every evaluator is a class registered under its name (big_vision's evaluators, picked by
-name from the config). Evaluations are asked for in one form, a dict keyed by name (big_vision's
-`config.evals.NAME.KEY`): {KEY: {"every": K, "evaluator": NAME, **options}}, "evaluator"
-defaulting to KEY (`{"caption_4shot": {"evaluator": "caption", "shots": 4}}`), "every" only for
-the training loop (0: at the end only). The loop reads it from `config.evals`, `evaluate.py`
-builds it from its flags; `build_evals` turns it into evaluators. An evaluator declares its
-options and their defaults in `OPTIONS`; an unknown option or an impossible value is one
-`ValueError` line naming it. KEY names the results ("caption_4shot/cider").
-
-Held-out measurements of the model itself (`split = "eval"`: held-out loss, MIR) run on every
-process with the sharded model; the others (generation) on process 0. In the training loop an
-evaluator first `prepare`s its fixed record set (once, before the first step), then each `run`
-reuses it; `metrics` gives its metrics.jsonl fields, `report` what the loop prints.
-
-`EvalResult.scores` holds flat scalars (what goes to metrics.jsonl, TensorBoard, the table
-and the plot, e.g. {"cider": 0.91, "bleu_4": 0.33}); `details` holds the rest (per-layer
-MIR, per-category POPE, "scorer": the official scorer the scores equal); `predictions` are
-rows of LLaVA's answer-file format (`question_id` with the source file's type, `prompt` = the
-question text, `text`, `answer_id`, `model_id`, `metadata`), so LLaVA's scripts read them
-unchanged.
+Evaluators register under their name (as big_vision's) and declare their options in `OPTIONS`;
+`build_evals` turns the dict form {KEY: {"every": K, "evaluator": NAME, **options}} into
+evaluators. `EvalResult.scores` holds flat scalars, `details` the rest ("scorer": the official
+scorer the scores equal), `predictions` rows of LLaVA's answer-file format. More:
+docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -43,10 +28,9 @@ from mir_jax.data.images import ImageConfig
 class EvalModel:
     """A model and what it takes to feed it as it was trained.
 
-    template: the prompt template of its instruction data ("vicuna_v1", "chat") or of its
-    pre-training ("plain"); evaluators phrase their prompts with it. system: the system
-    prompt (None: the template's own). mesh: optional; batches shard over its data axes.
-    weights: which weights the model holds (`mir_jax.weights.WeightsSource`), for the record.
+    template: its prompt template ("vicuna_v1", "chat", "plain", ...); system: the system
+    prompt (None: the template's own); mesh: optional, batches shard over its data axes;
+    weights: which weights it holds (`mir_jax.weights.WeightsSource`), for the record.
     """
 
     name: str
@@ -126,10 +110,8 @@ class Evaluator:
         return dict(options)
 
     def prepare(self, model: EvalModel) -> None:
-        """Builds the evaluator's fixed record set once (`self.fixed`), for the repeated `run`s of
-        the training loop (which calls it before the first step, so that bad data stops the run
-        before it trains); `model` gives the tokenizer and preprocessing. Default: nothing to
-        build (the evaluator reads its records at each run)."""
+        """Builds the fixed record set once (`self.fixed`) for the training loop's repeated
+        `run`s, before the first step so bad data stops the run early. Default: nothing."""
 
     def metrics(self, result: EvalResult, key: str) -> dict[str, Any]:
         """The fields `result` adds to the loop's metrics.jsonl row: {"KEY/score": value}."""
@@ -150,12 +132,9 @@ def bind_model(model, mesh: Mesh | None, jitted, keys):
     """batch (a host dict of the pipeline's batch contract) -> jitted(graphdef, state, inputs),
     for a jitted function of (graphdef, state, {key: array}) with graphdef static.
 
-    Without a mesh the inputs are the host arrays. With one, the parameters follow the
-    logical-axis rules (already-sharded ones, as in the training loop, stay where they are),
-    each device takes its rows of the batch, which every process holds whole
-    (`sharding.batch_from_full`, multi-host safe), and the call runs under the mesh so the
-    model's sharding constraints apply. MIR, the held-out loss and likelihood scoring all run
-    through this."""
+    With a mesh the parameters follow the logical-axis rules, each device takes its rows of the
+    batch every process holds whole (`sharding.batch_from_full`, multi-host safe), and the call
+    runs under the mesh. MIR, the held-out loss and likelihood scoring run through this."""
     import jax
     import numpy as np
     from flax import nnx
@@ -260,10 +239,9 @@ def answer_row(question_id, prompt: str, text: str, model_id: str, **extra) -> d
 
 
 def write_result(result: EvalResult, output_dir: str, prefix: str = "") -> tuple[str, str | None]:
-    """`{prefix}{evaluator}_scores.json` and (if any) `{prefix}{evaluator}_predictions.jsonl`
-    (one JSON object a line), each written to a temporary name and renamed, so a crash never
-    leaves a partial file. The scores JSON names, under "scorer", the official scorer its
-    numbers equal (from the evaluator's details)."""
+    """Write `{prefix}{evaluator}_scores.json` (naming the official scorer under "scorer") and
+    `{prefix}{evaluator}_predictions.jsonl`, each via a temporary name, so a crash never
+    leaves a partial file."""
     os.makedirs(output_dir, exist_ok=True)
     scores = os.path.join(output_dir, f"{prefix}{result.evaluator}_scores.json")
     payload = result.to_json()

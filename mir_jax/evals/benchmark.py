@@ -1,31 +1,18 @@
 """The embedded benchmark: held-out captioning, VQA, POPE and multiple choice on the
 synthetic shapes world, the default data of every downstream evaluator.
 
-Scenes come from the synthetic corpus's ``"bench"`` split (`mir_jax.data.synthetic`): seeds
-that neither training (``"train"``) nor the held-out loss and MIR sets (``"eval"``) use, so a
-model has never seen a benchmark image. Question `i` of a task is a pure function of
-(task, seed, i); the few-shot support set of a task is the same generator at indices
-``SUPPORT_OFFSET + j``, disjoint from the queries.
+Scenes come from the corpus's ``"bench"`` split (`mir_jax.data.synthetic`), never seen in
+training; question `i` of a task is a pure function of (task, seed, i), and the few-shot
+support set is the same generator at indices ``SUPPORT_OFFSET + j``.
 
 Records (the shapes of `mir_jax.evals.datasets`, images as uint8 arrays):
-  caption          {"question_id", "image", "captions": [the caption, the same scene with
-                   its two groups in the other order (two references when there are two)]}
+  caption          {"question_id", "image", "captions": [1 or 2 references]}
   vqa              {"question_id", "image", "question", "answers": 10 human-style answers,
-                   "metric": "normalized", "kind": count|colour|shape|position}; answers are
-                   written as a person would ("two", "red", "circles"): 10 x the one word,
-                   except position, which takes both ways people say it, 5 x "left" and
-                   5 x "on the left" (the instruction data answers "On the left.", and
-                   VQA normalization keeps the "on"; either form scores 1). No official
-                   scorer exists for this set: "normalized" is the VQA soft accuracy with
-                   both sides normalized (as lmms-eval scores VQAv2), because VQAv2's
-                   official script compares unanimous answers unnormalized, which suits
-                   its pre-normalized annotations, not these human-style ones
-  pope             {"question_id", "image", "question": "Is there a {colour} {shape} in the
-                   image?", "label": yes|no, "category": random|adversarial}; even indices
-                   ask about a group that is there, odd ones about one that is not; in the
-                   adversarial half the absent object is a shape of the scene in another
-                   colour (POPE's co-occurring negatives). Both halves are balanced yes/no.
+                   "metric": "normalized", "kind": count|colour|shape|position}
+  pope             {"question_id", "image", "question", "label": yes|no,
+                   "category": random|adversarial}
   multiple_choice  {"question_id", "image", "question", "options": 4, "answer": index}
+How each task is built, and why VQA is scored normalized: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -118,9 +105,8 @@ def embedded_task(task: str, num_samples: int, *, image_size: int, seed: int = 0
                   support: bool = False, scene: str = "image") -> list[dict]:
     """The first `num_samples` records of an embedded task (or of its few-shot support set).
 
-    `scene`: "image" (the benchmark), "text" (no image; the scene told in words before the
-    question, as `text_qa` data tells it: what a base LLM can answer without vision) or
-    "blank" (every image a uniform grey: the control that a score needs the image)."""
+    `scene`: "image" (the benchmark), "text" (the scene told in words, no image) or "blank"
+    (a uniform grey image: the control that a score needs the image)."""
     if task not in _BUILDERS:
         raise ValueError(f"no embedded {task!r} benchmark; known: {list(TASKS)}")
     if scene not in SCENE_MODES:

@@ -1,12 +1,8 @@
 """Captioning: CIDEr-D and BLEU-4 (METEOR where Java is present) with pycocoevalcap.
 
-Prompt: conversation templates ask `prompt` (default: the training caption prompt, "Describe
-the image briefly."); pre-trained models (plain/document) get the image alone, as LLaVA's
-stage 1 trains. Few-shot examples show the record's first reference caption.
-
-max_new_tokens (default None): the longest reference caption of the evaluated records in the
-model's tokens, plus `CAPTION_SLACK` (a capital, a full stop, eos): a fixed budget either cuts
-long captions (a byte tokenizer spends a token per character) or wastes decode steps.
+Conversation templates are asked `prompt`; pre-trained models get the image alone, as LLaVA's
+stage 1 trains. max_new_tokens=None budgets the longest reference caption plus `CAPTION_SLACK`
+tokens (docs/evaluation.md).
 """
 
 from __future__ import annotations

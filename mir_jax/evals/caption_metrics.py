@@ -1,9 +1,6 @@
-"""COCO-style caption metrics (BLEU-1..4, CIDEr-D, METEOR) via pycocoevalcap.
-
-The scorers are pycocoevalcap's own; this module prepares their inputs as
-``pycocoevalcap.eval.COCOEvalCap`` does (PTB tokenization) and collects the results.
-Without ``java`` on PATH, :func:`simple_tokenize` approximates the PTB tokenizer, and the
-result says which ran (``"tokenizer": "ptb" | "simple"``) since scores may differ.
+"""COCO-style caption metrics (BLEU-1..4, CIDEr-D, METEOR): pycocoevalcap's own scorers, on
+inputs prepared as ``COCOEvalCap`` prepares them (PTB tokenization; without ``java``,
+:func:`simple_tokenize`, and the result says which ran).
 """
 
 from __future__ import annotations
@@ -55,15 +52,8 @@ _TOKEN = re.compile(
 
 
 def simple_tokenize(caption: str) -> str:
-    """Pure-Python approximation of pycocoevalcap's PTB tokenization of a caption.
-
-    Lowercases, splits clitics as PTB does ("isn't" -> "is n't", "cannot" -> "can not"),
-    keeps numbers like "3.5" and abbreviations like "u.s.a.", writes brackets as "-lrb-"
-    (kept, as pycocoevalcap keeps them), and drops ``PTBTokenizer``'s punctuation tokens.
-    Rarer input (``#tag``, ``rock'n'roll``) may split differently from PTB.
-
-    Returns:
-      The space-joined tokens.
+    """Pure-Python approximation of pycocoevalcap's PTB tokenization of a caption; returns
+    the space-joined tokens (rare input such as ``#tag`` may split differently from PTB).
     """
     text = _LINE_BREAKS.sub(" ", caption).lower()
     for bracket, escape in _BRACKETS.items():
@@ -147,25 +137,15 @@ def caption_scores(predictions: dict, references: dict,
     Args:
       predictions: ``{image_id: caption}``.
       references: ``{image_id: [reference caption, ...]}``, the same ids, each non-empty.
-      metrics: any of ``"bleu"`` (pycocoevalcap ``Bleu(4)``, corpus-level -> ``bleu_1`` ..
-        ``bleu_4``), ``"cider"`` (``Cider``: CIDEr-D as COCO reports it, not scaled by 100),
-        ``"meteor"`` (needs java) and ``"spice"`` (not supported offline). A metric that
-        cannot run is listed in ``"skipped"``, its reason in ``"skip_reasons"``.
-      tokenizer: ``"auto"`` (PTB when ``java`` is on PATH, else simple), ``"ptb"`` or
-        ``"simple"``.
-
-    CIDEr's IDF comes from the references of the images given (as in COCOEvalCap), so score
-    a whole split in one call; a single image scores 0.
+        CIDEr's IDF comes from these references, so score a whole split in one call.
+      metrics: any of ``"bleu"`` (``bleu_1`` .. ``bleu_4``), ``"cider"`` (CIDEr-D, not scaled
+        by 100), ``"meteor"`` (needs java), ``"spice"`` (not supported offline).
+      tokenizer: ``"auto"`` (PTB when ``java`` is on PATH, else simple), ``"ptb"``, ``"simple"``.
 
     Returns:
-      ``{"bleu_1" .. "bleu_4", "cider", "meteor"`` (those computed, floats)
-      ``, "num_images": int, "tokenizer": "ptb" | "simple",
-      "per_image": {metric: {image_id: float}}`` (``cider``, ``bleu_4``, ``meteor``)
-      ``, "skipped": [metric, ...], "skip_reasons": {metric: str}}``.
-
-    Raises:
-      ValueError: ids differ, a reference list is empty, no images, an unknown
-        metric or tokenizer, or ``tokenizer="ptb"`` without java.
+      ``{"bleu_1" .. "bleu_4", "cider", "meteor"`` (those computed), ``"num_images",
+      "tokenizer", "per_image": {metric: {image_id: float}}, "skipped": [metric],
+      "skip_reasons": {metric: str}}``. ValueError for bad inputs or ``"ptb"`` without java.
     """
     _check_inputs(predictions, references)
     if isinstance(metrics, str):

@@ -1,16 +1,12 @@
 """Benchmark files, read into plain task records for the evaluators.
 
-Each loader reads one file format and returns a list of dicts in file order (``limit`` keeps
-the first N). Image paths are made absolute against ``image_folder`` (default: the question
-file's folder) and, with ``check_images=True``, must exist. Any problem with a file is one
-:class:`~mir_jax.data.errors.DataError` line naming the file and line or record.
-``question_id`` keeps the source id's type (LLaVA's scripts key their dicts by it).
-
-Each record's ``"prompt"`` is the ``text`` of LLaVA-1.5's question file for the benchmark (kept
-verbatim where given, else built the same way): short answer ``"{question}\nAnswer the question
-using a single word or phrase."`` (TextVQA adds ``"\nReference OCR token: ..."``, VizWiz
-``"\nWhen the provided information is insufficient, respond with 'Unanswerable'."`` before the
-last line); multiple choice: `multiple_choice.py`; captions: `caption.py`.
+Each loader (``LOADERS``: coco, karpathy, jsonl, vqav2, textvqa, gqa, vizwiz, pope, mc_jsonl,
+scienceqa, mmbench) reads one file format and returns a list of dicts in file order (``limit``
+keeps the first N). Image paths are made absolute against ``image_folder`` (default: the
+question file's folder) and, with ``check_images=True``, must exist; any problem with a file
+is one :class:`~mir_jax.data.errors.DataError` line. ``question_id`` keeps the source id's type.
+Each record's ``"prompt"`` is the ``text`` of LLaVA-1.5's question file (:func:`llava_text`).
+The files and fields each loader reads: docs/evaluation.md.
 
 Records (``image``: absolute path, None for text-only; MMBench: the encoded image bytes)::
 
@@ -23,43 +19,6 @@ Records (``image``: absolute path, None for text-only; MMBench: the encoded imag
     multiple_choice  {"question_id", "image", "question", "options": [str, ...],
                       "answer": int (0-based), "hint": str | None, "benchmark":
                       "scienceqa" | "mmbench" (absent for generic files)}
-
-Formats (``LOADERS`` key, file, fields read):
-
-* ``coco``: COCO ``captions_*.json``: ``images[].id/file_name``,
-  ``annotations[].image_id/caption``; one record per image, ``question_id`` = image id.
-* ``karpathy``: ``dataset_coco.json`` / ``dataset_flickr30k.json``: ``images[].split``,
-  ``filepath`` (COCO only), ``filename``, ``sentences[].raw``, ``cocoid`` else ``imgid``.
-  The usual COCO train split is ``("train", "restval")``.
-* ``jsonl``: LLaVA-style JSONL or JSON array: ``image``, ``captions`` or ``caption``,
-  ``question_id`` or ``id`` (else the index).
-* ``vqav2``: VQA API questions (``data_subtype``, ``questions[].question_id/image_id/question``)
-  or LLaVA-1.5's ``llava_vqav2_mscoco_*.jsonl`` (``questions_jsonl``: ``question_id``,
-  ``image``, ``text``), and annotations (``annotations[].question_id/answers[].answer/
-  answer_type``; none for test-dev: predictions only); images of "test-dev2015" are read from
-  "test2015".
-* ``textvqa``: LLaVA's ``llava_textvqa_val_v051_ocr.jsonl`` (``question_id``, ``image``,
-  ``text``) with ``TextVQA_0.5.1_val.json`` (``data[].question_id/image_id/question/answers``),
-  or the annotation file alone. Extras ``"ocr"``, ``"prompt"``.
-* ``gqa``: LLaVA's ``llava_gqa_testdev_balanced.jsonl`` with GQA's
-  ``testdev_balanced_questions.json`` (``{qid: {"answer", "imageId", "question"}}``), or that
-  file alone. Extras ``"prompt"``, ``"balanced"``.
-* ``vizwiz``: VizWiz's ``val.json`` (a JSON array: ``image``, ``question``,
-  ``answers[].answer``, ``answer_type``, ``answerable``), optionally with a LLaVA-style question
-  JSONL (``question_id``, ``image``, ``text``; matched by image). Extras ``"image_file"``,
-  ``"answer_type"``, ``"answerable"``, ``"prompt"``. The test split (``test.json`` or LLaVA's
-  ``llava_test.jsonl`` alone) has no answers: predictions only.
-* ``pope``: POPE's ``coco_pope_<category>.json`` (JSON Lines): ``question_id``, ``image``,
-  ``text``, ``label``; ``category`` from the field, else the file name. Or LLaVA's
-  ``llava_pope_test.jsonl`` (no labels) with ``annotation_dir`` = the folder of those files,
-  labels paired by order within a category, as ``eval_pope.py`` pairs them.
-* ``mc_jsonl``: generic JSONL/JSON: ``question_id``/``id``, ``image`` (optional),
-  ``question``, ``options``/``choices``, ``answer`` (index, letter or option text), ``hint``.
-* ``scienceqa``: ``problems.json`` (``{pid: {"question", "choices", "answer", "hint",
-  "image", "split"}}``), optionally ``pid_splits.json``; images at ``<split>/<pid>/<image>``.
-* ``mmbench``: MMBench TSVs: ``index``, ``question``, ``hint``, ``A``..``E``, ``answer``,
-  ``image`` (base64, kept encoded); extras ``"category"``, ``"l2_category"``. No answer
-  column (the test split) is refused; options are not circularly re-ordered.
 """
 
 from __future__ import annotations
@@ -363,13 +322,9 @@ def load_vqav2(questions_json=None, annotations_json=None, image_folder=None,
     """VQAv2 questions + annotations -> ``{"question_id", "image", "question", "answers"
     (the 10 human answers), "metric": "vqa", "answer_type", "prompt"}``.
 
-    The questions are either the VQA API's ``questions_json`` (images named by
-    ``image_pattern``) or LLaVA-1.5's ``questions_jsonl`` (``llava_vqav2_mscoco_test-dev2015.jsonl``,
-    ``llava_vqav2_mscoco_val*.jsonl``: a line ``{"question_id", "image", "text", "category"}``,
-    ``text`` = the question and the short-answer line, kept verbatim as ``prompt``; its order,
-    ids and image names). ``annotations_json=None`` (test-dev, no public answers) gives
-    ``answers: []`` and ``answer_type: None``: predictions only, for the EvalAI upload;
-    otherwise every question needs an annotation.
+    Questions: the VQA API's ``questions_json`` (images named by ``image_pattern``) or LLaVA-1.5's
+    ``questions_jsonl`` (its order, ids, images and ``text``, kept as ``prompt``).
+    ``annotations_json=None`` (test-dev) gives ``answers: []``: predictions only.
     """
     _check_limit(limit)
     if (questions_json is None) == (questions_jsonl is None):
@@ -435,12 +390,8 @@ def load_vqav2(questions_json=None, annotations_json=None, image_folder=None,
 def load_textvqa(questions_jsonl, annotations_json, image_folder=None, limit=None,
                  check_images=True) -> list[dict]:
     """LLaVA's TextVQA question JSONL + TextVQA annotations -> ``{"question_id", "image",
-    "question", "answers" (10), "metric": "textvqa", "ocr", "prompt"}``.
-
-    LLaVA's ``question_id`` is the image id, so a line's annotation is found as in
-    ``eval_textvqa.py``: by (image id, lowercased question), else by question id. Records are
-    unique by (question_id, question). ``questions_jsonl=None`` reads the annotation file alone
-    (no OCR line); ``annotations_json=None`` gives ``answers: []``.
+    "question", "answers" (10), "metric": "textvqa", "ocr", "prompt"}``; either file may be
+    None (no OCR line; ``answers: []``). Annotations are matched as ``eval_textvqa.py`` does.
     """
     _check_limit(limit)
     if questions_jsonl is None and annotations_json is None:
@@ -506,11 +457,8 @@ def load_textvqa(questions_jsonl, annotations_json, image_folder=None, limit=Non
 def load_gqa(questions_jsonl_or_json, image_folder=None, answers_json=None, limit=None,
              check_images=True) -> list[dict]:
     """GQA -> ``{"question_id", "image", "question", "answers": [answer], "metric": "gqa",
-    "prompt", "balanced"}``.
-
-    Either LLaVA's question JSONL with ``answers_json`` = GQA's
-    ``testdev_balanced_questions.json``, or that GQA questions file alone. ``balanced``: GQA's
-    ``isBalanced`` (None where absent); GQA's eval.py scores balanced questions only.
+    "prompt", "balanced"}``, from LLaVA's question JSONL with ``answers_json`` = GQA's
+    ``testdev_balanced_questions.json``, or that GQA file alone.
     """
     _check_limit(limit)
     path = os.fspath(questions_jsonl_or_json)
@@ -597,19 +545,13 @@ def _vizwiz_annotations(apath: str) -> dict[str, tuple[int, dict]]:
 
 def load_vizwiz(annotations_json=None, questions_jsonl=None, image_folder=None, limit=None,
                 check_images=True) -> list[dict]:
-    """VizWiz VQA -> ``{"question_id", "image", "image_file", "question", "answers" (the human
-    answers as given: VizWiz's vqaEval.py compares them unnormalized), "metric": "vizwiz",
-    "answer_type", "answerable", "prompt"}``; ``image_file``: the image as the file names it
-    (what the EvalAI upload lists, `llava_answers.vizwiz_upload`).
+    """VizWiz VQA -> ``{"question_id", "image", "image_file", "question", "answers" (as given),
+    "metric": "vizwiz", "answer_type", "answerable", "prompt"}``.
 
-    ``annotations_json``: VizWiz's ``val.json`` (or ``train.json``), a JSON array keyed by image
-    name. Alone, its records in file order, ``question_id`` = the 0-based index, ``prompt`` =
-    LLaVA-1.5's VizWiz text (:func:`llava_text` with ``vizwiz=True``). With ``questions_jsonl``
-    (LLaVA's layout: ``llava_test.jsonl``, ``{"question_id", "image", "text", ...}`` a line): that
-    file's order, ids and ``text``, each line's answers found by its image name. The test split
-    has no answers (LLaVA-1.5's VizWiz number is the EvalAI server's): ``test.json``, or LLaVA's
-    ``llava_test.jsonl`` alone, gives ``answers: []``, ``answer_type``/``answerable`` None:
-    predictions only, for the upload file.
+    ``annotations_json``: VizWiz's ``val.json`` (alone: file order, ``question_id`` = the index);
+    with ``questions_jsonl`` (LLaVA's ``llava_test.jsonl``): that file's order, ids and
+    ``text``, answers matched by image name. The test split gives ``answers: []`` and
+    ``answer_type``/``answerable`` None: predictions only, for the upload file.
     """
     _check_limit(limit)
     if annotations_json is None and questions_jsonl is None:
@@ -684,13 +626,9 @@ def _pope_labels(annotation_dir) -> dict[str, list[tuple[str, str, str]]]:
 def load_pope(jsonl, image_folder=None, limit=None, check_images=True, annotation_dir=None) -> list[dict]:
     """POPE question lines -> ``{"question_id", "image", "question", "label", "category"}``.
 
-    Lines with labels (POPE's ``coco_pope_<category>.json``) carry their own. LLaVA's
-    ``llava_pope_test.jsonl`` (``question_id`` ints, ``image``, ``text``, ``category``) has none:
-    ``annotation_dir`` (eval_pope.py's ``--annotation-dir``) gives them, the k-th question of a
-    category taking the k-th line of ``coco_pope_<category>.json``, as eval_pope.py pairs the
-    k-th answer of a category with it; a pair whose images differ is an error (the files do not
-    belong together). Questions of a category with no label file are left out, as eval_pope.py
-    leaves them unscored.
+    POPE's ``coco_pope_<category>.json`` carry their labels; LLaVA's ``llava_pope_test.jsonl``
+    takes them from ``annotation_dir`` (eval_pope.py's ``--annotation-dir``), paired by order
+    within a category as eval_pope.py pairs them (docs/evaluation.md).
     """
     _check_limit(limit)
     path = os.fspath(jsonl)
@@ -793,9 +731,8 @@ def load_scienceqa(problems_json, image_folder=None, split="test", pid_splits=No
     """ScienceQA problems.json -> multiple-choice records of ``split`` (``question_id`` = pid).
 
     ``image_folder`` holds ``<split>/<pid>/image.png`` (default: ``images/`` next to
-    problems.json if present, else its folder). ``pid_splits`` (pid_splits.json), if given,
-    sets which problems and their order; else the ``split`` field, in file order.
-    ``images_only=True``: only problems with an image (ScienceQA-IMG).
+    problems.json if present); ``pid_splits`` (pid_splits.json) sets which problems and their
+    order; ``images_only=True`` keeps ScienceQA-IMG.
     """
     _check_limit(limit)
     path = os.fspath(problems_json)

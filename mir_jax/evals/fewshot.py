@@ -1,9 +1,7 @@
 """In-context examples for few-shot evaluation (MM1's 0/4/8-shot captioning and VQA).
 
-Examples come from a support set (the embedded benchmark's support split, or a `support_data`
-file; without one, the evaluated set itself), are drawn deterministically per query (a
-generator seeded by the run's seed and the query's id), and never include the query: no
-example shares its `question_id`, nor its image when images are file paths.
+Examples are drawn deterministically per query from a support set and never include the
+query (same `question_id` or image); docs/evaluation.md.
 """
 
 from __future__ import annotations

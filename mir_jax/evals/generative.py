@@ -3,25 +3,16 @@ the answer file. Subclasses say how a record becomes a question and an example a
 how answers are scored (`caption.py`, `vqa.py`, `pope.py`, `multiple_choice.py`).
 
 Options common to all of them:
-  data            "embedded" (the embedded benchmark, `benchmark.py`) or a dict
-                  {"format": NAME, **paths} read by `datasets.load_task` (e.g.
-                  {"format": "vqav2", "questions": ..., "annotations": ..., "image_folder": ...})
+  data            "embedded" (`benchmark.py`) or {"format": NAME, **paths} for `datasets.load_task`
   support_data    few-shot examples' source (same forms; default: the embedded support split
                   for embedded data, else the evaluated set itself, never the query)
   num_samples     how many records (the first N); batch_size; max_new_tokens
   shots           in-context examples per query (MM1: 0, 4, 8); seed: their draw
   prompt_suffix   appended to each question that has no LLaVA text of its own
-  llava_prompt    True (default): a record loaded from a benchmark file carries the question
-                  text LLaVA-1.5's eval asked (`"prompt"`, see `datasets.py`), and
-                  conversation templates are asked exactly that; False: question + suffix
+  llava_prompt    True: ask a file's record LLaVA-1.5's question text (`"prompt"`); False:
+                  question + suffix
   progress        a progress bar per evaluation
-  scene           embedded data only: "image" (default), "text" (the scene told in words
-                  instead of shown: a base LLM's reading) or "blank" (a blank image: the
-                  control that the score needs the image); `benchmark.embedded_task`
-
-The answer file (`predictions`) is LLaVA's: one row per record with `question_id` as the
-source file has it (int stays int), `prompt` = the question text LLaVA's answer files carry
-(its question file's `text`), `text` = the answer; `metadata` holds our rendered prompt.
+  scene           embedded data only: "image", "text" or "blank" (`benchmark.embedded_task`)
 """
 
 from __future__ import annotations

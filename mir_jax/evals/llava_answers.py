@@ -1,36 +1,10 @@
 """Answer files where LLaVA-1.5's eval scripts open them (`evaluate.py --llava_answers_dir=DIR`).
 
 DIR plays the part of LLaVA's ``playground/data/eval``; each benchmark read from a file gets a
-copy of its answer file (the evaluator's ``predictions``, one JSON object a line) at the path
-that benchmark's ``scripts/v1_5/eval/*.sh`` writes and its scorer reads:
-
-  data format  path under DIR                               read by
-  vqav2        vqav2/answers/SPLIT/MODEL/merge.jsonl        convert_vqav2_for_submission.py --dir DIR/vqav2
-                                                            --split SPLIT --ckpt MODEL
-  gqa          gqa/answers/SPLIT/MODEL/merge.jsonl          convert_gqa_for_eval.py --src (that file)
-  textvqa      textvqa/answers/MODEL.jsonl                  eval_textvqa.py --result-file
-  pope         pope/answers/MODEL.jsonl                     eval_pope.py --result-file
-  vizwiz       vizwiz/answers/MODEL.jsonl                   convert_vizwiz_for_submission.py --result-file
-  scienceqa    scienceqa/answers/MODEL.jsonl                eval_science_qa.py --result-file
-  mmbench      mmbench/answers/SPLIT/MODEL.jsonl            convert_mmbench_for_submission.py
-                                                            --result-dir .../SPLIT --experiment MODEL
-                                                            (the server's xlsx: pandas + openpyxl)
-
-VizWiz also gets the EvalAI upload, as LLaVA's ``convert_vizwiz_for_submission.py`` writes it
-(vizwiz.sh's ``--result-upload-file``): ``vizwiz/answers_upload/MODEL.json``, a JSON array of
-``{"image": the question file's image, "answer": EvalAIAnswerProcessor(text)}`` in the question
-file's order (`vizwiz_upload`). VQAv2's upload is left to LLaVA's
-``convert_vqav2_for_submission.py``, which reads our merge.jsonl unchanged: it lists every
-question of ``llava_vqav2_mscoco_test2015.jsonl`` (``""`` for those not answered), a file a
-test-dev run does not read.
-
-SPLIT is LLaVA's name for the question file: VQAv2 ``llava_vqav2_mscoco_<subtype>`` (the
-stem of LLaVA's own question file, else the subtype from the VQA file's name, e.g.
-``test-dev2015``), GQA the LLaVA question file's stem
-(``llava_gqa_testdev_balanced``; GQA's own ``testdev_balanced_questions.json`` gives the same),
-MMBench the TSV's stem. MODEL is the model's name (LLaVA's CKPT), ``_Kshot`` added for K-shot
-runs. The embedded benchmark and formats no LLaVA script reads (captions, generic multiple
-choice) get none.
+copy of its answer file at the path that benchmark's ``scripts/v1_5/eval/*.sh`` writes (e.g.
+``vqav2/answers/SPLIT/MODEL/merge.jsonl``, ``pope/answers/MODEL.jsonl``), and VizWiz its EvalAI
+upload (``vizwiz/answers_upload/MODEL.json``). The table of paths, SPLIT and MODEL:
+docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -113,10 +87,8 @@ def write_llava_answers(predictions: list[dict], data, model_name: str, root: st
 
 def vizwiz_upload(predictions: list[dict], records: list[dict]) -> list[dict]:
     """The EvalAI upload LLaVA's ``convert_vizwiz_for_submission.py`` writes: for each question
-    of `records` (the question file's order) answered in `predictions` (answer rows, matched by
-    ``question_id`` as the script matches them), ``{"image": record["image_file"], "answer":
-    evalai_answer(text)}``. The script asserts every question is answered; here a run on the
-    first N questions gives the first N (the server wants all 8,000 of the test split)."""
+    of `records` answered in `predictions` (matched by ``question_id``), in the question file's
+    order, ``{"image": record["image_file"], "answer": evalai_answer(text)}``."""
     texts = {row["question_id"]: row["text"] for row in predictions}
     return [{"image": r["image_file"], "answer": evalai_answer(texts[r["question_id"]])}
             for r in records if r["question_id"] in texts]

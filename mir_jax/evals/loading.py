@@ -1,12 +1,7 @@
 """A model ready to evaluate: its weights (`mir_jax.weights.load_weights`) and what it takes to
-feed it as it was trained (`Preprocessing`).
-
-For one of our training workdirs that is its config's tokenizer, image size/mean/std/mode and
-the prompt template of its training data (`training_template`); for an HF directory, its own
-tokenizer (the byte tokenizer when it has none, said on stdout), its preprocessor_config.json
-(`mir_jax.data.images.image_config_from_hf`; CLIP's mean/std and pad when it has none) and
-vicuna_v1 (LLaVA-1.5's template), or, for a directory `mir_jax.weights.export` wrote, the
-template and system prompt of the run it came from.
+feed it as it was trained (`Preprocessing`): for a training workdir its config's tokenizer,
+image settings and template (`training_template`); for an HF directory its own tokenizer and
+preprocessor_config.json with vicuna_v1, or the training template `mir_jax.weights.export` kept.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Held-out language-model loss and perplexity, under the evaluator interface.
 
-Data: `data` is a data config of `mir_jax.data.mixture` (its `sources`, read from their
-held-out split; synthetic sources switch to "eval"), or "embedded" for the embedded MM1
-mixture (captions, interleaved documents, text). Loss is the mean next-token cross-entropy
-over label tokens (the training loss without z-loss), computed in float32.
+`data` is a data config of `mir_jax.data.mixture` (its held-out split) or "embedded" (the
+embedded MM1 mixture); the loss is the mean next-token cross-entropy over label tokens (no
+z-loss), in float32.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """MIR of a model on image + unrelated-text batches, end to end (the MIR paper's use case),
 and `MirEvaluator`, the same under the evaluator interface.
 
-The published tool runs one forward pass per sample, copies every layer's hidden
-states to the host and loops over layers with SciPy. Here a jitted forward pass
-runs on whole batches and hands device-resident hidden states to either
-
-  mode="streaming": `MIRAccumulator` (per-layer statistics only; memory does not grow
-      with the number of samples; two passes over the data when outliers are
-      removed, because the 3-sigma rule needs global statistics, and a third when
-      the first batch is unlike the rest), or
-  mode="exact": the selected vision/text rows of all samples are kept (on the host)
-      and `compute_mir` runs once at the end (memory grows with the samples).
-
-Batches follow the data-pipeline contract (`mir_jax.data.pipeline`): input_ids with
-each image expanded into K image tokens, labels (-100 where no loss), segment_ids (0 on
-padding), positions, pixel_values [B, 1, H, W, 3], image_mask [B, 1]. The training loop's
-in-loop MIR is this same function on its own fixed batches.
+A jitted forward pass runs on whole batches and hands device-resident hidden states to
+`MIRAccumulator` (mode="streaming", constant memory) or keeps the selected rows on the host for
+one `compute_mir` (mode="exact"); docs/evaluation.md compares this with the published tool.
+Batches follow the data-pipeline contract (`mir_jax.data.pipeline`).
 """
 
 from __future__ import annotations
@@ -48,15 +37,13 @@ class MIREvaluation:
 
     per_layer: [L] Fréchet distance per decoder layer; overall: log10(sum(per_layer)).
     lm_loss: mean next-token NLL on the text (label) tokens; perplexity: exp(lm_loss).
-    diagnostics: the method's per-layer diagnostics ({"drift", "condition"} for
-    published_fast, see `mir.published_fast_verdict`), {} for the others.
-    interval: with uncertainty="jackknife", the `MIRResult` fields of the interval over sample
-    groups (per_layer_se [L], per_layer_interval [L, 2], overall_se, overall_interval [2],
-    per_layer_replicates [G, L], overall_replicates [G]) plus "num_groups" and "level"; else {}.
-    vision_norm_per_layer, text_norm_per_layer: [L] mean L2 norm of the vision / text rows each
-    layer's FD was computed from, as given (before MIR's normalization and outlier rule: all
-    valid rows; the rule replaces rows, it drops none). MIR moves with scale as well as with
-    alignment; these say which (docs/mir.md, section 4). None where not measured.
+    diagnostics: the method's per-layer diagnostics (published_fast), {} for the others.
+    interval: with uncertainty="jackknife", the `MIRResult` interval fields (per_layer_se [L],
+    per_layer_interval [L, 2], overall_se, overall_interval [2], per_layer_replicates [G, L],
+    overall_replicates [G]) plus "num_groups" and "level"; else {}.
+    vision_norm_per_layer, text_norm_per_layer: [L] mean L2 norm of the vision / text rows
+    before MIR's rules, which say whether MIR moved by scale or alignment (docs/mir.md,
+    section 4); None where not measured.
     """
 
     per_layer: np.ndarray
@@ -119,13 +106,9 @@ def _jitted_mir_forward(graphdef, state, batch):
 
 
 def make_forward(model: nnx.Module, mesh: Mesh | None = None):
-    """A function batch -> (rows, vision_mask, text_mask, nll_sum, nll_count), jitted.
-
-    rows [L, B*S, D] float32 are layers 1..L of the hidden states (the embeddings are
-    not a layer); the masks [B*S] select MIR's vision and text tokens; the NLL sums
-    are over label positions, for the language-model loss on the texts. The compiled
-    program is shared by every model with the same structure (graphdef) and shapes.
-    With a mesh, see `base.bind_model` (multi-host safe).
+    """A jitted function batch -> (rows [L, B*S, D] float32 of layers 1..L, vision_mask [B*S],
+    text_mask [B*S], nll_sum, nll_count), the NLL over label positions; with a mesh see
+    `base.bind_model`.
     """
     return bind_model(model, mesh, _jitted_mir_forward, LOSS_INPUTS)
 
@@ -150,17 +133,17 @@ def evaluate_mir(
     Args:
       model: a `mir_jax.models.LlavaModel` (or anything with its call signature).
       batches: callable returning a fresh iterable of batches (called once per pass).
-      method: MIR method (see `mir_jax.mir`); "legacy_fast" and "published_fast" are not
-        Fréchet distances.
+      method: MIR method (see `mir_jax.mir`).
       mode: "streaming" (constant memory) or "exact" (holds all selected tokens).
-      mesh: optional device mesh: batches are sharded over (data, fsdp), parameters by
-        the logical-axis rules, and streaming statistics are combined with a psum.
+      mesh: optional device mesh (batches over (data, fsdp), statistics combined by psum).
       num_batches: for the progress bar only.
-      uncertainty: None, or "jackknife" (mode="exact" only): standard errors and 95 % intervals
-        over `num_groups` groups of samples (`mir.compute_mir`; docs/mir.md, section 9).
-      sample_order: [num_samples] int, the source index of the k-th sample the batches hold
-        (when they run in another order, e.g. longest first), so that groups are made of the
-        same samples for every model fed the same data; default: the batches' order.
+      uncertainty: None, or "jackknife" (mode="exact" only): 95 % intervals over `num_groups`
+        groups of samples (docs/mir.md, section 9).
+      sample_order: [num_samples] int, the source index of the k-th sample the batches hold,
+        so groups hold the same samples for every model; default: the batches' order.
+
+    Returns:
+      A `MIREvaluation`.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -262,10 +245,8 @@ def interval_fields(result: mir.MIRResult, num_groups: int) -> dict:
 
 
 def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
-    """One PNG: per-layer FD (log scale) of one or several models, overall MIR in the legend;
-    below it, where measured, each model's mean vision (solid) and text (dashed) hidden-state
-    norms per layer (log scale, the model's colour), so that a change of FD can be read as one
-    of alignment or of scale. Returns the layer ticks drawn on the x axis (whole numbers)."""
+    """One PNG: per-layer FD of one or several models (overall MIR in the legend) and, where
+    measured, their vision and text hidden-state norms per layer; returns the x-axis ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,16 +303,10 @@ def plot_per_layer(results: dict[str, MIREvaluation], path: str) -> list[float]:
 class MirEvaluator(Evaluator):
     """MIR (per layer, overall) and the LM loss on images paired with unrelated texts.
 
-    Options: images, texts ("synthetic", a path, or a source object; see
-    `mir_jax.data.make_mir_iterator`), image_folder, num_samples, template (the MIR paper's
-    vicuna_v1), method, mode, batch_size (0: picked for the mesh), seq_len (0: the model's
-    context; longer samples are cut there and counted; in the training loop 0 is config.seq_len),
-    seed, progress. Scores: "mir" (overall), "lm_loss"; details: "evaluation" (the
+    Options: images, texts (see `mir_jax.data.make_mir_iterator`), image_folder, num_samples,
+    template, method, mode, batch_size (0: picked for the mesh), seq_len (0: the model's
+    context), seed, progress. Scores: "mir", "lm_loss"; details: "evaluation" (the
     `MIREvaluation`) and "data" (what was fed, truncations included).
-
-    `run` alone reads the data each pass, longest samples first in batches as long as their
-    longest row; `prepare` (the training loop) holds the batches in memory instead, every row
-    seq_len long in the data's order, so that every evaluation reuses one compiled program.
     """
 
     name = "mir"

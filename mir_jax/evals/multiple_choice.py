@@ -1,30 +1,10 @@
 """Multiple choice (ScienceQA-IMG / MMBench / SEED style): lettered options, scored two ways.
 
-  generate    the question with its lettered options and LLaVA's instruction ("Answer with
-              the option's letter from the given choices directly."); the letter is parsed
-              from the generated text (`answers.parse_option_letter`): "accuracy", "unparsed".
-  likelihood  no generation: the log-probability of each option's text as the answer to the
-              bare question (with the hint), one batched forward pass over every (question,
-              option) pair; the most likely option is the choice: "likelihood_accuracy" (summed
-              log-probability) and "likelihood_accuracy_per_token" (divided by the option's
-              token count, which does not favour short options).
-
-scoring (generate mode): "official" (default) reads ScienceQA records' letters as LLaVA's
-eval_science_qa.py does (`answers.scienceqa_choice`: "B", "B. ...", or one "The answer is B."),
-and adds "img_accuracy", its IMG-Accuracy (the problems with an image; LLaVA-1.5's SQA-IMG);
-other records (MMBench, generic files) have no official scorer we reproduce (MMBench's server
-uses circular evaluation and GPT-assisted matching) and are read with `parse_option_letter`;
-"lenient" reads every record with `parse_option_letter`. The scores JSON names the scorer.
-
-Answer files, as LLaVA's scripts read them: ScienceQA's `question_id` is the pid (a str, as
-problems.json's keys) and its `prompt` starts with "<image>\n" for a problem with an image
-(eval_science_qa.py counts IMG-Accuracy from that). MMBench's `question_id` is the TSV's
-`index` as an int, which convert_mmbench_for_submission.py compares with pandas' int column
-(a str id would match no row); that script writes the server's xlsx with pandas and openpyxl,
-neither of which this project needs, so it is run on our answer file (`--llava_answers_dir`
-puts it at mmbench/answers/SPLIT/MODEL.jsonl, where the script looks). Prompts: MMBench's
-hint stands on its own line before the question (model_vqa_mmbench.py), ScienceQA's as
-"Context: ..." (LLaVA-1.5's ScienceQA prompt as lmms-eval's scienceqa task renders it).
+"generate": the letter parsed from the generated text ("accuracy", "unparsed");
+"likelihood": the most likely option text ("likelihood_accuracy", summed, and
+"likelihood_accuracy_per_token"). scoring="official" reads ScienceQA records as LLaVA's
+eval_science_qa.py does (plus "img_accuracy", LLaVA-1.5's SQA-IMG); other records, and all
+under "lenient", with `parse_option_letter`. Answer files and prompts: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -64,9 +44,8 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
         return parse_option_letter(text, len(record["options"])), "mir_jax parse_option_letter (no official scorer)"
 
     def answer_prompt(self, record):
-        """The answer file's `prompt`, as LLaVA's model_vqa_science.py / model_vqa_mmbench.py write
-        it: ScienceQA's starts with "<image>\n" where the problem has an image, which is how
-        eval_science_qa.py tells the problems of its IMG-Accuracy."""
+        """The answer file's `prompt` as LLaVA's model_vqa_science.py / model_vqa_mmbench.py write
+        it (ScienceQA's starts with "<image>\n" where the problem has an image)."""
         prompt = self.question(record, False)
         return "<image>\n" + prompt if record.get("benchmark") == "scienceqa" and record.get("image") else prompt
 

@@ -1,20 +1,7 @@
-"""POPE (object hallucination): yes/no accuracy, precision, recall, F1 and the yes-ratio,
-positives being "yes", each computed per category (random / popular / adversarial) as LLaVA's
-eval_pope.py computes it (`scoring="official"`, the default; "lenient" reads "NO"/"Not" as no).
-
-The headline scores are the mean over the categories of those per-category scores: LLaVA-1.5's
-reported POPE (85.9 for llava-v1.5-7b and -13b, docs/MODEL_ZOO.md) is the mean of eval_pope.py's
-three per-category F1 scores. Neither the paper nor LLaVA's docs say so (haotian-liu/LLaVA issue
-#806 asks and has no maintainer answer); users reproduced it that way (issue #626: (0.8718 +
-0.8629 + 0.8450) / 3 = 0.8599 for 13B; shikiw/OPERA #33 for 7B: 0.8598), and later LLaVA-based
-papers average the three F1 (or accuracies) the same way. details["per_category"] has each
-category's scores, details["pooled"] one confusion matrix over all records (how lmms-eval's pope
-task aggregates its 9,000 questions, with its own parsing: an exact "yes"/"no"). With one
-category (or none) the mean is the pooled score.
-
-Prompt: LLaVA-1.5's, "Is there a ... in the image?\nAnswer the question using a single word or
-phrase." (the record's `"prompt"`) for conversation templates; "Question: {q} Answer: " for
-pre-trained models.
+"""POPE (object hallucination): yes/no accuracy, precision, recall, F1 and the yes-ratio, each
+computed per category as LLaVA's eval_pope.py computes it (`scoring="official"`), the headline
+being the mean over categories (LLaVA-1.5's POPE is the mean F1; why: docs/evaluation.md).
+details["per_category"] has each category's scores, details["pooled"] one confusion matrix.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Batched, jitted model calls for the downstream evaluators.
 
-`generate_texts`: greedy (or sampled) answers to many prompts, with the KV cache
-(`mir_jax.models.generate`), in batches of prompts of similar length: longest first, each
-batch left-padded to its longest prompt rounded up to `LENGTH_BUCKET` tokens, so a whole
-benchmark compiles a handful of shapes. The last batch is filled up with copies of its last
-prompt (their answers are dropped), so every batch has the same number of rows.
-
-`continuation_logprobs`: the summed log-probability of a given continuation after each
-prompt (multiple choice by likelihood), one forward pass per batch, no generation.
+`generate_texts`: greedy (or sampled) answers with the KV cache, batches of similar-length
+prompts left-padded to a multiple of `LENGTH_BUCKET`; `continuation_logprobs`: the summed
+log-probability of a given continuation after each prompt (multiple choice by likelihood).
 """
 
 from __future__ import annotations

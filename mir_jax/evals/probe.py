@@ -1,23 +1,9 @@
 """Linear probes of the vision features a LLaVA connector receives: does the tower hold the scene?
 
-Issue #29 asks for a miniature base "whose vision tower's features hold the scene"; this
-measures it. `vision_features` returns exactly what `LlavaModel.image_features` feeds the
-connector (the tower's hidden states at the configured feature layer(s), CLS dropped under the
-"default" select strategy, layers concatenated). `probe_scene` draws scenes of the embedded
-corpus (`mir_jax.data.synthetic`), pools the patch features covering each cell of the scene's
-4x4 grid, and fits one ridge classifier per cell attribute on training scenes:
-
-  colour: one of the 6 colours or "empty"; shape: circle/square/triangle or "empty";
-  size: small/large or "empty".
-
-It reports held-out accuracy over all cells and over occupied cells alone, each beside the
-majority-class baseline (chance; most cells are empty, so the all-cell baseline is high), and a
-whole-image readout: the first group's count (1-3) from the patch-mean feature.
-
-Scenes come from their own random stream, `np.random.default_rng([seed, 99, k])` for scene k
-(train: k < num_train, test: the next num_test): the corpus's training, eval and benchmark
-samples use 4-word seeds [seed, kind 1-5 or task 11-14, split, index], so no probe scene is a
-training or benchmark scene.
+`vision_features` returns what `LlavaModel.image_features` feeds the connector; `probe_scene`
+fits ridge classifiers of each 4x4-grid cell's colour, shape and size (and the scene's count)
+on embedded-corpus scenes from their own random stream, against majority baselines
+(docs/evaluation.md).
 
 CLI (WEIGHTS: whatever `mir_jax.weights.load_weights` takes; the model's own image mean/std):
   python -m mir_jax.evals.probe WEIGHTS [--num_train=2000] [--num_test=500] [--seed=0]
@@ -239,13 +225,13 @@ def probe_features(train_features: np.ndarray, train_scenes: list, test_features
 def probe_scene(model, *, image_size: int | None = None, num_train: int = 2000, num_test: int = 500,
                 seed: int = 0, mean=CLIP_MEAN, std=CLIP_STD, ridge: float = DEFAULT_RIDGE,
                 batch_size: int = 64) -> dict:
-    """Linear probes of `model`'s connector input on embedded-corpus scenes (module docstring).
+    """Linear probes of `model`'s connector input on embedded-corpus scenes.
 
-    image_size: the size scenes are rendered at (default: the tower's; another size is resized
-    to the tower's, bicubic, as the pipeline resizes images). mean/std: the model's image
-    normalization. Returns {"cells": {colour|shape|size: {accuracy, majority, accuracy_occupied,
-    majority_occupied, classes}}, "scene": {"count": {accuracy, majority, classes}}, and the
-    settings: num_train, num_test, seed, ridge, image_size, feature_shape [P, D], stream}."""
+    image_size: the render size (default: the tower's; else resized, bicubic); mean/std: the
+    model's image normalization. Returns {"cells": {colour|shape|size: {accuracy, majority,
+    accuracy_occupied, majority_occupied, classes}}, "scene": {"count": {accuracy, majority,
+    classes}}, and the settings: num_train, num_test, seed, ridge, image_size, feature_shape
+    [P, D], stream}."""
     if num_train < 1 or num_test < 1:
         raise ValueError(f"num_train and num_test must be positive, got {num_train} and {num_test}")
     tower = model.config.vision

@@ -1,20 +1,9 @@
 """Prompts for generation and likelihood scoring, phrased exactly as the model was trained.
 
-A prompt is the training rendering of the conversation (or document) with the answer left
-out: the record is rendered and tokenized by the training code itself
-(`mir_jax.data.templates`) with the answer in place, and the prompt is every token before
-the answer's first token. So the boundary falls where training put it for every tokenizer:
-after "ASSISTANT: " for the byte tokenizer (the space is its own token and the model learned
-to answer after it), after "ASSISTANT:" for SentencePiece (whose answer token "▁Two" carries
-the space), as LLaVA's own evaluation prompts end.
-
-Layouts, by the model's template:
-  conversation (vicuna_v1, chat): each few-shot example is a user turn "<image>\\n{question}"
-      and an assistant turn "{answer}", then the query's user turn; the answer is generated
-      until EOS.
-  document (plain, document): pre-trained models see interleaved text (MM1's few-shot setting):
-      "<image>{question}{answer}\\n" per example, then "<image>{question}"; generation stops at
-      EOS or a newline. A 0-shot caption under `plain` is LLaVA's stage-1 prompt "[bos]<image>".
+A prompt is the training rendering (`mir_jax.data.templates`) of the record with the answer in
+place, cut before the answer's first token, so the boundary falls where training put it for
+every tokenizer. Conversation templates get few-shot user/assistant turns; document templates
+interleaved "<image>{question}{answer}\\n" examples (MM1's few-shot setting); docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -47,11 +36,8 @@ class Prompt:
 
 def encode(model, query: str, image, *, examples=(), answer: str | None = None) -> Prompt:
     """The prompt of `query` (with its `image`, or None) after few-shot `examples`
-    [(question, answer, image), ...], for `model` (an `EvalModel`).
-
-    With `answer`, the returned ids go on through the answer (and eos), for likelihood
-    scoring; without it they end where the answer would start. In the document layout the
-    question text is written as given (the evaluators write "Question: {q} Answer: ").
+    [(question, answer, image), ...], for `model` (an `EvalModel`); with `answer` the ids go
+    on through the answer (and eos), for likelihood scoring.
     """
     tok, k = model.tokenizer, model.num_image_tokens
     shots = [*examples, (query, _PLACEHOLDER if answer is None else answer, image)]

@@ -4,24 +4,9 @@
         --vqa_data=textvqa:questions_jsonl=llava_textvqa_val_v051_ocr.jsonl,annotations_json=TextVQA_0.5.1_val.json \\
         --output_dir=/tmp/rescored
 
-Answer files read (one is told from the other by its keys):
-  LLaVA's answer JSONL      {"question_id", "prompt", "text", ...} a line (`model_vqa_loader.py`,
-                            and ours)
-  lmms-eval's samples JSONL {"doc": {"question_id", ...}, "filtered_resps": [answer], ...} a line
-                            (--log_samples); "resps" where "filtered_resps" is absent
-  a results JSON array      [{"question_id", "answer"}] (the VQA results format, lmms-eval's
-                            submission files) or GQA's [{"questionId", "prediction"}]
-
-Predictions are matched to the data's records by question_id (compared as strings: a file's
-int and the data's int or str agree); TextVQA records, whose LLaVA ids are image ids, by
-(question_id, the question of the answer's prompt lowercased), as LLaVA's eval_textvqa.py
-does. A record without a prediction is scored as the empty answer (what
-convert_vqav2_for_submission.py submits) and counted in details["missing"]; answers for no
-record are counted in details["unmatched"]. The evaluator is the data's: --vqa_data -> vqa
-(with every VQAv2 scoring: "accuracy" is vqaEval.py's, "accuracy_lmms_eval" and
-"accuracy_llava" the others; VizWiz: "accuracy" VizWiz's vqaEval.py, "accuracy_llava" after
-LLaVA's convert_vizwiz_for_submission.py), --pope_data -> pope, --mc_data -> multiple_choice,
---caption_data -> caption.
+Reads LLaVA's answer JSONL, lmms-eval's samples JSONL or a results JSON array, matched to the
+data's records by question_id; missing answers score as empty (details["missing"]). Formats
+and matching rules: docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """A few greedy captions to read, no score: the first `num_samples` images of the embedded
-benchmark, captioned as the caption evaluator prompts them (the model's training template).
-
-The training loop's `config.evals.sample_captions` prints them after each evaluation
-("target:" the first reference, "generated:" the model's); the answer file holds them too.
-batch_size 0 (the default) is the samples rounded up to the mesh's data-parallel shards; seed
-is the embedded benchmark's (the caption evaluator's).
+benchmark, captioned as the caption evaluator prompts them; the training loop prints them
+("target:", "generated:"). batch_size 0 rounds the samples up to the data-parallel shards.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """scores.png: the headline downstream score of every evaluator, one bar group per score, one bar
-per model, each bar labelled with its value.
-
-A score of exactly 0 (VQA and multiple choice right after pre-training) has no bar height, so it
-gets a visible marker on the axis and the label "0": a zero must read as a zero, not as nothing.
+per model, each labelled with its value; a zero gets a marker and the label "0" so it reads as
+a zero, not as nothing.
 """
 
 from __future__ import annotations

@@ -1,34 +1,17 @@
 """VQA: each record scored by its benchmark's own scorer (`answers.py`), named in the result.
 
-  record "metric"  benchmark            scorer (details["scorer"] names it)
-  "vqa"            VQAv2 files          vqa_accuracy(scoring=the `scoring` option):
-                                        "official" (default) = GT-Vision-Lab/VQA vqaEval.py,
-                                        "lmms_eval" = lmms-eval's vqav2 utils (always
-                                        normalized), "llava" = LLaVA-1.5's submission
-                                        (EvalAIAnswerProcessor, then vqaEval.py)
-  "textvqa"        TextVQA              LLaVA's m4c_evaluator TextVQAAccuracyEvaluator
-  "gqa"            GQA                  LLaVA's convert_gqa_for_eval.py + GQA's eval.py
-                                        ("exact_match" is read as "gqa")
-  "vizwiz"         VizWiz               the VizWiz-VQA API's vqaEval.py (prediction normalized,
-                                        human answers as given); scoring="llava" applies
-                                        LLaVA's convert_vizwiz_for_submission.py first (other
-                                        scorings: the official one); details["unanswerable_f1"]
-                                        as its evaluate_unanswerability
-  "normalized"     the embedded set     no official scorer: the VQA soft accuracy with both
-                                        sides normalized (lmms-eval's rule), so "Two." and
-                                        "On the left." match the human-style answers
+  record "metric"  scorer (details["scorer"] names it)
+  "vqa"            VQAv2: vqa_accuracy(scoring=the `scoring` option): "official" (default) =
+                   GT-Vision-Lab/VQA vqaEval.py, "lmms_eval", "llava"
+  "textvqa"        LLaVA's m4c_evaluator TextVQAAccuracyEvaluator
+  "gqa"            LLaVA's convert_gqa_for_eval.py + GQA's eval.py ("exact_match" reads as "gqa")
+  "vizwiz"         the VizWiz-VQA API's vqaEval.py (scoring="llava": LLaVA's conversion first);
+                   details["unanswerable_f1"] as its evaluate_unanswerability
+  "normalized"     the embedded set: no official scorer; both sides normalized (lmms-eval's rule)
 
-Records without answers (VQAv2 test-dev, VizWiz test) are not scored: they are counted in
-details["unscored"] and their answers written; with none scored there is no "accuracy" and
-details["scorer"] says so (`NO_ANSWERS`).
-
-Prompts: a record that carries LLaVA's question text (`"prompt"`: the question, LLaVA-1.5's
-"Reference OCR token: ..." line for TextVQA, and "Answer the question using a single word or
-phrase."; VizWiz: "When the provided information is insufficient, respond with 'Unanswerable'."
-before it) is asked that text verbatim, as LLaVA-1.5's eval did, by conversation templates;
-otherwise the question plus `prompt_suffix`. Pre-trained models (plain/document templates) are
-asked "Question: {q} Answer: " (MM1's few-shot layout). Few-shot examples show the most common
-human answer.
+Records without answers (test splits) are counted in details["unscored"], not scored. A
+record's LLaVA question text (`"prompt"`) is asked verbatim by conversation templates;
+pre-trained models get "Question: {q} Answer: " (docs/evaluation.md).
 """
 
 from __future__ import annotations
