@@ -1,18 +1,11 @@
 """Bootstrap intervals of a study's rank correlations over its seeds.
 
-The point value of a correlation is computed on each variant's mean over seeds (V variants,
-one mean predictor and one mean score each). Its interval resamples the seeds: in each of B
-resamples, every variant independently draws n_v of its n_v seeds with replacement (a seed's
-predictor and score together: they come from the same runs), its means are recomputed, and
-Spearman and Kendall are computed over the V resampled means. The interval is the percentile
-interval of those B values (numpy's linear quantile at (1 - confidence) / 2 and its
-complement). This is `scipy.stats.bootstrap(..., paired=False, method="percentile")` with one
-sample per variant: with the same `numpy.random.Generator` seed the draws are the same ones
-(one `rng.integers(0, n_v, (B, n_v))` per variant, in order), tests/test_study_seeds.py.
-
-Resamples where a coefficient is undefined (every resampled mean of a variable equal) are left
-out of its quantiles. NumPy only: the multi-process tests stub torch out, and importing scipy
-then costs a second and may fail.
+Point values are computed on each variant's mean over seeds; the interval resamples each
+variant's seeds with replacement (predictor and score together), recomputes the means and the
+coefficients, and takes the percentile interval, leaving out resamples where a coefficient is
+undefined. It equals `scipy.stats.bootstrap(..., paired=False, method="percentile")` with one
+sample per variant, draw for draw (tests/test_study_seeds.py), in NumPy only (why, and the
+method in full: docs/evaluation.md, docs/studies.md).
 """
 
 from __future__ import annotations

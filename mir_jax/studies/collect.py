@@ -3,35 +3,11 @@ layer) and held-out loss, its stage-`score_stage` downstream scores, the score t
 by, and the rank correlations of MIR and of loss with that score.
 
 The numbers are the trainer's own final evaluation rows in each workdir's metrics.jsonl
-(split "eval" at the last step: loss, mir, mir_per_layer; split "downstream": "EVALUATOR/
-METRIC" values), so `--collect` works on runs submitted as separate jobs.
-
-study.json (a stable schema; keys are only ever added):
-  {"study": NAME, "description", "score_metrics", "n_seeds": N,
-   "variants": [{"name", "overrides": {stage: {key: value}}, "workdirs": {stage: path},
-                 "mir", "mir_per_layer", "stage1_loss",
-                 "scores": {evaluator: {metric: value}}, "score",
-                 "vision_norm_per_layer", "text_norm_per_layer",
-                 "std": {"mir", "stage1_loss", "score"},
-                 "seeds": [{"seed": k, "workdirs", "mir", "mir_per_layer", "vision_norm_per_layer",
-                            "text_norm_per_layer", "stage1_loss", "scores", "score"}, ...]}],
-   "correlation": {"mir": {"spearman", "kendall", "interval": {"spearman": [lo, hi], "kendall": [lo, hi]},
-                           "n_bootstrap", "confidence"},
-                   "loss": {... the same}},
-   "summary" (studies with `summarize`)}
-`stage1_loss` is the held-out loss of `mir_stage` (LLaVA's stage 1 in the shipped studies);
-values a run has not produced (yet) are null, as are undefined correlations.
-
-With N seeds (`Study.seeds`), a variant's one-seed keys hold the means over the seeds that
-have the value (per metric, and per layer for the curves; with one seed, its values as they
-are), `workdirs` are seed 0's, `std` is the sample standard deviation (ddof 1) over the seeds
-(null below two), and `seeds` holds each seed's own values. The correlations' point values
-are computed on the variants' means, as with one seed; `interval` is the percentile bootstrap
-interval over seeds (`bootstrap.py`: seeds resampled within each variant, B = n_bootstrap,
-a fixed generator seed), null where no variant has two seeds. `vision_norm_per_layer` and
-`text_norm_per_layer` are the mir_stage eval row's `mir_vision_norm_per_layer` and
-`mir_text_norm_per_layer` (mean L2 norm of the vision / text hidden states per layer), null
-where the trainer did not write them.
+(split "eval" at the last step: loss, mir, mir_per_layer, the hidden-state norms; split
+"downstream": "EVALUATOR/METRIC" values), so `--collect` works on runs submitted as separate
+jobs. With several seeds a variant's values are the means over its seeds, with `std` and
+`seeds` beside them. study.json's schema (stable; keys are only ever added) and the seeds'
+rules: docs/studies.md.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Does MIR measure alignment or scale? One model, its connector's output multiplied by a factor.
 
-Multiplying the connector's output by s keeps every image token's direction and changes only
-its norm, so the LLM's first block sees the same (RMS-normalized) inputs for every s while the
-residual stream carries the image tokens at s times the norm. A measure of alignment would move
-little with s; a measure dominated by the tokens' scale would follow it. For each factor this
-records MIR overall and per layer, the mean norms of the vision and text hidden states per layer
-(what each Fréchet distance was computed from, before MIR's rules) and the held-out loss (what
-the scale does to the model's function). docs/miniature_world.md reports the measurement.
+Scaling the connector's output changes the image tokens' norm, not their direction: a measure
+of alignment would move little with the factor, one dominated by scale would follow it. For
+each factor this records MIR overall and per layer, the mean norms of the vision and text
+hidden states per layer, and the held-out loss. docs/miniature_world.md reports the measurement.
 
     python -m mir_jax.studies.connector_scale WEIGHTS --scales=0.25,0.5,1,2,4 --output_dir=DIR
 

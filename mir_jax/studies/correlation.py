@@ -1,10 +1,7 @@
 """Rank correlations between a study's predictor (MIR, loss) and its score, as `scipy.stats`
-defines them: Spearman's rho (Pearson's r of the average ranks, ties sharing their mean rank)
-and Kendall's tau-b (ties in either variable corrected for). NumPy in float64; n is a handful
-of variants, so Kendall counts its pairs directly (O(n^2)).
-
-Both return NaN where the coefficient is undefined: fewer than two finite pairs, or a
-variable that is constant (scipy returns NaN there too).
+defines them: Spearman's rho (ties share their mean rank) and Kendall's tau-b (ties corrected
+for), in float64 NumPy. Both return NaN where undefined (fewer than two finite pairs, or a
+constant variable), as scipy does.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""A study's report beside study.json: study.md (one row per variant) and the plots:
-mir_vs_score.png (stage-1 MIR and, beside it, stage-1 loss against the score, with Spearman
-and Kendall in the titles), mir_per_layer.png (each variant's MIR curve over layers) and,
-where the runs logged them, mir_norms.png (per layer: MIR and the mean L2 norms of the vision
-and text hidden states). With several seeds the values are the means over seeds, study.md
-gives mean ± standard deviation and the correlations' bootstrap intervals, the scatter has
-error bars (one standard deviation over seeds, both axes) and the per-layer curves a band
-spanning the seeds' curves."""
+"""A study's report beside study.json: study.md (one row per variant) and the plots
+mir_vs_score.png, mir_per_layer.png and, where the runs logged norms, mir_norms.png; with
+several seeds, means with standard deviations, error bars and bands (docs/studies.md, "Output")."""
 
 from __future__ import annotations
 

@@ -1,14 +1,11 @@
 """A study's runs: one ordinary training workdir per (variant, stage), the `train.py` command
 that makes it, whether it is finished, and running it.
 
-Layout under the study's DIR: `shared/STAGE` for shared stages (one run for the study) and
-`VARIANT/STAGE` for the rest; a study with `seeds` N > 1 adds `VARIANT/seed_K/STAGE` for
-k = 1 .. N-1 (`--config.seed` = the run's own seed + k; seed 0 keeps the one-seed layout and
-command, so a one-seed study's workdirs count as its seed 0). A run is finished when its workdir holds the checkpoint of its
-config's last step (what `train.py` itself takes for "already done"); an interrupted run is
-resumed by running the same command again (the trainer restores its newest checkpoint).
-Each workdir also gets `study_run.json` (the command, the wall time) and `train.log` (the
-command's output).
+Layout under the study's DIR: `shared/STAGE` for shared stages, `VARIANT/STAGE` for the rest,
+and `VARIANT/seed_K/STAGE` for seeds k >= 1. A run is finished when its workdir holds the
+checkpoint of its config's last step (what `train.py` takes for "already done"); rerunning the
+command resumes an interrupted one. Each workdir also gets `study_run.json` (the command, the
+wall time) and `train.log` (the command's output).
 """
 
 from __future__ import annotations
@@ -192,10 +189,9 @@ def execute(run: Run, repo_root: str, *, echo: bool = False) -> float:
 
 
 def resolve_config(run: Run, repo_root: str):
-    """The ConfigDict the run's train.py command would train with, parsed the way train.py
-    parses it (ml_collections config flags), without running anything: a study checks every
-    run's overrides before the first run starts. Raises StudyError (one line) for a key the
-    recipe lacks or a value of the wrong type."""
+    """The ConfigDict the run's train.py command would train with, parsed as train.py parses
+    it, without running anything (so a study checks every run before the first starts).
+    Raises StudyError (one line) for a key the recipe lacks or a value of the wrong type."""
     from absl import flags
     from ml_collections import config_flags
 

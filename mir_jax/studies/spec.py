@@ -34,10 +34,7 @@ the HF stage-1 start), and `extra` overrides from the command line reach every r
 (`study.py --set=stage1.tokenizer=/ckpt/vicuna`).
 
 `seeds` (default 1; `study.py --seeds=N` overrides it) runs every variant's non-shared stages
-N times: run k (0 <= k < N) trains with `config.seed` = the run's own seed (0 unless a stage,
-variant or `--set` sets it) + k, in `DIR/VARIANT/seed_K/STAGE` for k >= 1 (run 0 keeps the
-one-seed layout, `DIR/VARIANT/STAGE`); a stage that starts from a non-shared stage starts from
-the same k's run, and shared stages still run once. A stage may then not be named `seed_K`.
+N times with seeds offset by k (docs/studies.md); a stage may then not be named `seed_K`.
 """
 
 from __future__ import annotations
