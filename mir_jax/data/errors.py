@@ -1,22 +1,16 @@
 """Bad-input accounting for the data pipeline.
 
-Two kinds of bad input are distinguished:
+* A *bad sample* (missing or corrupt image, empty conversation, an ``<image>`` tag without an
+  image or the reverse, a sample over the maximum length, ...) is skipped and counted per
+  source and reason, the first few logged with their file and id: code raises
+  :class:`SkipSample`, the pipeline turns it into a :class:`BadSample` marker, and
+  :class:`BadSampleStats` counts it in the main process (docs/evaluation.md, "Data").
+* A *broken input* (a malformed JSON line, an unreadable file) is a :class:`DataError` that
+  stops the run, naming the file and line.
 
-* A *bad sample* (missing or corrupt image, empty conversation, ``<image>`` tag
-  without an image or the reverse, a sample longer than the maximum length, ...)
-  is skipped and counted per source and reason; the first few are logged with
-  their file and id, and the run goes on. Processing code signals one by raising
-  :class:`SkipSample`; the pipeline turns it into a :class:`BadSample` marker that
-  travels through grain (possibly from a worker process) to the main process,
-  where :class:`BadSampleStats` counts it. Counting in the main process keeps the
-  numbers exact and part of the checkpointable iterator state.
-* A *broken input* (a malformed JSON line, a file that cannot be read at all) is
-  a :class:`DataError` that stops the run, naming the file and line.
-
-If more than ``max_bad_fraction`` of a source's samples are bad, the run stops
-with :class:`BadSampleFractionError` naming the source and its commonest reason; when that
-reason is ``too_long`` it also says how many tokens the longest of them needs and the key
-to raise (``seq_len``).
+Over ``max_bad_fraction`` bad samples in a source stops the run with
+:class:`BadSampleFractionError`, naming the commonest reason (for ``too_long``, the tokens the
+longest needs and the key to raise, ``seq_len``).
 """
 
 from __future__ import annotations

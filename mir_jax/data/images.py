@@ -1,9 +1,7 @@
 """Image loading and preprocessing.
 
-Per sample (in grain's reader threads / worker processes) an image is decoded
-to RGB and resized to ``[size, size, 3]`` uint8; normalization to float32 with
-the encoder's mean/std happens once per batch in :func:`normalize`, which is
-cheaper than per image and keeps 4x less data moving between processes.
+Per sample an image is decoded to RGB and resized to ``[size, size, 3]`` uint8; normalization
+to float32 happens once per batch in :func:`normalize`.
 
 Modes (``image_mode``):
 * ``pad``  -- LLaVA's ``image_aspect_ratio="pad"``: pad to a square with the mean

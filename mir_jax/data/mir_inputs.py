@@ -1,22 +1,15 @@
 """MIR evaluation inputs: one image and one unrelated text per sample.
 
-The MIR paper's setup (docs/mir.md, "Inputs"): each sample is an image
-paired with an unrelated text (a CNN/DailyMail story before its first
-``@highlight``), formatted with ``vicuna_v1`` as one user turn holding only the
-image and one assistant turn holding the text::
+The MIR paper's setup (docs/mir.md, "Inputs"): image i paired with text i (a CNN/DailyMail story
+before its first ``@highlight``; each side optionally shuffled), formatted with ``vicuna_v1``::
 
     "{system} USER: <image>\\n ASSISTANT: {story}</s>"
 
-Sample i pairs image i with text i (after an optional seeded shuffle of each
-side). Batches follow the contract in ``pipeline.py``: the vision tokens of a
-row are the K ``image_token_id`` positions; its text tokens are every real
-position after the last of them. Stories longer than ``seq_len`` are truncated
-(the image, which comes first, is always kept whole); `mir_sample_lengths` says how
-long each sample is before any cut, so a caller can set ``seq_len`` to the model's
-context and report what was cut. With ``sort_by_length`` the samples run longest
-first and each batch is only as long as its longest row (rounded up to
-``length_bucket``): the published tool feeds every sample whole, one at a time; this
-keeps that, in batches, with little padding and few compiled shapes.
+Batches follow ``pipeline.py``'s contract: a row's vision tokens are its K ``image_token_id``
+positions, its text tokens every real position after the last of them. Stories longer than
+``seq_len`` are cut (the image is always kept whole); `mir_sample_lengths` gives the uncut
+lengths. ``sort_by_length`` runs longest first in batches as long as their longest row
+(docs/evaluation.md, "Data").
 """
 
 from __future__ import annotations

@@ -26,13 +26,7 @@ key                 shape / dtype          meaning
 K = ``num_image_tokens``, S = ``seq_len``, M = ``max_images``, H = W = image size.
 Truncation (``overlong="truncate"``) never cuts an image's K tokens: the cut moves
 to just before the image and the image is dropped. An example never spans rows.
-
-Pipeline: per source ``MapDataset.source -> slice (data_scale, shard) -> shuffle
--> repeat -> map(Processor)``; sources mixed with ``MapDataset.mix``; then
-``to_iter_dataset`` (reader threads) ``-> mp_prefetch`` (worker processes,
-optional) ``-> SkipBadIterDataset -> PackBatchIterDataset``, the last two in the
-main process so bad-sample counts and packing carry-over are part of the
-iterator's ``get_state()``.
+The stages of the pipeline: docs/evaluation.md, "Data".
 """
 
 from __future__ import annotations

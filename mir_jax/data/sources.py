@@ -1,10 +1,8 @@
 """Data sources: random-access sequences of normalized records (see ``templates.py``).
 
 Every source has ``name``, ``__len__`` and ``__getitem__`` (for ``grain.MapDataset.source``).
-JSON/JSONL files are parsed once at construction, so a malformed line stops the run at start-up,
-and kept as one byte blob plus offsets, cheap to pickle into grain workers. Records are
-normalized per access; a bad record raises ``SkipSample``. Images are absolute paths, encoded
-bytes or uint8 arrays, decoded later in ``pipeline.py``.
+JSON/JSONL files are parsed once at construction; a bad record raises ``SkipSample`` when
+accessed. Images are absolute paths, encoded bytes or uint8 arrays, decoded in ``pipeline.py``.
 """
 
 from __future__ import annotations

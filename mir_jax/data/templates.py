@@ -10,18 +10,17 @@ Normalized records (what every source yields; see ``sources.py``):
 
 Templates (the ``template`` argument of :func:`render`):
 
-* ``plain`` -- LLaVA pre-training: ``[bos] <image> caption [eos]``, loss on the
-  caption and eos. (LLaVA ends with "\\n"; an eos lets generation stop.) A
-  2-turn conversation (LCS-558K) uses its assistant reply as the caption and
-  ignores the user text, as LLaVA's ``preprocess_plain`` does.
+* ``plain`` -- LLaVA pre-training: ``[bos] <image> caption [eos]``, loss on the caption and
+  eos (LLaVA ends with "\\n"; an eos lets generation stop). A 2-turn conversation uses its
+  assistant reply as the caption, as LLaVA's ``preprocess_plain`` does.
 * ``vicuna_v1`` -- LLaVA-1.5 SFT and the MIR evaluation prompt:
-  ``[bos]{system} USER: {user} ASSISTANT: {answer}[eos]USER: ...``, loss on every
-  answer and its eos. A user turn's single ``<image>`` tag is moved to its start
-  followed by "\\n", as LLaVA's ``preprocess_multimodal`` does.
-* ``chat`` -- the tokenizer's own chat template; assistant spans are found by
-  rendering the conversation prefix by prefix.
-* ``document`` -- text and interleaved documents: ``[bos] text <image> text ... [eos]``,
-  loss on all text tokens and eos. Text and interleaved records always use it.
+  ``[bos]{system} USER: {user} ASSISTANT: {answer}[eos]USER: ...``, loss on every answer and
+  its eos; a user turn's single ``<image>`` tag moves to its start followed by "\\n"
+  (LLaVA's ``preprocess_multimodal``).
+* ``chat`` -- the tokenizer's own chat template; assistant spans are found by rendering the
+  conversation prefix by prefix.
+* ``document`` -- text and interleaved documents: ``[bos] text <image> text ... [eos]``, loss
+  on all text tokens and eos.
 
 A segment is ``("text", str, loss)``, ``("image", index)``, ``("bos",)`` or ``("eos", loss)``.
 """

@@ -1,15 +1,11 @@
 """Tokenizers: a built-in byte-level one (no files) and a wrapper for HF tokenizers.
 
-Both expose the same small interface the pipeline relies on:
-
-* ``vocab_size``, ``pad_id``, ``bos_id`` (may be None), ``eos_id``, ``image_token_id``;
-* ``encode(text) -> list[int]`` (no special tokens added);
-* ``encode_with_offsets(text) -> (ids, offsets)`` with ``offsets[i] = (start, end)``
-  character offsets of token i in ``text``; labels are assigned per character
-  and mapped to tokens through these offsets, so a whole prompt is tokenized
-  in one piece (as the model sees it) rather than span by span;
-* ``decode(ids) -> str`` (special tokens dropped, image tokens shown as ``<image>``);
-* ``chat_template`` (None when there is none) and ``render_chat(messages, add_generation_prompt)``.
+Both expose: ``vocab_size``, ``pad_id``, ``bos_id`` (may be None), ``eos_id``,
+``image_token_id``; ``encode(text) -> list[int]`` (no special tokens); ``encode_with_offsets(text)
+-> (ids, offsets)``, ``offsets[i] = (start, end)`` the characters of token i (labels are mapped
+through them, so a prompt is tokenized in one piece); ``decode(ids) -> str`` (special tokens
+dropped, image tokens as ``<image>``); ``chat_template`` (or None) and
+``render_chat(messages, add_generation_prompt)``.
 """
 
 from __future__ import annotations
