@@ -1,16 +1,10 @@
 """Checks of a training config before anything heavy runs (no model, no data read, no compile).
 
-`check_config(config)` raises one ConfigError line naming every problem and its fix:
-impossible values (non-positive steps, batch sizes or learning rate, bad betas or mesh,
-unknown connector / template / source type / trainable spec; an `evals` entry with an unknown
-evaluator or option or an impossible value, `mir_jax.evals.build_evals`), and what must be
-set (`required()` placeholders, a tokenizer that does not fit the model, missing data files),
-each with the --config.KEY override that sets it.
-
-`register_list_overrides()` makes list-valued keys overridable with a JSON list, e.g.
-`--config.data.sources='[{"type": "llava", "path": "train.json", "image_folder": "images"}]'`,
-and dict-valued ones (ConfigDicts) with a JSON object that replaces the whole dict, e.g.
-`--config.evals='{"vqa": {"every": 500, "shots": 4}}'` (one key of it: `--config.evals.vqa.every=500`).
+`check_config(config)` raises one ConfigError listing every impossible value, unset
+`required()` placeholder, unfitting tokenizer and missing data file, each with the
+--config.KEY override that fixes it. `register_list_overrides()` makes list- and dict-valued
+keys overridable with JSON (a JSON object replaces the whole dict), e.g.
+`--config.evals='{"vqa": {"every": 500}}'`; one key: `--config.evals.vqa.every=500`.
 """
 
 from __future__ import annotations

@@ -3,15 +3,10 @@ whether they fit a chip.
 
     python train.py --config=configs/llava15_sft.py --dry_run --num_devices=16 --hbm_gb=16
 
-Everything is abstract (`Stepper.abstract_state()`, a batch of `ShapeDtypeStruct`s); nothing
-reads the tokenizer, init_from or data, or writes. The train step (state donated) and the MIR
-eval step are compiled for the config's mesh on N fake CPU devices (`--num_devices=N`, set up
-by `configure_fake_devices` before JAX starts) or a TPU topology (`--topology=NAME`, needs
-libtpu).
-
-Reported per device: parameter, optimizer and batch bytes (exact, from the shardings), XLA's
-memory analysis (on CPU an estimate, not the TPU compiler's), FLOPs, the largest parameters'
-PartitionSpecs, compile times, and a verdict against the HBM budget (1 GB = 2**30 bytes).
+Everything is abstract (nothing is read or written); the train and MIR eval steps compile for
+the config's mesh on N fake CPU devices or a TPU topology (`--topology`, needs libtpu). Reports
+per-device bytes, XLA's memory analysis, FLOPs, the largest parameters' PartitionSpecs,
+compile times and a verdict against the HBM budget (1 GB = 2**30 bytes).
 """
 
 from __future__ import annotations

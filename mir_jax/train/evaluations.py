@@ -1,18 +1,10 @@
-"""The training loop's evaluations: `config.evals`, every one an evaluator of the registry
-(`mir_jax.evals`), on its fixed record set.
-
-    config.evals = {"loss": {"every": 100, "num_samples": 64},
-                    "mir": {"every": 100, "num_samples": 32, "seq_len": 384},
-                    "caption_4shot": {"evaluator": "caption", "every": 150, "shots": 4}}
-
-Each entry runs every `every` steps (0: at the end only), and every entry runs at the end.
-Before the first step each evaluator builds its fixed record set (`Evaluator.prepare`: data
-errors stop the run before it trains). Held-out measurements (`split == "eval"`: loss, MIR)
-run on the sharded model in every process and make one metrics.jsonl row of split "eval"
-({"loss", "tokens", "mir", "mir_per_layer", ...}, the names their keys give); the others
-generate on process 0 and make rows of split "downstream" ({"KEY/score": value}), their
-scores JSON and answer files in WORKDIR/evals/step_N/. The bad-sample counts are logged
-(split "data") and printed with each round of evaluations.
+"""The training loop's evaluations: each entry of `config.evals` is an evaluator of the registry
+(`mir_jax.evals`) run every `every` steps (0: only at the end; all run at the end) on the
+fixed record set it builds before the first step, e.g.
+`{"mir": {"every": 100, "num_samples": 32}, "caption_4shot": {"evaluator": "caption", "shots": 4}}`.
+Held-out measurements (loss, MIR) run sharded in every process and log rows of split "eval";
+the others generate on process 0 and log split "downstream" rows, with their answer files in
+WORKDIR/evals/step_N/.
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
 """The flat training loop behind `train.py` (big_vision style: one function, no callbacks).
 
-    train_and_evaluate(config, workdir)
-
-1. `config_check.check_config` (every impossible value, unset path and missing file in one
-   ConfigError); mesh from `config.mesh`, the Stepper (model, partition, optimizer, jitted
-   steps), the data iterator of this host's slice, the evaluators of `config.evals`; every
-   shape/divisibility check before anything compiles;
-2. resume from the newest checkpoint in `workdir/checkpoints` that restores (params, optimizer,
-   step, data position; damaged newer ones are reported and kept aside), else initialize
-   (randomly or from `config.init_from`, via `mir_jax.weights.load_weights`); a run already at
-   `total_steps` returns at once (`TrainResult.already_done`) without touching its logs;
-   the evaluators build their fixed record sets;
-3. step loop: progress bar (loss, tokens/s, MFU), metrics every `log_every` steps, each entry of
-   `config.evals` every its `every` steps (held-out loss and MIR: rows of split "eval"; the
-   downstream evaluators: captioning, VQA, POPE, multiple choice, split "downstream", answer
-   files in WORKDIR/evals/step_N/; `evaluations.py`), checkpoint every `checkpoint.every` steps
-   and on SIGTERM (then it returns with `TrainResult.preempted`); time spent evaluating and
-   saving is not counted in tokens/s and MFU (`Throughput.paused`);
-4. at the end: every evaluator of `config.evals` (sample captions among them when asked for), a
-   checkpoint, the plot, the final MIR table.
-Bad-sample counts (per source and reason) are printed and logged (split "data") with each
-round of evaluations and at the end.
-
-Config keys: see `configs/common.py`.
+`train_and_evaluate(config, workdir)`: check the config (`config_check`), build the mesh,
+`Stepper`, data iterator and evaluators; resume from the newest checkpoint that restores, else
+initialize (randomly or from `config.init_from`); then step, logging every `log_every` steps,
+running each entry of `config.evals` every its `every` steps (`evaluations`), checkpointing
+every `checkpoint.every` steps and on SIGTERM; at the end every evaluator, a checkpoint, the
+plot and the MIR table. Time spent evaluating and saving is not counted in tokens/s and MFU.
+Config keys: `configs/common.py`.
 """
 
 from __future__ import annotations
@@ -179,8 +163,7 @@ class TrainResult:
     """What `train_and_evaluate` ends with.
 
     step: the last step trained; loss: the mean training loss of the last logged window;
-    eval: the last held-out evaluation ({"loss", "tokens", "mir", "mir_per_layer",
-      "mir_vision_norm_per_layer", "mir_text_norm_per_layer", ...});
+    eval: the last held-out evaluation ({"loss", "tokens", "mir", "mir_per_layer", ...});
     downstream: the last score of each downstream evaluator ({"KEY/metric": value});
     plot: loss_mir.png (process 0); preempted / signal: stopped by a preemption notice (the
     signal number, None for `stop_at_step`); already_done: the workdir held the finished run.

@@ -1,10 +1,6 @@
-"""Run metrics: a JSONL log, TensorBoard event files (tensorboardX: no TensorFlow), a PNG plot of
-the loss and MIR curves, and throughput/MFU estimates.
-
-Only process 0 writes (`MetricWriter(active=jax.process_index() == 0)`); other hosts get a
-writer whose methods do nothing. `metrics.jsonl` holds one JSON object per line:
-{"step": int, "split": "train" | "eval", ...scalars}. On resume the file is appended to and
-lines at or beyond the resumed step are dropped, so the log matches the restored state.
+"""Run metrics: `metrics.jsonl` ({"step", "split", ...scalars} a line), TensorBoard events
+(tensorboardX), a PNG of the loss and MIR curves, and throughput/MFU estimates. Only process 0
+writes; on resume, lines at or beyond the resumed step are dropped.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""The loss, the optimizer, and the jitted, sharded train and eval steps.
+"""The loss, the optimizer, and the jitted, sharded train and eval steps (`Stepper`).
 
-State layout (a plain pytree, checkpointed as is):
-  state = {"step": int32[], "params": {key: array} (trainable only, see `partition`),
-           "opt_state": optax state of the trainable params, "skipped": int32[] (non-finite
-           updates skipped so far), "bad_streak": int32[] (of them, in a row)}
-  frozen = {key: array}: the frozen parameters, an input to every step that is never updated.
-
-Batches follow `mir_jax.data.pipeline`: input_ids / labels / segment_ids / positions [B, S]
-int32, pixel_values [B, M, H, W, 3] float32, image_mask [B, M] bool; labels are unshifted with
--100 where no loss applies. Every array is sharded on its leading (batch) axis over the mesh's
-("data", "fsdp") axes.
+State (a plain pytree, checkpointed as is): {"step", "params" (trainable only, `partition`),
+"opt_state", "skipped" (non-finite updates skipped), "bad_streak" (of them in a row)}; `frozen`
+holds the frozen parameters, an input to every step, never updated. Batches follow
+the data contract (`mir_jax.data.pipeline`) and are sharded on the batch axis over ("data", "fsdp").
 """
 
 from __future__ import annotations
