@@ -1,14 +1,11 @@
 """A caching memory allocator (tcmalloc) for CPU runs on Linux, as an explicit opt-in.
 
-glibc's malloc maps and zeroes fresh pages for every large buffer, on every training step;
-tcmalloc reuses them (BENCHMARKS.md, "Memory allocator", has the measurements). An allocator
-must be loaded before the process allocates anything, so it is chosen when the command starts:
+glibc's malloc maps and zeroes fresh pages for every large buffer on every training step;
+tcmalloc reuses them (BENCHMARKS.md, "Memory allocator"). It must be preloaded, so it is
+chosen when the command starts; the line below prints nothing where tcmalloc is not installed
+(Debian/Ubuntu: libtcmalloc-minimal4), so it runs everywhere:
 
     env $(python -m mir_jax.allocator) python train.py --config=configs/mm1_mix.py:runlocal ...
-
-`python -m mir_jax.allocator` prints the environment that preloads tcmalloc when a tcmalloc
-library is installed (Debian and Ubuntu: the package libtcmalloc-minimal4), and nothing when
-none is, so the same line runs everywhere.
 """
 
 from __future__ import annotations

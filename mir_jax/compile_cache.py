@@ -1,11 +1,8 @@
-"""JAX's persistent compilation cache, on by default for the command-line tools.
-
-A second run of the same command (a resumed training run, the same evaluation, the next
-variant of a study with the same shapes) then loads its compiled programs from disk instead
-of compiling them again. The cache lives in ``$XDG_CACHE_HOME/mir_jax/jax`` (default
-``~/.cache/mir_jax/jax``); ``JAX_COMPILATION_CACHE_DIR`` picks another folder, and
-``MIR_JAX_COMPILATION_CACHE=0`` turns it off. Programs that compile in under
-``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` (JAX's default: 1 s) are not stored.
+"""JAX's persistent compilation cache, on by default for the command-line tools, so a second run
+of the same command loads its compiled programs from disk. It lives in
+``$XDG_CACHE_HOME/mir_jax/jax`` (default ``~/.cache/mir_jax/jax``); ``JAX_COMPILATION_CACHE_DIR``
+picks another folder, ``MIR_JAX_COMPILATION_CACHE=0`` turns it off. Programs compiling in under
+``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` (default 1 s) are not stored.
 """
 
 from __future__ import annotations

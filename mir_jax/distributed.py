@@ -1,23 +1,14 @@
 """Multi-process start-up: `initialize()` before anything touches a JAX device.
 
-Where the three values come from, first match wins (each one separately):
+Coordinator address, process count and id come, each separately, from the arguments
+(--coordinator_address, --num_processes, --process_id), else JAX_COORDINATOR_ADDRESS /
+JAX_NUM_PROCESSES / JAX_PROCESS_ID, else JAX's cluster detection (SLURM, Open MPI, Cloud TPU,
+Kubernetes); with none of them the run is single-process. A manual launch gives all three on
+every machine, the coordinator being process 0's `host:port`:
 
-  1. the arguments (train.py / evaluate.py: --coordinator_address, --num_processes,
-     --process_id);
-  2. the environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID;
-  3. JAX's own cluster detection (SLURM, Open MPI, Cloud TPU, Kubernetes), which fills in
-     whatever is still unset.
-
-Nothing set and no multi-process cluster detected: a single-process run, nothing is called.
-A manual launch (the usual GPU case) gives all three on every machine, the coordinator
-being process 0's `host:port`:
-
-    # machine 0                                    # machine 1
     python train.py ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
-    python train.py ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=1
 
-On CPU several processes talk through gloo (`jax_cpu_collectives_implementation`), so the
-same launch runs on one machine with localhost as the coordinator (see tests/test_multiprocess.py).
+On CPU processes talk through gloo, so the same launch also runs on one machine.
 """
 
 from __future__ import annotations
@@ -133,15 +124,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | str 
 
 def host_batch_slice(sharding, global_batch: int, *, process_index: int | None = None,
                      process_of=None) -> tuple[int, int, int]:
-    """Which rows of a global batch this process's devices hold, as a data shard:
-    (shard_index, shard_count, local_batch), so that host `p` reads shard `shard_index` of
-    `shard_count` with `local_batch` rows and `jax.make_array_from_process_local_data` puts
-    them where they belong.
+    """Which rows of a global batch this process's devices hold: (shard_index, shard_count,
+    local_batch), for `jax.make_array_from_process_local_data`.
 
-    Usually (batch axes spanning every process) that is (process_index, process_count,
-    global_batch / process_count). Where processes share rows (e.g. a tensor-parallel axis
-    spanning hosts), they get the same shard, so replicated rows hold the same data.
-    `process_index` / `process_of(device)` stand in for JAX's in tests.
+    Usually (process_index, process_count, global_batch / process_count); processes that share
+    rows (e.g. a tensor axis spanning hosts) get the same shard. `process_index` /
+    `process_of(device)` stand in for JAX's in tests.
     """
     import jax
 

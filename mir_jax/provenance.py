@@ -1,9 +1,6 @@
-"""What produced a result: the versions of the libraries that decide numbers and speed, and the
-machine's CPU model.
-
-`versions()` goes into every output JSON (config.json, mir.json, evals.json) and `summary()` is
-the one line `train.py`, `evaluate.py` and the benchmarks print at start, so a figure can always
-be traced to the install that gave it.
+"""What produced a result: `versions()` (the libraries that decide numbers and speed, and the
+CPU model) goes into every output JSON, and `summary()` is the one line the tools and
+benchmarks print at start.
 """
 
 from __future__ import annotations

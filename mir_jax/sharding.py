@@ -1,15 +1,9 @@
 """Device mesh and the one table that maps logical axis names to mesh axes.
 
-Every parameter in `mir_jax.models` declares *logical* axis names
-(``nnx.with_partitioning(init, ("embed", "mlp"))``) and activations are
-constrained with logical names too (`constrain`). Nothing else in the code base
-names a mesh axis: to change how a model is laid out over devices, edit
-`LOGICAL_AXIS_RULES` (or pass other rules), never the model.
-
-The mesh has three named axes, as in maxtext:
-  data:   pure data parallelism (parameters replicated).
-  fsdp:   data parallelism whose parameters/optimizer state are sharded (ZeRO-3).
-  tensor: tensor (model) parallelism inside matmuls.
+Parameters and activations in `mir_jax.models` carry logical axis names only; to change how a
+model is laid out over devices, edit `LOGICAL_AXIS_RULES` (or pass other rules), never the
+model. Mesh axes (as in maxtext): data (replicated parameters), fsdp (sharded parameters and
+optimizer state, ZeRO-3), tensor (inside matmuls).
 """
 
 from __future__ import annotations
@@ -127,8 +121,9 @@ EVAL_ROWS = 16  # the eval batch of batch_size=0 (loss, MIR) on up to 16 data-pa
 def eval_batch_rows(requested: int, data_parallel: int, process_count: int = 1) -> int:
     """The eval batch in rows: `requested`, or for 0 ("auto") the smallest multiple of the
     data-parallel shards and hosts that is at least EVAL_ROWS, so one recipe evaluates on 1 or
-    256 chips (a fixed 16 does not split over 256 shards; the eval batch only chunks a fixed
-    sample set, so its size changes no result). ValueError when `requested` does not split."""
+    256 chips (it only chunks a fixed sample set, so no result changes). ValueError when
+    `requested` does not split.
+    """
     step = math.lcm(max(int(data_parallel), 1), max(int(process_count), 1))
     if int(requested) == 0:
         return step * -(-EVAL_ROWS // step)
