@@ -59,11 +59,8 @@ class Sample:
 
 @dataclasses.dataclass(frozen=True)
 class HiddenStatesIndex:
-    """The checked contents of a file or directory of shards.
-
-    layers L (MIR's layers 1..L), dim D, first_layer (the index of layer 1 in each stored
-    hidden_states array: 1 when the embeddings are stored, as HF returns them, else 0), dtype
-    (safetensors' name), samples in reading order (files by name, samples by name), files.
+    """The checked contents of a file or directory of shards: layers L, dim D, first_layer (index of
+    layer 1 in the stored arrays: 1 with embeddings, else 0), dtype, samples in reading order, files.
     """
 
     path: str
@@ -283,13 +280,9 @@ def _batch_rows(index: HiddenStatesIndex, batch_bytes: int) -> tuple[int, int]:
 
 def stream_batches(index: HiddenStatesIndex, batch_bytes: int = DEFAULT_BATCH_BYTES,
                    check_finite: bool = True) -> Iterator[tuple]:
-    """One pass over the files as fixed-shape `MIRAccumulator.update` batches.
-
-    Yields (vision [L, R_v, D], text [L, R_t, D], vision_mask [R_v], text_mask [R_t]), NumPy in
-    the files' dtype (the accumulator widens them to float32 in XLA); a batch closes when either
-    modality fills, the other's unfilled rows masked (zeros).
-    Rows of a sample may straddle batches (the accumulator does not need sample boundaries).
-    Memory: the open batches, at most 1 + one sample's rows / R.
+    """One pass over the files as fixed-shape `MIRAccumulator.update` batches: (vision [L, R_v, D],
+    text [L, R_t, D], vision_mask [R_v], text_mask [R_t]), NumPy in the files' dtype, the unfilled
+    rows masked. A sample's rows may straddle batches; at most 1 + one sample's rows / R are open.
     """
     rows = {"vision": 0, "text": 0}
     rows["vision"], rows["text"] = _batch_rows(index, batch_bytes)

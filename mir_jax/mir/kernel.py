@@ -38,16 +38,10 @@ def _frechet_distance_jit(x, y, x_mask, y_mask, method):
 
 
 def frechet_distance(x, y, *, x_mask=None, y_mask=None, method: str = "auto") -> jax.Array:
-    """Fréchet distance between Gaussians fitted to the rows of x and y (unbiased covariances).
-
-    Args:
-      x: [N, D] rows; y: [M, D] rows (computed in float32).
-      x_mask: optional [N] bool, False for padding rows; y_mask: [M] likewise.
-      method: as in `compute_mir` ("legacy_fast" is not a Fréchet distance).
-    Returns:
-      scalar float32. Differentiable for "gram" always and for "eigh" when both covariances are
-      nonsingular (rows > D); with fewer rows than dimensions differentiate "gram" ("auto" picks
-      it), since a singular covariance's repeated zero eigenvalues have no derivative.
+    """Fréchet distance between Gaussians fitted to the rows of x [N, D] and y [M, D] (unbiased
+    covariances, float32), with optional [N] / [M] bool masks (False = padding) and `method` as in
+    `compute_mir`. Returns a scalar, differentiable for "gram", and for "eigh" only when both
+    covariances are nonsingular (rows > D; "auto" picks "gram" otherwise).
     """
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
@@ -88,27 +82,21 @@ def compute_mir(
     """MIR over all layers in one compiled program.
 
     Args:
-      vision: [L, N, D] hidden states of the vision tokens of all samples, per layer
-        (layers 1..L of HF's hidden_states; the embeddings are not a layer).
-      text: [L, M, D] hidden states of the text tokens.
-      vision_mask: optional [N] or [L, N] bool, False for padding rows.
-      text_mask: optional [M] or [L, M] bool.
-      method: "auto", "eigh", "gram", "newton_schulz", or "legacy_fast" / "published_fast"
-        (the published fast mode in closed form / literally: not Fréchet distances).
-      normalize: text-centric normalization (scale both by 1 / mean text-row norm).
-      remove_outliers: 3-sigma replacement of outlier rows by the median row.
-      return_diagnostics: also return the method's diagnostics, a dict of [L] arrays: {} for all
-        but published_fast, which gives "drift", "trace_drift" and "condition"
-        (`published_fast_verdict`).
-      uncertainty: None, or "jackknife": standard errors and intervals over samples
+      vision: [L, N, D] vision-token hidden states of all samples (layers 1..L, no embeddings).
+      text: [L, M, D] text-token hidden states.
+      vision_mask / text_mask: optional [N] or [L, N] / [M] or [L, M] bool, False for padding.
+      method: "auto", "eigh", "gram", "newton_schulz", or the published fast mode in closed form
+        / literally, "legacy_fast" / "published_fast" (not Fréchet distances).
+      normalize: text-centric normalization; remove_outliers: the 3-sigma rule.
+      return_diagnostics: also return the method's diagnostics, a dict of [L] arrays ({} except
+        for published_fast: "drift", "trace_drift", "condition"; `published_fast_verdict`).
+      uncertainty: None, or "jackknife" for standard errors and intervals over samples
         (docs/mir.md, section 9); per_layer and overall are unchanged.
-      vision_groups, text_groups: with uncertainty, [N] / [M] int jackknife group (0..G-1) of
-        each row's sample, shared by all rows of a sample in both modalities (`jackknife_groups`
-        makes them); padding rows may hold anything. Concrete arrays (they set shapes).
+      vision_groups, text_groups: with uncertainty, concrete [N] / [M] int jackknife groups
+        (0..G-1) of each row's sample (`jackknife_groups`); padding rows may hold anything.
       level: the intervals' confidence level.
     Returns:
-      MIRResult(per_layer [L] float32, overall = log10(sum(per_layer)), vision_norm_per_layer and
-      text_norm_per_layer [L], interval fields when uncertainty is given), or
+      MIRResult (per_layer [L], overall, the mean norms [L], intervals when asked for), or
       (MIRResult, diagnostics) with return_diagnostics=True.
     """
     vision = jnp.asarray(vision, jnp.float32)

@@ -1,10 +1,7 @@
-"""Matrix routines behind the MIR kernel: masked statistics, exact order statistics,
-and tr((Σ_a Σ_b)^{1/2}) by three routes (factored, Gram, Newton–Schulz).
-
-All take leading batch dimensions (one per layer), so one compiled program serves
-every layer; matmuls use HIGHEST precision. Why singular values rather than
-eigenvalues, and each route's precision: docs/mir.md, section 5; timings behind the
-shapes of these routines: BENCHMARKS.md, "Kernel notes".
+"""Matrix routines behind the MIR kernel, batched over leading dimensions (one per layer):
+masked statistics, exact lower medians, and tr((Σ_a Σ_b)^{1/2}) by three routes (factored,
+Gram, Newton–Schulz). Route precision: docs/mir.md, section 5; timings behind the shapes of
+these routines: BENCHMARKS.md, "Kernel notes".
 """
 
 from __future__ import annotations
@@ -28,13 +25,9 @@ def _eps(dtype) -> float:
 
 
 def masked_mean_and_centered(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mean of the valid rows and the centered rows (padding rows set to zero).
+    """Mean of the valid rows of x [..., N, D] (mask [..., N] bool) and the centered rows.
 
-    Args:
-      x: [..., N, D] rows.
-      mask: [..., N] bool, True for valid rows.
-    Returns:
-      count [...] (float), mean [..., D], centered [..., N, D].
+    Returns count [...] (float), mean [..., D], centered [..., N, D] (padding rows zero).
     """
     weights = mask.astype(x.dtype)
     count = jnp.sum(weights, axis=-1)
@@ -115,9 +108,8 @@ def _count_true_along_rows(pred: jax.Array) -> jax.Array:
 def _select_uint16(keys: jax.Array, rank: jax.Array) -> jax.Array:
     """The rank-th smallest (0-based) uint16 key per column, by 16 bisection passes.
 
-    keys: [..., N, D] uint16; entries equal to 0xFFFF are never counted (the
-    midpoint of a bisection over [0, 0xFFFF] is at most 0xFFFE), which is how
-    callers exclude rows. rank: [..., D] or [..., 1] int32. Returns [..., D] uint16.
+    keys [..., N, D] uint16 (0xFFFF is never counted: how callers exclude rows); rank [..., D]
+    or [..., 1] int32. Returns [..., D] uint16.
     """
     lo = jnp.zeros(keys.shape[:-2] + keys.shape[-1:], jnp.uint32)
     hi = jnp.full_like(lo, 0xFFFF)
@@ -135,17 +127,11 @@ def _select_uint16(keys: jax.Array, rank: jax.Array) -> jax.Array:
 
 
 def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Lower median over axis -2 of the valid rows, exactly as torch.median does.
+    """Lower median over axis -2 of the valid rows, exactly as torch.median (rank (n-1)//2).
 
-    For an even count this is the element of rank (n-1)//2, not the mean of the two middle
-    values. Instead of a sort, a radix bisection over the order-preserving uint32 keys of
-    the float32 values, in two 16-bit halves (16 count passes each).
-
-    Args:
-      x: [..., N, D] values (computed in float32).
-      mask: [..., N] bool.
-    Returns:
-      [..., D] lower median per column, float32. Undefined when no row is valid.
+    A radix bisection over the order-preserving uint32 keys of the float32 values, in two
+    16-bit halves, instead of a sort. x: [..., N, D]; mask: [..., N] bool. Returns [..., D]
+    float32, undefined when no row is valid.
     """
     keys = _float_to_ordered_uint(x)
     valid = mask[..., None]
@@ -169,9 +155,7 @@ def masked_lower_median(x: jax.Array, mask: jax.Array) -> jax.Array:
 def per_matrix(fn, *arrays):
     """fn applied to one matrix at a time (lax.map) on CPU; batched on other backends.
 
-    On CPU two batched LAPACK calls running at once can each block a thread of XLA's
-    intra-op pool and deadlock a small (2-core) pool; unbatched calls never take that path.
-
+    On CPU two batched LAPACK calls running at once can deadlock a small intra-op pool.
     arrays: [..., m, n] with the same leading batch shape; fn maps one [m, n] set.
     """
     batch = arrays[0].shape[:-2]
@@ -198,15 +182,11 @@ _PIVOT_FLOOR = 100.0  # in units of eps: smallest squared Cholesky pivot taken a
 
 
 def _covariance_factor(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """A factor F with Σ = F Fᵀ for a batch of PSD covariances [..., D, D].
+    """F with Σ = F Fᵀ for PSD covariances [..., D, D]: Cholesky of the equilibrated Σ, or, when
+    any batch element breaks down or has a squared pivot below 100·eps (Σ singular, as when
+    rows < D), an eigendecomposition of the whole batch with zero eigenvalues dropped.
 
-    Cholesky of the equilibrated (unit-diagonal) Σ, so that badly scaled dimensions cost
-    no accuracy. If any batch element breaks down or has a squared pivot below 100·eps
-    (Σ singular to working precision, as when rows < D), the whole batch takes an
-    eigendecomposition with numerically-zero eigenvalues dropped (one scalar `lax.cond`).
-
-    Returns:
-      (F [..., D, D], healthy: bool scalar, True when the Cholesky route was taken).
+    Returns (F [..., D, D], healthy: bool scalar, True when the Cholesky route was taken).
     """
     dim = cov.shape[-1]
     scale = _equilibration(cov)
@@ -252,16 +232,12 @@ def trace_sqrt_product_factored(cov_a: jax.Array, cov_b: jax.Array) -> jax.Array
 def trace_sqrt_product_gram(
     centered_a: jax.Array, count_a: jax.Array, centered_b: jax.Array, count_b: jax.Array
 ) -> jax.Array:
-    """tr((Σ_a Σ_b)^{1/2}) from centered rows, exact, for few rows (n_a or n_b < D).
+    """tr((Σ_a Σ_b)^{1/2}) from centered rows, exact, for few rows (n_a or n_b < D): the nuclear
+    norm of A_c B_cᵀ / sqrt((n_a-1)(n_b-1)), with B_c replaced by a D×D factor of Σ_b when it
+    has more than D rows.
 
-    The nuclear norm of A_c B_cᵀ / sqrt((n_a-1)(n_b-1)) (n_a×n_b); when the larger set has
-    more rows than D, B_c is replaced by a D×D factor of Σ_b.
-
-    Args:
-      centered_a: [..., Na, D] centered rows, padding rows zero. count_a: [...].
-      centered_b: [..., Nb, D], count_b: [...].
-    Returns:
-      [...] the trace.
+    centered_a: [..., Na, D] (padding rows zero), count_a: [...]; centered_b, count_b likewise.
+    Returns [...].
     """
     na, nb, dim = centered_a.shape[-2], centered_b.shape[-2], centered_a.shape[-1]
     if na > nb:  # Work on the side with fewer rows.
@@ -278,11 +254,9 @@ def trace_sqrt_product_gram(
 
 
 def _newton_schulz_sqrt(a: jax.Array, num_iters: int) -> jax.Array:
-    """Principal square root of symmetric PSD a [..., D, D] by coupled Newton–Schulz.
-
-    Matmuls only, on a/||a||_F. Each batch element stops updating once its residual
-    ||I − Z Y||_F no longer decreases, since on a singular matrix the iteration would
-    go on to amplify rounding noise in the null space.
+    """Principal square root of symmetric PSD a [..., D, D] by coupled Newton–Schulz; each batch
+    element stops once its residual ||I − Z Y||_F no longer decreases (on a singular matrix the
+    iteration would then amplify rounding noise).
     """
     dim = a.shape[-1]
     norm = jnp.sqrt(jnp.sum(a * a, axis=(-2, -1)))
@@ -326,18 +300,10 @@ def _newton_schulz_nuclear_norm(c: jax.Array, num_iters: int) -> jax.Array:
 def trace_sqrt_product_newton_schulz(
     cov_a: jax.Array, cov_b: jax.Array, num_iters: int = 30
 ) -> jax.Array:
-    """tr((Σ_a Σ_b)^{1/2}) with matmuls only (for TPU-style hardware).
-
-    Square roots of both (commonly equilibrated) covariances by Newton–Schulz, then the
-    nuclear norm of their product by the polar iteration. Tolerance (tests/test_mir.py):
-    1e-3 relative on the Fréchet distance in float32 for well-conditioned data; use an
-    exact route for spectra spanning many decades.
-
-    Args:
-      cov_a, cov_b: [..., D, D]. num_iters: steps of each square root (the polar stage
-        runs twice as many).
-    Returns:
-      [...] the trace.
+    """tr((Σ_a Σ_b)^{1/2}) with matmuls only (for TPU-style hardware): Newton–Schulz square roots
+    of the equilibrated covariances, then the polar iteration for the nuclear norm of their
+    product. Tested tolerance (tests/test_mir.py): 1e-3 relative on the Fréchet distance for
+    well-conditioned data. cov_a, cov_b: [..., D, D]. Returns [...].
     """
     scale_a = _equilibration(cov_a)
     a = cov_a * scale_a[..., :, None] * scale_a[..., None, :]
@@ -357,17 +323,11 @@ PUBLISHED_FAST_STEPS = 5
 
 
 def published_fast_trace(cov_a: jax.Array, cov_b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The published tool's "fast" square-root iteration, literally, and how far to trust it.
+    """The published tool's five-step "fast" square-root iteration on A = Σ_a Σ_b, literally
+    (docs/mir.md, section 6). cov_a, cov_b: [..., D, D].
 
-    Five steps of Y ← (Y + Z⁻¹A)/2, Z ← (Z + Y⁻¹A)/2 from Y = A = Σ_a Σ_b, Z = I (docs/mir.md,
-    section 6): in exact arithmetic Y stays A; in float32 it drifts by about ε·κ(A).
-
-    Args:
-      cov_a, cov_b: [..., D, D] covariances (one pair per layer).
-    Returns:
-      (trace [...]: tr(Y) after the five steps,
-       trace_product [...]: tr(A), the exact-arithmetic result,
-       condition [...]: ||A||_F ||A⁻¹||_F, from the last inverse the iteration takes).
+    Returns (tr(Y) [...] after the five steps, tr(A) [...] (the exact-arithmetic result),
+    condition [...] = ||A||_F ||A⁻¹||_F from the last inverse taken).
     """
 
     def one(a_cov, b_cov):

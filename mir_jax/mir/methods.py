@@ -36,12 +36,9 @@ def check_method(method: str) -> str:
 
 def resolve_method(method: str, n_rows_a: int | None = None, n_rows_b: int | None = None,
                    dim: int | None = None) -> str:
-    """The one rule that turns "auto" into a concrete method (compute_mir and MIRAccumulator).
-
-    newton_schulz on TPU (its eigensolvers are slow; matmuls are not); elsewhere gram when
-    the rows are at hand (all three sizes given) and min(N, M) < D, else eigh. The streaming
-    accumulator keeps covariances, not rows, so it passes no sizes. "gram" without rows is
-    computed as "eigh" (the same exact trace from the covariances).
+    """The one rule that turns "auto" into a concrete method: newton_schulz on TPU, else gram when
+    all three sizes are given and min(N, M) < D, else eigh; "gram" without rows (the streaming
+    accumulator passes none) is computed as "eigh".
     """
     check_method(method)
     have_rows = None not in (n_rows_a, n_rows_b, dim)

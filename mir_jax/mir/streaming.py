@@ -1,24 +1,17 @@
 """Streaming MIR in constant memory: `MIRAccumulator`.
 
 Keeps per layer and modality only counts, means, D×D second moments and histograms
-(D² + D·(median_bins + 2) + 65,538 floats), so memory does not grow with the number of
-samples. The 3-sigma rule needs global statistics, so with it the data is read twice:
-pass 1 gathers norm moments, extremes and histograms (ranges from the first batch;
-medians interpolated inside a bin), pass 1b re-gathers over the exact interval when a
-median fell outside its range, pass 2 accumulates moments of the rows after replacement.
-The text-centric scale is applied to the final statistics (the rule is scale-invariant;
-the published modes are not homogeneous in the distance). Under a mesh, `update` is a
-`shard_map` over rows with a psum. Passes and precision: docs/mir.md, section 5.
+(D² + D·(median_bins + 2) + 65,538 floats). With the 3-sigma rule the data is read twice
+(three times when a median falls outside its first-batch histogram range), and the
+text-centric scale is applied to the final statistics. Under a mesh, `update` is a `shard_map`
+over rows with a psum. Passes and precision: docs/mir.md, section 5.
 
-Usage:
     acc = MIRAccumulator(method="auto")
-    while acc.needs_another_pass:  # 2 passes with the outlier rule (3 when pass 1b is needed)
+    while acc.needs_another_pass:
         for vision, text, vision_mask, text_mask in batches():
             acc.update(vision, text, vision_mask, text_mask)
         acc.end_pass()
-    result = acc.result()           # MIRResult(per_layer=[L], overall, *_norm_per_layer=[L])
-or simply `MIRAccumulator(...).run(batches)` with `batches` a callable returning a
-fresh iterable of (vision, text, vision_mask, text_mask) tuples.
+    result = acc.result()  # or simply MIRAccumulator(...).run(batches)
 """
 
 from __future__ import annotations
@@ -271,10 +264,8 @@ _zoomed_ranges_jit = jax.jit(_zoomed_ranges)
 
 @functools.cache
 def _compiled(fn, n_sharded, n_replicated, mesh, static):
-    """jit(fn), wrapped in shard_map over the rows when a mesh is given; one per (fn, mesh).
-
-    The first n_sharded arguments are [L, n, ...] rows / [L, n] masks, sharded on n; the next
-    n_replicated are pytrees, replicated. Cached at module level so every accumulator reuses them.
+    """jit(fn), in a shard_map over the rows (first n_sharded arguments) when a mesh is given;
+    cached per (fn, mesh) at module level so every accumulator reuses it.
     """
     axes = tuple(mesh.axis_names) if mesh is not None else ()
     body = functools.partial(fn, axes=axes, **dict(static))

@@ -10,13 +10,8 @@ import jax.numpy as jnp
 
 
 def mir_token_masks(modality_mask: jax.Array, attention_mask: jax.Array | None = None):
-    """Vision and text token masks for MIR.
-
-    Args:
-      modality_mask: [B, S] bool, True at image-token positions (LlavaOutput.modality_mask).
-      attention_mask: optional [B, S], nonzero for real tokens (padding excluded).
-    Returns:
-      (vision_mask [B, S] bool, text_mask [B, S] bool).
+    """(vision_mask, text_mask) [B, S] bool from modality_mask [B, S] (True at image tokens) and
+    an optional attention_mask [B, S] (nonzero for real tokens).
     """
     modality_mask = jnp.asarray(modality_mask, bool)
     valid = jnp.ones_like(modality_mask) if attention_mask is None else jnp.asarray(attention_mask) != 0
@@ -30,14 +25,10 @@ def mir_token_masks(modality_mask: jax.Array, attention_mask: jax.Array | None =
 
 
 def mir_rows(hidden_states: jax.Array, vision_mask: jax.Array, text_mask: jax.Array):
-    """Flattens per-layer hidden states into MIR rows, dropping the embedding layer.
+    """Per-layer hidden states [L+1, B, S, D] (index 0 = embeddings, dropped) as MIR rows.
 
-    Args:
-      hidden_states: [L+1, B, S, D] (HF layout: index 0 = input embeddings).
-      vision_mask, text_mask: [B, S] bool from `mir_token_masks`.
-    Returns:
-      (rows [L, B*S, D], vision_rows_mask [B*S], text_rows_mask [B*S]): pass `rows` as
-      both `vision` and `text` to MIRAccumulator.update / compute_mir with the masks.
+    Returns (rows [L, B*S, D], vision_rows_mask [B*S], text_rows_mask [B*S]): pass `rows` as both
+    `vision` and `text` to compute_mir / MIRAccumulator.update with the masks.
     """
     layers = hidden_states[1:]
     rows = layers.reshape(layers.shape[0], -1, layers.shape[-1])

@@ -31,16 +31,10 @@ ESTIMATORS = ("jackknife",)
 def jackknife_groups(vision_samples, text_samples, num_groups: int = 10):
     """Group ids for `compute_mir(..., uncertainty="jackknife")` from per-row sample ids.
 
-    The distinct sample ids of both modalities, in sorted order, are dealt round-robin into
-    num_groups groups (the r-th id to group r % num_groups), so groups differ in size by at most
-    one sample and both modalities of a sample land in the same group.
-
-    Args:
-      vision_samples: [N] int, the sample each vision row came from; negative for padding rows.
-      text_samples: [M] int, likewise.
-      num_groups: G, between 2 and the number of samples.
-    Returns:
-      (vision_groups [N] int32, text_groups [M] int32), -1 where the sample id was negative.
+    The distinct sample ids of both modalities, sorted, are dealt round-robin into num_groups
+    groups, so sizes differ by at most one sample. vision_samples [N], text_samples [M] int
+    (negative for padding); num_groups: 2..number of samples. Returns (vision_groups [N],
+    text_groups [M]) int32, -1 where the sample id was negative.
     """
     vision_samples = np.asarray(vision_samples).astype(np.int64)
     text_samples = np.asarray(text_samples).astype(np.int64)
@@ -118,16 +112,11 @@ def t_quantile(level: float, num_groups: int) -> float:
 
 
 def jackknife_interval(estimate, replicates, quantile, xp=jnp):
-    """Delete-a-group jackknife on any statistic.
+    """Delete-a-group jackknife on any statistic: estimate [...] on all samples, replicates
+    [G, ...] without group g, quantile the t quantile, xp jnp or np.
 
-    Args:
-      estimate: [...] the statistic on all samples.
-      replicates: [G, ...] the statistic without group g.
-      quantile: the t quantile (`t_quantile`).
-      xp: jnp (in-graph) or np (float64 on the host).
-    Returns:
-      (se [...], interval [..., 2]): se² = (G-1)/G Σ_g (θ_g − θ̄)², and the interval
-      θ_J ± quantile·se around the bias-corrected θ_J = G θ − (G-1) θ̄.
+    Returns (se [...], interval [..., 2]): se² = (G-1)/G Σ_g (θ_g − θ̄)², interval
+    θ_J ± quantile·se around θ_J = G θ − (G-1) θ̄.
     """
     num_groups = replicates.shape[0]
     mean = xp.mean(replicates, axis=0)

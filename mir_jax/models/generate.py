@@ -62,10 +62,9 @@ def _step(model, tokens, positions, key_valid, cache, index, layers=None):
 
 
 def _argmax(logits):
-    """jnp.argmax over the last axis (the first index of the maximum), as a max and a min: two
-    plain reductions, which XLA:CPU vectorizes, where its argmax (one variadic reduce over
-    (value, index) pairs) is several times slower over a 32k vocabulary. A row with a NaN
-    matches nowhere and gives the last index (argmax: the NaN's)."""
+    """jnp.argmax over the last axis as a max and a min (two plain reductions, which XLA:CPU
+    vectorizes far better than its variadic argmax); a NaN row gives the last index.
+    """
     top = jnp.max(logits, axis=-1, keepdims=True)
     index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     last = logits.shape[-1] - 1
@@ -129,11 +128,9 @@ def generate(model: LlavaModel, input_ids, pixel_values=None, image_mask=None, a
              mesh=None) -> np.ndarray:
     """Greedy (temperature 0) or temperature / top-k sampling.
 
-    input_ids [B, S] left-padded, with image tokens already expanded; pixel_values
-    [B, N, H, W, C]; attention_mask [B, S]. Returns the new tokens [B, max_new_tokens] int32;
-    after a row emits EOS (included) the rest of the row is `pad_token_id`. Stops early when
-    every row has finished. With a `mesh`, parameters follow the logical-axis rules and the
-    batch rows (and the KV cache) are split over its data axes: B must divide by them.
+    input_ids [B, S] left-padded, image tokens expanded; pixel_values [B, N, H, W, C];
+    attention_mask [B, S]. Returns the new tokens [B, max_new_tokens] int32, `pad_token_id` after
+    a row's EOS. With a `mesh`, rows and KV cache are split over its data axes (B must divide).
     """
     cfg = model.config
     eos = cfg.eos_token_id if eos_token_id is None else eos_token_id

@@ -257,12 +257,9 @@ _CPU_UNROLL_MAX_LAYERS = 8
 
 def run_stack(stack: nnx.Module, body: Callable, carry, xs=None, *, n: int | None = None,
               scan: bool = True, remat: str = "none", cpu_unroll: bool = True):
-    """Applies `body(layer, carry, x) -> (carry, y)` over the first `n` stacked layers.
-
-    With `scan` the layers run in one `lax.scan` (compile time independent of depth); without,
-    the loop is unrolled over the same stacked parameters. With `cpu_unroll`, on the CPU
-    backend a stack of at most _CPU_UNROLL_MAX_LAYERS layers is unrolled even when `scan`
-    asks for the scan (same result). `remat` names a checkpoint policy.
+    """Applies `body(layer, carry, x) -> (carry, y)` over the first `n` stacked layers, in one
+    `lax.scan` with `scan`, else unrolled; with `cpu_unroll` a stack of at most
+    _CPU_UNROLL_MAX_LAYERS layers is unrolled on CPU anyway. `remat` names a checkpoint policy.
     Returns (carry, ys stacked on axis 0).
     """
     graphdef, state = nnx.split(stack)

@@ -140,14 +140,11 @@ class LlamaModel(nnx.Module):
                cache=None, cache_index=None, layers: list[DecoderLayer] | None = None):
         """Runs the decoder layers and the final norm.
 
-        x [B, S, D] input embeddings; positions [B, S]; mask an `attention.Mask` (or a bool
-        [B, S, T] array); modality_mask bool [B, S]. Returns (normed [B, S, D], per-layer outputs
-        [L, B, S, D] or None, new cache).
-
-        cache: None, or (keys, values) written at slot `cache_index`: either stacked arrays
-        [L, B, KVH, T, Dh] (the layers run as a scan over them), or tuples of L arrays
-        [B, KVH, T, Dh] (the layers run unrolled; `layers`, from `unstack_layers`, saves slicing
-        the stacked parameters again on every call).
+        x [B, S, D] input embeddings; positions [B, S]; mask an `attention.Mask` (or bool [B, S, T]);
+        modality_mask bool [B, S]. cache: None, or (keys, values) written at slot `cache_index`,
+        stacked [L, B, KVH, T, Dh] (scanned) or tuples of L [B, KVH, T, Dh] (unrolled, with `layers`
+        from `unstack_layers`). Returns (normed [B, S, D], per-layer outputs [L, B, S, D] or None,
+        new cache).
         """
         cfg = self.cfg
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)

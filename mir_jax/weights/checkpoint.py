@@ -342,12 +342,10 @@ class RestoredParams(NamedTuple):
 
 
 def read_params(workdir: str, step: int | None = None, mesh=None, **config_overrides) -> RestoredParams:
-    """The parameters of a workdir's checkpoint (the newest that restores, or `step`);
-    `mir_jax.weights.load_weights` is the public way in.
-
-    A partial restore of `params` and the frozen item (no optimizer) into `mesh`'s shardings
-    (default: replicated over all devices). Raises, in one line: FileNotFoundError (not a
-    workdir), CheckpointError (no such step; nothing restores), CheckpointMismatch (shapes)."""
+    """The parameters (no optimizer) of a workdir's checkpoint, the newest that restores or `step`,
+    into `mesh`'s shardings (default: replicated); `load_weights` is the public way in. Raises, in
+    one line, FileNotFoundError, CheckpointError or CheckpointMismatch.
+    """
     import ml_collections
     from flax import nnx
 
