@@ -57,3 +57,17 @@ def test_yes_no_family_and_the_default_is_unchanged():
 def test_bad_options_are_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticSource("qa", **kwargs)
+
+
+def test_lookup_drill_answers_the_letter_of_the_named_option():
+    src = SyntheticSource("text_qa", questions=["lookup"], seed=5)
+    letters = []
+    for i in range(30):
+        turns = src[i]["turns"]
+        for (_, q), (_, a) in zip(turns[0::2], turns[1::2]):
+            word = re.search(r"Which option says (\w+)\?", q).group(1)
+            options = dict(re.findall(r"^([A-D])\. (\w+)$", q, flags=re.M))
+            assert len(options) == 4 and options[a] == word, q
+            letters.append(a)
+    # The right option's place is shuffled: every letter is the answer about a quarter of the time.
+    assert all(0.15 < letters.count(x) / len(letters) < 0.35 for x in "ABCD"), letters

@@ -114,7 +114,6 @@ def render(scene: list[dict], size: int, rng: np.random.Generator) -> np.ndarray
     return img
 
 
-QUESTION_KINDS = ("count", "colour", "shape", "describe", "position", "exists", "choice")
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
 
@@ -157,7 +156,10 @@ def choice_prompt(question: str, options: list[str]) -> str:
     return "\n".join(lines + [CHOICE_INSTRUCTION])
 
 
-QUESTION_FAMILIES = ("count", "colour", "shape", "describe", "position", "exists", "choice")
+QUESTION_FAMILIES = ("count", "colour", "shape", "describe", "position", "exists", "choice", "lookup")
+# Asked only where a source names it: "lookup" is a drill for the letter of lettered choice (the
+# option that says a given word), not a benchmark family.
+_DRILLS = ("lookup",)
 
 
 def _question(scene: list[dict], rng: np.random.Generator, families=None,
@@ -184,7 +186,7 @@ def _wrong_answer(family: str, right: str, g: dict, rng: np.random.Generator) ->
         pool = ["On the left.", "On the right."]
     elif family == "exists":
         pool = ["Yes.", "No."]
-    elif family == "choice":
+    elif family in ("choice", "lookup"):
         pool = list(LETTERS[:4])
     else:
         pool = [caption(random_scene(rng)).capitalize() for _ in range(4)]
@@ -196,7 +198,7 @@ def _question_and_family(scene: list[dict], rng: np.random.Generator, families=N
     g = scene[int(rng.integers(len(scene)))]
     kinds = ["count", "colour", "shape", "describe"] + (["position"] if g["side"] else []) + ["exists", "choice"]
     if families is not None:
-        kinds = [k for k in kinds if k in families] or ["describe"]
+        kinds = [k for k in kinds + list(_DRILLS) if k in families] or ["describe"]
     q = kinds[int(rng.integers(len(kinds)))]
     question, answer = _ask(q, g, scene, rng)
     return question, answer, q, g
@@ -222,6 +224,9 @@ def _ask(q: str, g: dict, scene: list[dict], rng: np.random.Generator) -> tuple[
     if q == "choice":
         question, options, answer = choice_question(g, rng)
         return choice_prompt(question, options), LETTERS[answer]
+    if q == "lookup":
+        _, options, answer = choice_question(g, rng)
+        return choice_prompt(f"Which option says {options[answer]}?", options), LETTERS[answer]
     return CAPTION_PROMPT, caption(scene).capitalize()
 
 
