@@ -105,6 +105,29 @@ def test_vqa_punctuation_inside_numbers():
     assert A.vqa_accuracy("black-white", ["black white"] * 3 + ["red"] * 7) == pytest.approx(0.9)
 
 
+# Cases run through the real vqaEval.py (py2.7) and convert_vqav2_for_submission.py once
+# (docs/evaluation.md, "Checked against the official scripts"); the values worked out by hand.
+@pytest.mark.parametrize("prediction, answers, official, llava", [
+    # Not unanimous: both sides normalized. "It's a cat" -> "it's cat" ("a" dropped, "it's" kept:
+    # "'" is no punctuation there): 6 matches -> 1. llava: EvalAI turns "'s" into " 's" first:
+    # "it 's cat" matches nothing -> 0.
+    ("It's a cat", ["cat"] * 2 + ["its cat"] * 2 + ["it's cat"] * 6, 1.0, 0.0),
+    # "the man's hat" -> "man's hat": 4 matches -> 1; llava: "man 's hat" -> 0.
+    ("the man's hat", ["man's hat"] * 4 + ["hat"] * 6, 1.0, 0.0),
+    # 40 periods: each periodStrip pass deletes 32 (re.UNICODE as the count), so vqaEval.py's one
+    # pass leaves "yes........" -> 0; llava makes two passes (EvalAI, then vqaEval.py): "yes",
+    # 5 matches -> 1.
+    ("yes" + "." * 40, ["yes"] * 5 + ["no"] * 5, 0.0, 1.0),
+    # "Two." -> "two" -> "2" against seven "2" and three "two" -> "2": 10 matches -> 1 both ways.
+    ("Two.", ["2"] * 7 + ["two"] * 3, 1.0, 1.0),
+    # Unanimous "no": compared as given, "NO" != "no" -> 0; llava lowercases first -> 1.
+    ("NO", ["no"] * 10, 0.0, 1.0),
+])
+def test_vqa_cases_checked_against_vqaeval(prediction, answers, official, llava):
+    assert A.vqa_accuracy(prediction, answers) == official
+    assert A.vqa_accuracy(prediction, answers, scoring="llava") == llava
+
+
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_vqa_three_of_ten_cap(m):
     # m humans of 10 said "red" (the rest "blue", so not unanimous): ACC[m], capped at 1.
