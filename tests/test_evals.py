@@ -239,6 +239,14 @@ def test_likelihood_picks_the_option_the_logit_table_favours():
                                  "options": options, "answer": 1, "hint": None}]
     res = mc.run(m)
     assert res.scores["likelihood_accuracy"] == 1.0 and res.details["likelihood_choices"] == [1]
+    # A record without an answer (MMBench's test split) gets its choice but is not scored: with
+    # a second answered record whose answer is wrong ("cocoa"), the accuracy is 1 of 2.
+    mc.records = lambda model: [
+        {"question_id": q, "image": None, "question": "Which fruit?", "options": options, "answer": a, "hint": None}
+        for q, a in (("q", 1), ("test", None), ("r", 2))]
+    res = mc.run(m)
+    assert res.details["likelihood_choices"] == [1, 1, 1] and res.details["unscored"] == 1
+    assert res.scores["likelihood_accuracy"] == 0.5 and res.scores["num_samples"] == 3
 
 
 # ----- evaluators' scoring and errors --------------------------------------------------------------

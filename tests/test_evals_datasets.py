@@ -425,9 +425,13 @@ def test_mmbench_tsv(tmp_path):
     assert load_task("mmbench", tsv=path, limit=1) == [a]
     assert TASK_KINDS["mmbench"] == "multiple_choice"
 
-    # One line for each kind of damage.
+    # The test split has no 'answer' column: records without answers (predictions only).
     test_split = _mmbench_tsv(tmp_path / "test.tsv", rows, columns=("index", "question", "hint", "A", "B", "image"))
-    assert "no 'answer' column" in one_line_error(load_mmbench, test_split)
+    assert [(r["question_id"], r["options"], r["answer"]) for r in load_mmbench(test_split)] == [
+        (101, ["blue", "green"], None), (205, ["1", "2"], None)]
+    # One line for each kind of damage.
+    no_answer = _mmbench_tsv(tmp_path / "no_answer.tsv", [dict(rows[0], answer="")])
+    assert "no_answer.tsv:2 (index 101): empty 'answer'" in one_line_error(load_mmbench, no_answer)
     other = _mmbench_tsv(tmp_path / "other.tsv", rows, columns=("id", "text"))
     assert "not an MMBench TSV: no column(s) ['A', 'B', 'image', 'index', 'question']" in one_line_error(load_mmbench, other)
     bad = _mmbench_tsv(tmp_path / "bad.tsv", [dict(rows[0], image="not base64!")])

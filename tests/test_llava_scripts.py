@@ -277,6 +277,32 @@ def test_mmbench_answer_file_as_convert_mmbench_for_submission_reads_it(tmp_path
     assert [(r["index"], r["prediction"]) for r in table] == [(101, "C"), (205, "B. 2")]
 
 
+def test_mmbench_test_split_gives_an_answer_file_for_the_server_and_no_score(tmp_path, answers_are):
+    red, _ = _png_base64((255, 0, 0))
+    # MMBench's test TSV: every column of the dev file but 'answer'.
+    tsv = _mmbench_tsv(tmp_path / "mmbench_test_en_20231003.tsv", [
+        {"index": "7", "question": "What colour is it?", "hint": "nan", "A": "blue", "B": "red",
+         "category": "attribute", "image": red, "source": "s", "l2-category": "x", "comment": "", "split": "test"},
+        {"index": "9", "question": "Which is it?", "hint": "A hint.", "A": "1", "B": "2", "C": "3",
+         "category": "counting", "image": red, "source": "s", "l2-category": "x", "comment": "", "split": "test"}],
+        columns=("index", "question", "hint", "A", "B", "C", "D", "image", "source", "l2-category",
+                 "comment", "split", "category"))
+    data = {"format": "mmbench", "tsv": tsv}
+    answers_are(["B", "the third"])
+    result = get_evaluator("multiple_choice", data=data, mode="generate").run(_model())
+    # Nothing to score against: no accuracy, both questions counted as unscored, the one
+    # generation no letter can be read from counted as unparsed.
+    assert result.scores == {"num_samples": 2, "unparsed": 1}
+    assert result.details["unscored"] == 2
+    root = tmp_path / "eval"
+    answers = write_llava_answers(result.predictions, data, "tiny", str(root))
+    result_dir = root / "mmbench" / "answers" / "mmbench_test_en_20231003"
+    assert answers == str(result_dir / "tiny.jsonl")
+    columns, table = _convert_mmbench(tsv, result_dir, "tiny")
+    assert columns == ["index", "question", "A", "B", "C", "D", "prediction", "split"]
+    assert [(r["index"], r["prediction"]) for r in table] == [(7, "B"), (9, "the third")]
+
+
 # ----- POPE: the headline ------------------------------------------------------------------------
 
 def test_pope_headline_is_the_mean_over_categories_of_eval_popes_scores():

@@ -17,7 +17,8 @@ Records (``image``: absolute path, None for text-only; MMBench: the encoded imag
     pope             {"question_id", "image", "question", "label": "yes" | "no",
                       "category": str | None}
     multiple_choice  {"question_id", "image", "question", "options": [str, ...],
-                      "answer": int (0-based), "hint": str | None, "benchmark":
+                      "answer": int (0-based; None in MMBench's test split: predictions
+                      only), "hint": str | None, "benchmark":
                       "scienceqa" | "mmbench" (absent for generic files)}
 """
 
@@ -807,9 +808,6 @@ def load_mmbench(tsv, limit=None) -> list[dict]:
         missing = sorted({"index", "question", "image", "A", "B"} - columns)
         if missing:
             raise DataError(f"{path}: not an MMBench TSV: no column(s) {missing} (has {sorted(columns)})")
-        if "answer" not in columns:
-            raise DataError(f"{path}: no 'answer' column (MMBench's test split has no answers; "
-                            "use a dev file)")
         for line, row in enumerate(reader, start=2):
             if _full(out, limit):
                 break
@@ -821,8 +819,9 @@ def load_mmbench(tsv, limit=None) -> list[dict]:
             options = [v for v in (_mmbench_field(row, k) for k in MMBENCH_OPTIONS) if v is not None]
             if len(options) < 2:
                 raise DataError(f"{where}: fewer than 2 options in columns A-E")
-            answer = _mmbench_field(row, "answer")
-            if answer is None:
+            # The test split has no 'answer' column: predictions only, for MMBench's server.
+            answer = _mmbench_field(row, "answer") if "answer" in columns else None
+            if answer is None and "answer" in columns:
                 raise DataError(f"{where}: empty 'answer'")
             encoded = _mmbench_field(row, "image")
             if encoded is None:
@@ -833,7 +832,8 @@ def load_mmbench(tsv, limit=None) -> list[dict]:
                 raise DataError(f"{where}: 'image' is not base64 ({e})") from e
             record = {"question_id": int(qid) if qid.isdigit() else qid, "image": image,
                       "question": row["question"].strip(),
-                      "options": options, "answer": _answer_index(answer, options, where),
+                      "options": options,
+                      "answer": None if answer is None else _answer_index(answer, options, where),
                       "hint": _hint(_mmbench_field(row, "hint")), "benchmark": "mmbench"}
             for key, extra in (("category", "category"), ("l2-category", "l2_category")):
                 if key in columns:

@@ -50,14 +50,17 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
         return "<image>\n" + prompt if record.get("benchmark") == "scienceqa" and record.get("image") else prompt
 
     def generation_scores(self, records, texts) -> tuple[list[int | None], dict, str]:
-        """(the option each generation names, {"accuracy", "unparsed"} plus "img_accuracy" (over
-        the ScienceQA problems with an image: eval_science_qa.py's IMG-Accuracy, LLaVA-1.5's
-        SQA-IMG) where there are such problems, the scorers' names)."""
+        """(the option each generation names, {"unparsed"} and, over the records with answers,
+        "accuracy" plus "img_accuracy" (the ScienceQA problems with an image: eval_science_qa.py's
+        IMG-Accuracy, LLaVA-1.5's SQA-IMG) where there are such problems, the scorers' names)."""
         picks = [self.choose(r, t) for t, r in zip(texts, records)]
         chosen = [c for c, _ in picks]
-        mc = multiple_choice_scores(chosen, [int(r["answer"]) for r in records])
-        scores = {"accuracy": mc["accuracy"], "unparsed": mc["unparsed"]}
-        img = [i for i, r in enumerate(records) if r.get("benchmark") == "scienceqa" and r.get("image")]
+        scores = {"unparsed": sum(c is None for c in chosen)}
+        scored = [i for i, r in enumerate(records) if r.get("answer") is not None]
+        if scored:
+            scores["accuracy"] = multiple_choice_scores([chosen[i] for i in scored],
+                                                        [int(records[i]["answer"]) for i in scored])["accuracy"]
+        img = [i for i in scored if records[i].get("benchmark") == "scienceqa" and records[i].get("image")]
         if img:
             scores["img_accuracy"] = multiple_choice_scores([chosen[i] for i in img],
                                                             [int(records[i]["answer"]) for i in img])["accuracy"]
@@ -78,8 +81,12 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
     def run(self, model) -> EvalResult:
         o = self.options
         records = self.nonempty_records(model)
-        answers = [int(r["answer"]) for r in records]
+        # MMBench's test split has no answers: its answer file is scored by MMBench's server.
+        scored = [n for n, r in enumerate(records) if r.get("answer") is not None]
+        answers = np.asarray([int(records[n]["answer"]) for n in scored])
         scores, predictions, details = {"num_samples": len(records)}, [], {}
+        if len(scored) < len(records):
+            details["unscored"] = len(records) - len(scored)
         if o["mode"] in ("both", "generate"):
             prompts, texts = self.generate(model, records)
             chosen, generated, details["scorer"] = self.generation_scores(records, texts)
@@ -104,7 +111,8 @@ class MultipleChoiceEvaluator(GenerativeEvaluator):
                 rows = np.nonzero(owner == n)[0]
                 by_sum.append(int(np.argmax(sums[rows])))
                 by_token.append(int(np.argmax(sums[rows] / np.maximum(counts[rows], 1))))
-            scores["likelihood_accuracy"] = float(np.mean(np.asarray(by_sum) == answers))
-            scores["likelihood_accuracy_per_token"] = float(np.mean(np.asarray(by_token) == answers))
+            if scored:
+                scores["likelihood_accuracy"] = float(np.mean(np.asarray(by_sum)[scored] == answers))
+                scores["likelihood_accuracy_per_token"] = float(np.mean(np.asarray(by_token)[scored] == answers))
             details["likelihood_choices"] = by_sum
         return self.result(scores, predictions, details)
