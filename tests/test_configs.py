@@ -36,16 +36,17 @@ RECIPES = _recipes()
 # (mir_jax.weights.hf.build_stage1), so configs/stage0.py without runlocal is a one-line ValueError.
 RUNLOCAL_ONLY = ("stage0",)
 FULL_SIZE = [n for n in RECIPES if n not in RUNLOCAL_ONLY]
-# Stage 0 runs in two phases (configs/stage0.py), each its own data; its runlocal is the first.
+# Stage 0 runs in four phases (configs/stage0.py), each its own data; its runlocal is the first.
 RUNLOCAL_ARG = {"stage0": "runlocal,llm"}
-# Options beyond runlocal that change the data (moca on the stage-1 recipe, stage 0's second phase).
+# Options beyond runlocal that change the data (moca on the stage-1 recipe, stage 0's later phases).
 VARIANTS = [(n, RUNLOCAL_ARG.get(n, "runlocal")) for n in RECIPES] + [
-    ("moca", "runlocal,pretrain"), ("stage0", "runlocal,vision")]
+    ("moca", "runlocal,pretrain"), ("stage0", "runlocal,vision"), ("stage0", "runlocal,choice"),
+    ("stage0", "runlocal,settle")]
 
 
 def _config(name: str, arg: str | None = "runlocal"):
     c = importlib.import_module(f"configs.{name}").get_config(RUNLOCAL_ARG.get(name, arg) if arg == "runlocal" else arg)
-    if name == "stage0" and arg and "vision" in arg:  # it starts from the llm phase's workdir
+    if name == "stage0" and arg and "llm" not in arg:  # it starts from the phase before's workdir
         c.init_from = MINIATURE_BASE
     return c
 

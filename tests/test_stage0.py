@@ -48,6 +48,16 @@ def test_the_recipe():
     hard = [s for s in vision.data.sources if s.get("questions")]
     assert len(hard) == 1 and set(hard[0]["questions"]) == {"exists", "choice"} and hard[0]["seed"] != vision.seed
     assert llava15_pretrain.get_config("runlocal").init_parts == "vision,llm"
+    # The letter phases: the vision phase's model and settings with lettered choice as the given
+    # share of the data, the rest told scenes of every family with no repeated question, 5% captions.
+    for arg, share, steps in (("runlocal,choice", 0.75, 600), ("runlocal,settle", 0.5, 1500)):
+        c = stage0.get_config(arg)
+        assert c.init_from is None and c.model.to_dict() == vision.model.to_dict()
+        assert (c.total_steps, c.optimizer.lr, c.data.system) == (steps, 2e-3, vision.data.system)
+        weights = {(s["kind"], tuple(s.get("questions", ()))): s["weight"] for s in c.data.sources}
+        assert weights == pytest.approx({("caption", ()): 0.05, ("text_qa", ()): 0.95 - share,
+                                         ("text_qa", ("choice",)): share})
+        assert all(s["distinct_questions"] for s in c.data.sources if s["kind"] == "text_qa")
     for arg, match in ((None, "runlocal-only.*build_stage1"), ("runlocal", "runlocal,llm.*runlocal,vision"),
                        ("runlocal,llm,vision", "runlocal,llm.*runlocal,vision")):
         with pytest.raises(ValueError, match=match) as e:
