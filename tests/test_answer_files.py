@@ -215,6 +215,7 @@ def test_rescore_llava_answer_files_hand_computed(tmp_path):
     assert read_answers(one)[0] == (42000, None, "red")
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_evaluate_score_answers_cli(tmp_path):
     files = benchmark_files(tmp_path)
     vqa = _lines(tmp_path / "merge.jsonl", [

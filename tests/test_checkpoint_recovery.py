@@ -84,6 +84,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 @pytest.mark.parametrize("kind", list(DAMAGE))
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(run, tmp_path, kind, caplog, capfd, monkeypatch):
     damage, cause = DAMAGE[kind]
@@ -151,6 +152,7 @@ def test_other_unraisable_errors_still_reach_the_hook_during_a_restore(monkeypat
     assert sys.unraisablehook == seen.append  # put back
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_the_resumed_run_writes_the_damaged_step_anew(run, tmp_path):
     workdir = _copy(run, tmp_path)
     ckpts = os.path.join(workdir, "checkpoints")

@@ -57,6 +57,7 @@ def test_batch_shapes_and_dtypes():
         assert np.all(b["pixel_values"][r, n_img:] == 0)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_mm1_mixture_proportions_over_5000_samples():
     it = make_train_iterator(None, **small())
     counts = {"caption": 0, "interleaved": 0, "text": 0}

@@ -85,6 +85,7 @@ def _hf_rows(hf_model, batches):
     return vision_layers, text_layers, np.array(vision_samples), np.array(text_samples)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_mir_matches_float64_reference_on_hf_hidden_states(tiny_llava):
     path, hf_model = tiny_llava
     batches = _batches(num_samples=8, batch_size=4)
@@ -121,6 +122,7 @@ def test_interval_over_samples_matches_float64_jackknife_on_hf_hidden_states(tin
         evaluate_mir(model, lambda: iter(batches), mode="streaming", progress=False, uncertainty="jackknife")
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_one_device_equals_eight(tiny_llava):
     path, _ = tiny_llava
     assert jax.device_count() == 8

@@ -210,6 +210,7 @@ def test_original_llava_layout_with_moca(clip_llama, tmp_path):
     _compare(out, want, hidden, np.ones_like(ids))
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_stage1_builder(clip_llama, tmp_path):
     path, hfm = clip_llama
     vdir, ldir = str(tmp_path / "vision"), str(tmp_path / "llm")

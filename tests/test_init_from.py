@@ -24,6 +24,7 @@ def _stage2(**top):
     return c
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_whole_workdir_latest_and_at_a_step(stage1, tmp_path):
     saved = {s: saved_params(stage1, s) for s in (2, 4)}
     assert any(not np.array_equal(saved[2][k], saved[4][k]) for k in saved[4])  # the connector moved
@@ -174,6 +175,7 @@ def _start(config, workdir):
         setup.checkpointer.close()
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 @pytest.mark.parametrize("kind", list(CONNECTORS))
 def test_every_connector_and_moca_reproduce_the_logits(kind, sources, tmp_path):
     src = sources(kind)

@@ -46,6 +46,7 @@ def model():
     return load_model(miniature.BASE_DIR)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 @pytest.mark.parametrize("task", ["vqa", "pope", "multiple_choice"])
 def test_told_in_words_it_answers_at_its_documented_accuracy(model, task):
     assert model.system == miniature.SYSTEM  # from export.json: the prompt it was trained with

@@ -492,6 +492,7 @@ def test_published_fast_reports_the_rounding_noise_regime():
     assert "layers 1 are in the rounding-noise regime" in verdict
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_accumulator_on_8_devices_equals_1_device():
     assert jax.device_count() == 8
     _, _, _, batches = _stream_fixture()
@@ -546,6 +547,7 @@ def test_auto_picks_by_shape():
     assert mir.MIRAccumulator(method="published_fast").method == "published_fast"
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_no_deadlock_with_several_layers_on_cpu():
     """Regression: batched LAPACK calls for the vision and text covariances used to deadlock
     XLA's CPU thread pool (2 cores, L >= 2; here constant vision rows, normalized). Runs in a

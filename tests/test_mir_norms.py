@@ -127,6 +127,7 @@ def test_evaluation_json_table_and_plot_carry_the_norms(tmp_path):
     assert os.path.getsize(tmp_path / "p.png") > 1000
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_the_training_loop_eval_row_carries_the_norms(tmp_path):
     """Evaluations.held_out (the row the loop writes to metrics.jsonl) against float64 norms of the
     model's own hidden states at hand-picked positions: the image tokens, and every real

@@ -43,6 +43,7 @@ def everything(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_workdir_params_are_the_saved_ones_and_no_optimizer_is_built(stage1, everything, monkeypatch):
     from mir_jax.train import step as step_lib
 
@@ -61,6 +62,7 @@ def test_workdir_params_are_the_saved_ones_and_no_optimizer_is_built(stage1, eve
         assert pre.tokenizer.vocab_size == 264
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_export_writes_the_checkpoint_as_an_hf_directory_that_says_where_it_came_from(everything, tmp_path):
     """`python -m mir_jax.weights.export WORKDIR OUT`: HF transformers' own safetensors reader
     finds the orbax-saved arrays under LlavaForConditionalGeneration's keys, and export.json names

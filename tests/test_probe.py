@@ -149,6 +149,7 @@ def test_probe_scenes_are_their_own_stream():
 # ---------------------------------------------------------------------------------------------
 # vision_features against HF transformers, and the CLI
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_vision_features_equal_hf_clip_on_normalized_pixels(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -180,6 +181,7 @@ def test_vision_features_equal_hf_clip_on_normalized_pixels(tmp_path):
                                atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_vision_features_of_several_layers_and_full_strategy():
     model = LlavaModel(LlavaConfig.tiny(vision_feature_layer=(0, 2), vision_feature_select_strategy="full"),
                        rngs=nnx.Rngs(0))

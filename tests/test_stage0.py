@@ -65,6 +65,7 @@ def test_the_recipe():
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_stage0_trains_everything_and_resumes(s0):
     ckpt = s0 / "checkpoints" / "3"
     assert (ckpt / "state").is_dir() and not (ckpt / "frozen").exists()  # nothing is frozen
@@ -72,6 +73,7 @@ def test_stage0_trains_everything_and_resumes(s0):
     assert again == TrainResult(step=3, already_done=True)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_stage1_starts_from_stage0_with_a_fresh_connector(s0, tmp_path):
     saved = flat_params(ocp.StandardCheckpointer().restore(str(s0 / "checkpoints" / "3" / "state"))["params"])
     c = _short(llava15_pretrain.get_config("runlocal"), 2)

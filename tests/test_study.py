@@ -216,6 +216,7 @@ def test_print_commands_and_collect(finished_study, tmp_path):
     assert proc.returncode == 1 and "no score yet" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_bad_override_is_one_line_before_anything_runs(tmp_path):
     spec = tmp_path / "bad.py"
     spec.write_text(textwrap.dedent('''

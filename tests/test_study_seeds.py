@@ -226,6 +226,7 @@ def _fake_study(tmp_path, norms=True):
     return study, runs
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_collect_with_seeds_schema_means_spread_and_intervals(tmp_path):
     study, runs = _fake_study(tmp_path)
     result = studies.collect(study, runs)

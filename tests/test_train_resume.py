@@ -33,6 +33,7 @@ def _final_state(workdir, config):
         setup.checkpointer.close()
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_six_steps_equal_three_stop_and_three_resumed(tmp_path):
     config = fx.tiny_train_config(mesh=(4, 2, 1))  # fsdp: the checkpoint holds sharded arrays
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")

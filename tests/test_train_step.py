@@ -41,6 +41,7 @@ def _run(st, batches, steps):
     return losses, jax.device_get(state), jax.device_get(frozen)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_same_losses_on_one_device_data8_and_2x2x2():
     batches = fx.batches()
     ref, ref_state, _ = _run(_stepper((1, 1, 1)), batches, 5)
@@ -69,6 +70,7 @@ def _full_params(st, state, frozen) -> dict[str, np.ndarray]:
     return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in flat}
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_frozen_bit_identical_trainable_changed_and_no_opt_state_for_frozen():
     # A 3-layer ViT read at its penultimate layer (-2: after layer 1). Connector + LLM layer 0 +
     # ViT layers 1, 2 train; everything else (embeddings, LM head, ViT stem and layer 0, LLM
@@ -118,6 +120,7 @@ def test_frozen_bit_identical_trainable_changed_and_no_opt_state_for_frozen():
     assert tr + fr == sum(v.size for v in before.values())
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_four_micro_batches_of_two_equal_one_batch_of_eight():
     batches = fx.batches()
     ref, ref_state, _ = _run(_stepper((1, 1, 1)), batches, 3)
