@@ -81,8 +81,8 @@ def get_config(arg=None):
 
 
 def _letter_phase(c, choice_share, steps, every):
-    """Turns the vision phase's config into a lettered-choice phase: the letter is learned only when
-    it is most of the data, and kept only while the other families come back
+    """Turns the vision phase's config into a lettered-choice phase. The letter first moved when it
+    was most of the data, and kept rising at half of it while the other families came back
     (docs/miniature_world.md, "How the base was found")."""
     caption_share = 0.05
     # Every told question asked at most once per conversation, so no answer is read off a turn before.
