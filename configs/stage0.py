@@ -37,6 +37,7 @@ def get_config(arg=None):
         raise ValueError("configs/stage0.py:runlocal takes one phase, in this order: runlocal,llm (the "
                          "LLM on told scenes), then runlocal,vision, runlocal,choice and runlocal,settle, "
                          "each with --config.init_from=the phase before's workdir")
+    (phase,) = opts & set(PHASES)
     c = common.base_config()
     # Up to 6 questions per told scene: more answers per token read (docs/miniature_world.md).
     text_qa = {"type": "synthetic", "kind": "text_qa", "template": "vicuna_v1", "max_turns": 6,
@@ -75,19 +76,18 @@ def get_config(arg=None):
     # The base LLM told each scene in words (`scene="text"`): what stage 0 must teach.
     c.evals.update({f"{task}_text": {"evaluator": task, "every": 250, "num_samples": 96, "scene": "text"}
                     for task in ("vqa", "pope", "multiple_choice")})
-    if opts & set(LETTER_PHASES):
-        _letter_phase(c, *LETTER_PHASES[(opts & set(LETTER_PHASES)).pop()])
+    if phase in LETTER_PHASES:
+        _letter_phase(c, text_qa, *LETTER_PHASES[phase])
     return c
 
 
-def _letter_phase(c, choice_share, steps, every):
+def _letter_phase(c, text_qa, choice_share, steps, every):
     """Turns the vision phase's config into a lettered-choice phase. The letter first moved when it
     was most of the data, and kept rising at half of it while the other families came back
     (docs/miniature_world.md, "How the base was found")."""
     caption_share = 0.05
     # Every told question asked at most once per conversation, so no answer is read off a turn before.
-    text_qa = {"type": "synthetic", "kind": "text_qa", "template": "vicuna_v1", "max_turns": 6,
-               "overlong": "truncate", "distinct_questions": True}
+    text_qa = {**text_qa, "distinct_questions": True}
     c.data.sources = [
         {"type": "synthetic", "kind": "caption", "template": "plain", "weight": caption_share, "seed": 12},
         {**text_qa, "weight": 1 - caption_share - choice_share, "seed": 13},
