@@ -7,11 +7,11 @@ It writes N samples of random hidden states in the layout of docs/mir.md section
 states [L+1, S, D], 576 vision positions after a 24-position prompt, the rest text) into K
 shards, then times in one process, interleaved, best of --repeats, from the page cache:
   safetensors: safe_open + get_tensor of every tensor of every shard (the files read alone);
-  streaming:   one pass of mir_jax.mir.hidden_states.stream_batches (per-layer get_slice
-               reads, conversion to float32, finiteness check, packing into the fixed-shape
-               float32 batches MIRAccumulator.update takes), what each streaming pass reads;
-  exact:       read_layer for every layer (layer l of every sample as float32 rows, checked),
-               what the exact mode reads.
+  streaming:   one pass of mir_jax.mir.hidden_states.stream_batches: per-layer views of the
+               mapped files, copied into the fixed-shape batches (in the files' dtype) that
+               MIRAccumulator.update takes, each copy checked for NaN/infinity;
+  exact:       read_layer for every layer (layer l of every sample's rows, checked, in the files'
+               dtype), what the exact mode reads.
 Throughput is the files' size over the time, for all three (ours skips the prompt positions, so
 it reads slightly less than the files hold). The target is at least half of safetensors' GB/s.
 --mir also times the whole streaming MIR once (every pass plus the D×D moments, which are

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import struct
+import sys
 import time
 from collections.abc import Iterator
 
@@ -244,27 +245,48 @@ def _check_finite(rows: np.ndarray, sample: Sample, layer: int, kind: str) -> No
                                 f"{kind} hidden states in layer {layer}")
 
 
-def _read_layer(handle, sample: Sample, layer: int, first_layer: int):
-    """(vision rows [k, D], text rows [t, D]) of one layer (1..L), in the file's dtype."""
+def _read_layer(handle: "_MappedFile", sample: Sample, layer: int, first_layer: int):
+    """(vision rows [k, D], text rows [t, D]) of one layer (1..L), in the file's dtype: views of
+    the mapped file, so the caller's copy into its batch is the only copy."""
     lo, hi = _span(sample)
-    states = handle.get_slice(f"{sample.name}/hidden_states")[layer - 1 + first_layer, lo:hi]
+    states = handle.hidden_states(sample.name)[layer - 1 + first_layer, lo:hi]
     return states[_shift(sample.vision, lo)], states[_shift(sample.text, lo)]
 
 
+class _MappedFile:
+    """A checked safetensors file mapped read-only: each sample's hidden_states as an ndarray view.
+
+    safetensors' own NumPy reader copies every slice it returns, and a pass then copies it again
+    into its batch; reading views of the map halves the copies (BENCHMARKS.md, "Hidden states in").
+    """
+
+    def __init__(self, file: str):
+        if sys.byteorder != "little":
+            raise HiddenStatesError(f"{file}: safetensors data is little-endian; this host is not")
+        with _open(file):  # a truncated or damaged file fails here, in one line
+            pass
+        self.header, length = _raw_header(file)
+        self.data_start = 8 + length
+        self.map = np.memmap(file, np.uint8, mode="r")
+
+    def hidden_states(self, name: str) -> np.ndarray:
+        entry = self.header[f"{name}/hidden_states"]
+        begin, end = entry["data_offsets"]
+        data = self.map[self.data_start + begin:self.data_start + end]
+        return data.view(NUMPY_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+
 class _Files:
-    """Open safetensors handles, one per file, closed together."""
+    """The files mapped (`_MappedFile`), one per file, released together."""
 
     def __init__(self, files):
-        self.handles = {f: _open(f) for f in files}
+        self.handles = {f: _MappedFile(f) for f in files}
 
     def __enter__(self):
-        for h in self.handles.values():
-            h.__enter__()
         return self.handles
 
     def __exit__(self, *exc):
-        for h in self.handles.values():
-            h.__exit__(*exc)
+        self.handles.clear()  # the maps close when their last view goes
 
 
 def _batch_rows(index: HiddenStatesIndex, batch_bytes: int) -> tuple[int, int]:
