@@ -125,10 +125,13 @@ def blockwise(bq, bkv, head_loop=None):
 
 
 # Blocks of 16 queries x 8 keys (odd length 45: padded blocks, loops over both), and the looped
-# path's default blocks (one block each way: no loop, a plain softmax).
+# path's default blocks (one block each way: no loop, a plain softmax). Looped slices this small
+# are unrolled (each query block against its visible keys); unroll=False forces the loops.
 @pytest.mark.parametrize("bq,bkv", [(16, 8), (None, None)])
-@pytest.mark.parametrize("head_loop", [True, False])
-def test_blockwise_matches_reference_causal_segments_padding_gqa(bq, bkv, head_loop):
+@pytest.mark.parametrize("head_loop,unroll", [(True, True), (True, False), (False, False)])
+def test_blockwise_matches_reference_causal_segments_padding_gqa(bq, bkv, head_loop, unroll, monkeypatch):
+    if not unroll:
+        monkeypatch.setattr(attn, "CPU_UNROLL_MAX_SCORES", 0)
     # 6 query heads on 2 kv heads.
     b, s, h, kvh, dh = 3, 45, 6, 2, 16
     rng, q, k, v = case(0, b, s, s, h, kvh, dh)

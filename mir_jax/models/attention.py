@@ -41,6 +41,10 @@ BLOCK_KV = 256
 # rescale. The fastest of those tried (BENCHMARKS.md, "Attention").
 CPU_BLOCK = 128
 CPU_BLOCK_KV_BIDIRECTIONAL = 1024
+# Up to this many scores a head, a looped slice's query blocks are unrolled, each against all the
+# keys it can see in one plain softmax: loops and the online rescale cost more than they save
+# there (BENCHMARKS.md, "session 19").
+CPU_UNROLL_MAX_SCORES = 1024 * 1024
 # Fewer queries than this are a decoding step: "auto" picks "dense" for them on every backend,
 # and the decoder attends them straight over its head-major KV cache (`cache_attention`).
 DECODE_MAX_QUERIES = 16
@@ -268,6 +272,8 @@ class _Blocks(NamedTuple):
     block_q: int
     block_kv: int
     kv_heads: int  # > 0: the arrays are [B * kv_heads, n, 1, 1, ...] slices, looped over
+    unrolled: bool = False  # the query blocks unrolled, each against its visible keys at once
+    offset: int = 0  # the causal offset, static when unrolled
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | jax.Array | None = None, *,
@@ -290,8 +296,10 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
     g = h // kvh
     if head_loop is None:
         head_loop = head_loop_default()
+    unrolled = head_loop and mask.static_offset is not None and s * t <= CPU_UNROLL_MAX_SCORES
     if head_loop:
-        block_q = block_q or CPU_BLOCK
+        # Unrolled without a causal mask, every query sees every key: one block of all of them.
+        block_q = block_q or (s if unrolled and not mask.causal else CPU_BLOCK)
         block_kv = block_kv or (CPU_BLOCK if mask.causal else CPU_BLOCK_KV_BIDIRECTIONAL)
     bq, bkv = _balanced_block(s, block_q or BLOCK_Q), _balanced_block(t, block_kv or BLOCK_KV)
     nq, nk = -(-s // bq), -(-t // bkv)
@@ -317,7 +325,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
         dense = pad(pad(dense.astype(bool), 1, sp), 2, tp)
     ops = (jnp.asarray(mask.q_offset, jnp.int32), pad(mask.q_segment_ids, 1, sp),
            pad(mask.kv_segment_ids, 1, tp), pad(mask.kv_valid, 1, tp), dense)
-    spec = _Blocks(mask.causal, s, t, bq, bkv, kvh if head_loop else 0)
+    spec = _Blocks(mask.causal, s, t, bq, bkv, kvh if head_loop else 0, unrolled,
+                   mask.static_offset if unrolled else 0)
     if head_loop:  # one slice a (batch row, kv head): the same blocks with B = KVH = 1
         qb = qr.transpose(0, 3, 1, 4, 2, 5).reshape(b * kvh, nq, 1, 1, g, bq, dh)
         kb, vb = (x.transpose(0, 3, 1, 2, 4).reshape(b * kvh, nk, 1, 1, bkv, dh) for x in (kr, vr))
@@ -349,14 +358,15 @@ def _balanced_block(n: int, block: int) -> int:
     return n if count == 1 else _round_up(-(-n // count), 8)
 
 
-def _tile(spec: _Blocks, ops, i, j):
-    """bool [B or 1, 1, 1, bq, bkv] for query block i and key block j, or None."""
+def _tile(spec: _Blocks, ops, i, k_start, k_size: int):
+    """bool [B or 1, 1, 1, bq, k_size] for query block i and keys [k_start, k_start + k_size), or
+    None."""
     offset, q_seg, kv_seg, kv_valid, dense = ops
     qpos = i * spec.block_q + jnp.arange(spec.block_q)
-    kpos = j * spec.block_kv + jnp.arange(spec.block_kv)
+    kpos = k_start + jnp.arange(k_size)
     m = _mask_tile(Mask(spec.causal, offset, q_seg, kv_seg, kv_valid, dense), qpos, kpos,
-                   (i * spec.block_q, spec.block_q), (j * spec.block_kv, spec.block_kv))
-    if spec.t % spec.block_kv:  # padded keys
+                   (i * spec.block_q, spec.block_q), (k_start, k_size))
+    if spec.t % spec.block_kv and not spec.unrolled:  # padded keys (unrolled: never read)
         real = (kpos < spec.t)[None, None, :]
         m = real if m is None else m & real
     return None if m is None else m[:, None, None]
@@ -377,11 +387,12 @@ def _q_range(spec: _Blocks, offset, j, nq: int):
     return jnp.clip((j * spec.block_kv - offset) // spec.block_q, 0, nq), nq
 
 
-def _scores(spec, ops, qi, kj, i, j):
-    """float32 [B, KVH, G, bq, bkv] scores of a tile, masked entries at -inf."""
+def _scores(spec, ops, qi, kj, i, k_start):
+    """float32 [B, KVH, G, bq, n] scores of query block i against the n keys kj [B, KVH, n, Dh]
+    from k_start, masked entries at -inf."""
     sc = jnp.einsum("bkmd,bktd->bkmt", _rows(qi), kj, preferred_element_type=jnp.float32)
     sc = sc.reshape(qi.shape[:-1] + kj.shape[-2:-1])
-    m = _tile(spec, ops, i, j)
+    m = _tile(spec, ops, i, k_start, kj.shape[-2])
     return sc if m is None else jnp.where(m, sc, _NEG_INF)
 
 
@@ -422,7 +433,7 @@ def _fwd_blocks(spec: _Blocks, qb, kb, vb, ops):
 
         def body(j, carry):
             m, denom, acc = carry
-            sc = _scores(spec, ops, qi, kb[j], i, j)
+            sc = _scores(spec, ops, qi, kb[j], i, j * spec.block_kv)
             m_new = jnp.maximum(m, sc.max(-1))
             m_safe = jnp.where(m_new == _NEG_INF, 0.0, m_new)  # rows with nothing seen yet
             p = jnp.exp(sc - m_safe[..., None])
@@ -431,25 +442,47 @@ def _fwd_blocks(spec: _Blocks, qb, kb, vb, ops):
             pv = jnp.einsum("bkmt,bktd->bkmd", _rows(p.astype(vb.dtype)), vb[j], preferred_element_type=jnp.float32)
             return m_new, denom, acc * corr[..., None] + pv.reshape(acc.shape)
 
-        if nk == 1:  # one key block: a plain softmax, no running rescale
-            sc = _scores(spec, ops, qi, kb[0], i, 0)
-            m = sc.max(-1)
-            p = jnp.exp(sc - jnp.where(m == _NEG_INF, 0.0, m)[..., None])
-            denom = p.sum(-1)
-            acc = jnp.einsum("bkmt,bktd->bkmd", _rows(p.astype(vb.dtype)), vb[0],
-                             preferred_element_type=jnp.float32).reshape(shape + (vb.shape[-1],))
-        else:
-            init = (jnp.full(shape, _NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32),
-                    jnp.zeros(shape + (vb.shape[-1],), jnp.float32))
-            m, denom, acc = jax.lax.fori_loop(*_kv_range(spec, offset, i, nk), body, init)
-        seen = denom > 0
-        out = acc / jnp.where(seen, denom, 1.0)[..., None]
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), jnp.inf)  # +inf: p = 0 in bwd
-        return out.astype(qb.dtype), lse
+        if spec.unrolled:  # the keys it sees as one block: a plain softmax, no running rescale
+            keys, values = _visible(spec, kb, i), _visible(spec, vb, i)
+            return _softmax_block(_scores(spec, ops, qi, keys, i, 0), values, qb.dtype)
+        if nk == 1:
+            return _softmax_block(_scores(spec, ops, qi, kb[0], i, 0), vb[0], qb.dtype)
+        init = (jnp.full(shape, _NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32),
+                jnp.zeros(shape + (vb.shape[-1],), jnp.float32))
+        return _normalized(*jax.lax.fori_loop(*_kv_range(spec, offset, i, nk), body, init), qb.dtype)
 
+    if spec.unrolled:
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *[q_block(i) for i in range(nq)])
     if nq == 1:
         return jax.tree.map(lambda x: x[None], q_block(0))
     return jax.lax.map(q_block, jnp.arange(nq))
+
+
+def _visible(spec: _Blocks, blocks, i: int):
+    """The keys (or values) of blocked [nk, B, KVH, bkv, Dh] that query block i sees, as one
+    block [B, KVH, n, Dh]: every real key, or under a causal mask those up to its last query."""
+    nk, b, kvh, bkv, dh = blocks.shape
+    end = spec.t
+    if spec.causal:
+        end = max(1, min(spec.t, (i + 1) * spec.block_q + spec.offset))
+    return blocks.transpose(1, 2, 0, 3, 4).reshape(b, kvh, nk * bkv, dh)[:, :, :end]
+
+
+def _softmax_block(sc, values, dtype):
+    """(out, lse) of a plain softmax over all of a query block's scores sc [B, KVH, G, bq, n]
+    against values [B, KVH, n, Dh]."""
+    m = sc.max(-1)
+    p = jnp.exp(sc - jnp.where(m == _NEG_INF, 0.0, m)[..., None])
+    acc = jnp.einsum("bkmt,bktd->bkmd", _rows(p.astype(values.dtype)), values, preferred_element_type=jnp.float32)
+    return _normalized(m, p.sum(-1), acc.reshape(sc.shape[:-1] + values.shape[-1:]), dtype)
+
+
+def _normalized(m, denom, acc, dtype):
+    """(out, lse) from the running max m, denominator and unnormalized output acc."""
+    seen = denom > 0
+    out = acc / jnp.where(seen, denom, 1.0)[..., None]
+    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), jnp.inf)  # +inf: p = 0 in bwd
+    return out.astype(dtype), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -476,21 +509,37 @@ def _bwd_blocks(spec: _Blocks, ops, qb, kb, vb, out, lse, dout):
     dout = dout.astype(qb.dtype)
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [nq, B, KVH, G, bq]
 
+    def tile_grads(i, kj, vj, k_start):
+        """(dk, dv, dq) of query block i's tile against keys kj / values vj from k_start."""
+        qi, doi = qb[i], dout[i]
+        p = jnp.exp(_scores(spec, ops, qi, kj, i, k_start) - lse[i][..., None])  # 0 where masked
+        dv = jnp.einsum("bkmt,bkmd->bktd", _rows(p.astype(doi.dtype)), _rows(doi), preferred_element_type=jnp.float32)
+        dp = jnp.einsum("bkmd,bktd->bkmt", _rows(doi), vj, preferred_element_type=jnp.float32)
+        ds = (p * (dp.reshape(p.shape) - delta[i][..., None])).astype(qi.dtype)
+        dk = jnp.einsum("bkmt,bkmd->bktd", _rows(ds), _rows(qi), preferred_element_type=jnp.float32)
+        dqi = jnp.einsum("bkmt,bktd->bkmd", _rows(ds), kj, preferred_element_type=jnp.float32)
+        return dk, dv, dqi.reshape(qi.shape)
+
+    if spec.unrolled:  # each query block against its visible keys, as in the forward
+        dk = dv = jnp.zeros(_visible(spec._replace(causal=False), kb, 0).shape, jnp.float32)
+        dqs = []
+        for i in range(nq):
+            kj, vj = _visible(spec, kb, i), _visible(spec, vb, i)
+            dki, dvi, dqi = tile_grads(i, kj, vj, 0)
+            dk, dv = dk.at[:, :, :kj.shape[2]].add(dki), dv.at[:, :, :kj.shape[2]].add(dvi)
+            dqs.append(dqi)
+        blocked = lambda x, like: jnp.pad(x, ((0, 0), (0, 0), (0, nk * like.shape[3] - x.shape[2]), (0, 0))).reshape(
+            like.shape[1:3] + (nk,) + like.shape[3:]).transpose(2, 0, 1, 3, 4).astype(like.dtype)  # noqa: E731
+        return jnp.stack(dqs).astype(qb.dtype), blocked(dk, kb), blocked(dv, vb)
+
     def kv_block(dq, j):
         kj, vj = kb[j], vb[j]
 
         def body(i, carry):
             dk, dv, dq = carry
-            qi, doi = qb[i], dout[i]
-            p = jnp.exp(_scores(spec, ops, qi, kj, i, j) - lse[i][..., None])  # 0 where masked
-            dv = dv + jnp.einsum("bkmt,bkmd->bktd", _rows(p.astype(doi.dtype)), _rows(doi),
-                                 preferred_element_type=jnp.float32)
-            dp = jnp.einsum("bkmd,bktd->bkmt", _rows(doi), vj, preferred_element_type=jnp.float32)
-            ds = (p * (dp.reshape(p.shape) - delta[i][..., None])).astype(qi.dtype)
-            dk = dk + jnp.einsum("bkmt,bkmd->bktd", _rows(ds), _rows(qi), preferred_element_type=jnp.float32)
-            dqi = jnp.einsum("bkmt,bktd->bkmd", _rows(ds), kj, preferred_element_type=jnp.float32)
-            dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dqi.reshape(qi.shape), i, axis=0)
-            return dk, dv, dq
+            dki, dvi, dqi = tile_grads(i, kj, vj, j * spec.block_kv)
+            dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dqi, i, axis=0)
+            return dk + dki, dv + dvi, dq
 
         lo, hi = _q_range(spec, offset, j, nq)
         zeros = jnp.zeros(kj.shape, jnp.float32)
