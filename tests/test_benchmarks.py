@@ -70,6 +70,15 @@ def test_attention_benchmark_runs_causal_and_bidirectional():
     assert "S=256: scores [B,H,S,S] f32 = 2 MiB" in text, text
 
 
+def test_attention_commits_benchmark_loads_the_old_module_beside_ours():
+    have = subprocess.run(["git", "-C", fx.ROOT, "cat-file", "-e", "56c68bd^{commit}"], capture_output=True)
+    if have.returncode:
+        pytest.skip("this checkout lacks commit 56c68bd (a shallow clone)")
+    text = _run("attention_commits.py", "--quick", "--repeats", "1")
+    rows = re.findall(r"56c68bd [\d.]+, ours auto [\d.]+ \([\d.]+x\), ours dense [\d.]+ \([\d.]+x\)$", text, re.M)
+    assert len(rows) == 2, text
+
+
 def test_components_benchmark_runs_a_table_of_ratios():
     pytest.importorskip("torch", reason=NEEDS_TORCH)
     text = _run("components.py", "--batch", "1", "--length", "128", "--repeats", "1", "--only", "dense,attention")
