@@ -289,6 +289,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | j
     head_loop: run the (batch row, kv head) slices one after another (`lax.map`) rather than
     batched; None = on one CPU device (`head_loop_default`). Block sizes default to BLOCK_Q x
     BLOCK_KV batched, CPU_BLOCK (keys: CPU_BLOCK causal, else CPU_BLOCK_KV_BIDIRECTIONAL) looped.
+    A looped slice of at most CPU_UNROLL_MAX_SCORES scores with a static causal offset unrolls
+    its query blocks (one block of all queries without a causal mask), each against all the keys
+    it sees in one plain softmax: no loop and no online rescale.
     """
     mask = Mask.of(mask)
     b, s, h, dh = q.shape
@@ -468,6 +471,13 @@ def _visible(spec: _Blocks, blocks, i: int):
     return blocks.transpose(1, 2, 0, 3, 4).reshape(b, kvh, nk * bkv, dh)[:, :, :end]
 
 
+def _as_blocks(x, like):
+    """[B, KVH, n, Dh] (n <= nk * bkv) back to `like`'s blocked [nk, B, KVH, bkv, Dh], zero-padded."""
+    nk, b, kvh, bkv, dh = like.shape
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, nk * bkv - x.shape[2]), (0, 0)))
+    return x.reshape(b, kvh, nk, bkv, dh).transpose(2, 0, 1, 3, 4).astype(like.dtype)
+
+
 def _softmax_block(sc, values, dtype):
     """(out, lse) of a plain softmax over all of a query block's scores sc [B, KVH, G, bq, n]
     against values [B, KVH, n, Dh]."""
@@ -521,16 +531,15 @@ def _bwd_blocks(spec: _Blocks, ops, qb, kb, vb, out, lse, dout):
         return dk, dv, dqi.reshape(qi.shape)
 
     if spec.unrolled:  # each query block against its visible keys, as in the forward
-        dk = dv = jnp.zeros(_visible(spec._replace(causal=False), kb, 0).shape, jnp.float32)
+        _, b, kvh, _, dh = kb.shape
+        dk = dv = jnp.zeros((b, kvh, spec.t, dh), jnp.float32)
         dqs = []
         for i in range(nq):
             kj, vj = _visible(spec, kb, i), _visible(spec, vb, i)
             dki, dvi, dqi = tile_grads(i, kj, vj, 0)
             dk, dv = dk.at[:, :, :kj.shape[2]].add(dki), dv.at[:, :, :kj.shape[2]].add(dvi)
             dqs.append(dqi)
-        blocked = lambda x, like: jnp.pad(x, ((0, 0), (0, 0), (0, nk * like.shape[3] - x.shape[2]), (0, 0))).reshape(
-            like.shape[1:3] + (nk,) + like.shape[3:]).transpose(2, 0, 1, 3, 4).astype(like.dtype)  # noqa: E731
-        return jnp.stack(dqs).astype(qb.dtype), blocked(dk, kb), blocked(dv, vb)
+        return jnp.stack(dqs).astype(qb.dtype), _as_blocks(dk, kb), _as_blocks(dv, vb)
 
     def kv_block(dq, j):
         kj, vj = kb[j], vb[j]
