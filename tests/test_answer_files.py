@@ -99,6 +99,7 @@ def _prompt_processor(prompt):
     return question.lower()
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_tiny_models_answer_files_parse_as_llavas_scripts_parse_them(tmp_path):
     files = benchmark_files(tmp_path)
     model = EvalModel("tiny", train_fixtures_model(), ByteTokenizer(), ImageConfig(size=32), "vicuna_v1")

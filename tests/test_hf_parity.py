@@ -81,6 +81,7 @@ def _images(n, seed):
     return [np.random.default_rng(seed + i).standard_normal((IMG, IMG, 3)).astype(np.float32) for i in range(n)]
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_clip_llama_padded_batch_matches_hf(clip_llama):
     path, hfm = clip_llama
     cfg, model = load_weights(path)[:2]
@@ -97,6 +98,7 @@ def test_clip_llama_padded_batch_matches_hf(clip_llama):
     assert np.array_equal(np.asarray(out.modality_mask), ids == 127)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_siglip_qwen_interleaved_and_text_only_left_padded(siglip_qwen):
     path, hfm = siglip_qwen
     cfg, model = load_weights(path)[:2]
@@ -170,6 +172,7 @@ def _write_safetensors(tensors, file):
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, file, metadata={"format": "pt"})
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_original_llava_layout_with_moca(clip_llama, tmp_path):
     """LlavaLlamaForCausalLM: model.* + model.mm_projector.{0,2}, tower from its own directory,
     identity MoCa tensors -> same logits as HF."""

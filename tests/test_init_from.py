@@ -35,6 +35,7 @@ def test_whole_workdir_latest_and_at_a_step(stage1, tmp_path):
             np.testing.assert_array_equal(got[k], saved[step][k], err_msg=k)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_parts_fresh_connector_and_moca_added(stage1, tmp_path):
     saved = saved_params(stage1, 4)
     fresh = start_params(_stage2(init_from=""), tmp_path / "fresh")[0]
@@ -192,6 +193,7 @@ def test_every_connector_and_moca_reproduce_the_logits(kind, sources, tmp_path):
         np.testing.assert_array_equal(_logits(graphdef, params, src.batch), at1)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_vision_and_llm_taken_connector_fresh(sources, tmp_path):
     kind = "attnpool"
     src = sources(kind)

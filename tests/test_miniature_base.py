@@ -54,6 +54,7 @@ def test_told_in_words_it_answers_at_its_documented_accuracy(model, task):
     assert abs(result.scores["accuracy"] - DOCUMENTED[task]) <= TOLERANCE
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_hf_transformers_reads_it_to_the_same_logits(base):
     torch = pytest.importorskip("torch", reason="HF's PyTorch LLaVA is the reference here")
     transformers = pytest.importorskip("transformers")

@@ -130,6 +130,7 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight():
         np.testing.assert_allclose(acc_state["params"][k], v, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.slow  # 3 s or more on a quiet 2-core machine: out of the quick loop
 def test_loss_is_mean_over_the_global_batch_tokens_with_z_loss():
     """Reference: log-softmax of the model's own logits in float64 NumPy, averaged over every
     valid next-token position of the batch (rows hold different token counts, so a mean of
